@@ -1,0 +1,146 @@
+//! Configuration in two stages: `raw` (serde, `deny_unknown_fields`, defaults)
+//! and `validate` (typed, checked values). Only a `Config` reaches the proxy.
+
+mod error;
+pub mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::ConfigError;
+pub use validate::resolve_node_id;
+
+/// Most upstreams a ring holds (see `ring::MAX_SERVERS`); an API server
+/// fleet is a handful of machines, so this is never the limit in practice.
+pub const MAX_UPSTREAMS: usize = crate::ring::MAX_SERVERS;
+pub const MAX_WEIGHT: u32 = 1000;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this came from; reloads re-read it. `None` for configs built in code.
+    pub source: Option<PathBuf>,
+    pub listen: Vec<SocketAddr>,
+    pub workers: NonZeroUsize,
+    pub backlog: NonZeroU32,
+    pub max_connections: NonZeroUsize,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Upstreams tried per client connection; already resolved from 0 = "all".
+    pub next_upstream_tries: NonZeroUsize,
+    pub shutdown_grace: Duration,
+    pub hash: HashConfig,
+    pub admin: Option<SocketAddr>,
+    pub health_check: Option<HealthCheckConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashKey {
+    /// The node identity: one node sticks to one master, nodes spread.
+    Node,
+    /// nginx's `hash $remote_addr consistent`, bit for bit.
+    RemoteAddr,
+    /// Client ip:port: spreads the connections of one node.
+    Connection,
+}
+
+impl HashKey {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HashKey::Node => "node",
+            HashKey::RemoteAddr => "remote_addr",
+            HashKey::Connection => "connection",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HashConfig {
+    pub key: HashKey,
+    /// Resolved node identity (config, else $NODE_NAME, else the hostname).
+    pub node_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    /// The literal `host:port` text: the upstream's identity, and what the
+    /// ketama ring hashes (as nginx does), never the resolved IP.
+    pub address: String,
+    pub host: String,
+    pub port: u16,
+    pub weight: NonZeroU32,
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckMode {
+    Https,
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: NonZeroU32,
+    pub fall: NonZeroU32,
+    pub mode: CheckMode,
+    pub path: String,
+    pub close_on_down: bool,
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TlsConfig {
+    pub ca_file: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+    pub server_name: Option<String>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg = Config::parse(&text, path)?;
+        cfg.source = Some(path.to_owned());
+        Ok(cfg)
+    }
+
+    /// Parses and validates YAML text; `path` only labels error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        validate::validate(raw, path)
+    }
+
+    /// The fields that only take effect at start-up; a reload that changes
+    /// them applies the rest and says a restart is needed.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.listen != new.listen {
+            out.push("listen");
+        }
+        if self.workers != new.workers {
+            out.push("workers");
+        }
+        if self.backlog != new.backlog {
+            out.push("backlog");
+        }
+        if self.admin != new.admin {
+            out.push("admin");
+        }
+        out
+    }
+}

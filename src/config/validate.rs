@@ -1,0 +1,316 @@
+//! Stage two: every value checked and turned into the type the proxy uses.
+//! Each refusal names the field (`upstreams[1].weight`) and the reason.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::raw::{RawConfig, RawHealthCheck, RawUpstream};
+use super::*;
+
+struct Ctx<'a> {
+    path: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn err(&self, field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn positive(&self, field: &str, d: Duration) -> Result<Duration, ConfigError> {
+        if d.is_zero() {
+            return Err(self.err(field, "must be greater than 0"));
+        }
+        Ok(d)
+    }
+}
+
+pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+    let cx = Ctx { path };
+
+    if raw.listen.0.is_empty() {
+        return Err(cx.err("listen", "at least one address is required"));
+    }
+    let mut listen = Vec::new();
+    for (i, text) in raw.listen.0.iter().enumerate() {
+        let field = if raw.listen.0.len() == 1 {
+            "listen".to_string()
+        } else {
+            format!("listen[{i}]")
+        };
+        let addr: SocketAddr = text.trim().parse().map_err(|_| {
+            cx.err(
+                &field,
+                format!("'{text}' is not an ip:port address (like 127.0.0.1:8443 or [::1]:8443)"),
+            )
+        })?;
+        if listen.contains(&addr) {
+            return Err(cx.err(field, format!("'{text}' is listed twice")));
+        }
+        listen.push(addr);
+    }
+
+    let workers = match raw.workers {
+        0 => std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
+        n if n > 1024 => return Err(cx.err("workers", format!("{n} is too many (at most 1024)"))),
+        n => NonZeroUsize::new(n as usize).expect("n > 0"),
+    };
+    let backlog = match raw.backlog {
+        n @ 1..=65535 => NonZeroU32::new(n as u32).expect("n > 0"),
+        n => return Err(cx.err("backlog", format!("must be between 1 and 65535, got {n}"))),
+    };
+    let max_connections = match raw.max_connections {
+        n @ 1..=10_000_000 => NonZeroUsize::new(n as usize).expect("n > 0"),
+        n => {
+            return Err(cx.err(
+                "max_connections",
+                format!("must be between 1 and 10000000, got {n}"),
+            ));
+        }
+    };
+    let connect_timeout = cx.positive("connect_timeout", raw.connect_timeout)?;
+    let idle_timeout = cx.positive("idle_timeout", raw.idle_timeout)?;
+
+    let key = match raw.hash.key.as_str() {
+        "node" => HashKey::Node,
+        "remote_addr" => HashKey::RemoteAddr,
+        "connection" => HashKey::Connection,
+        other => {
+            return Err(cx.err(
+                "hash.key",
+                format!("unknown key '{other}' (expected node, remote_addr or connection)"),
+            ));
+        }
+    };
+    let node_id = resolve_node_id(&raw.hash.node_id);
+
+    let admin = match raw.admin.trim() {
+        "" => None,
+        text => Some(text.parse::<SocketAddr>().map_err(|_| {
+            cx.err(
+                "admin",
+                format!("'{text}' is not an ip:port address (use \"\" to disable the admin endpoint)"),
+            )
+        })?),
+    };
+
+    if raw.upstreams.is_empty() {
+        return Err(cx.err("upstreams", "at least one upstream is required"));
+    }
+    if raw.upstreams.len() > MAX_UPSTREAMS {
+        return Err(cx.err(
+            "upstreams",
+            format!("{} upstreams, at most {MAX_UPSTREAMS} are supported", raw.upstreams.len()),
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut upstreams = Vec::with_capacity(raw.upstreams.len());
+    for (i, u) in raw.upstreams.iter().enumerate() {
+        let up = upstream(&cx, i, u)?;
+        if !seen.insert(up.address.to_ascii_lowercase()) {
+            return Err(cx.err(
+                format!("upstreams[{i}].address"),
+                format!("duplicate upstream '{}'", up.address),
+            ));
+        }
+        upstreams.push(up);
+    }
+
+    let next_upstream_tries = match raw.next_upstream_tries {
+        0 => upstreams.len(),
+        n => (n as usize).min(upstreams.len()),
+    };
+    let next_upstream_tries = NonZeroUsize::new(next_upstream_tries).expect("upstreams is not empty");
+
+    let health_check = raw
+        .health_check
+        .as_ref()
+        .map(|hc| health_check(&cx, hc))
+        .transpose()?;
+
+    Ok(Config {
+        source: None,
+        listen,
+        workers,
+        backlog,
+        max_connections,
+        connect_timeout,
+        idle_timeout,
+        next_upstream_tries,
+        shutdown_grace: raw.shutdown_grace,
+        hash: HashConfig { key, node_id },
+        admin,
+        health_check,
+        upstreams,
+    })
+}
+
+fn upstream(cx: &Ctx, i: usize, u: &RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+    let field = |name: &str| format!("upstreams[{i}].{name}");
+    let address = u.address.trim().to_string();
+    let (host, port) = split_host_port(&address).map_err(|reason| cx.err(field("address"), reason))?;
+    let weight = match u.weight {
+        w @ 1.. if w <= MAX_WEIGHT as i64 => NonZeroU32::new(w as u32).expect("w > 0"),
+        w => {
+            return Err(cx.err(
+                field("weight"),
+                format!("must be between 1 and {MAX_WEIGHT}, got {w}"),
+            ));
+        }
+    };
+    let max_fails = u32::try_from(u.max_fails)
+        .map_err(|_| cx.err(field("max_fails"), format!("{} is too large", u.max_fails)))?;
+    if max_fails > 0 && u.fail_timeout.is_zero() {
+        return Err(cx.err(field("fail_timeout"), "must be greater than 0 when max_fails is set"));
+    }
+    Ok(UpstreamConfig {
+        address,
+        host,
+        port,
+        weight,
+        max_fails,
+        fail_timeout: u.fail_timeout,
+    })
+}
+
+/// Splits `host:port`, `ip:port` or `[v6]:port` and checks both halves.
+fn split_host_port(text: &str) -> Result<(String, u16), String> {
+    if text.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if let Ok(sa) = text.parse::<SocketAddr>() {
+        if sa.port() == 0 {
+            return Err(format!("'{text}': port must be between 1 and 65535"));
+        }
+        return Ok((sa.ip().to_string(), sa.port()));
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("'{text}' has no port (expected host:port, like server1.k8s.local:6443)"));
+    };
+    let port: u16 = match port.parse::<u32>() {
+        Ok(p @ 1..=65535) => p as u16,
+        _ => return Err(format!("'{text}': port '{port}' must be a number between 1 and 65535")),
+    };
+    if host.starts_with('[') || host.contains(':') {
+        return Err(format!("'{text}' is not a valid [ipv6]:port address"));
+    }
+    if !valid_hostname(host) {
+        return Err(format!("'{text}': '{host}' is not a valid host name or IP address"));
+    }
+    Ok((host.to_string(), port))
+}
+
+fn valid_hostname(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.trim_end_matches('.').split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+fn health_check(cx: &Ctx, hc: &RawHealthCheck) -> Result<HealthCheckConfig, ConfigError> {
+    let interval = cx.positive("health_check.interval", hc.interval)?;
+    let timeout = cx.positive("health_check.timeout", hc.timeout)?;
+    let count = |name: &str, v: u64| match v {
+        1..=100 => Ok(NonZeroU32::new(v as u32).expect("v > 0")),
+        _ => Err(cx.err(format!("health_check.{name}"), format!("must be between 1 and 100, got {v}"))),
+    };
+    let rise = count("rise", hc.rise)?;
+    let fall = count("fall", hc.fall)?;
+    let mode = match hc.mode.as_str() {
+        "https" => CheckMode::Https,
+        "tcp" => CheckMode::Tcp,
+        other => {
+            return Err(cx.err(
+                "health_check.mode",
+                format!("unknown mode '{other}' (expected https or tcp)"),
+            ));
+        }
+    };
+    if !hc.path.starts_with('/') || hc.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(cx.err(
+            "health_check.path",
+            format!("'{}' must start with / and contain no spaces or control characters", hc.path),
+        ));
+    }
+    let file = |name: &str, v: &str| -> Result<Option<PathBuf>, ConfigError> {
+        if v.is_empty() {
+            return Ok(None);
+        }
+        let p = PathBuf::from(v);
+        if !p.is_file() {
+            return Err(cx.err(format!("health_check.tls.{name}"), format!("'{v}' is not a readable file")));
+        }
+        Ok(Some(p))
+    };
+    let tls = TlsConfig {
+        ca_file: file("ca_file", &hc.tls.ca_file)?,
+        insecure_skip_verify: hc.tls.insecure_skip_verify,
+        server_name: (!hc.tls.server_name.is_empty()).then(|| hc.tls.server_name.clone()),
+        cert_file: file("cert_file", &hc.tls.cert_file)?,
+        key_file: file("key_file", &hc.tls.key_file)?,
+    };
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        return Err(cx.err("health_check.tls", "cert_file and key_file must be given together"));
+    }
+    if mode == CheckMode::Https && tls.ca_file.is_none() && !tls.insecure_skip_verify {
+        return Err(cx.err(
+            "health_check.tls",
+            "https checks need ca_file to verify the API server, or insecure_skip_verify: true",
+        ));
+    }
+    Ok(HealthCheckConfig {
+        interval,
+        timeout,
+        rise,
+        fall,
+        mode,
+        path: hc.path.clone(),
+        close_on_down: hc.close_on_down,
+        tls,
+    })
+}
+
+/// The node identity for `hash.key: node`: the configured value, else
+/// `$NODE_NAME` (the Downward API convention), else the hostname.
+pub fn resolve_node_id(configured: &str) -> String {
+    if !configured.trim().is_empty() {
+        return configured.trim().to_string();
+    }
+    if let Ok(name) = std::env::var("NODE_NAME") {
+        if !name.trim().is_empty() {
+            return name.trim().to_string();
+        }
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_host_port;
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(split_host_port("a.b:1").unwrap(), ("a.b".into(), 1));
+        assert_eq!(split_host_port("[::1]:6443").unwrap(), ("::1".into(), 6443));
+        assert_eq!(split_host_port("10.0.0.1:6443").unwrap(), ("10.0.0.1".into(), 6443));
+        assert!(split_host_port("a.b").is_err());
+        assert!(split_host_port("a.b:0").is_err());
+        assert!(split_host_port("a.b:70000").is_err());
+        assert!(split_host_port("::1:6443").is_err());
+        assert!(split_host_port("http://x:1").is_err());
+        assert!(split_host_port("a b:1").is_err());
+    }
+}

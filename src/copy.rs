@@ -1,0 +1,156 @@
+//! The byte copy between client and upstream: both directions in one
+//! future, half-close propagated, idle timeout across both sides.
+//!
+//! Each direction waits for readability *without* a buffer, takes one from
+//! `pool` only when bytes are ready, and gives it back as soon as they are
+//! written. Byte counters are atomic adds on pre-resolved handles.
+
+use std::future::poll_fn;
+use std::io;
+use std::net::Shutdown;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use prometheus::IntCounter;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::pool;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Both sides finished their writes and reads.
+    Closed,
+    /// Neither side moved a byte for `idle_timeout`.
+    IdleTimeout,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Totals {
+    pub to_upstream: u64,
+    pub to_client: u64,
+}
+
+/// One direction of the copy.
+#[derive(Default)]
+struct Half {
+    buf: Option<Box<[u8]>>,
+    pos: usize,
+    end: usize,
+    eof: bool,
+    done: bool,
+    total: u64,
+}
+
+impl Half {
+    /// Moves bytes until it would block; Ready(Ok) once EOF was read and the
+    /// write side shut down (the half-close reaches the peer).
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &TcpStream,
+        counter: &IntCounter,
+        progressed: &mut bool,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if let Some(buf) = &self.buf {
+                while self.pos < self.end {
+                    ready!(to.poll_write_ready(cx))?;
+                    match to.try_write(&buf[self.pos..self.end]) {
+                        Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                        Ok(n) => {
+                            self.pos += n;
+                            self.total += n as u64;
+                            counter.inc_by(n as u64);
+                            *progressed = true;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+                if let Some(buf) = self.buf.take() {
+                    pool::give(buf);
+                }
+            }
+            if self.eof {
+                if !self.done {
+                    // The peer may already be gone; the other direction
+                    // reports that, not the shutdown.
+                    let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+                    self.done = true;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            ready!(from.poll_read_ready(cx))?;
+            let mut buf = pool::take();
+            match from.try_read(&mut buf) {
+                Ok(0) => {
+                    pool::give(buf);
+                    self.eof = true;
+                }
+                Ok(n) => {
+                    self.buf = Some(buf);
+                    self.pos = 0;
+                    self.end = n;
+                    *progressed = true;
+                }
+                Err(e) => {
+                    pool::give(buf);
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        return Poll::Ready(Err(e));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Copies both ways until both sides have closed, an error, or idleness.
+pub async fn proxy(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    idle_timeout: Duration,
+    to_upstream: &IntCounter,
+    to_client: &IntCounter,
+) -> (io::Result<Outcome>, Totals) {
+    let mut up = Half::default();
+    let mut down = Half::default();
+    let mut last = Instant::now();
+    // Re-armed lazily: activity only moves `last`, the timer is reset when it
+    // fires early, so a busy connection does not touch the timer wheel per read.
+    let sleep = tokio::time::sleep(idle_timeout);
+    tokio::pin!(sleep);
+    let result = poll_fn(|cx| {
+        let mut progressed = false;
+        let a = up.poll(cx, client, upstream, to_upstream, &mut progressed);
+        let b = down.poll(cx, upstream, client, to_client, &mut progressed);
+        match (a, b) {
+            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(Ok(Outcome::Closed)),
+            _ => {}
+        }
+        if progressed {
+            last = Instant::now();
+        }
+        loop {
+            ready!(sleep.as_mut().poll(cx));
+            let deadline = last + idle_timeout;
+            if Instant::now() >= deadline {
+                return Poll::Ready(Ok(Outcome::IdleTimeout));
+            }
+            sleep.as_mut().reset(deadline);
+        }
+    })
+    .await;
+    for half in [&mut up, &mut down] {
+        if let Some(buf) = half.buf.take() {
+            pool::give(buf);
+        }
+    }
+    let totals = Totals {
+        to_upstream: up.total,
+        to_client: down.total,
+    };
+    (result, totals)
+}

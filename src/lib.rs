@@ -1,0 +1,47 @@
+//! cplb, the control-plane load balancer: a node-local TCP proxy that gives
+//! kubelets and other node components one local address for the Kubernetes
+//! API servers.
+//!
+//! # Modules
+//! - [`config`]: YAML in two stages, `raw` (serde) then validated types.
+//! - [`ring`]: nginx-identical ketama ring; pure code.
+//! - [`health`]: passive health (max_fails / fail_timeout) over atomics.
+//! - [`upstream`]: per-upstream runtime state shared across snapshots.
+//! - [`snapshot`]: ring + upstreams + settings, published through one `ArcSwap`.
+//! - [`resolve`]: host name resolution with background retry.
+//! - [`listener`]: SO_REUSEPORT sockets and the accept loop.
+//! - [`proxy`]: one client connection: upstream choice, connect, failover.
+//! - [`copy`]: the bidirectional byte copy (half-close, idle timeout).
+//! - [`pool`]: copy buffers lent only while bytes are in flight.
+//! - [`metrics`]: Prometheus metrics in an owned registry; RAII gauge guards.
+//! - [`server`]: start-up, `run`, and the drain on shutdown.
+//!
+//! # Life of a connection
+//! 1. `listener::accept_loop` accepts on one of the SO_REUSEPORT sockets and
+//!    counts the client against `max_connections` (`ClientSlot`).
+//! 2. `proxy::handle` loads the current `Snapshot` once and hashes the key
+//!    (`hash.key`: node id, client IP, or client ip:port).
+//! 3. `Ring::walk` yields distinct upstreams in ring order; usable ones are
+//!    tried first, each with `connect_timeout`; failures feed
+//!    `PassiveHealth`, which may mark the upstream down. If none connects,
+//!    the upstreams marked down are tried as a last resort.
+//! 4. `copy::proxy` moves bytes both ways until both sides close, idleness,
+//!    eviction of the upstream, or the end of the shutdown grace.
+
+pub mod config;
+pub mod copy;
+pub mod health;
+pub mod listener;
+pub mod metrics;
+pub mod pool;
+pub mod proxy;
+pub mod resolve;
+pub mod ring;
+pub mod server;
+pub mod shared;
+pub mod snapshot;
+pub mod sockopt;
+pub mod upstream;
+
+pub use config::Config;
+pub use server::{Server, ServerError, run};

@@ -1,0 +1,150 @@
+//! Listening sockets (SO_REUSEPORT, one per worker) and the accept loop.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::shared::Shared;
+
+#[derive(Debug, thiserror::Error)]
+#[error("could not listen on {addr}: {source}")]
+pub struct ListenError {
+    pub addr: SocketAddr,
+    #[source]
+    pub source: io::Error,
+}
+
+/// Binds `workers` SO_REUSEPORT sockets on `addr`. With port 0, the first
+/// socket picks the port and the others join it.
+pub fn bind(addr: SocketAddr, workers: usize, backlog: u32) -> Result<Vec<std::net::TcpListener>, ListenError> {
+    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(workers);
+    let mut target = addr;
+    for _ in 0..workers {
+        let l = bind_one(target, backlog).map_err(|source| ListenError { addr: target, source })?;
+        if target.port() == 0 {
+            target = l.local_addr().map_err(|source| ListenError { addr, source })?;
+        }
+        out.push(l);
+    }
+    Ok(out)
+}
+
+fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        // "[::]:8443" next to "0.0.0.0:8443" must not collide.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(socket.into())
+}
+
+/// Accept errors that concern one connection, not the listener.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+    ) || e.raw_os_error() == Some(libc::EPROTO)
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Accepts until `stop`, then takes in what is already queued (so closing
+/// the socket resets as few clients as possible) and returns.
+pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker, stop: CancellationToken) {
+    let mut backoff = BACKOFF_MIN;
+    let mut failing = false;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                if failing {
+                    failing = false;
+                    tracing::info!("accepting connections again");
+                }
+                backoff = BACKOFF_MIN;
+                dispatch(&shared, &tracker, stream, peer);
+            }
+            Err(e) if is_per_connection(&e) => {}
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS, ENOMEM: the queued client stays
+                // queued; wait for resources instead of spinning or exiting.
+                shared.metrics.rejected("accept_error").inc();
+                if !failing {
+                    failing = true;
+                    tracing::warn!(error = %e, "accept failed; backing off until it recovers");
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+    // Drain the accept queue without waiting for more.
+    let mut drained = 0usize;
+    while let Some(Ok((stream, peer))) = std::future::poll_fn(|cx| match listener.poll_accept(cx) {
+        Poll::Ready(r) => Poll::Ready(Some(r)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
+    {
+        drained += 1;
+        dispatch(&shared, &tracker, stream, peer);
+    }
+    if drained > 0 {
+        tracing::debug!(drained, "took queued connections before closing the listener");
+    }
+}
+
+/// Counts the client against `max_connections` and spawns its task.
+fn dispatch(shared: &Arc<Shared>, tracker: &TaskTracker, stream: TcpStream, peer: SocketAddr) {
+    let max = shared.snapshot.load().settings.max_connections;
+    if shared.clients.fetch_add(1, Ordering::AcqRel) >= max {
+        shared.clients.fetch_sub(1, Ordering::AcqRel);
+        shared.metrics.rejected("max_connections").inc();
+        tracing::debug!(%peer, max, "max_connections reached; closing new client");
+        return;
+    }
+    let slot = ClientSlot::new(shared.clone());
+    tracker.spawn(async move {
+        crate::proxy::handle(slot.0.clone(), stream, peer).await;
+        drop(slot);
+    });
+}
+
+/// One unit of `max_connections` and of the client gauge, returned on drop.
+struct ClientSlot(Arc<Shared>);
+
+impl ClientSlot {
+    /// The caller has already counted the client in `shared.clients`.
+    fn new(shared: Arc<Shared>) -> ClientSlot {
+        shared.metrics.client_connections_active.inc();
+        ClientSlot(shared)
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.client_connections_active.dec();
+    }
+}

@@ -1,0 +1,118 @@
+//! The `cplb` command: argument parsing, logging, signals. Everything else
+//! lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use cplb::Config;
+
+#[derive(Parser)]
+#[command(name = "cplb", version, about = "Control-plane load balancer: a node-local TCP proxy for Kubernetes API servers")]
+struct Cli {
+    /// Configuration file (YAML).
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate the configuration and exit (like `nginx -t`).
+    #[arg(short = 't', long)]
+    check: bool,
+    /// Log format on stderr. The filter comes from RUST_LOG (default: info).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cplb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    let path = cli.config.context("--config FILE is required")?;
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cplb: {e}");
+            if cli.check {
+                eprintln!("cplb: configuration file {} test failed", path.display());
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if cli.check {
+        println!(
+            "cplb: configuration file {} test is successful ({} upstreams, listen {:?}, hash key {}, node id {:?})",
+            path.display(),
+            config.upstreams.len(),
+            config.listen,
+            config.hash.key.as_str(),
+            config.hash.node_id
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = shutdown_signal()?;
+        cplb::run(config, shutdown).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Completes on the first SIGTERM or SIGINT. A second one exits at once,
+/// without waiting for the drain.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("could not install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("could not install SIGINT handler")?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let first = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = first, "shutting down");
+        let _ = tx.send(());
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        };
+        tracing::warn!("second signal; exiting without waiting for the drain");
+        std::process::exit(1);
+    });
+    Ok(async move {
+        let _ = rx.await;
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,220 @@
+//! Prometheus metrics in an owned `Registry` (never the global one), so tests
+//! and embedders each get their own. Per-upstream handles are resolved once
+//! when an upstream appears (`UpstreamMetrics`); the hot path only does
+//! atomic adds on them, never a label lookup.
+
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+pub const FAILURE_REASONS: [&str; 5] = ["refused", "timeout", "reset", "resolve", "other"];
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    connections_total: IntCounterVec,
+    connections_active: IntGaugeVec,
+    connect_failures: IntCounterVec,
+    upstream_up: IntGaugeVec,
+    state_changes: IntCounterVec,
+    bytes: IntCounterVec,
+    connections_closed: IntCounterVec,
+    pub connect_duration: Histogram,
+    pub client_connections_active: IntGauge,
+    rejected: IntCounterVec,
+    pub all_upstreams_down: IntCounter,
+    reloads: IntCounterVec,
+    pub last_reload_successful: IntGauge,
+    pub last_reload_success_timestamp: Gauge,
+    pub probes: IntCounterVec,
+    pub probe_duration: Histogram,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    let v = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(v.clone()))?;
+    Ok(v)
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+    let v = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(v.clone()))?;
+    Ok(v)
+}
+
+fn histogram(r: &Registry, name: &str, help: &str) -> prometheus::Result<Histogram> {
+    let buckets = vec![
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    ];
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+impl Metrics {
+    pub fn new(registry: Registry) -> prometheus::Result<Metrics> {
+        let r = &registry;
+        let build_info = gauge_vec(r, "cplb_build_info", "Build information; always 1.", &["version"])?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let client_connections_active = IntGauge::new(
+            "cplb_client_connections_active",
+            "Client connections currently open, proxied or still connecting.",
+        )?;
+        r.register(Box::new(client_connections_active.clone()))?;
+        let all_upstreams_down = IntCounter::new(
+            "cplb_all_upstreams_down_total",
+            "Episodes in which every upstream was unusable and all were tried as a last resort.",
+        )?;
+        r.register(Box::new(all_upstreams_down.clone()))?;
+        let last_reload_successful = IntGauge::new(
+            "cplb_config_last_reload_successful",
+            "1 if the last configuration reload succeeded, else 0.",
+        )?;
+        r.register(Box::new(last_reload_successful.clone()))?;
+        last_reload_successful.set(1);
+        let last_reload_success_timestamp = Gauge::new(
+            "cplb_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load.",
+        )?;
+        r.register(Box::new(last_reload_success_timestamp.clone()))?;
+        Ok(Metrics {
+            connections_total: counter_vec(r, "cplb_connections_total", "Client connections proxied to an upstream.", &["upstream"])?,
+            connections_active: gauge_vec(r, "cplb_connections_active", "Proxied connections currently open, per upstream.", &["upstream"])?,
+            connect_failures: counter_vec(r, "cplb_connect_failures_total", "Failed connects to an upstream, by reason.", &["upstream", "reason"])?,
+            upstream_up: gauge_vec(r, "cplb_upstream_up", "1 if the upstream is usable (passive and active checks), else 0.", &["upstream"])?,
+            state_changes: counter_vec(r, "cplb_upstream_state_changes_total", "Transitions of an upstream between up and down.", &["upstream"])?,
+            bytes: counter_vec(r, "cplb_bytes_total", "Bytes proxied, by upstream and direction.", &["upstream", "direction"])?,
+            connections_closed: counter_vec(r, "cplb_connections_closed_total", "Proxied connections closed by cplb, by reason.", &["upstream", "reason"])?,
+            connect_duration: histogram(r, "cplb_connect_duration_seconds", "Time to establish a connection to an upstream.")?,
+            client_connections_active,
+            rejected: counter_vec(r, "cplb_client_connections_rejected_total", "Client connections closed without being proxied, by reason.", &["reason"])?,
+            all_upstreams_down,
+            reloads: counter_vec(r, "cplb_config_reloads_total", "Configuration reloads, by result.", &["result"])?,
+            last_reload_successful,
+            last_reload_success_timestamp,
+            probes: counter_vec(r, "cplb_health_checks_total", "Active health check probes, by upstream and result.", &["upstream", "result"])?,
+            probe_duration: histogram(r, "cplb_health_check_duration_seconds", "Duration of active health check probes.")?,
+            registry,
+        })
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Prometheus text exposition of everything registered.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut out = Vec::new();
+        let enc = prometheus::TextEncoder::new();
+        // Encoding into a Vec only fails on a malformed metric family, which
+        // our own registrations cannot produce; an empty scrape is the fallback.
+        let _ = enc.encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    pub fn rejected(&self, reason: &str) -> IntCounter {
+        self.rejected.with_label_values(&[reason])
+    }
+
+    pub fn reload(&self, result: &str) -> IntCounter {
+        self.reloads.with_label_values(&[result])
+    }
+
+    pub fn upstream(&self, address: &str) -> UpstreamMetrics {
+        let a = address;
+        UpstreamMetrics {
+            connections_total: self.connections_total.with_label_values(&[a]),
+            connections_active: self.connections_active.with_label_values(&[a]),
+            up: self.upstream_up.with_label_values(&[a]),
+            state_changes: self.state_changes.with_label_values(&[a]),
+            bytes_to_upstream: self.bytes.with_label_values(&[a, "to_upstream"]),
+            bytes_to_client: self.bytes.with_label_values(&[a, "to_client"]),
+            failures: FAILURE_REASONS.map(|r| self.connect_failures.with_label_values(&[a, r])),
+            closed_upstream_down: self.connections_closed.with_label_values(&[a, "upstream_down"]),
+            closed_shutdown: self.connections_closed.with_label_values(&[a, "shutdown"]),
+            closed_idle: self.connections_closed.with_label_values(&[a, "idle_timeout"]),
+            probe_ok: self.probes.with_label_values(&[a, "success"]),
+            probe_fail: self.probes.with_label_values(&[a, "failure"]),
+        }
+    }
+
+    /// Drops the series of an upstream a reload removed, so dashboards stop
+    /// showing it. Its open connections keep their (now detached) handles.
+    pub fn forget_upstream(&self, address: &str) {
+        let a = address;
+        let _ = self.connections_total.remove_label_values(&[a]);
+        let _ = self.connections_active.remove_label_values(&[a]);
+        let _ = self.upstream_up.remove_label_values(&[a]);
+        let _ = self.state_changes.remove_label_values(&[a]);
+        for d in ["to_upstream", "to_client"] {
+            let _ = self.bytes.remove_label_values(&[a, d]);
+        }
+        for r in FAILURE_REASONS {
+            let _ = self.connect_failures.remove_label_values(&[a, r]);
+        }
+        for r in ["upstream_down", "shutdown", "idle_timeout"] {
+            let _ = self.connections_closed.remove_label_values(&[a, r]);
+        }
+        for r in ["success", "failure"] {
+            let _ = self.probes.remove_label_values(&[a, r]);
+        }
+    }
+}
+
+/// Pre-resolved handles for one upstream.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    pub connections_total: IntCounter,
+    pub connections_active: IntGauge,
+    pub up: IntGauge,
+    pub state_changes: IntCounter,
+    pub bytes_to_upstream: IntCounter,
+    pub bytes_to_client: IntCounter,
+    failures: [IntCounter; 5],
+    pub closed_upstream_down: IntCounter,
+    pub closed_shutdown: IntCounter,
+    pub closed_idle: IntCounter,
+    pub probe_ok: IntCounter,
+    pub probe_fail: IntCounter,
+}
+
+impl UpstreamMetrics {
+    pub fn failure(&self, reason: FailureReason) -> &IntCounter {
+        &self.failures[reason as usize]
+    }
+}
+
+/// Why a connect to an upstream failed; indexes `FAILURE_REASONS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    Refused = 0,
+    Timeout = 1,
+    Reset = 2,
+    Resolve = 3,
+    Other = 4,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        FAILURE_REASONS[self as usize]
+    }
+}
+
+/// Holds a gauge up for as long as it lives: every path that ends a
+/// connection, errors and panics included, gives the count back.
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    pub fn new(g: &IntGauge) -> GaugeGuard {
+        g.inc();
+        GaugeGuard(g.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

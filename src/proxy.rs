@@ -1,0 +1,177 @@
+//! One client connection: pick upstreams in ring order, connect with
+//! failover, then hand both sockets to `copy::proxy` until either side ends,
+//! the upstream is evicted, or shutdown forces the close.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
+
+use crate::copy::{self, Outcome};
+use crate::health::Admission;
+use crate::metrics::{FailureReason, GaugeGuard};
+use crate::shared::Shared;
+use crate::snapshot::{Snapshot, Upstream};
+use crate::sockopt;
+
+pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
+    sockopt::tune(&client);
+    let snapshot = shared.snapshot.load_full();
+    let hash = snapshot.key_hash(peer);
+    let Some((index, upstream)) = connect_any(&shared, &snapshot, hash).await else {
+        shared.metrics.rejected("no_upstream").inc();
+        tracing::debug!(%peer, "no upstream accepted the connection; closing client");
+        return;
+    };
+    // Keep only what this connection needs, so an old snapshot (ring and
+    // all) is freed once a reload replaces it, not when the last watch ends.
+    let state = snapshot.upstreams[index].state.clone();
+    let idle_timeout = snapshot.settings.idle_timeout;
+    let close_on_down = snapshot.settings.close_on_down;
+    drop(snapshot);
+
+    let m = &state.metrics;
+    m.connections_total.inc();
+    let _active = GaugeGuard::new(&m.connections_active);
+    tracing::debug!(%peer, upstream = %state.address, "proxying");
+
+    let evicted = state.evict.notified();
+    tokio::pin!(evicted);
+    evicted.as_mut().enable();
+    let copy = copy::proxy(
+        &client,
+        &upstream,
+        idle_timeout,
+        &m.bytes_to_upstream,
+        &m.bytes_to_client,
+    );
+    tokio::select! {
+        (result, totals) = copy => match result {
+            Ok(Outcome::Closed) => tracing::debug!(%peer, upstream = %state.address, ?totals, "connection closed"),
+            Ok(Outcome::IdleTimeout) => {
+                m.closed_idle.inc();
+                tracing::debug!(%peer, upstream = %state.address, ?totals, "idle timeout");
+            }
+            Err(e) => tracing::debug!(%peer, upstream = %state.address, error = %e, ?totals, "connection ended with error"),
+        },
+        _ = &mut evicted, if close_on_down => {
+            m.closed_upstream_down.inc();
+            tracing::debug!(%peer, upstream = %state.address, "closing: upstream marked down");
+        }
+        _ = shared.force_close.cancelled() => {
+            m.closed_shutdown.inc();
+        }
+    }
+}
+
+/// Tries upstreams in ring order from `hash`: first the usable ones, then,
+/// if none of those connected, the ones marked down (the last resort against
+/// false marks). At most `tries` connects in all.
+async fn connect_any(shared: &Shared, snap: &Snapshot, hash: u32) -> Option<(usize, TcpStream)> {
+    let tries = snap.settings.tries;
+    let mut attempts = 0;
+    let mut skipped: u128 = 0;
+    for i in snap.ring.walk(hash) {
+        if attempts >= tries {
+            return None;
+        }
+        let up = &snap.upstreams[i];
+        if !up.state.is_resolved() {
+            up.state.metrics.failure(FailureReason::Resolve).inc();
+            continue;
+        }
+        let now = shared.clock.now_ms();
+        if !up.state.active.is_up() || up.state.passive.admit(up.policy, now) == Admission::Unusable {
+            skipped |= 1 << i;
+            continue;
+        }
+        attempts += 1;
+        if let Some(stream) = try_connect(shared, snap, up).await {
+            if shared.all_down.load(Ordering::Relaxed) && shared.all_down.swap(false, Ordering::AcqRel) {
+                tracing::info!("an upstream is usable again; last-resort episode over");
+            }
+            return Some((i, stream));
+        }
+    }
+    if skipped == 0 || attempts >= tries {
+        return None;
+    }
+    if !shared.all_down.swap(true, Ordering::AcqRel) {
+        shared.metrics.all_upstreams_down.inc();
+        tracing::warn!("no usable upstream; trying every upstream as a last resort");
+    }
+    for i in snap.ring.walk(hash) {
+        if attempts >= tries {
+            break;
+        }
+        if skipped & (1 << i) == 0 {
+            continue;
+        }
+        attempts += 1;
+        if let Some(stream) = try_connect(shared, snap, &snap.upstreams[i]).await {
+            return Some((i, stream));
+        }
+    }
+    None
+}
+
+/// One connect to one upstream (each of its addresses in turn, within one
+/// `connect_timeout`), with the outcome fed to passive health.
+async fn try_connect(shared: &Shared, snap: &Snapshot, up: &Upstream) -> Option<TcpStream> {
+    let state = &up.state;
+    let start = Instant::now();
+    let deadline = start + snap.settings.connect_timeout;
+    let mut reason = FailureReason::Resolve;
+    for addr in state.addrs().iter() {
+        match connect_one(*addr, deadline).await {
+            Ok(stream) => {
+                shared.metrics.connect_duration.observe(start.elapsed().as_secs_f64());
+                if let Some(t) = state.passive.on_success(shared.clock.now_ms()) {
+                    state.passive_transition(t, "connect succeeded", up.policy);
+                }
+                return Some(stream);
+            }
+            Err(r) => {
+                reason = r;
+                if r == FailureReason::Timeout {
+                    break;
+                }
+            }
+        }
+    }
+    state.metrics.failure(reason).inc();
+    tracing::debug!(upstream = %state.address, reason = reason.as_str(), "connect failed");
+    if let Some(t) = state.passive.on_failure(up.policy, shared.clock.now_ms()) {
+        state.passive_transition(t, reason.as_str(), up.policy);
+    }
+    None
+}
+
+async fn connect_one(addr: SocketAddr, deadline: Instant) -> Result<TcpStream, FailureReason> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|e| classify(&e))?;
+    match tokio::time::timeout_at(deadline, socket.connect(addr)).await {
+        Ok(Ok(stream)) => {
+            sockopt::tune(&stream);
+            Ok(stream)
+        }
+        Ok(Err(e)) => Err(classify(&e)),
+        Err(_) => Err(FailureReason::Timeout),
+    }
+}
+
+fn classify(e: &io::Error) -> FailureReason {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => FailureReason::Refused,
+        io::ErrorKind::TimedOut => FailureReason::Timeout,
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => FailureReason::Reset,
+        _ => FailureReason::Other,
+    }
+}
+

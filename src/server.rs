@@ -1,0 +1,184 @@
+//! Start-up and shutdown of one proxy: bind, resolve, publish the first
+//! snapshot, run the accept loops, drain on shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::listener::{self, ListenError};
+use crate::metrics::Metrics;
+use crate::resolve;
+use crate::shared::{Clock, Shared};
+use crate::snapshot::Snapshot;
+use crate::upstream::{StateTable, UpstreamState};
+
+/// How long start-up waits for names to resolve before serving anyway.
+const STARTUP_RESOLVE_LIMIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("could not register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("could not listen on {addr}: {source}")]
+    Register {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A bound, not yet serving, proxy. `bind` then `serve`; tests read the
+/// bound addresses in between.
+pub struct Server {
+    config: Config,
+    shared: Arc<Shared>,
+    table: StateTable,
+    listeners: Vec<std::net::TcpListener>,
+    local_addrs: Vec<SocketAddr>,
+}
+
+impl Server {
+    pub async fn bind(config: Config, registry: prometheus::Registry) -> Result<Server, ServerError> {
+        let metrics = Metrics::new(registry)?;
+        let mut listeners = Vec::new();
+        let mut local_addrs = Vec::new();
+        for addr in &config.listen {
+            let socks = listener::bind(*addr, config.workers.get(), config.backlog.get())?;
+            let local = socks[0]
+                .local_addr()
+                .map_err(|source| ServerError::Register { addr: *addr, source })?;
+            local_addrs.push(local);
+            listeners.extend(socks);
+        }
+        let mut table = StateTable::default();
+        let built = Snapshot::build(&config, &mut table, &metrics);
+        resolve_new(&built.snapshot, &built.added).await;
+        metrics.last_reload_success_timestamp.set(unix_now());
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(built.snapshot),
+            metrics,
+            clock: Clock::new(),
+            clients: AtomicUsize::new(0),
+            all_down: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            force_close: CancellationToken::new(),
+        });
+        Ok(Server {
+            config,
+            shared,
+            table,
+            listeners,
+            local_addrs,
+        })
+    }
+
+    /// One address per `listen` entry (the port chosen, when it was 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets open
+    /// connections finish for up to `shutdown_grace`, and closes the rest.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let Server {
+            config,
+            shared,
+            table,
+            listeners,
+            local_addrs,
+        } = self;
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            listen = ?local_addrs,
+            workers = config.workers.get(),
+            hash_key = config.hash.key.as_str(),
+            node_id = %config.hash.node_id,
+            upstreams = ?config.upstreams.iter().map(|u| u.address.as_str()).collect::<Vec<_>>(),
+            "cplb started"
+        );
+        let stop = CancellationToken::new();
+        let conns = TaskTracker::new();
+        let mut accepts = Vec::new();
+        for l in listeners {
+            let addr = l.local_addr().ok();
+            let l = TcpListener::from_std(l).map_err(|source| ServerError::Register {
+                addr: addr.unwrap_or(local_addrs[0]),
+                source,
+            })?;
+            accepts.push(tokio::spawn(listener::accept_loop(
+                l,
+                shared.clone(),
+                conns.clone(),
+                stop.clone(),
+            )));
+        }
+        let _keep_states_alive = table;
+
+        shutdown.await;
+
+        shared.draining.store(true, Ordering::SeqCst);
+        stop.cancel();
+        for a in accepts {
+            let _ = a.await;
+        }
+        conns.close();
+        let open = shared.clients.load(Ordering::Acquire);
+        tracing::info!(open, grace = ?config.shutdown_grace, "stopped accepting; draining connections");
+        if tokio::time::timeout(config.shutdown_grace, conns.wait()).await.is_err() {
+            let left = shared.clients.load(Ordering::Acquire);
+            tracing::info!(left, "drain grace over; closing remaining connections");
+            shared.force_close.cancel();
+            conns.wait().await;
+        }
+        tracing::info!("cplb stopped");
+        Ok(())
+    }
+}
+
+/// Runs a proxy with its own metrics registry until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    Server::bind(config, prometheus::Registry::new())
+        .await?
+        .serve(shutdown)
+        .await
+}
+
+/// Resolves new upstreams concurrently, bounded in time; the ones that do
+/// not resolve keep retrying in the background.
+async fn resolve_new(snapshot: &Snapshot, added: &[Arc<UpstreamState>]) {
+    let mut set = tokio::task::JoinSet::new();
+    for up in snapshot.upstreams.iter() {
+        if !added.iter().any(|a| Arc::ptr_eq(a, &up.state)) {
+            continue;
+        }
+        let state = up.state.clone();
+        let (host, port) = (up.config.host.clone(), up.config.port);
+        set.spawn(async move {
+            if !resolve::resolve_once(&state, &host, port, STARTUP_RESOLVE_LIMIT).await {
+                resolve::spawn_retry(&state, host, port);
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,122 @@
+//! One immutable view of the upstream set: the ring, the upstreams in ring
+//! index order, and the settings new connections use. Published as a whole
+//! through one `ArcSwap`, so a connection never sees a ring from one config
+//! and upstreams or timeouts from another.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, HashKey, UpstreamConfig};
+use crate::health::Policy;
+use crate::metrics::Metrics;
+use crate::ring::{self, Ring};
+use crate::upstream::{StateTable, UpstreamState};
+
+pub struct Snapshot {
+    pub ring: Ring,
+    pub upstreams: Vec<Upstream>,
+    pub settings: Settings,
+}
+
+pub struct Upstream {
+    pub config: UpstreamConfig,
+    pub policy: Policy,
+    pub state: Arc<UpstreamState>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub tries: usize,
+    pub key: HashKey,
+    /// crc32 of the node id, computed once: with `key: node` every
+    /// connection of this process hashes the same.
+    pub node_hash: u32,
+    pub max_connections: usize,
+    pub close_on_down: bool,
+}
+
+/// What building a snapshot changed in the state table.
+pub struct Built {
+    pub snapshot: Snapshot,
+    pub added: Vec<Arc<UpstreamState>>,
+    pub removed: Vec<Arc<UpstreamState>>,
+}
+
+impl Snapshot {
+    pub fn build(config: &Config, table: &mut StateTable, metrics: &Metrics) -> Built {
+        let ring = Ring::new(
+            config
+                .upstreams
+                .iter()
+                .map(|u| (u.address.as_str(), u.weight.get())),
+        );
+        let mut added = Vec::new();
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                let (state, new) = table.get_or_create(&u.address, metrics);
+                if new {
+                    added.push(state.clone());
+                }
+                Upstream {
+                    config: u.clone(),
+                    policy: Policy {
+                        max_fails: u.max_fails,
+                        fail_timeout_ms: u.fail_timeout.as_millis() as u64,
+                    },
+                    state,
+                }
+            })
+            .collect();
+        let keep: Vec<&str> = config.upstreams.iter().map(|u| u.address.as_str()).collect();
+        let removed = table.retain(&keep);
+        let settings = Settings {
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.idle_timeout,
+            tries: config.next_upstream_tries.get(),
+            key: config.hash.key,
+            node_hash: ring::hash_key(config.hash.node_id.as_bytes()),
+            max_connections: config.max_connections.get(),
+            close_on_down: config.health_check.as_ref().is_none_or(|h| h.close_on_down),
+        };
+        Built {
+            snapshot: Snapshot {
+                ring,
+                upstreams,
+                settings,
+            },
+            added,
+            removed,
+        }
+    }
+
+    /// The ring lookup hash for a client, per `hash.key`. Formats into a
+    /// stack buffer: no allocation per connection.
+    pub fn key_hash(&self, peer: SocketAddr) -> u32 {
+        use std::io::Write;
+        let mut buf = [0u8; 64];
+        let mut cur = std::io::Cursor::new(&mut buf[..]);
+        let written = match self.settings.key {
+            HashKey::Node => return self.settings.node_hash,
+            // nginx's $remote_addr: the bare IP text.
+            HashKey::RemoteAddr => write!(cur, "{}", peer.ip()),
+            HashKey::Connection => write!(cur, "{peer}"),
+        };
+        // 64 bytes hold any "[v6%scope]:port"; should it ever not, the hash
+        // of the written prefix is still a valid (if coarser) key.
+        let _ = written;
+        let n = cur.position() as usize;
+        ring::hash_key(&buf[..n])
+    }
+
+    /// True if at least one upstream can take new connections now.
+    pub fn any_usable(&self, now_ms: u64) -> bool {
+        self.upstreams
+            .iter()
+            .any(|u| u.state.is_usable(u.policy, now_ms))
+    }
+}

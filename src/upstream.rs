@@ -1,0 +1,164 @@
+//! Per-upstream runtime state that outlives config snapshots: health, the
+//! resolved addresses, metric handles and the eviction signal. A reload that
+//! keeps an upstream (same literal address) keeps this object.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+
+use crate::health::{PassiveHealth, Policy, Transition};
+use crate::metrics::{Metrics, UpstreamMetrics};
+
+pub struct UpstreamState {
+    pub address: String,
+    pub passive: PassiveHealth,
+    pub active: ActiveHealth,
+    /// Runtime state like health, not configuration: the resolver updates it
+    /// on its own schedule, and nothing else has to agree with it.
+    addrs: ArcSwap<Vec<SocketAddr>>,
+    pub metrics: UpstreamMetrics,
+    /// Woken when the active check marks this upstream down, so proxied
+    /// connections to it close (`health_check.close_on_down`).
+    pub evict: Notify,
+}
+
+/// The active health check's verdict, written by the prober task.
+#[derive(Debug)]
+pub struct ActiveHealth {
+    up: AtomicBool,
+    since: AtomicU64,
+}
+
+impl Default for ActiveHealth {
+    // Optimistic at start, like HAProxy: traffic flows before the first probe.
+    fn default() -> Self {
+        ActiveHealth {
+            up: AtomicBool::new(true),
+            since: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ActiveHealth {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Acquire)
+    }
+
+    pub fn since_ms(&self) -> u64 {
+        self.since.load(Relaxed)
+    }
+
+    /// Returns true if this changed the state.
+    pub fn set(&self, up: bool, now: u64) -> bool {
+        if self.up.swap(up, AcqRel) != up {
+            self.since.store(now, Release);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl UpstreamState {
+    pub fn new(address: &str, metrics: &Metrics) -> UpstreamState {
+        let m = metrics.upstream(address);
+        m.up.set(1);
+        UpstreamState {
+            address: address.to_string(),
+            passive: PassiveHealth::default(),
+            active: ActiveHealth::default(),
+            addrs: ArcSwap::from_pointee(Vec::new()),
+            metrics: m,
+            evict: Notify::new(),
+        }
+    }
+
+    pub fn addrs(&self) -> Arc<Vec<SocketAddr>> {
+        self.addrs.load_full()
+    }
+
+    pub fn set_addrs(&self, addrs: Vec<SocketAddr>) {
+        self.addrs.store(Arc::new(addrs));
+    }
+
+    pub fn is_resolved(&self) -> bool {
+        !self.addrs.load().is_empty()
+    }
+
+    /// Usable for new connections: both checks allow it, and it has an address.
+    pub fn is_usable(&self, policy: Policy, now: u64) -> bool {
+        self.active.is_up() && self.passive.is_usable(policy, now) && self.is_resolved()
+    }
+
+    fn refresh_up_gauge(&self) {
+        let up = self.active.is_up() && !self.passive.is_down();
+        self.metrics.up.set(up as i64);
+    }
+
+    /// Logs and counts a passive-health transition: once per transition,
+    /// never once per failure.
+    pub fn passive_transition(&self, t: Transition, reason: &str, policy: Policy) {
+        self.metrics.state_changes.inc();
+        self.refresh_up_gauge();
+        match t {
+            Transition::MarkedDown => tracing::warn!(
+                upstream = %self.address,
+                reason,
+                max_fails = policy.max_fails,
+                retry_after_ms = policy.fail_timeout_ms,
+                "upstream marked down"
+            ),
+            Transition::MarkedUp => {
+                tracing::info!(upstream = %self.address, check = "passive", "upstream back up")
+            }
+        }
+    }
+
+    /// Records the active check's verdict; true if it changed.
+    pub fn set_active(&self, up: bool, now: u64, detail: &str) -> bool {
+        if !self.active.set(up, now) {
+            return false;
+        }
+        self.metrics.state_changes.inc();
+        self.refresh_up_gauge();
+        if up {
+            tracing::info!(upstream = %self.address, check = "active", "upstream back up");
+        } else {
+            tracing::warn!(upstream = %self.address, check = "active", reason = detail, "upstream marked down");
+        }
+        true
+    }
+}
+
+/// Upstream states by literal address, kept by whoever builds snapshots.
+#[derive(Default)]
+pub struct StateTable {
+    states: HashMap<String, Arc<UpstreamState>>,
+}
+
+impl StateTable {
+    /// The state for `address`, created (and reported as new) if absent.
+    pub fn get_or_create(&mut self, address: &str, metrics: &Metrics) -> (Arc<UpstreamState>, bool) {
+        if let Some(s) = self.states.get(address) {
+            return (s.clone(), false);
+        }
+        let s = Arc::new(UpstreamState::new(address, metrics));
+        self.states.insert(address.to_string(), s.clone());
+        (s, true)
+    }
+
+    /// Drops every state whose address is not in `keep`; returns them.
+    pub fn retain(&mut self, keep: &[&str]) -> Vec<Arc<UpstreamState>> {
+        let gone: Vec<String> = self
+            .states
+            .keys()
+            .filter(|k| !keep.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        gone.iter().filter_map(|k| self.states.remove(k)).collect()
+    }
+}
