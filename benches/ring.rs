@@ -6,7 +6,9 @@ use cplb::ring::{Ring, hash_key};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn servers(n: usize) -> Vec<String> {
-    (1..=n).map(|i| format!("server{i}.k8s.local:6443")).collect()
+    (1..=n)
+        .map(|i| format!("server{i}.k8s.local:6443"))
+        .collect()
 }
 
 fn build(c: &mut Criterion) {

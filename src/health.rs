@@ -74,7 +74,10 @@ impl PassiveHealth {
             return Admission::Unusable;
         }
         let next = now + policy.fail_timeout_ms.max(1);
-        match self.down_until.compare_exchange(until, next, AcqRel, Acquire) {
+        match self
+            .down_until
+            .compare_exchange(until, next, AcqRel, Acquire)
+        {
             Ok(_) => Admission::Trial,
             Err(_) => Admission::Unusable,
         }
@@ -87,7 +90,9 @@ impl PassiveHealth {
             return None;
         }
         let window = self.window_start.load(Acquire);
-        let fails = if self.fails.load(Acquire) == 0 || now.saturating_sub(window) > policy.fail_timeout_ms {
+        let fails = if self.fails.load(Acquire) == 0
+            || now.saturating_sub(window) > policy.fail_timeout_ms
+        {
             self.window_start.store(now, Release);
             self.fails.store(1, Release);
             1
@@ -159,7 +164,11 @@ mod tests {
         h.on_failure(P, 0);
         h.on_failure(P, 0);
         assert_eq!(h.admit(P, 3000), Admission::Trial);
-        assert_eq!(h.admit(P, 3001), Admission::Unusable, "second caller gets no trial");
+        assert_eq!(
+            h.admit(P, 3001),
+            Admission::Unusable,
+            "second caller gets no trial"
+        );
         assert_eq!(h.on_success(3050), Some(Transition::MarkedUp));
         assert_eq!(h.admit(P, 3051), Admission::Usable);
         assert_eq!(h.since_ms(), 3050);

@@ -24,13 +24,22 @@ pub struct ListenError {
 
 /// Binds `workers` SO_REUSEPORT sockets on `addr`. With port 0, the first
 /// socket picks the port and the others join it.
-pub fn bind(addr: SocketAddr, workers: usize, backlog: u32) -> Result<Vec<std::net::TcpListener>, ListenError> {
+pub fn bind(
+    addr: SocketAddr,
+    workers: usize,
+    backlog: u32,
+) -> Result<Vec<std::net::TcpListener>, ListenError> {
     let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(workers);
     let mut target = addr;
     for _ in 0..workers {
-        let l = bind_one(target, backlog).map_err(|source| ListenError { addr: target, source })?;
+        let l = bind_one(target, backlog).map_err(|source| ListenError {
+            addr: target,
+            source,
+        })?;
         if target.port() == 0 {
-            target = l.local_addr().map_err(|source| ListenError { addr, source })?;
+            target = l
+                .local_addr()
+                .map_err(|source| ListenError { addr, source })?;
         }
         out.push(l);
     }
@@ -55,7 +64,9 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener>
 fn is_per_connection(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
     ) || e.raw_os_error() == Some(libc::EPROTO)
 }
 
@@ -64,9 +75,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Accepts until `stop`, then takes in what is already queued (so closing
 /// the socket resets as few clients as possible) and returns.
-pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker, stop: CancellationToken) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
     let mut backoff = BACKOFF_MIN;
-    let mut failing = false;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -75,10 +90,7 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: Ta
         };
         match accepted {
             Ok((stream, peer)) => {
-                if failing {
-                    failing = false;
-                    tracing::info!("accepting connections again");
-                }
+                end_accept_episode(&shared);
                 backoff = BACKOFF_MIN;
                 dispatch(&shared, &tracker, stream, peer);
             }
@@ -87,8 +99,10 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: Ta
                 // EMFILE, ENFILE, ENOBUFS, ENOMEM: the queued client stays
                 // queued; wait for resources instead of spinning or exiting.
                 shared.metrics.rejected("accept_error").inc();
-                if !failing {
-                    failing = true;
+                shared
+                    .accept_failed_at
+                    .store(shared.clock.now_ms(), Ordering::Release);
+                if !shared.accept_failing.swap(true, Ordering::AcqRel) {
                     tracing::warn!(error = %e, "accept failed; backing off until it recovers");
                 }
                 tokio::select! {
@@ -111,7 +125,29 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: Ta
         dispatch(&shared, &tracker, stream, peer);
     }
     if drained > 0 {
-        tracing::debug!(drained, "took queued connections before closing the listener");
+        tracing::debug!(
+            drained,
+            "took queued connections before closing the listener"
+        );
+    }
+}
+
+/// How long accepts must succeed before a failure episode counts as over;
+/// under descriptor pressure accepts flap, and each flap is not news.
+const EPISODE_QUIET_MS: u64 = 1000;
+
+/// Ends an accept-failure episode (shared by all listeners) once it has
+/// been quiet for a while: one "backing off" line and one "again" line.
+fn end_accept_episode(shared: &Shared) {
+    if shared.accept_failing.load(Ordering::Relaxed)
+        && shared
+            .clock
+            .now_ms()
+            .saturating_sub(shared.accept_failed_at.load(Ordering::Acquire))
+            >= EPISODE_QUIET_MS
+        && shared.accept_failing.swap(false, Ordering::AcqRel)
+    {
+        tracing::info!("accepting connections again");
     }
 }
 

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use cplb::Config;
 
 #[derive(Parser)]
-#[command(name = "cplb", version, about = "Control-plane load balancer: a node-local TCP proxy for Kubernetes API servers")]
+#[command(
+    name = "cplb",
+    version,
+    about = "Control-plane load balancer: a node-local TCP proxy for Kubernetes API servers"
+)]
 struct Cli {
     /// Configuration file (YAML).
     #[arg(short, long, value_name = "FILE")]
@@ -110,6 +114,7 @@ fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

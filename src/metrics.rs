@@ -31,13 +31,23 @@ pub struct Metrics {
     pub probe_duration: Histogram,
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
     let v = IntCounterVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(v.clone()))?;
     Ok(v)
 }
 
-fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+fn gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
     let v = IntGaugeVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(v.clone()))?;
     Ok(v)
@@ -55,8 +65,15 @@ fn histogram(r: &Registry, name: &str, help: &str) -> prometheus::Result<Histogr
 impl Metrics {
     pub fn new(registry: Registry) -> prometheus::Result<Metrics> {
         let r = &registry;
-        let build_info = gauge_vec(r, "cplb_build_info", "Build information; always 1.", &["version"])?;
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let build_info = gauge_vec(
+            r,
+            "cplb_build_info",
+            "Build information; always 1.",
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         let client_connections_active = IntGauge::new(
             "cplb_client_connections_active",
             "Client connections currently open, proxied or still connecting.",
@@ -79,22 +96,80 @@ impl Metrics {
         )?;
         r.register(Box::new(last_reload_success_timestamp.clone()))?;
         Ok(Metrics {
-            connections_total: counter_vec(r, "cplb_connections_total", "Client connections proxied to an upstream.", &["upstream"])?,
-            connections_active: gauge_vec(r, "cplb_connections_active", "Proxied connections currently open, per upstream.", &["upstream"])?,
-            connect_failures: counter_vec(r, "cplb_connect_failures_total", "Failed connects to an upstream, by reason.", &["upstream", "reason"])?,
-            upstream_up: gauge_vec(r, "cplb_upstream_up", "1 if the upstream is usable (passive and active checks), else 0.", &["upstream"])?,
-            state_changes: counter_vec(r, "cplb_upstream_state_changes_total", "Transitions of an upstream between up and down.", &["upstream"])?,
-            bytes: counter_vec(r, "cplb_bytes_total", "Bytes proxied, by upstream and direction.", &["upstream", "direction"])?,
-            connections_closed: counter_vec(r, "cplb_connections_closed_total", "Proxied connections closed by cplb, by reason.", &["upstream", "reason"])?,
-            connect_duration: histogram(r, "cplb_connect_duration_seconds", "Time to establish a connection to an upstream.")?,
+            connections_total: counter_vec(
+                r,
+                "cplb_connections_total",
+                "Client connections proxied to an upstream.",
+                &["upstream"],
+            )?,
+            connections_active: gauge_vec(
+                r,
+                "cplb_connections_active",
+                "Proxied connections currently open, per upstream.",
+                &["upstream"],
+            )?,
+            connect_failures: counter_vec(
+                r,
+                "cplb_connect_failures_total",
+                "Failed connects to an upstream, by reason.",
+                &["upstream", "reason"],
+            )?,
+            upstream_up: gauge_vec(
+                r,
+                "cplb_upstream_up",
+                "1 if the upstream is usable (passive and active checks), else 0.",
+                &["upstream"],
+            )?,
+            state_changes: counter_vec(
+                r,
+                "cplb_upstream_state_changes_total",
+                "Transitions of an upstream between up and down.",
+                &["upstream"],
+            )?,
+            bytes: counter_vec(
+                r,
+                "cplb_bytes_total",
+                "Bytes proxied, by upstream and direction.",
+                &["upstream", "direction"],
+            )?,
+            connections_closed: counter_vec(
+                r,
+                "cplb_connections_closed_total",
+                "Proxied connections closed by cplb, by reason.",
+                &["upstream", "reason"],
+            )?,
+            connect_duration: histogram(
+                r,
+                "cplb_connect_duration_seconds",
+                "Time to establish a connection to an upstream.",
+            )?,
             client_connections_active,
-            rejected: counter_vec(r, "cplb_client_connections_rejected_total", "Client connections closed without being proxied, by reason.", &["reason"])?,
+            rejected: counter_vec(
+                r,
+                "cplb_client_connections_rejected_total",
+                "Client connections closed without being proxied, by reason.",
+                &["reason"],
+            )?,
             all_upstreams_down,
-            reloads: counter_vec(r, "cplb_config_reloads_total", "Configuration reloads, by result.", &["result"])?,
+            reloads: counter_vec(
+                r,
+                "cplb_config_reloads_total",
+                "Configuration reloads, by result.",
+                &["result"],
+            )?,
             last_reload_successful,
             last_reload_success_timestamp,
-            probes: counter_vec(r, "cplb_health_checks_total", "Active health check probes, by upstream and result.", &["upstream", "result"])?,
-            probe_duration: histogram(r, "cplb_health_check_duration_seconds", "Duration of active health check probes.")?,
+            probes: counter_vec(
+                r,
+                "cplb_health_checks_total",
+                "Active health check probes, by upstream and result.",
+                &["upstream", "result"],
+            )?,
+            probe_duration: histogram(
+                r,
+                "cplb_health_check_duration_seconds",
+                "Duration of active health check probes.",
+            )?,
             registry,
         })
     }
@@ -132,9 +207,13 @@ impl Metrics {
             bytes_to_upstream: self.bytes.with_label_values(&[a, "to_upstream"]),
             bytes_to_client: self.bytes.with_label_values(&[a, "to_client"]),
             failures: FAILURE_REASONS.map(|r| self.connect_failures.with_label_values(&[a, r])),
-            closed_upstream_down: self.connections_closed.with_label_values(&[a, "upstream_down"]),
+            closed_upstream_down: self
+                .connections_closed
+                .with_label_values(&[a, "upstream_down"]),
             closed_shutdown: self.connections_closed.with_label_values(&[a, "shutdown"]),
-            closed_idle: self.connections_closed.with_label_values(&[a, "idle_timeout"]),
+            closed_idle: self
+                .connections_closed
+                .with_label_values(&[a, "idle_timeout"]),
             probe_ok: self.probes.with_label_values(&[a, "success"]),
             probe_fail: self.probes.with_label_values(&[a, "failure"]),
         }

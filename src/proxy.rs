@@ -84,13 +84,16 @@ async fn connect_any(shared: &Shared, snap: &Snapshot, hash: u32) -> Option<(usi
             continue;
         }
         let now = shared.clock.now_ms();
-        if !up.state.active.is_up() || up.state.passive.admit(up.policy, now) == Admission::Unusable {
+        if !up.state.active.is_up() || up.state.passive.admit(up.policy, now) == Admission::Unusable
+        {
             skipped |= 1 << i;
             continue;
         }
         attempts += 1;
         if let Some(stream) = try_connect(shared, snap, up).await {
-            if shared.all_down.load(Ordering::Relaxed) && shared.all_down.swap(false, Ordering::AcqRel) {
+            if shared.all_down.load(Ordering::Relaxed)
+                && shared.all_down.swap(false, Ordering::AcqRel)
+            {
                 tracing::info!("an upstream is usable again; last-resort episode over");
             }
             return Some((i, stream));
@@ -126,9 +129,25 @@ async fn try_connect(shared: &Shared, snap: &Snapshot, up: &Upstream) -> Option<
     let deadline = start + snap.settings.connect_timeout;
     let mut reason = FailureReason::Resolve;
     for addr in state.addrs().iter() {
-        match connect_one(*addr, deadline).await {
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        };
+        let socket = match socket {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors or memory here: our problem, not
+                // the upstream's, so its health is left alone.
+                tracing::debug!(error = %e, "could not create upstream socket");
+                return None;
+            }
+        };
+        match connect_one(socket, *addr, deadline).await {
             Ok(stream) => {
-                shared.metrics.connect_duration.observe(start.elapsed().as_secs_f64());
+                shared
+                    .metrics
+                    .connect_duration
+                    .observe(start.elapsed().as_secs_f64());
                 if let Some(t) = state.passive.on_success(shared.clock.now_ms()) {
                     state.passive_transition(t, "connect succeeded", up.policy);
                 }
@@ -150,12 +169,11 @@ async fn try_connect(shared: &Shared, snap: &Snapshot, up: &Upstream) -> Option<
     None
 }
 
-async fn connect_one(addr: SocketAddr, deadline: Instant) -> Result<TcpStream, FailureReason> {
-    let socket = match addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4(),
-        SocketAddr::V6(_) => TcpSocket::new_v6(),
-    }
-    .map_err(|e| classify(&e))?;
+async fn connect_one(
+    socket: TcpSocket,
+    addr: SocketAddr,
+    deadline: Instant,
+) -> Result<TcpStream, FailureReason> {
     match tokio::time::timeout_at(deadline, socket.connect(addr)).await {
         Ok(Ok(stream)) => {
             sockopt::tune(&stream);
@@ -174,4 +192,3 @@ fn classify(e: &io::Error) -> FailureReason {
         _ => FailureReason::Other,
     }
 }
-

@@ -143,7 +143,10 @@ impl Ring {
             };
             owned[p.server as usize] += span;
         }
-        owned.iter().map(|&o| o as f64 / (1u64 << 32) as f64).collect()
+        owned
+            .iter()
+            .map(|&o| o as f64 / (1u64 << 32) as f64)
+            .collect()
     }
 }
 

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -48,7 +48,10 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn bind(config: Config, registry: prometheus::Registry) -> Result<Server, ServerError> {
+    pub async fn bind(
+        config: Config,
+        registry: prometheus::Registry,
+    ) -> Result<Server, ServerError> {
         let metrics = Metrics::new(registry)?;
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
@@ -56,7 +59,10 @@ impl Server {
             let socks = listener::bind(*addr, config.workers.get(), config.backlog.get())?;
             let local = socks[0]
                 .local_addr()
-                .map_err(|source| ServerError::Register { addr: *addr, source })?;
+                .map_err(|source| ServerError::Register {
+                    addr: *addr,
+                    source,
+                })?;
             local_addrs.push(local);
             listeners.extend(socks);
         }
@@ -70,6 +76,8 @@ impl Server {
             clock: Clock::new(),
             clients: AtomicUsize::new(0),
             all_down: AtomicBool::new(false),
+            accept_failing: AtomicBool::new(false),
+            accept_failed_at: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             force_close: CancellationToken::new(),
         });
@@ -138,7 +146,10 @@ impl Server {
         conns.close();
         let open = shared.clients.load(Ordering::Acquire);
         tracing::info!(open, grace = ?config.shutdown_grace, "stopped accepting; draining connections");
-        if tokio::time::timeout(config.shutdown_grace, conns.wait()).await.is_err() {
+        if tokio::time::timeout(config.shutdown_grace, conns.wait())
+            .await
+            .is_err()
+        {
             let left = shared.clients.load(Ordering::Acquire);
             tracing::info!(left, "drain grace over; closing remaining connections");
             shared.force_close.cancel();

@@ -1,6 +1,6 @@
 //! State shared by every task of one running proxy.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +17,10 @@ pub struct Shared {
     pub clients: AtomicUsize,
     /// Inside a last-resort episode (every upstream unusable); logged once.
     pub all_down: AtomicBool,
+    /// Inside an accept-failure episode (e.g. out of descriptors), across
+    /// all listeners, and when the last failure was (`Clock` ms).
+    pub accept_failing: AtomicBool,
+    pub accept_failed_at: AtomicU64,
     /// Set once shutdown has begun: `/readyz` answers 503.
     pub draining: AtomicBool,
     /// Cancelled when the drain grace is over: open connections close.

@@ -72,7 +72,11 @@ impl Snapshot {
                 }
             })
             .collect();
-        let keep: Vec<&str> = config.upstreams.iter().map(|u| u.address.as_str()).collect();
+        let keep: Vec<&str> = config
+            .upstreams
+            .iter()
+            .map(|u| u.address.as_str())
+            .collect();
         let removed = table.retain(&keep);
         let settings = Settings {
             connect_timeout: config.connect_timeout,

@@ -142,7 +142,11 @@ pub struct StateTable {
 
 impl StateTable {
     /// The state for `address`, created (and reported as new) if absent.
-    pub fn get_or_create(&mut self, address: &str, metrics: &Metrics) -> (Arc<UpstreamState>, bool) {
+    pub fn get_or_create(
+        &mut self,
+        address: &str,
+        metrics: &Metrics,
+    ) -> (Arc<UpstreamState>, bool) {
         if let Some(s) = self.states.get(address) {
             return (s.clone(), false);
         }

@@ -95,7 +95,9 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         text => Some(text.parse::<SocketAddr>().map_err(|_| {
             cx.err(
                 "admin",
-                format!("'{text}' is not an ip:port address (use \"\" to disable the admin endpoint)"),
+                format!(
+                    "'{text}' is not an ip:port address (use \"\" to disable the admin endpoint)"
+                ),
             )
         })?),
     };
@@ -106,7 +108,10 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
     if raw.upstreams.len() > MAX_UPSTREAMS {
         return Err(cx.err(
             "upstreams",
-            format!("{} upstreams, at most {MAX_UPSTREAMS} are supported", raw.upstreams.len()),
+            format!(
+                "{} upstreams, at most {MAX_UPSTREAMS} are supported",
+                raw.upstreams.len()
+            ),
         ));
     }
     let mut seen = HashSet::new();
@@ -126,7 +131,8 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         0 => upstreams.len(),
         n => (n as usize).min(upstreams.len()),
     };
-    let next_upstream_tries = NonZeroUsize::new(next_upstream_tries).expect("upstreams is not empty");
+    let next_upstream_tries =
+        NonZeroUsize::new(next_upstream_tries).expect("upstreams is not empty");
 
     let health_check = raw
         .health_check
@@ -154,7 +160,8 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
 fn upstream(cx: &Ctx, i: usize, u: &RawUpstream) -> Result<UpstreamConfig, ConfigError> {
     let field = |name: &str| format!("upstreams[{i}].{name}");
     let address = u.address.trim().to_string();
-    let (host, port) = split_host_port(&address).map_err(|reason| cx.err(field("address"), reason))?;
+    let (host, port) =
+        split_host_port(&address).map_err(|reason| cx.err(field("address"), reason))?;
     let weight = match u.weight {
         w @ 1.. if w <= MAX_WEIGHT as i64 => NonZeroU32::new(w as u32).expect("w > 0"),
         w => {
@@ -167,7 +174,10 @@ fn upstream(cx: &Ctx, i: usize, u: &RawUpstream) -> Result<UpstreamConfig, Confi
     let max_fails = u32::try_from(u.max_fails)
         .map_err(|_| cx.err(field("max_fails"), format!("{} is too large", u.max_fails)))?;
     if max_fails > 0 && u.fail_timeout.is_zero() {
-        return Err(cx.err(field("fail_timeout"), "must be greater than 0 when max_fails is set"));
+        return Err(cx.err(
+            field("fail_timeout"),
+            "must be greater than 0 when max_fails is set",
+        ));
     }
     Ok(UpstreamConfig {
         address,
@@ -191,17 +201,25 @@ fn split_host_port(text: &str) -> Result<(String, u16), String> {
         return Ok((sa.ip().to_string(), sa.port()));
     }
     let Some((host, port)) = text.rsplit_once(':') else {
-        return Err(format!("'{text}' has no port (expected host:port, like server1.k8s.local:6443)"));
+        return Err(format!(
+            "'{text}' has no port (expected host:port, like server1.k8s.local:6443)"
+        ));
     };
     let port: u16 = match port.parse::<u32>() {
         Ok(p @ 1..=65535) => p as u16,
-        _ => return Err(format!("'{text}': port '{port}' must be a number between 1 and 65535")),
+        _ => {
+            return Err(format!(
+                "'{text}': port '{port}' must be a number between 1 and 65535"
+            ));
+        }
     };
     if host.starts_with('[') || host.contains(':') {
         return Err(format!("'{text}' is not a valid [ipv6]:port address"));
     }
     if !valid_hostname(host) {
-        return Err(format!("'{text}': '{host}' is not a valid host name or IP address"));
+        return Err(format!(
+            "'{text}': '{host}' is not a valid host name or IP address"
+        ));
     }
     Ok((host.to_string(), port))
 }
@@ -214,7 +232,9 @@ fn valid_hostname(host: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
@@ -223,7 +243,10 @@ fn health_check(cx: &Ctx, hc: &RawHealthCheck) -> Result<HealthCheckConfig, Conf
     let timeout = cx.positive("health_check.timeout", hc.timeout)?;
     let count = |name: &str, v: u64| match v {
         1..=100 => Ok(NonZeroU32::new(v as u32).expect("v > 0")),
-        _ => Err(cx.err(format!("health_check.{name}"), format!("must be between 1 and 100, got {v}"))),
+        _ => Err(cx.err(
+            format!("health_check.{name}"),
+            format!("must be between 1 and 100, got {v}"),
+        )),
     };
     let rise = count("rise", hc.rise)?;
     let fall = count("fall", hc.fall)?;
@@ -240,7 +263,10 @@ fn health_check(cx: &Ctx, hc: &RawHealthCheck) -> Result<HealthCheckConfig, Conf
     if !hc.path.starts_with('/') || hc.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return Err(cx.err(
             "health_check.path",
-            format!("'{}' must start with / and contain no spaces or control characters", hc.path),
+            format!(
+                "'{}' must start with / and contain no spaces or control characters",
+                hc.path
+            ),
         ));
     }
     let file = |name: &str, v: &str| -> Result<Option<PathBuf>, ConfigError> {
@@ -249,7 +275,10 @@ fn health_check(cx: &Ctx, hc: &RawHealthCheck) -> Result<HealthCheckConfig, Conf
         }
         let p = PathBuf::from(v);
         if !p.is_file() {
-            return Err(cx.err(format!("health_check.tls.{name}"), format!("'{v}' is not a readable file")));
+            return Err(cx.err(
+                format!("health_check.tls.{name}"),
+                format!("'{v}' is not a readable file"),
+            ));
         }
         Ok(Some(p))
     };
@@ -261,7 +290,10 @@ fn health_check(cx: &Ctx, hc: &RawHealthCheck) -> Result<HealthCheckConfig, Conf
         key_file: file("key_file", &hc.tls.key_file)?,
     };
     if tls.cert_file.is_some() != tls.key_file.is_some() {
-        return Err(cx.err("health_check.tls", "cert_file and key_file must be given together"));
+        return Err(cx.err(
+            "health_check.tls",
+            "cert_file and key_file must be given together",
+        ));
     }
     if mode == CheckMode::Https && tls.ca_file.is_none() && !tls.insecure_skip_verify {
         return Err(cx.err(
@@ -305,7 +337,10 @@ mod tests {
     fn host_port_forms() {
         assert_eq!(split_host_port("a.b:1").unwrap(), ("a.b".into(), 1));
         assert_eq!(split_host_port("[::1]:6443").unwrap(), ("::1".into(), 6443));
-        assert_eq!(split_host_port("10.0.0.1:6443").unwrap(), ("10.0.0.1".into(), 6443));
+        assert_eq!(
+            split_host_port("10.0.0.1:6443").unwrap(),
+            ("10.0.0.1".into(), 6443)
+        );
         assert!(split_host_port("a.b").is_err());
         assert!(split_host_port("a.b:0").is_err());
         assert!(split_host_port("a.b:70000").is_err());

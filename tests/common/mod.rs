@@ -1,0 +1,301 @@
+//! Shared test fixtures: fake upstreams that announce who they are, a proxy
+//! started in-process, clients, metric scraping, and polling with a deadline.
+#![allow(dead_code)]
+
+pub mod metrics;
+pub mod process;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use cplb::Config;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// What a fake upstream does after announcing its name.
+#[derive(Clone, Copy, Debug)]
+pub enum Mode {
+    /// Echo every byte back.
+    Echo,
+    /// Read to EOF, reply "<count> <crc32>\n", then send `reply` bytes of a
+    /// known pattern and close: checks half-close in both directions.
+    Drain { reply: usize },
+    /// Send "tick\n" every `ms` milliseconds, ignore input: a watch.
+    Ticker { ms: u64 },
+}
+
+/// A TCP server on 127.0.0.1:0 that writes `name\n` on accept.
+pub struct FakeUpstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl FakeUpstream {
+    pub async fn start(name: &str) -> FakeUpstream {
+        Self::start_mode(name, Mode::Echo).await
+    }
+
+    pub async fn start_mode(name: &str, mode: Mode) -> FakeUpstream {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(name, l, mode)
+    }
+
+    /// Starts on a given address (to bring a "dead" upstream back).
+    pub async fn start_at(name: &str, addr: SocketAddr) -> FakeUpstream {
+        let l = TcpListener::bind(addr).await.unwrap();
+        Self::serve(name, l, Mode::Echo)
+    }
+
+    fn serve(name: &str, l: TcpListener, mode: Mode) -> FakeUpstream {
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (n, a) = (name.to_string(), accepted.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                let line = format!("{n}\n");
+                tokio::spawn(async move {
+                    if s.write_all(line.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    match mode {
+                        Mode::Echo => {
+                            let (mut r, mut w) = s.split();
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                        }
+                        Mode::Drain { reply } => {
+                            let mut h = crc32fast::Hasher::new();
+                            let mut count = 0usize;
+                            let mut buf = vec![0u8; 64 * 1024];
+                            loop {
+                                match s.read(&mut buf).await {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(k) => {
+                                        h.update(&buf[..k]);
+                                        count += k;
+                                    }
+                                }
+                            }
+                            let head = format!("{count} {}\n", h.finalize());
+                            let _ = s.write_all(head.as_bytes()).await;
+                            let _ = s.write_all(&pattern(reply)).await;
+                            let _ = s.shutdown().await;
+                        }
+                        Mode::Ticker { ms } => loop {
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            if s.write_all(b"tick\n").await.is_err() {
+                                return;
+                            }
+                        },
+                    }
+                });
+            }
+        });
+        FakeUpstream {
+            name: name.to_string(),
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting and closes the listening socket (new connects are refused).
+    pub fn stop(self) -> SocketAddr {
+        self.task.abort();
+        self.addr
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// An address where nothing listens: connects are refused.
+pub fn refused_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A listener that never accepts, with its accept queue already full, so
+/// further SYNs are dropped and connects time out: a blackholed master.
+pub struct Blackhole {
+    pub addr: SocketAddr,
+    _listener: socket2::Socket,
+    _fillers: Vec<std::net::TcpStream>,
+}
+
+impl Blackhole {
+    pub fn start() -> Blackhole {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        s.listen(0).unwrap();
+        let addr = s.local_addr().unwrap().as_socket().unwrap();
+        // Fill the queue: with backlog 0 Linux still queues one connection;
+        // connect until one times out.
+        let mut fillers = Vec::new();
+        loop {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(c) => fillers.push(c),
+                Err(_) => break,
+            }
+            assert!(fillers.len() < 64, "blackhole queue never filled");
+        }
+        Blackhole {
+            addr,
+            _listener: s,
+            _fillers: fillers,
+        }
+    }
+}
+
+/// Builds a config from YAML with `{u0}`, `{u1}`... replaced by upstream addresses.
+pub fn config(yaml: &str) -> Config {
+    Config::parse(yaml, std::path::Path::new("test.yaml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// YAML for a proxy on 127.0.0.1:0 in front of `upstreams`.
+pub fn yaml(upstreams: &[SocketAddr], extra: &str) -> String {
+    // A short drain grace: tests end with clients still open.
+    let mut y =
+        String::from("listen: 127.0.0.1:0\nworkers: 2\nadmin: \"\"\nshutdown_grace: 200ms\n");
+    y.push_str(extra);
+    y.push_str("\nupstreams:\n");
+    for u in upstreams {
+        y.push_str(&format!("  - address: {u}\n    fail_timeout: 60s\n"));
+    }
+    y
+}
+
+/// A proxy running in this process.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub addrs: Vec<SocketAddr>,
+    pub metrics: cplb::metrics::Metrics,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), cplb::ServerError>>>,
+}
+
+impl Proxy {
+    pub async fn start(config: Config) -> Proxy {
+        let server = cplb::Server::bind(config, prometheus::Registry::new())
+            .await
+            .unwrap();
+        let addrs = server.local_addrs().to_vec();
+        let metrics = server.metrics().clone();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(server.serve(async {
+            let _ = rx.await;
+        }));
+        Proxy {
+            addr: addrs[0],
+            addrs,
+            metrics,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn scrape(&self) -> metrics::Scrape {
+        metrics::Scrape::parse(&self.metrics.render())
+    }
+
+    /// Begins shutdown and waits for `serve` to return.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// A client connection through the proxy, after reading the upstream's name.
+pub struct Client {
+    pub upstream: String,
+    pub reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub async fn connect(proxy: SocketAddr) -> Client {
+        Self::connect_from(None, proxy)
+            .await
+            .expect("no upstream answered")
+    }
+
+    /// Connects from a chosen source IP (any 127.x.y.z works on loopback).
+    /// None if the proxy closed the connection without an upstream.
+    pub async fn connect_from(src: Option<std::net::IpAddr>, proxy: SocketAddr) -> Option<Client> {
+        let sock = TcpSocket::new_v4().unwrap();
+        if let Some(ip) = src {
+            sock.bind(SocketAddr::new(ip, 0)).unwrap();
+        }
+        let s = sock.connect(proxy).await.unwrap();
+        let mut reader = BufReader::new(s);
+        let mut line = String::new();
+        let n = tokio::time::timeout(DEADLINE, reader.read_line(&mut line))
+            .await
+            .expect("no greeting within deadline")
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        Some(Client {
+            upstream: line.trim_end().to_string(),
+            reader,
+        })
+    }
+
+    /// Sends a line and expects it echoed back.
+    pub async fn ping(&mut self, msg: &str) {
+        self.reader
+            .get_mut()
+            .write_all(format!("{msg}\n").as_bytes())
+            .await
+            .unwrap();
+        let mut line = String::new();
+        tokio::time::timeout(DEADLINE, self.reader.read_line(&mut line))
+            .await
+            .expect("echo within deadline")
+            .unwrap();
+        assert_eq!(line.trim_end(), msg);
+    }
+}
+
+/// Polls `cond` until it holds or the deadline passes.
+pub async fn wait_until<F: FnMut() -> bool>(what: &str, mut cond: F) {
+    let end = tokio::time::Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,182 @@
+//! The `cplb` binary as a child process, with its log lines collected.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::DEADLINE;
+
+pub struct CplbProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub config_path: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+#[derive(Default)]
+pub struct Options {
+    /// RLIMIT_NOFILE for the child.
+    pub nofile: Option<u64>,
+    pub args: Vec<String>,
+}
+
+
+/// A fresh temp directory for one test.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let d = std::env::temp_dir().join(format!("cplb-test-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+impl CplbProcess {
+    pub fn spawn(yaml: &str, opts: Options) -> CplbProcess {
+        let dir = temp_dir("proc");
+        let config_path = dir.join("cplb.yaml");
+        std::fs::write(&config_path, yaml).unwrap();
+        Self::spawn_with_file(config_path, opts)
+    }
+
+    pub fn spawn_with_file(config_path: PathBuf, opts: Options) -> CplbProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cplb"));
+        cmd.arg("--config").arg(&config_path).args(&opts.args);
+        cmd.env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(n) = opts.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn cplb");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let l = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                l.lock().unwrap().push(line);
+            }
+        });
+        let mut p = CplbProcess {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            admin: None,
+            config_path,
+            logs,
+        };
+        let line = p.wait_for_log("cplb started");
+        p.addr = field(&line, "listen=[")
+            .split(',')
+            .next()
+            .unwrap()
+            .trim_end_matches(']')
+            .parse()
+            .unwrap();
+        if line.contains("admin=") && !line.contains("admin=None") {
+            let a = field(&line, "admin=");
+            let a = a.trim_start_matches("Some(").trim_end_matches(')');
+            p.admin = a.parse().ok();
+        }
+        p
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    pub fn wait_for_log(&mut self, needle: &str) -> String {
+        let end = std::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(l) = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "cplb exited ({status}) before logging {needle:?}:\n{}",
+                    self.logs()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "no log line {needle:?}:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn count_logs(&self, needle: &str) -> usize {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let end = std::time::Instant::now() + DEADLINE * 4;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "cplb did not exit:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for CplbProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The text after `key` up to the next space.
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    let start = line
+        .find(key)
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        + key.len();
+    line[start..].split(' ').next().unwrap()
+}

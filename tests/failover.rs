@@ -1,0 +1,248 @@
+//! Passive health and failover: refused, blackholed, recovery, last resort.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use cplb::ring::{Ring, hash_key};
+
+const NODE: &str = "node-a";
+
+/// Orders `addrs` the way the ring walks them for NODE: first is the
+/// node's own master, then its failover order.
+fn walk_order(addrs: &[SocketAddr]) -> Vec<usize> {
+    let texts: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    let ring = Ring::new(texts.iter().map(|s| (s.as_str(), 1)));
+    ring.walk(hash_key(NODE.as_bytes())).collect()
+}
+
+fn node_yaml(addrs: &[SocketAddr], extra: &str) -> String {
+    yaml(
+        addrs,
+        &format!("hash:\n  key: node\n  node_id: {NODE}\n{extra}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_master_fails_over_within_the_same_client_connect() {
+    let b = FakeUpstream::start("b").await;
+    let c = FakeUpstream::start("c").await;
+    let (dead, addrs) = dead_first(&[b.addr, c.addr]);
+    let second = addrs[walk_order(&addrs)[1]];
+    let second_name = if second == b.addr { "b" } else { "c" };
+
+    let proxy = Proxy::start(config(&node_yaml(&addrs, ""))).await;
+    for i in 0..5 {
+        let mut cl = Client::connect(proxy.addr).await;
+        assert_eq!(
+            cl.upstream, second_name,
+            "connection {i} fails over to the next master on the ring"
+        );
+        cl.ping("x").await;
+    }
+    let s = proxy.scrape();
+    let up = dead.to_string();
+    assert_eq!(
+        s.get(
+            "cplb_connect_failures_total",
+            &[("upstream", &up), ("reason", "refused")]
+        ),
+        1.0,
+        "max_fails=1: the dead master is tried once, then skipped for fail_timeout"
+    );
+    assert_eq!(s.get("cplb_upstream_up", &[("upstream", &up)]), 0.0);
+    assert_eq!(
+        s.get("cplb_upstream_state_changes_total", &[("upstream", &up)]),
+        1.0
+    );
+    proxy.shutdown().await;
+}
+
+/// Builds upstream lists until `first` is the node's first ring choice.
+fn with_first(first: SocketAddr, others: &[SocketAddr]) -> Option<Vec<SocketAddr>> {
+    let mut addrs = vec![first];
+    addrs.extend_from_slice(others);
+    for _ in 0..addrs.len() {
+        if addrs[walk_order(&addrs)[0]] == first {
+            return Some(addrs);
+        }
+        addrs.rotate_left(1);
+    }
+    // Rotation does not change ring positions (they hash the address text),
+    // so this only fails when `first` is simply not the node's master.
+    None
+}
+
+/// A refused address that the ring puts first for NODE among `others`.
+fn dead_first(others: &[SocketAddr]) -> (SocketAddr, Vec<SocketAddr>) {
+    for _ in 0..200 {
+        let d = refused_addr();
+        if let Some(v) = with_first(d, others) {
+            return (d, v);
+        }
+    }
+    panic!("no dead address lands first on the ring");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackholed_master_costs_the_timeout_at_most_max_fails_times() {
+    let b = FakeUpstream::start("b").await;
+    // Ring positions hash the address text, so try blackholes (random
+    // ports) until one is the node's first choice.
+    let (hole, addrs) = (0..200)
+        .find_map(|_| {
+            let h = Blackhole::start();
+            with_first(h.addr, &[b.addr]).map(|a| (h, a))
+        })
+        .expect("a blackhole first on the ring");
+    let hole_addr = hole.addr;
+    let mut y = format!(
+        "listen: 127.0.0.1:0\nworkers: 2\nadmin: \"\"\nconnect_timeout: 300ms\nhash:\n  key: node\n  node_id: {NODE}\nupstreams:\n"
+    );
+    for a in &addrs {
+        y.push_str(&format!(
+            "  - address: {a}\n    max_fails: 2\n    fail_timeout: 60s\n"
+        ));
+    }
+    let proxy = Proxy::start(config(&y)).await;
+    for i in 0..8 {
+        let mut c = Client::connect(proxy.addr).await;
+        assert_eq!(c.upstream, "b", "connection {i}");
+        c.ping("x").await;
+    }
+    let s = proxy.scrape();
+    assert_eq!(
+        s.get(
+            "cplb_connect_failures_total",
+            &[("upstream", &hole_addr.to_string()), ("reason", "timeout")]
+        ),
+        2.0,
+        "only max_fails=2 connections pay the connect timeout"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marked_down_master_is_tried_again_after_fail_timeout_and_recovers() {
+    let b = FakeUpstream::start("b").await;
+    let (dead, addrs) = dead_first(&[b.addr]);
+    let mut y = format!(
+        "listen: 127.0.0.1:0\nworkers: 1\nadmin: \"\"\nhash:\n  key: node\n  node_id: {NODE}\nupstreams:\n"
+    );
+    for a in &addrs {
+        y.push_str(&format!(
+            "  - address: {a}\n    max_fails: 1\n    fail_timeout: 300ms\n"
+        ));
+    }
+    let proxy = Proxy::start(config(&y)).await;
+    assert_eq!(Client::connect(proxy.addr).await.upstream, "b");
+    // The master comes back on the same address.
+    let a = FakeUpstream::start_at("a", dead).await;
+    let mut back = false;
+    let end = tokio::time::Instant::now() + DEADLINE;
+    while tokio::time::Instant::now() < end {
+        if Client::connect(proxy.addr).await.upstream == "a" {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(back, "the node returns to its master after fail_timeout");
+    let s = proxy.scrape();
+    let up = dead.to_string();
+    assert_eq!(s.get("cplb_upstream_up", &[("upstream", &up)]), 1.0);
+    assert_eq!(
+        s.get("cplb_upstream_state_changes_total", &[("upstream", &up)]),
+        2.0
+    );
+    // And it sticks there again.
+    for _ in 0..3 {
+        assert_eq!(Client::connect(proxy.addr).await.upstream, "a");
+    }
+    assert!(a.accepted() >= 4);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_masters_down_still_tries_them_all_as_last_resort() {
+    let d1 = refused_addr();
+    let d2 = refused_addr();
+    let proxy = Proxy::start(config(&node_yaml(&[d1, d2], ""))).await;
+    // Both refuse: the client is closed, and both are marked down.
+    assert!(Client::connect_from(None, proxy.addr).await.is_none());
+    let s = proxy.scrape();
+    assert_eq!(
+        s.get("cplb_upstream_up", &[("upstream", &d1.to_string())]),
+        0.0
+    );
+    assert_eq!(
+        s.get("cplb_upstream_up", &[("upstream", &d2.to_string())]),
+        0.0
+    );
+    assert_eq!(
+        s.get(
+            "cplb_client_connections_rejected_total",
+            &[("reason", "no_upstream")]
+        ),
+        1.0
+    );
+
+    // One comes back while both are still marked down (fail_timeout 60s):
+    // the last resort finds it.
+    let _u = FakeUpstream::start_at("back", d2).await;
+    for _ in 0..3 {
+        let mut c = Client::connect(proxy.addr).await;
+        assert_eq!(c.upstream, "back");
+        c.ping("x").await;
+    }
+    let s = proxy.scrape();
+    assert_eq!(
+        s.get("cplb_all_upstreams_down_total", &[]),
+        1.0,
+        "one episode"
+    );
+    assert_eq!(
+        s.get("cplb_upstream_up", &[("upstream", &d2.to_string())]),
+        1.0
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_upstream_tries_limits_failover() {
+    let b = FakeUpstream::start("b").await;
+    let (_dead, addrs) = dead_first(&[b.addr]);
+    let proxy = Proxy::start(config(&node_yaml(&addrs, "next_upstream_tries: 1\n"))).await;
+    assert!(
+        Client::connect_from(None, proxy.addr).await.is_none(),
+        "one try: the refused master is the only one tried"
+    );
+    // Now it is marked down, so the single try goes to b.
+    assert_eq!(Client::connect(proxy.addr).await.upstream, "b");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unresolvable_name_is_an_unusable_upstream_not_a_crash() {
+    let b = FakeUpstream::start("b").await;
+    let y = format!(
+        "listen: 127.0.0.1:0\nworkers: 1\nadmin: \"\"\nhash:\n  key: connection\nupstreams:\n  - address: no-such-master.invalid:6443\n  - address: {}\n",
+        b.addr
+    );
+    let proxy = Proxy::start(config(&y)).await;
+    for _ in 0..10 {
+        assert_eq!(Client::connect(proxy.addr).await.upstream, "b");
+    }
+    let s = proxy.scrape();
+    assert!(
+        s.get(
+            "cplb_connect_failures_total",
+            &[
+                ("upstream", "no-such-master.invalid:6443"),
+                ("reason", "resolve")
+            ]
+        ) >= 1.0
+    );
+    proxy.shutdown().await;
+}

@@ -1,0 +1,127 @@
+//! The `cplb` binary: signals, drain, and surviving file-descriptor exhaustion.
+
+mod common;
+
+use std::time::Duration;
+
+use common::process::*;
+use common::*;
+
+fn yaml_for(up: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        "listen: 127.0.0.1:0\nworkers: 2\nadmin: \"\"\n{extra}\nupstreams:\n  - address: {up}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_accepting_drains_then_exits_zero() {
+    let up = FakeUpstream::start("m").await;
+    let mut p = CplbProcess::spawn(
+        &yaml_for(up.addr, "shutdown_grace: 30s"),
+        Options::default(),
+    );
+    let mut c = Client::connect(p.addr).await;
+    c.ping("before").await;
+    p.signal(libc::SIGTERM);
+    p.wait_for_log("draining connections");
+    // No longer accepting...
+    let refused = tokio::net::TcpStream::connect(p.addr).await;
+    assert!(refused.is_err(), "listener closed after SIGTERM");
+    // ...but the established connection keeps working during the grace.
+    c.ping("during drain").await;
+    assert!(p.is_running());
+    drop(c);
+    assert_eq!(p.wait_exit(), Some(0), "{}", p.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_grace_over_closes_connections_and_exits_zero() {
+    let up = FakeUpstream::start("m").await;
+    let mut p = CplbProcess::spawn(
+        &yaml_for(up.addr, "shutdown_grace: 300ms"),
+        Options::default(),
+    );
+    let mut c = Client::connect(p.addr).await;
+    c.ping("x").await;
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(), Some(0));
+    let mut line = String::new();
+    use tokio::io::AsyncBufReadExt;
+    let n = c.reader.read_line(&mut line).await.unwrap_or(0);
+    assert_eq!(n, 0, "connection closed at the end of the grace");
+    assert_eq!(p.count_logs("drain grace over"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_sigterm_exits_at_once() {
+    let up = FakeUpstream::start("m").await;
+    let mut p = CplbProcess::spawn(
+        &yaml_for(up.addr, "shutdown_grace: 60s"),
+        Options::default(),
+    );
+    let mut c = Client::connect(p.addr).await;
+    c.ping("x").await;
+    p.signal(libc::SIGTERM);
+    p.wait_for_log("draining connections");
+    p.signal(libc::SIGTERM);
+    assert_eq!(
+        p.wait_exit(),
+        Some(1),
+        "forced exit without waiting the 60s grace"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_file_descriptors_slows_down_but_never_kills() {
+    let up = FakeUpstream::start("m").await;
+    // 48 descriptors: a few for the runtime, then 2 per proxied connection.
+    let mut p = CplbProcess::spawn(
+        &yaml_for(up.addr, ""),
+        Options {
+            nofile: Some(48),
+            ..Default::default()
+        },
+    );
+    // Open far more clients than it can serve; keep them open.
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        let s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+        held.push(s);
+    }
+    p.wait_for_log("backing off");
+    assert!(p.is_running());
+    // Let everything go; the queued clients are then served and new ones work.
+    drop(held);
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(mut c) = Client::connect_from(None, p.addr).await {
+            c.ping("recovered").await;
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "never recovered:\n{}",
+            p.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The episode ends after a quiet second of successful accepts.
+    let end = tokio::time::Instant::now() + DEADLINE;
+    while p.count_logs("accepting connections again") == 0 {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "episode never ended:\n{}",
+            p.logs()
+        );
+        Client::connect(p.addr).await.ping("again").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(p.is_running(), "still alive");
+    assert_eq!(
+        p.count_logs("backing off"),
+        1,
+        "logged once per episode, not per error"
+    );
+    // The upstream was never blamed for our own descriptor shortage.
+    assert_eq!(p.count_logs("upstream marked down"), 0, "{}", p.logs());
+}

@@ -1,0 +1,192 @@
+//! The byte copy: integrity, half-close, idle timeout, connection limits.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+const MIB: usize = 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_mib_payloads_arrive_intact_both_ways_at_once() {
+    let up = FakeUpstream::start("echo").await;
+    let proxy = Proxy::start(config(&yaml(&[up.addr], ""))).await;
+    let mut tasks = Vec::new();
+    for k in 0..4 {
+        let addr = proxy.addr;
+        tasks.push(tokio::spawn(async move {
+            let c = Client::connect(addr).await;
+            let payload = pattern(8 * MIB + k * 4099);
+            let expect = crc32fast::hash(&payload);
+            let stream = c.reader.into_inner();
+            let (mut r, mut w) = stream.into_split();
+            let len = payload.len();
+            // Write and read concurrently: an echo of 8 MiB cannot sit in
+            // socket buffers, so a sequential test would deadlock.
+            let writer = tokio::spawn(async move {
+                w.write_all(&payload).await.unwrap();
+                w.shutdown().await.unwrap();
+            });
+            let mut got = Vec::with_capacity(len);
+            r.read_to_end(&mut got).await.unwrap();
+            writer.await.unwrap();
+            assert_eq!(got.len(), len, "every byte echoed back, then EOF");
+            assert_eq!(crc32fast::hash(&got), expect, "bytes intact and in order");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let s = proxy.scrape();
+    let total: f64 = (0..4).map(|k| (8 * MIB + k * 4099) as f64).sum();
+    let u = up.addr.to_string();
+    assert_eq!(
+        s.get(
+            "cplb_bytes_total",
+            &[("upstream", &u), ("direction", "to_upstream")]
+        ),
+        total
+    );
+    // to_client also carries the 5-byte "echo\n" greeting of each connection.
+    assert_eq!(
+        s.get(
+            "cplb_bytes_total",
+            &[("upstream", &u), ("direction", "to_client")]
+        ),
+        total + 4.0 * 5.0
+    );
+    assert_eq!(s.get("cplb_connections_total", &[("upstream", &u)]), 4.0);
+    wait_until("active gauge back to 0", || {
+        proxy
+            .scrape()
+            .get("cplb_connections_active", &[("upstream", &u)])
+            == 0.0
+    })
+    .await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_half_close_still_receives_the_whole_response() {
+    let reply = 6 * MIB + 17;
+    let up = FakeUpstream::start_mode("drain", Mode::Drain { reply }).await;
+    let proxy = Proxy::start(config(&yaml(&[up.addr], ""))).await;
+    let mut c = Client::connect(proxy.addr).await;
+    assert_eq!(c.upstream, "drain");
+    let request = pattern(3 * MIB);
+    c.reader.get_mut().write_all(&request).await.unwrap();
+    // Half-close: the upstream only answers after it sees EOF.
+    c.reader.get_mut().shutdown().await.unwrap();
+    let mut head = String::new();
+    c.reader.read_line(&mut head).await.unwrap();
+    assert_eq!(
+        head.trim_end(),
+        format!("{} {}", request.len(), crc32fast::hash(&request))
+    );
+    let mut body = Vec::new();
+    c.reader.read_to_end(&mut body).await.unwrap();
+    assert_eq!(body.len(), reply);
+    assert_eq!(body, pattern(reply));
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_closes_only_connections_where_no_byte_moved() {
+    let up = FakeUpstream::start("echo").await;
+    let proxy = Proxy::start(config(&yaml(&[up.addr], "idle_timeout: 400ms\n"))).await;
+    let mut idle = Client::connect(proxy.addr).await;
+    let mut busy = Client::connect(proxy.addr).await;
+    let started = tokio::time::Instant::now();
+    // The busy one talks every 100 ms for 1.2 s: three idle timeouts' worth.
+    while started.elapsed() < Duration::from_millis(1200) {
+        busy.ping("tick").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    busy.ping("still open").await;
+    // The idle one was closed by the proxy: EOF, well before now.
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(DEADLINE, idle.reader.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "idle connection closed");
+    let s = proxy.scrape();
+    assert_eq!(
+        s.get(
+            "cplb_connections_closed_total",
+            &[
+                ("upstream", &up.addr.to_string()),
+                ("reason", "idle_timeout")
+            ]
+        ),
+        1.0
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_way_traffic_keeps_a_watch_alive() {
+    // A watch: only the upstream talks, every 100 ms, for 4 idle timeouts.
+    let up = FakeUpstream::start_mode("watch", Mode::Ticker { ms: 100 }).await;
+    let proxy = Proxy::start(config(&yaml(&[up.addr], "idle_timeout: 300ms\n"))).await;
+    let mut c = Client::connect(proxy.addr).await;
+    for _ in 0..12 {
+        let mut line = String::new();
+        let n = tokio::time::timeout(DEADLINE, c.reader.read_line(&mut line))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((n, line.as_str()), (5, "tick\n"), "the watch stays open");
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_connections_new_clients_are_closed_old_ones_work() {
+    let up = FakeUpstream::start("echo").await;
+    let proxy = Proxy::start(config(&yaml(&[up.addr], "max_connections: 2\n"))).await;
+    let mut a = Client::connect(proxy.addr).await;
+    let mut b = Client::connect(proxy.addr).await;
+    assert!(
+        Client::connect_from(None, proxy.addr).await.is_none(),
+        "third client closed at once"
+    );
+    a.ping("a").await;
+    b.ping("b").await;
+    assert_eq!(
+        proxy.scrape().get(
+            "cplb_client_connections_rejected_total",
+            &[("reason", "max_connections")]
+        ),
+        1.0
+    );
+    drop(a);
+    wait_until("slot freed", || {
+        proxy.scrape().get("cplb_client_connections_active", &[]) == 1.0
+    })
+    .await;
+    let mut c = Client::connect(proxy.addr).await;
+    c.ping("c").await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_close_propagates_to_client() {
+    let up = FakeUpstream::start_mode("drain", Mode::Drain { reply: 10 }).await;
+    let proxy = Proxy::start(config(&yaml(&[up.addr], ""))).await;
+    let mut c = Client::connect(proxy.addr).await;
+    c.reader.get_mut().shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(DEADLINE, c.reader.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rest.len(), "0 0\n".len() + 10);
+    wait_until("client gauge back to 0", || {
+        proxy.scrape().get("cplb_client_connections_active", &[]) == 0.0
+    })
+    .await;
+    proxy.shutdown().await;
+}
