@@ -14,6 +14,9 @@
 //! - [`copy`]: the bidirectional byte copy (half-close, idle timeout).
 //! - [`pool`]: copy buffers lent only while bytes are in flight.
 //! - [`metrics`]: Prometheus metrics in an owned registry; RAII gauge guards.
+//! - [`reload`]: one code path for every reload trigger; validate, then swap.
+//! - [`watch`]: watches the config file's directory (ConfigMap-safe).
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/upstreams` (hyper).
 //! - [`server`]: start-up, `run`, and the drain on shutdown.
 //!
 //! # Life of a connection
@@ -28,6 +31,7 @@
 //! 4. `copy::proxy` moves bytes both ways until both sides close, idleness,
 //!    eviction of the upstream, or the end of the shutdown grace.
 
+pub mod admin;
 pub mod config;
 pub mod copy;
 pub mod health;
@@ -35,6 +39,7 @@ pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod reload;
 pub mod resolve;
 pub mod ring;
 pub mod server;
@@ -42,6 +47,7 @@ pub mod shared;
 pub mod snapshot;
 pub mod sockopt;
 pub mod upstream;
+pub mod watch;
 
 pub use config::Config;
 pub use server::{Server, ServerError, run};

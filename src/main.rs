@@ -78,7 +78,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         .context("could not start the async runtime")?;
     runtime.block_on(async move {
         let shutdown = shutdown_signal()?;
-        cplb::run(config, shutdown).await?;
+        let server = cplb::Server::bind(config, prometheus::Registry::new()).await?;
+        reload_on_sighup(server.reload_handle())?;
+        server.serve(shutdown).await?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -107,6 +109,19 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     Ok(async move {
         let _ = rx.await;
     })
+}
+
+/// SIGHUP goes through the same reload path as a file change.
+fn reload_on_sighup(handle: cplb::reload::ReloadHandle) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("could not install SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading configuration");
+            handle.signal();
+        }
+    });
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {

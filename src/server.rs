@@ -1,5 +1,6 @@
 //! Start-up and shutdown of one proxy: bind, resolve, publish the first
-//! snapshot, run the accept loops, drain on shutdown.
+//! snapshot, run the accept loops, the reloader, the config watcher and
+//! the admin endpoint; drain on shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::listener::{self, ListenError};
 use crate::metrics::Metrics;
+use crate::reload::{ReloadHandle, Reloader};
 use crate::resolve;
 use crate::shared::{Clock, Shared};
 use crate::snapshot::Snapshot;
@@ -37,14 +39,17 @@ pub enum ServerError {
     },
 }
 
-/// A bound, not yet serving, proxy. `bind` then `serve`; tests read the
-/// bound addresses in between.
+/// A bound, not yet serving, proxy. `bind` then `serve`; tests and `main`
+/// read the bound addresses and take a reload handle in between.
 pub struct Server {
     config: Config,
     shared: Arc<Shared>,
-    table: StateTable,
+    reloader: Reloader,
+    reload: ReloadHandle,
     listeners: Vec<std::net::TcpListener>,
     local_addrs: Vec<SocketAddr>,
+    admin: Option<std::net::TcpListener>,
+    admin_addr: Option<SocketAddr>,
 }
 
 impl Server {
@@ -66,6 +71,16 @@ impl Server {
             local_addrs.push(local);
             listeners.extend(socks);
         }
+        let (admin, admin_addr) = match config.admin {
+            None => (None, None),
+            Some(addr) => {
+                let l = listener::bind(addr, 1, 128)?.remove(0);
+                let local = l
+                    .local_addr()
+                    .map_err(|source| ServerError::Register { addr, source })?;
+                (Some(l), Some(local))
+            }
+        };
         let mut table = StateTable::default();
         let built = Snapshot::build(&config, &mut table, &metrics);
         resolve_new(&built.snapshot, &built.added).await;
@@ -81,12 +96,16 @@ impl Server {
             draining: AtomicBool::new(false),
             force_close: CancellationToken::new(),
         });
+        let (reloader, reload) = Reloader::new(shared.clone(), config.clone(), table);
         Ok(Server {
             config,
             shared,
-            table,
+            reloader,
+            reload,
             listeners,
             local_addrs,
+            admin,
+            admin_addr,
         })
     }
 
@@ -95,8 +114,17 @@ impl Server {
         &self.local_addrs
     }
 
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// Triggers reloads of the config file (SIGHUP in `main`; tests).
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reload.clone()
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets open
@@ -105,20 +133,25 @@ impl Server {
         let Server {
             config,
             shared,
-            table,
+            reloader,
+            reload,
             listeners,
             local_addrs,
+            admin,
+            admin_addr,
         } = self;
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             listen = ?local_addrs,
+            admin = %admin_addr.map_or("disabled".to_string(), |a| a.to_string()),
             workers = config.workers.get(),
             hash_key = config.hash.key.as_str(),
             node_id = %config.hash.node_id,
             upstreams = ?config.upstreams.iter().map(|u| u.address.as_str()).collect::<Vec<_>>(),
             "cplb started"
         );
-        let stop = CancellationToken::new();
+        let stop_accept = CancellationToken::new();
+        let stop_rest = CancellationToken::new();
         let conns = TaskTracker::new();
         let mut accepts = Vec::new();
         for l in listeners {
@@ -131,15 +164,24 @@ impl Server {
                 l,
                 shared.clone(),
                 conns.clone(),
-                stop.clone(),
+                stop_accept.clone(),
             )));
         }
-        let _keep_states_alive = table;
+        if let (Some(l), Some(addr)) = (admin, admin_addr) {
+            let l = TcpListener::from_std(l)
+                .map_err(|source| ServerError::Register { addr, source })?;
+            tokio::spawn(crate::admin::serve(l, shared.clone(), stop_rest.clone()));
+        }
+        if let Some(path) = config.source.clone() {
+            tokio::spawn(crate::watch::run(path, reload.clone(), stop_rest.clone()));
+        }
+        tokio::spawn(reloader.run(stop_rest.clone()));
 
         shutdown.await;
 
+        // /readyz turns 503 before the listeners close.
         shared.draining.store(true, Ordering::SeqCst);
-        stop.cancel();
+        stop_accept.cancel();
         for a in accepts {
             let _ = a.await;
         }
@@ -155,6 +197,7 @@ impl Server {
             shared.force_close.cancel();
             conns.wait().await;
         }
+        stop_rest.cancel();
         tracing::info!("cplb stopped");
         Ok(())
     }
@@ -170,7 +213,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
 /// Resolves new upstreams concurrently, bounded in time; the ones that do
 /// not resolve keep retrying in the background.
-async fn resolve_new(snapshot: &Snapshot, added: &[Arc<UpstreamState>]) {
+pub(crate) async fn resolve_new(snapshot: &Snapshot, added: &[Arc<UpstreamState>]) {
     let mut set = tokio::task::JoinSet::new();
     for up in snapshot.upstreams.iter() {
         if !added.iter().any(|a| Arc::ptr_eq(a, &up.state)) {
@@ -187,7 +230,7 @@ async fn resolve_new(snapshot: &Snapshot, added: &[Arc<UpstreamState>]) {
     while set.join_next().await.is_some() {}
 }
 
-fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())

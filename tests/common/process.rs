@@ -24,7 +24,6 @@ pub struct Options {
     pub args: Vec<String>,
 }
 
-
 /// A fresh temp directory for one test.
 pub fn temp_dir(tag: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

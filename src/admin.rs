@@ -1,0 +1,178 @@
+//! The admin endpoint: `/healthz` (liveness), `/readyz` (readiness),
+//! `/metrics` (Prometheus) and `/upstreams` (JSON). A listener of its own,
+//! loopback by default. Each client is bounded in time and in number, so a
+//! slow or hostile one ties up only its own task, never the proxy.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{ALLOW, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::shared::Shared;
+
+const MAX_CLIENTS: usize = 64;
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Prometheus reconnects per scrape after this; a stuck client is cut here.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Over the limit: close at once rather than queue.
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let shared = shared.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(&shared, &req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_LIFETIME, conn) => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let known = ["/healthz", "/readyz", "/metrics", "/upstreams"];
+    if !known.contains(&path) {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut()
+            .insert(ALLOW, "GET, HEAD".parse().expect("static header"));
+        return r;
+    }
+    match path {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => readyz(shared),
+        "/metrics" => {
+            let mut r = text(StatusCode::OK, &shared.metrics.render());
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8"
+                    .parse()
+                    .expect("static header"),
+            );
+            r
+        }
+        _ => {
+            let mut r = text(StatusCode::OK, &upstreams_json(shared));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                "application/json".parse().expect("static header"),
+            );
+            r
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        "text/plain; charset=utf-8".parse().expect("static header"),
+    );
+    r
+}
+
+fn readyz(shared: &Shared) -> Response<Full<Bytes>> {
+    if shared.draining.load(Ordering::Acquire) {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down: draining connections\n",
+        );
+    }
+    let snap = shared.snapshot.load();
+    let now = shared.clock.now_ms();
+    if snap.any_usable(now) {
+        return text(StatusCode::OK, "ok\n");
+    }
+    let mut body = String::from("no usable upstream:\n");
+    for u in &snap.upstreams {
+        let why = if !u.state.is_resolved() {
+            "not resolved"
+        } else if !u.state.active.is_up() {
+            "failing health checks"
+        } else {
+            "marked down after connect failures"
+        };
+        body.push_str(&format!("  {}: {why}\n", u.config.address));
+    }
+    text(StatusCode::SERVICE_UNAVAILABLE, &body)
+}
+
+fn upstreams_json(shared: &Shared) -> String {
+    let snap = shared.snapshot.load();
+    let now = shared.clock.now_ms();
+    let clock = &shared.clock;
+    let list: Vec<serde_json::Value> = snap
+        .upstreams
+        .iter()
+        .map(|u| {
+            let s = &u.state;
+            let passive_up = !s.passive.is_down();
+            let active_up = s.active.is_up();
+            let since = s.passive.since_ms().max(s.active.since_ms());
+            serde_json::json!({
+                "address": u.config.address,
+                "resolved": s.addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "weight": u.config.weight.get(),
+                "state": if passive_up && active_up { "up" } else { "down" },
+                "since": clock.to_unix_secs(since),
+                "usable": s.is_usable(u.policy, now),
+                "passive": {
+                    "state": if passive_up { "up" } else { "down" },
+                    "since": clock.to_unix_secs(s.passive.since_ms()),
+                    "recent_failures": s.passive.recent_failures(),
+                    "max_fails": u.config.max_fails,
+                    "fail_timeout_seconds": u.config.fail_timeout.as_secs_f64(),
+                },
+                "active": {
+                    "state": if active_up { "up" } else { "down" },
+                    "since": clock.to_unix_secs(s.active.since_ms()),
+                },
+                "active_connections": s.metrics.connections_active.get(),
+                "connections_total": s.metrics.connections_total.get(),
+                "bytes_to_upstream": s.metrics.bytes_to_upstream.get(),
+                "bytes_to_client": s.metrics.bytes_to_client.get(),
+            })
+        })
+        .collect();
+    let mut out = serde_json::to_string_pretty(&list).unwrap_or_else(|_| "[]".into());
+    out.push('\n');
+    out
+}

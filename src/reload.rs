@@ -1,0 +1,263 @@
+//! Configuration reload. Every trigger (the file watcher, SIGHUP, an
+//! explicit request) goes through one task and one code path: read the
+//! whole file, validate it, then publish a new snapshot in one swap. An
+//! invalid file changes nothing but a log line and a metric.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::shared::Shared;
+use crate::snapshot::Snapshot;
+use crate::upstream::StateTable;
+
+/// File events arrive in bursts (an editor's temp file and rename, the
+/// kubelet's three-step ConfigMap swap); wait for this much quiet.
+const DEBOUNCE: Duration = Duration::from_millis(150);
+const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("this proxy was not started from a config file; nothing to reload")]
+    NoSource,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("the proxy is shutting down")]
+    Stopped,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The file's content is what is already running.
+    Unchanged,
+    Applied(Changes),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Upstreams kept whose weight or health settings changed.
+    pub modified: Vec<String>,
+    /// Fields that were changed in the file but need a restart.
+    pub restart_needed: Vec<&'static str>,
+}
+
+type Reply = oneshot::Sender<Result<Outcome, ReloadError>>;
+
+enum Trigger {
+    /// The watcher saw the file or its directory change: skip if the
+    /// content is unchanged.
+    FileChanged,
+    /// SIGHUP or an API call: reload even if unchanged (certificates and
+    /// names are re-read), and report back if asked.
+    Requested(Option<Reply>),
+}
+
+/// Sends reload triggers to the reload task. Cheap to clone.
+#[derive(Clone)]
+pub struct ReloadHandle {
+    tx: mpsc::Sender<Trigger>,
+}
+
+impl ReloadHandle {
+    /// From the file watcher: a no-op if a trigger is already pending.
+    pub fn file_changed(&self) {
+        let _ = self.tx.try_send(Trigger::FileChanged);
+    }
+
+    /// From SIGHUP: fire and forget.
+    pub fn signal(&self) {
+        let _ = self.tx.try_send(Trigger::Requested(None));
+    }
+
+    /// Reloads now and reports the result.
+    pub async fn reload(&self) -> Result<Outcome, ReloadError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Trigger::Requested(Some(tx)))
+            .await
+            .map_err(|_| ReloadError::Stopped)?;
+        rx.await.map_err(|_| ReloadError::Stopped)?
+    }
+}
+
+/// Owns the running config and the upstream state table.
+pub struct Reloader {
+    shared: Arc<Shared>,
+    config: Config,
+    table: StateTable,
+    /// The text the running config came from, to skip no-op file events.
+    running_text: Option<String>,
+    rx: mpsc::Receiver<Trigger>,
+    /// Told about each applied config (the active health checker).
+    on_applied: Vec<Box<dyn FnMut(&Config, &Snapshot) + Send>>,
+}
+
+impl Reloader {
+    pub fn new(shared: Arc<Shared>, config: Config, table: StateTable) -> (Reloader, ReloadHandle) {
+        let (tx, rx) = mpsc::channel(16);
+        let running_text = config
+            .source
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok());
+        let r = Reloader {
+            shared,
+            config,
+            table,
+            running_text,
+            rx,
+            on_applied: Vec::new(),
+        };
+        (r, ReloadHandle { tx })
+    }
+
+    pub fn on_applied(&mut self, f: impl FnMut(&Config, &Snapshot) + Send + 'static) {
+        self.on_applied.push(Box::new(f));
+    }
+
+    pub async fn run(mut self, stop: CancellationToken) {
+        loop {
+            let trigger = tokio::select! {
+                _ = stop.cancelled() => return,
+                t = self.rx.recv() => match t { Some(t) => t, None => return },
+            };
+            match trigger {
+                Trigger::FileChanged => match self.debounce().await {
+                    // A request arrived during the burst: one forced reload serves both.
+                    Some(reply) => {
+                        let r = self.reload(true).await;
+                        if let Some(reply) = reply {
+                            let _ = reply.send(r);
+                        }
+                    }
+                    None => {
+                        let _ = self.reload(false).await;
+                    }
+                },
+                Trigger::Requested(reply) => {
+                    let r = self.reload(true).await;
+                    if let Some(reply) = reply {
+                        let _ = reply.send(r);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Swallows the rest of a burst of file events. A request arriving
+    /// meanwhile ends the wait and is returned, to be served by this reload.
+    async fn debounce(&mut self) -> Option<Option<Reply>> {
+        let end = tokio::time::Instant::now() + DEBOUNCE_MAX;
+        loop {
+            let quiet = (tokio::time::Instant::now() + DEBOUNCE).min(end);
+            match tokio::time::timeout_at(quiet, self.rx.recv()).await {
+                Ok(Some(Trigger::FileChanged)) => continue,
+                Ok(Some(Trigger::Requested(reply))) => return Some(reply),
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    async fn reload(&mut self, forced: bool) -> Result<Outcome, ReloadError> {
+        let path = self.config.source.clone().ok_or(ReloadError::NoSource)?;
+        let m = &self.shared.metrics;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(source) => {
+                // A ConfigMap swap or an editor's rename can leave the path
+                // missing for an instant; the next event retries.
+                let e = ConfigError::Read { path, source };
+                self.refused(&e);
+                return Err(e.into());
+            }
+        };
+        if !forced && self.running_text.as_deref() == Some(text.as_str()) {
+            tracing::debug!(file = %path.display(), "config file event, content unchanged; nothing to do");
+            return Ok(Outcome::Unchanged);
+        }
+        let mut new = match Config::parse(&text, &path) {
+            Ok(c) => c,
+            Err(e) => {
+                self.refused(&e);
+                return Err(e.into());
+            }
+        };
+        new.source = Some(path.clone());
+        let restart_needed = self.config.restart_only_changes(&new);
+        // Those fields stay as the running process has them.
+        new.listen = self.config.listen.clone();
+        new.workers = self.config.workers;
+        new.backlog = self.config.backlog;
+        new.admin = self.config.admin;
+
+        let changes = self.diff(&new, restart_needed);
+        let built = Snapshot::build(&new, &mut self.table, m);
+        crate::server::resolve_new(&built.snapshot, &built.added).await;
+        for f in &mut self.on_applied {
+            f(&new, &built.snapshot);
+        }
+        self.shared.snapshot.store(Arc::new(built.snapshot));
+        for gone in &built.removed {
+            m.forget_upstream(&gone.address);
+        }
+        m.reload("success").inc();
+        m.last_reload_successful.set(1);
+        m.last_reload_success_timestamp
+            .set(crate::server::unix_now());
+        tracing::info!(
+            file = %path.display(),
+            added = ?changes.added,
+            removed = ?changes.removed,
+            modified = ?changes.modified,
+            "config reloaded"
+        );
+        if !changes.restart_needed.is_empty() {
+            tracing::warn!(
+                fields = ?changes.restart_needed,
+                "config reloaded, but these fields only take effect after a restart; the running values stay"
+            );
+        }
+        self.config = new;
+        self.running_text = Some(text);
+        Ok(Outcome::Applied(changes))
+    }
+
+    fn refused(&self, e: &ConfigError) {
+        let m = &self.shared.metrics;
+        m.reload("failure").inc();
+        m.last_reload_successful.set(0);
+        tracing::error!(error = %e, "config reload refused; the running config stays in force");
+    }
+
+    fn diff(&self, new: &Config, restart_needed: Vec<&'static str>) -> Changes {
+        let old = &self.config.upstreams;
+        let find = |list: &[crate::config::UpstreamConfig], a: &str| {
+            list.iter().find(|u| u.address == a).cloned()
+        };
+        Changes {
+            added: new
+                .upstreams
+                .iter()
+                .filter(|u| find(old, &u.address).is_none())
+                .map(|u| u.address.clone())
+                .collect(),
+            removed: old
+                .iter()
+                .filter(|u| find(&new.upstreams, &u.address).is_none())
+                .map(|u| u.address.clone())
+                .collect(),
+            modified: new
+                .upstreams
+                .iter()
+                .filter(|u| find(old, &u.address).is_some_and(|o| o != **u))
+                .map(|u| u.address.clone())
+                .collect(),
+            restart_needed,
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Watches the config file's *directory* (not the file), so every way a
+//! file gets replaced is seen: an in-place write, an editor's
+//! write-and-rename, a delete and re-create, and the kubelet's ConfigMap
+//! swap (`cplb.yaml -> ..data/cplb.yaml`, with `..data` a symlink that is
+//! atomically renamed over). Events only *trigger* a reload; the reloader
+//! compares content, so noise costs a file read, never a reload.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::reload::ReloadHandle;
+
+const RETRY: Duration = Duration::from_secs(2);
+
+/// Runs until `stop`. If the watcher cannot start or fails (inotify limits,
+/// the directory removed), SIGHUP keeps working and the watcher is retried.
+pub async fn run(path: PathBuf, handle: ReloadHandle, stop: CancellationToken) {
+    let dirs = watched_dirs(&path);
+    let mut failing = false;
+    loop {
+        let (err_tx, mut err_rx) = mpsc::unbounded_channel::<String>();
+        match start(&dirs, handle.clone(), err_tx) {
+            Ok(watcher) => {
+                if failing {
+                    tracing::info!(dirs = ?dirs, "config watcher running again");
+                    // Whatever changed while blind is picked up now.
+                    handle.file_changed();
+                }
+                tracing::debug!(dirs = ?dirs, "watching config directory");
+                let reason = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = err_rx.recv() => r.unwrap_or_else(|| "watcher ended".into()),
+                };
+                drop(watcher);
+                tracing::warn!(error = %reason, "config watcher failed; SIGHUP still reloads; retrying");
+                failing = true;
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, dirs = ?dirs, "could not watch the config directory; SIGHUP still reloads; retrying");
+                }
+                failing = true;
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
+/// The file's directory, and the directory of its final target when the
+/// path is a symlink elsewhere.
+fn watched_dirs(path: &Path) -> Vec<PathBuf> {
+    let parent = |p: &Path| match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut dirs = vec![parent(path)];
+    if let Ok(real) = std::fs::canonicalize(path) {
+        let d = parent(&real);
+        if std::fs::canonicalize(&dirs[0]).ok().as_ref() != Some(&d) {
+            dirs.push(d);
+        }
+    }
+    dirs
+}
+
+fn start(
+    dirs: &[PathBuf],
+    handle: ReloadHandle,
+    errors: mpsc::UnboundedSender<String>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let watched: Vec<PathBuf> = dirs.to_vec();
+    let mut watcher =
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+            Ok(ev) => {
+                // Reads (ours included) are not changes.
+                if let EventKind::Access(a) = ev.kind {
+                    if a != notify::event::AccessKind::Close(notify::event::AccessMode::Write) {
+                        return;
+                    }
+                }
+                // The watched directory itself went away: the watch is dead.
+                if matches!(ev.kind, EventKind::Remove(_))
+                    && ev.paths.iter().any(|p| watched.contains(p))
+                {
+                    let _ = errors.send("the watched directory was removed".into());
+                    return;
+                }
+                handle.file_changed();
+            }
+            Err(e) => {
+                let _ = errors.send(e.to_string());
+            }
+        })?;
+    for d in dirs {
+        watcher.watch(d, RecursiveMode::NonRecursive)?;
+    }
+    Ok(watcher)
+}
