@@ -91,33 +91,19 @@ pub struct Reloader {
     shared: Arc<Shared>,
     config: Config,
     table: StateTable,
-    /// The text the running config came from, to skip no-op file events.
-    running_text: Option<String>,
     rx: mpsc::Receiver<Trigger>,
-    /// Told about each applied config (the active health checker).
-    on_applied: Vec<Box<dyn FnMut(&Config, &Snapshot) + Send>>,
 }
 
 impl Reloader {
     pub fn new(shared: Arc<Shared>, config: Config, table: StateTable) -> (Reloader, ReloadHandle) {
         let (tx, rx) = mpsc::channel(16);
-        let running_text = config
-            .source
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok());
         let r = Reloader {
             shared,
             config,
             table,
-            running_text,
             rx,
-            on_applied: Vec::new(),
         };
         (r, ReloadHandle { tx })
-    }
-
-    pub fn on_applied(&mut self, f: impl FnMut(&Config, &Snapshot) + Send + 'static) {
-        self.on_applied.push(Box::new(f));
     }
 
     pub async fn run(mut self, stop: CancellationToken) {
@@ -176,7 +162,7 @@ impl Reloader {
                 return Err(e.into());
             }
         };
-        if !forced && self.running_text.as_deref() == Some(text.as_str()) {
+        if !forced && self.config.source_text.as_deref() == Some(text.as_str()) {
             tracing::debug!(file = %path.display(), "config file event, content unchanged; nothing to do");
             return Ok(Outcome::Unchanged);
         }
@@ -188,6 +174,7 @@ impl Reloader {
             }
         };
         new.source = Some(path.clone());
+        new.source_text = Some(text.into());
         let restart_needed = self.config.restart_only_changes(&new);
         // Those fields stay as the running process has them.
         new.listen = self.config.listen.clone();
@@ -198,9 +185,6 @@ impl Reloader {
         let changes = self.diff(&new, restart_needed);
         let built = Snapshot::build(&new, &mut self.table, m);
         crate::server::resolve_new(&built.snapshot, &built.added).await;
-        for f in &mut self.on_applied {
-            f(&new, &built.snapshot);
-        }
         self.shared.snapshot.store(Arc::new(built.snapshot));
         for gone in &built.removed {
             m.forget_upstream(&gone.address);
@@ -223,7 +207,6 @@ impl Reloader {
             );
         }
         self.config = new;
-        self.running_text = Some(text);
         Ok(Outcome::Applied(changes))
     }
 

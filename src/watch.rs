@@ -27,9 +27,10 @@ pub async fn run(path: PathBuf, handle: ReloadHandle, stop: CancellationToken) {
             Ok(watcher) => {
                 if failing {
                     tracing::info!(dirs = ?dirs, "config watcher running again");
-                    // Whatever changed while blind is picked up now.
-                    handle.file_changed();
                 }
+                // Whatever changed before the watch began (at start-up, or
+                // while it was down) is picked up now; unchanged content is a no-op.
+                handle.file_changed();
                 tracing::debug!(dirs = ?dirs, "watching config directory");
                 let reason = tokio::select! {
                     _ = stop.cancelled() => return,

@@ -125,3 +125,36 @@ async fn running_out_of_file_descriptors_slows_down_but_never_kills() {
     // The upstream was never blamed for our own descriptor shortage.
     assert_eq!(p.count_logs("upstream marked down"), 0, "{}", p.logs());
 }
+
+#[test]
+fn json_logs_are_one_json_object_per_line() {
+    use std::io::BufRead;
+    let dir = temp_dir("json");
+    let path = dir.join("cplb.yaml");
+    std::fs::write(
+        &path,
+        "listen: 127.0.0.1:0\nadmin: \"\"\nupstreams:\n  - address: 127.0.0.1:9\n",
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cplb"))
+        .args(["--log-format", "json", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert_eq!(v["fields"]["message"], "cplb started");
+    assert_eq!(v["level"], "INFO");
+    assert!(
+        v["fields"]["upstreams"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1:9")
+    );
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}

@@ -22,6 +22,9 @@ pub const MAX_WEIGHT: u32 = 1000;
 pub struct Config {
     /// The file this came from; reloads re-read it. `None` for configs built in code.
     pub source: Option<PathBuf>,
+    /// The exact text it was parsed from, so a reload can tell a real
+    /// change from a touch.
+    pub source_text: Option<std::sync::Arc<str>>,
     pub listen: Vec<SocketAddr>,
     pub workers: NonZeroUsize,
     pub backlog: NonZeroU32,
@@ -112,6 +115,7 @@ impl Config {
         })?;
         let mut cfg = Config::parse(&text, path)?;
         cfg.source = Some(path.to_owned());
+        cfg.source_text = Some(text.into());
         Ok(cfg)
     }
 

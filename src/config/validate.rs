@@ -142,6 +142,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
 
     Ok(Config {
         source: None,
+        source_text: None,
         listen,
         workers,
         backlog,

@@ -196,6 +196,8 @@ pub fn yaml(upstreams: &[SocketAddr], extra: &str) -> String {
 pub struct Proxy {
     pub addr: SocketAddr,
     pub addrs: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub reload: cplb::reload::ReloadHandle,
     pub metrics: cplb::metrics::Metrics,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), cplb::ServerError>>>,
@@ -203,11 +205,14 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(config: Config) -> Proxy {
+        init_logs();
         let server = cplb::Server::bind(config, prometheus::Registry::new())
             .await
             .unwrap();
         let addrs = server.local_addrs().to_vec();
         let metrics = server.metrics().clone();
+        let admin = server.admin_addr();
+        let reload = server.reload_handle();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(server.serve(async {
             let _ = rx.await;
@@ -215,6 +220,8 @@ impl Proxy {
         Proxy {
             addr: addrs[0],
             addrs,
+            admin,
+            reload,
             metrics,
             stop: Some(tx),
             task: Some(task),
@@ -286,6 +293,33 @@ impl Client {
             .unwrap();
         assert_eq!(line.trim_end(), msg);
     }
+}
+
+/// Logs of in-process proxies go to the test's captured output (shown on
+/// failure); RUST_LOG picks the level.
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// A minimal HTTP/1.1 exchange: (status, headers, body).
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw))
+        .await
+        .expect("admin answered")
+        .unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("complete HTTP response");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_string(), body.to_string())
 }
 
 /// Polls `cond` until it holds or the deadline passes.

@@ -1,0 +1,231 @@
+//! The admin endpoint: status codes, readiness, JSON, Prometheus text,
+//! and resistance to slow clients.
+
+mod common;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+
+fn admin_yaml(ups: &[std::net::SocketAddr], extra: &str) -> String {
+    yaml(ups, extra).replace("admin: \"\"\n", "admin: 127.0.0.1:0\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_codes_and_content_types() {
+    let up = FakeUpstream::start("m").await;
+    let proxy = Proxy::start(config(&admin_yaml(&[up.addr], ""))).await;
+    let a = proxy.admin.expect("admin enabled");
+    let (st, head, body) = http(a, "GET", "/healthz").await;
+    assert_eq!((st, body.as_str()), (200, "ok\n"));
+    assert!(head.to_lowercase().contains("content-type: text/plain"));
+    assert_eq!(http(a, "HEAD", "/healthz").await.0, 200);
+    assert_eq!(http(a, "GET", "/readyz").await.0, 200);
+    let (st, head, _) = http(a, "GET", "/metrics").await;
+    assert_eq!(st, 200);
+    assert!(head.contains("version=0.0.4"), "{head}");
+    assert_eq!(http(a, "GET", "/nope").await.0, 404);
+    assert_eq!(http(a, "GET", "/healthz/extra").await.0, 404);
+    let (st, head, _) = http(a, "POST", "/healthz").await;
+    assert_eq!(st, 405);
+    assert!(
+        head.contains("allow: GET, HEAD") || head.contains("Allow: GET, HEAD"),
+        "{head}"
+    );
+    assert_eq!(http(a, "DELETE", "/upstreams").await.0, 405);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_with_a_reason_when_no_upstream_is_usable() {
+    let dead = refused_addr();
+    let proxy = Proxy::start(config(&admin_yaml(&[dead], ""))).await;
+    let a = proxy.admin.unwrap();
+    assert_eq!(
+        http(a, "GET", "/readyz").await.0,
+        200,
+        "unknown yet: usable until it fails"
+    );
+    assert!(Client::connect_from(None, proxy.addr).await.is_none());
+    let (st, _, body) = http(a, "GET", "/readyz").await;
+    assert_eq!(st, 503);
+    assert!(
+        body.contains(&dead.to_string()) && body.contains("marked down"),
+        "{body}"
+    );
+    assert_eq!(
+        http(a, "GET", "/healthz").await.0,
+        200,
+        "liveness is not readiness"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_json_reports_state_traffic_and_resolution() {
+    let up = FakeUpstream::start("m").await;
+    let dead = refused_addr();
+    let proxy = Proxy::start(config(&admin_yaml(
+        &[up.addr, dead],
+        "hash:\n  key: connection\n",
+    )))
+    .await;
+    // Enough connections that the dead one is tried (and marked down).
+    for _ in 0..10 {
+        let mut c = Client::connect(proxy.addr).await;
+        c.ping("0123456789").await;
+    }
+    let (st, head, body) = http(proxy.admin.unwrap(), "GET", "/upstreams").await;
+    assert_eq!(st, 200);
+    assert!(head.contains("application/json"));
+    let v: serde_json::Value = serde_json::from_str(&body).expect("valid JSON");
+    let list = v.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    let live = list
+        .iter()
+        .find(|u| u["address"] == up.addr.to_string())
+        .unwrap();
+    let gone = list
+        .iter()
+        .find(|u| u["address"] == dead.to_string())
+        .unwrap();
+    assert_eq!(live["state"], "up");
+    assert_eq!(live["resolved"][0], up.addr.to_string());
+    assert_eq!(live["weight"], 1);
+    assert_eq!(live["connections_total"], 10);
+    assert_eq!(live["bytes_to_upstream"], 10 * 11);
+    assert_eq!(live["bytes_to_client"], 10 * (11 + 2));
+    assert_eq!(gone["state"], "down");
+    assert_eq!(gone["passive"]["recent_failures"], 1);
+    assert!(
+        gone["since"].as_f64().unwrap() > 1.7e9,
+        "since is a Unix time"
+    );
+    wait_until("connections closed", || {
+        proxy.scrape().get("cplb_client_connections_active", &[]) == 0.0
+    })
+    .await;
+    let (_, _, body) = http(proxy.admin.unwrap(), "GET", "/upstreams").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v[0]["active_connections"].as_i64().unwrap() + v[1]["active_connections"].as_i64().unwrap(),
+        0
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_after_known_traffic() {
+    let up = FakeUpstream::start("m").await;
+    let dead = refused_addr();
+    let proxy = Proxy::start(config(&admin_yaml(
+        &[up.addr, dead],
+        "hash:\n  key: connection\nmax_connections: 3\n",
+    )))
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect(proxy.addr).await;
+        c.ping("abc").await; // 4 bytes each way, plus "m\n" greeting
+        held.push(c);
+    }
+    assert!(
+        Client::connect_from(None, proxy.addr).await.is_none(),
+        "4th over max_connections"
+    );
+    let (st, _, text) = http(proxy.admin.unwrap(), "GET", "/metrics").await;
+    assert_eq!(st, 200);
+    let s = common::metrics::Scrape::parse(&text);
+    let u = up.addr.to_string();
+    let d = dead.to_string();
+    assert_eq!(s.get("cplb_connections_total", &[("upstream", &u)]), 3.0);
+    assert_eq!(s.get("cplb_connections_active", &[("upstream", &u)]), 3.0);
+    assert_eq!(
+        s.get(
+            "cplb_bytes_total",
+            &[("upstream", &u), ("direction", "to_upstream")]
+        ),
+        12.0
+    );
+    assert_eq!(
+        s.get(
+            "cplb_bytes_total",
+            &[("upstream", &u), ("direction", "to_client")]
+        ),
+        18.0
+    );
+    assert_eq!(s.get("cplb_upstream_up", &[("upstream", &u)]), 1.0);
+    let failures = s.get(
+        "cplb_connect_failures_total",
+        &[("upstream", &d), ("reason", "refused")],
+    );
+    assert!(
+        failures <= 1.0,
+        "max_fails=1: at most one refused connect, got {failures}"
+    );
+    assert_eq!(
+        s.get("cplb_upstream_up", &[("upstream", &d)]),
+        1.0 - failures
+    );
+    assert_eq!(
+        s.get("cplb_upstream_state_changes_total", &[("upstream", &d)]),
+        failures
+    );
+    assert_eq!(
+        s.get(
+            "cplb_client_connections_rejected_total",
+            &[("reason", "max_connections")]
+        ),
+        1.0
+    );
+    assert_eq!(s.get("cplb_client_connections_active", &[]), 3.0);
+    assert_eq!(s.get("cplb_connect_duration_seconds_count", &[]), 3.0);
+    assert_eq!(
+        s.get("cplb_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
+        1.0
+    );
+    assert_eq!(s.get("cplb_config_last_reload_successful", &[]), 1.0);
+    assert!(s.get("cplb_config_last_reload_success_timestamp_seconds", &[]) > 1.7e9);
+    assert_eq!(s.types["cplb_connections_total"], "counter");
+    assert_eq!(s.types["cplb_connections_active"], "gauge");
+    assert_eq!(s.types["cplb_connect_duration_seconds"], "histogram");
+    for name in [
+        "cplb_connect_failures_total",
+        "cplb_all_upstreams_down_total",
+        "cplb_config_last_reload_success_timestamp_seconds",
+        "cplb_upstream_state_changes_total",
+    ] {
+        assert!(s.types.contains_key(name), "{name} exported");
+    }
+    drop(held);
+    wait_until("gauges back to 0", || {
+        let s = proxy.scrape();
+        s.get("cplb_connections_active", &[("upstream", &u)]) == 0.0
+            && s.get("cplb_client_connections_active", &[]) == 0.0
+    })
+    .await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_admin_clients_do_not_stall_the_proxy_or_the_probes() {
+    let up = FakeUpstream::start("m").await;
+    let proxy = Proxy::start(config(&admin_yaml(&[up.addr], ""))).await;
+    let a = proxy.admin.unwrap();
+    // Twenty clients that send half a request line and then nothing.
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+        s.write_all(b"GET /metr").await.unwrap();
+        slow.push(s);
+    }
+    for i in 0..5 {
+        assert_eq!(
+            http(a, "GET", "/healthz").await.0,
+            200,
+            "probe {i} answered"
+        );
+        let mut c = Client::connect(proxy.addr).await;
+        c.ping("still proxying").await;
+    }
+    proxy.shutdown().await;
+}
