@@ -45,6 +45,7 @@ pub mod ring;
 pub mod server;
 pub mod shared;
 pub mod snapshot;
+pub mod standin;
 pub mod sockopt;
 pub mod upstream;
 pub mod watch;
