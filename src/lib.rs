@@ -15,6 +15,7 @@
 //! - [`pool`]: copy buffers lent only while bytes are in flight.
 //! - [`metrics`]: Prometheus metrics in an owned registry; RAII gauge guards.
 //! - [`server`]: start-up, `run`, and the drain on shutdown.
+//! - [`import`]: `cplb import-nginx`, nginx `stream` config to cplb YAML.
 //!
 //! # Life of a connection
 //! 1. `listener::accept_loop` accepts on one of the SO_REUSEPORT sockets and
@@ -31,6 +32,7 @@
 pub mod config;
 pub mod copy;
 pub mod health;
+pub mod import;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
