@@ -1,7 +1,8 @@
 //! `cplb import-nginx`: turns the nginx `stream` proxy config that cplb
 //! replaces into a cplb YAML config. Three stages, each in its own file:
 //! `lexer` (tokens with line numbers), `parse` (directives and blocks) and
-//! `convert` (the mapping, with a warning for everything it cannot carry).
+//! `convert` (the mapping, with a warning for everything it cannot carry;
+//! `upstream` for the upstream block, `values` for argument parsing).
 
 mod convert;
 mod duration;
@@ -9,6 +10,9 @@ mod emit;
 mod error;
 mod lexer;
 mod parse;
+mod upstream;
+mod values;
+mod warnings;
 
 pub use error::ImportError;
 
