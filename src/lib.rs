@@ -18,6 +18,7 @@
 //! - [`watch`]: watches the config file's directory (ConfigMap-safe).
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/upstreams` (hyper).
 //! - [`server`]: start-up, `run`, and the drain on shutdown.
+//! - [`import`]: `cplb import-nginx`, nginx `stream` config to cplb YAML.
 //!
 //! # Life of a connection
 //! 1. `listener::accept_loop` accepts on one of the SO_REUSEPORT sockets and
@@ -35,6 +36,7 @@ pub mod admin;
 pub mod config;
 pub mod copy;
 pub mod health;
+pub mod import;
 pub mod listener;
 pub mod metrics;
 pub mod pool;

@@ -35,7 +35,10 @@ enum LogFormat {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Convert an nginx `stream` proxy config to cplb YAML (printed on stdout).
+    ImportNginx { file: PathBuf },
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -50,6 +53,9 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(Command::ImportNginx { file }) = &cli.command {
+        return import_nginx(file);
+    }
     let path = cli.config.context("--config FILE is required")?;
     let config = match Config::load(&path) {
         Ok(c) => c,
@@ -83,6 +89,25 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         server.serve(shutdown).await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `cplb import-nginx FILE`: YAML on stdout, warnings on stderr.
+fn import_nginx(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("could not read {}", file.display()))?;
+    match cplb::import::convert(&text) {
+        Ok(conversion) => {
+            for w in &conversion.warnings {
+                eprintln!("cplb: warning: {w}");
+            }
+            print!("{}", conversion.yaml);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("cplb: {}:{e}", file.display());
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// Completes on the first SIGTERM or SIGINT. A second one exits at once,

@@ -1,0 +1,26 @@
+# syntax=docker/dockerfile:1
+# cplb image: a static-ish Rust binary on distroless (glibc, no shell).
+#
+#   docker build -t cplb:0.1.0 .
+#   docker run --rm --network host cplb:0.1.0 --config /etc/cplb/cplb.yaml --check
+
+# Build the way CI does: the stable toolchain (no rust-toolchain file pins
+# another), a release build, and the committed Cargo.lock (--locked).
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+# benches/ is declared in Cargo.toml ([[bench]]), so cargo needs it to read
+# the manifest even for a plain build.
+COPY benches benches
+COPY src src
+RUN cargo build --release --locked
+
+# cc-debian12 carries the glibc and libgcc the binary links against, and
+# nothing else: no shell, no package manager.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/cplb /usr/local/bin/cplb
+# The example config; deployments mount their own over /etc/cplb.
+COPY config/cplb.yaml /etc/cplb/cplb.yaml
+USER nonroot
+ENTRYPOINT ["/usr/local/bin/cplb"]
+CMD ["--config", "/etc/cplb/cplb.yaml"]

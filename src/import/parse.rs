@@ -1,0 +1,149 @@
+//! Tokens to a tree of directives: `name args… ;` or `name args… { … }`.
+//! Structure only; what a directive means is `convert`'s business.
+
+use super::ImportError;
+use super::lexer::{Kind, Token};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Directive {
+    pub name: String,
+    pub args: Vec<String>,
+    pub line: usize,
+    /// `Some` for block directives (`stream { … }`), even when empty.
+    pub block: Option<Vec<Directive>>,
+}
+
+pub fn parse(tokens: &[Token]) -> Result<Vec<Directive>, ImportError> {
+    let mut pos = 0;
+    let out = parse_block(tokens, &mut pos, None)?;
+    Ok(out)
+}
+
+/// Parses directives until the `}` closing the block opened on `open_line`
+/// (or the end of input at top level, `open_line == None`).
+fn parse_block(
+    tokens: &[Token],
+    pos: &mut usize,
+    open_line: Option<usize>,
+) -> Result<Vec<Directive>, ImportError> {
+    let mut out = Vec::new();
+    loop {
+        let Some(tok) = tokens.get(*pos) else {
+            return match open_line {
+                Some(line) => Err(ImportError::UnclosedBlock { line }),
+                None => Ok(out),
+            };
+        };
+        *pos += 1;
+        let name = match &tok.kind {
+            Kind::Word(w) => w.clone(),
+            Kind::Close => {
+                return match open_line {
+                    Some(_) => Ok(out),
+                    None => Err(ImportError::UnexpectedClose { line: tok.line }),
+                };
+            }
+            Kind::Semicolon => {
+                return Err(ImportError::UnexpectedToken {
+                    line: tok.line,
+                    token: ';',
+                });
+            }
+            Kind::Open => {
+                return Err(ImportError::UnexpectedToken {
+                    line: tok.line,
+                    token: '{',
+                });
+            }
+        };
+        let line = tok.line;
+        let mut args = Vec::new();
+        loop {
+            let Some(next) = tokens.get(*pos) else {
+                return Err(ImportError::MissingSemicolon { line, name });
+            };
+            *pos += 1;
+            match &next.kind {
+                Kind::Word(w) => args.push(w.clone()),
+                Kind::Semicolon => {
+                    out.push(Directive {
+                        name,
+                        args,
+                        line,
+                        block: None,
+                    });
+                    break;
+                }
+                Kind::Open => {
+                    let block = parse_block(tokens, pos, Some(next.line))?;
+                    out.push(Directive {
+                        name,
+                        args,
+                        line,
+                        block: Some(block),
+                    });
+                    break;
+                }
+                // `a b }`: nginx reports the `}`, the directive lacks its `;`.
+                Kind::Close => return Err(ImportError::MissingSemicolon { line, name }),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::lexer::tokenize;
+    use super::*;
+
+    fn tree(text: &str) -> Result<Vec<Directive>, ImportError> {
+        parse(&tokenize(text)?)
+    }
+
+    #[test]
+    fn nested_blocks() {
+        let got = tree("a 1;\nb {\n c 2 3;\n d {}\n}\n").unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].name, "a");
+        assert_eq!(got[0].args, ["1"]);
+        assert_eq!(got[0].block, None);
+        let inner = got[1].block.as_ref().unwrap();
+        assert_eq!(inner[0].name, "c");
+        assert_eq!(inner[0].line, 3);
+        assert_eq!(inner[0].args, ["2", "3"]);
+        assert_eq!(inner[1].block, Some(vec![]));
+    }
+
+    #[test]
+    fn structural_errors_name_the_line() {
+        assert_eq!(
+            tree("a {\n b;\n"),
+            Err(ImportError::UnclosedBlock { line: 1 })
+        );
+        assert_eq!(
+            tree("a;\n}\n"),
+            Err(ImportError::UnexpectedClose { line: 2 })
+        );
+        assert_eq!(
+            tree("a {\n b\n}\n"),
+            Err(ImportError::MissingSemicolon {
+                line: 2,
+                name: "b".into()
+            })
+        );
+        assert_eq!(
+            tree("x\n"),
+            Err(ImportError::MissingSemicolon {
+                line: 1,
+                name: "x".into()
+            })
+        );
+        assert_eq!(
+            tree("\n;\n"),
+            Err(ImportError::UnexpectedToken {
+                line: 2,
+                token: ';'
+            })
+        );
+    }
+}

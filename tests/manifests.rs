@@ -1,0 +1,508 @@
+//! The container and Kubernetes files: kubectl reads every manifest, the
+//! fields a node-local API proxy needs are there, the cplb configs shipped
+//! with them are valid, and the Dockerfile builds the way CI does.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// Every YAML document of a file (`---` separated).
+fn documents(text: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|de| Value::deserialize(de).expect("valid YAML document"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn is_object(doc: &Value) -> bool {
+    doc["apiVersion"].is_string() && doc["kind"].is_string()
+}
+
+/// The YAML files under the manifest directories, sorted.
+fn yaml_files() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for dir in ["config/kubernetes", "config/kubespray"] {
+        for entry in std::fs::read_dir(root().join(dir)).expect("directory exists") {
+            let path = entry.expect("readable entry").path();
+            if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml")
+            ) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The files holding Kubernetes objects, with their objects.
+fn manifests() -> Vec<(PathBuf, Vec<Value>)> {
+    yaml_files()
+        .into_iter()
+        .filter_map(|path| {
+            let text = std::fs::read_to_string(&path).expect("readable");
+            let docs = documents(&text);
+            docs.iter().any(is_object).then_some((path, docs))
+        })
+        .collect()
+}
+
+fn rel(path: &Path) -> String {
+    path.strip_prefix(root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn the_manifests_are_the_expected_objects() {
+    let got: Vec<(String, Vec<String>)> = manifests()
+        .iter()
+        .map(|(path, docs)| {
+            let objects = docs
+                .iter()
+                .map(|d| {
+                    assert!(
+                        is_object(d),
+                        "{}: a document that is not an object",
+                        rel(path)
+                    );
+                    format!(
+                        "{}/{}",
+                        d["kind"].as_str().unwrap_or_default().to_lowercase(),
+                        d["metadata"]["name"].as_str().unwrap_or_default()
+                    )
+                })
+                .collect();
+            (rel(path), objects)
+        })
+        .collect();
+    let want = [
+        (
+            "config/kubernetes/daemonset.yaml",
+            vec!["configmap/cplb", "daemonset/cplb"],
+        ),
+        ("config/kubernetes/static-pod.yaml", vec!["pod/cplb"]),
+        ("config/kubespray/cplb-proxy.yaml", vec!["pod/cplb-proxy"]),
+    ];
+    let want: Vec<(String, Vec<String>)> = want
+        .iter()
+        .map(|(p, o)| (p.to_string(), o.iter().map(|s| s.to_string()).collect()))
+        .collect();
+    assert_eq!(got, want);
+}
+
+// --- kubectl -------------------------------------------------------------
+
+/// A kubeconfig that points nowhere, so kubectl never talks to a real
+/// cluster from a developer's environment. The token keeps kubectl from
+/// prompting for a user name.
+fn dummy_kubeconfig() -> PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("cplb-manifests-{}.kubeconfig", std::process::id()));
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: Config\n\
+         clusters: [{name: none, cluster: {server: \"https://127.0.0.1:1\"}}]\n\
+         users: [{name: none, user: {token: none}}]\n\
+         contexts: [{name: none, context: {cluster: none, user: none}}]\n\
+         current-context: none\n",
+    )
+    .expect("temp dir is writable");
+    path
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str], file: &Path) -> std::process::Output {
+    Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .arg("-f")
+        .arg(file)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("kubectl runs (it is installed where the tests run)")
+}
+
+/// `kubectl apply --dry-run=client` still asks a server for its API groups
+/// to map kinds to resources, so without a cluster it fails before reading
+/// the objects. Then `kubectl label --local --dry-run=client` does the same
+/// offline: it decodes every object (YAML syntax, apiVersion, kind) and
+/// prints its name, without the schema (which only a server has).
+fn kubectl_names(kubeconfig: &Path, file: &Path) -> Result<Vec<String>, String> {
+    let apply = kubectl(
+        kubeconfig,
+        &[
+            "apply",
+            "--dry-run=client",
+            "--validate=false",
+            "-o",
+            "name",
+        ],
+        file,
+    );
+    let out = if apply.status.success() {
+        apply
+    } else {
+        let stderr = String::from_utf8_lossy(&apply.stderr);
+        let no_server = stderr.contains("couldn't get current server API group list")
+            || stderr.contains("connection refused");
+        if !no_server {
+            return Err(format!("kubectl apply: {stderr}"));
+        }
+        let local = kubectl(
+            kubeconfig,
+            &[
+                "label",
+                "--local",
+                "--dry-run=client",
+                "cplb.test/checked=true",
+                "-o",
+                "name",
+            ],
+            file,
+        );
+        if !local.status.success() {
+            return Err(format!(
+                "kubectl label --local: {}",
+                String::from_utf8_lossy(&local.stderr)
+            ));
+        }
+        local
+    };
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+#[test]
+fn kubectl_reads_every_manifest() {
+    let kubeconfig = dummy_kubeconfig();
+    let files = manifests();
+    assert!(!files.is_empty());
+    for (path, docs) in &files {
+        let want: Vec<String> = docs
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}/{}",
+                    d["kind"].as_str().unwrap_or_default().to_lowercase(),
+                    d["metadata"]["name"].as_str().unwrap_or_default()
+                )
+            })
+            .collect();
+        let got = kubectl_names(&kubeconfig, path).unwrap_or_else(|e| panic!("{}: {e}", rel(path)));
+        // kubectl prints "kind.group/name" for kinds outside the core group.
+        let got: Vec<String> = got
+            .into_iter()
+            .map(|n| n.replacen("daemonset.apps/", "daemonset/", 1))
+            .collect();
+        assert_eq!(got, want, "{}", rel(path));
+    }
+
+    // The check can fail: an object without a kind is refused.
+    let broken =
+        std::env::temp_dir().join(format!("cplb-manifests-{}-broken.yaml", std::process::id()));
+    std::fs::write(&broken, "apiVersion: v1\nmetadata: {name: x}\n").expect("writable");
+    let result = kubectl_names(&kubeconfig, &broken);
+    let _ = std::fs::remove_file(&broken);
+    let _ = std::fs::remove_file(&kubeconfig);
+    assert!(result.is_err(), "{result:?}");
+}
+
+// --- fields ---------------------------------------------------------------
+
+/// The pod spec of a Pod or of a workload's template.
+fn pod_spec(doc: &Value) -> Option<&Value> {
+    match doc["kind"].as_str()? {
+        "Pod" => Some(&doc["spec"]),
+        "DaemonSet" | "Deployment" => Some(&doc["spec"]["template"]["spec"]),
+        _ => None,
+    }
+}
+
+/// The cplb config a pod runs: the ConfigMap's cplb.yaml for a DaemonSet,
+/// the shipped file for a static pod (mounted from the host's /etc/cplb).
+fn config_for(path: &Path, docs: &[Value]) -> cplb::Config {
+    let text = match rel(path).as_str() {
+        "config/kubernetes/daemonset.yaml" => docs
+            .iter()
+            .find(|d| d["kind"] == "ConfigMap")
+            .and_then(|d| d["data"]["cplb.yaml"].as_str())
+            .expect("the ConfigMap holds cplb.yaml")
+            .to_string(),
+        "config/kubernetes/static-pod.yaml" => read("config/cplb.yaml"),
+        "config/kubespray/cplb-proxy.yaml" => read("config/kubespray/cplb.yaml"),
+        other => panic!("which config does {other} run?"),
+    };
+    cplb::Config::parse(&text, path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn pods_have_what_a_node_local_proxy_needs() {
+    let mut pods = 0;
+    for (path, docs) in manifests() {
+        let file = rel(&path);
+        for doc in &docs {
+            let Some(spec) = pod_spec(doc) else { continue };
+            pods += 1;
+            assert_eq!(doc["metadata"]["namespace"], "kube-system", "{file}");
+            assert_eq!(spec["hostNetwork"], true, "{file}");
+            assert_eq!(spec["priorityClassName"], "system-node-critical", "{file}");
+
+            let config = config_for(&path, &docs);
+            let grace = spec["terminationGracePeriodSeconds"]
+                .as_u64()
+                .expect("grace period set");
+            assert!(
+                Duration::from_secs(grace) > config.shutdown_grace,
+                "{file}: the kubelet kills cplb ({grace}s) before its drain ends ({:?})",
+                config.shutdown_grace
+            );
+            let admin = config.admin.expect("the probes need the admin endpoint");
+            assert_eq!(admin.to_string(), "127.0.0.1:8081", "{file}");
+
+            let containers = spec["containers"].as_sequence().expect("containers");
+            assert_eq!(containers.len(), 1, "{file}");
+            let c = &containers[0];
+            let args: Vec<&str> = c["args"]
+                .as_sequence()
+                .expect("args")
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            assert_eq!(args, ["--config", "/etc/cplb/cplb.yaml"], "{file}");
+
+            let env = c["env"].as_sequence().expect("env");
+            assert!(
+                env.iter().any(|e| e["name"] == "NODE_NAME"
+                    && e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"),
+                "{file}: NODE_NAME from spec.nodeName"
+            );
+
+            for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+                let get = &c[probe]["httpGet"];
+                assert_eq!(get["path"], path, "{file} {probe}");
+                assert_eq!(get["port"], 8081, "{file} {probe}");
+                assert_eq!(get["host"], "127.0.0.1", "{file} {probe}");
+            }
+
+            assert_eq!(c["resources"]["requests"]["cpu"], "25m", "{file}");
+            assert_eq!(c["resources"]["requests"]["memory"], "32M", "{file}");
+
+            let sc = &c["securityContext"];
+            assert_eq!(sc["readOnlyRootFilesystem"], true, "{file}");
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{file}");
+            assert_eq!(sc["runAsNonRoot"], true, "{file}");
+            assert_eq!(sc["runAsUser"], 65532, "{file}");
+            let drop: Vec<&str> = sc["capabilities"]["drop"]
+                .as_sequence()
+                .expect("capabilities.drop")
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            assert_eq!(drop, ["ALL"], "{file}");
+            assert!(sc.get("privileged").is_none_or(|p| *p == false), "{file}");
+
+            // The config directory, read-only, and never through subPath
+            // (a subPath mount does not see ConfigMap updates).
+            let mounts = c["volumeMounts"].as_sequence().expect("volumeMounts");
+            let mount = mounts
+                .iter()
+                .find(|m| m["mountPath"] == "/etc/cplb")
+                .unwrap_or_else(|| panic!("{file}: /etc/cplb is mounted"));
+            assert_eq!(mount["readOnly"], true, "{file}");
+            assert!(mount.get("subPath").is_none(), "{file}");
+            let volume = spec["volumes"]
+                .as_sequence()
+                .expect("volumes")
+                .iter()
+                .find(|v| v["name"] == mount["name"])
+                .unwrap_or_else(|| panic!("{file}: the mounted volume exists"));
+            if doc["kind"] == "Pod" {
+                assert_eq!(volume["hostPath"]["path"], "/etc/cplb", "{file}");
+            } else {
+                let cm = docs
+                    .iter()
+                    .find(|d| d["kind"] == "ConfigMap")
+                    .expect("ConfigMap");
+                assert_eq!(
+                    volume["configMap"]["name"], cm["metadata"]["name"],
+                    "{file}"
+                );
+                assert_eq!(cm["metadata"]["namespace"], "kube-system", "{file}");
+            }
+        }
+    }
+    assert_eq!(pods, 3, "static pod, DaemonSet, kubespray static pod");
+}
+
+#[test]
+fn every_shipped_cplb_config_is_valid() {
+    // Every YAML beside the manifests that is not a Kubernetes object is a
+    // cplb config, and every ConfigMap's cplb.yaml too.
+    let mut checked = Vec::new();
+    for path in yaml_files() {
+        let text = std::fs::read_to_string(&path).expect("readable");
+        let docs = documents(&text);
+        if docs.iter().any(is_object) {
+            for cm in docs.iter().filter(|d| d["kind"] == "ConfigMap") {
+                let embedded = cm["data"]["cplb.yaml"].as_str().expect("cplb.yaml key");
+                cplb::Config::parse(embedded, &path).unwrap_or_else(|e| panic!("{e}"));
+                checked.push(format!("{} (ConfigMap)", rel(&path)));
+            }
+        } else {
+            cplb::Config::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+            checked.push(rel(&path));
+        }
+    }
+    assert_eq!(
+        checked,
+        [
+            "config/kubernetes/daemonset.yaml (ConfigMap)",
+            "config/kubespray/cplb.yaml"
+        ]
+    );
+}
+
+#[test]
+fn kubespray_config_keeps_nginx_proxy_choices() {
+    let path = root().join("config/kubespray/cplb.yaml");
+    let c = cplb::Config::parse(&read("config/kubespray/cplb.yaml"), &path)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.listen,
+        [
+            "127.0.0.1:6443".parse().unwrap(),
+            "[::1]:6443".parse().unwrap()
+        ]
+    );
+    assert_eq!(c.admin, Some("127.0.0.1:8081".parse().unwrap()));
+    assert_eq!(c.connect_timeout, Duration::from_secs(1));
+    assert_eq!(c.idle_timeout, Duration::from_secs(600));
+    assert_eq!(c.workers.get(), 2);
+    assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+    assert_eq!(c.hash.key, cplb::config::HashKey::Node);
+    // nginx-proxy set no weight or failure accounting: nginx's defaults.
+    assert!(c.upstreams.iter().all(|u| u.weight.get() == 1
+        && u.max_fails == 1
+        && u.fail_timeout == Duration::from_secs(10)));
+}
+
+// --- Dockerfile -------------------------------------------------------------
+
+/// Instructions (keyword, rest) with comments and blank lines removed.
+fn dockerfile() -> Vec<(String, String)> {
+    read("Dockerfile")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, rest) = l.split_once(char::is_whitespace).unwrap_or((l, ""));
+            (k.to_ascii_uppercase(), rest.trim().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn dockerfile_builds_like_ci() {
+    let ins = dockerfile();
+    let froms: Vec<&str> = ins
+        .iter()
+        .filter(|(k, _)| k == "FROM")
+        .map(|(_, r)| r.as_str())
+        .collect();
+    assert_eq!(froms.len(), 2, "{froms:?}");
+
+    // Build stage: the official image on the stable channel. CI uses the
+    // stable toolchain and there is no rust-toolchain file to say otherwise.
+    let (image, stage) = froms[0].split_once(" AS ").expect("a named build stage");
+    let tag = image
+        .strip_prefix("rust:")
+        .expect("the official rust image");
+    let version = tag.split('-').next().unwrap_or_default();
+    assert!(
+        version == "1" || version.starts_with("1."),
+        "rust:{tag} is not a stable 1.x tag"
+    );
+    assert!(!tag.contains("nightly") && !tag.contains("beta"), "{tag}");
+    for f in ["rust-toolchain", "rust-toolchain.toml"] {
+        assert!(!root().join(f).exists(), "{f} would pin another toolchain");
+    }
+
+    let runs: Vec<&str> = ins
+        .iter()
+        .filter(|(k, _)| k == "RUN")
+        .map(|(_, r)| r.as_str())
+        .collect();
+    let build = runs
+        .iter()
+        .find(|r| r.contains("cargo build"))
+        .expect("a cargo build step");
+    let flags: Vec<&str> = build.split_whitespace().collect();
+    assert!(
+        flags.contains(&"--release") && flags.contains(&"--locked"),
+        "{build}"
+    );
+    // CI builds with the lock file too.
+    assert!(read(".ci/run").contains("--locked"));
+
+    // What cargo needs to read Cargo.toml is in the build context.
+    let copies: Vec<&str> = ins
+        .iter()
+        .filter(|(k, _)| k == "COPY")
+        .map(|(_, r)| r.as_str())
+        .collect();
+    for needed in ["Cargo.toml Cargo.lock", "src src", "benches benches"] {
+        assert!(
+            copies.iter().any(|c| c.contains(needed)),
+            "COPY {needed}: {copies:?}"
+        );
+    }
+
+    // Runtime stage: distroless, the binary and the config only.
+    assert_eq!(froms[1], "gcr.io/distroless/cc-debian12:nonroot");
+    let runtime: Vec<&(String, String)> = ins
+        .iter()
+        .skip_while(|(k, r)| !(k == "FROM" && r == froms[1]))
+        .collect();
+    let expect = [
+        (
+            "COPY",
+            format!("--from={stage} /src/target/release/cplb /usr/local/bin/cplb"),
+        ),
+        ("COPY", "config/cplb.yaml /etc/cplb/cplb.yaml".to_string()),
+        ("USER", "nonroot".to_string()),
+        ("ENTRYPOINT", "[\"/usr/local/bin/cplb\"]".to_string()),
+        ("CMD", "[\"--config\", \"/etc/cplb/cplb.yaml\"]".to_string()),
+    ];
+    let got: Vec<(&str, String)> = runtime[1..]
+        .iter()
+        .map(|(k, r)| (k.as_str(), r.clone()))
+        .collect();
+    assert_eq!(got, expect);
+
+    let ignore: Vec<String> = read(".dockerignore")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        ignore.iter().any(|l| l == "target") && ignore.iter().any(|l| l == ".git"),
+        "{ignore:?}"
+    );
+}
