@@ -47,8 +47,8 @@ pub mod ring;
 pub mod server;
 pub mod shared;
 pub mod snapshot;
-pub mod standin;
 pub mod sockopt;
+pub mod standin;
 pub mod upstream;
 pub mod watch;
 

@@ -33,7 +33,11 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    pub async fn connect(addr: SocketAddr, pki: &Pki, cert: Option<&Issued>) -> Result<ApiClient, ClientError> {
+    pub async fn connect(
+        addr: SocketAddr,
+        pki: &Pki,
+        cert: Option<&Issued>,
+    ) -> Result<ApiClient, ClientError> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(pki.ca_der())?;
         let builder = rustls::ClientConfig::builder_with_provider(provider())
@@ -46,7 +50,9 @@ impl ApiClient {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let name = ServerName::try_from("kubernetes").expect("static name");
-        let tls = TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
+        let tls = TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         let conn = tokio::spawn(async move {
             let _ = conn.await;
@@ -56,7 +62,9 @@ impl ApiClient {
 
     /// GET `path`; returns status and body.
     pub async fn get(&mut self, path: &str) -> Result<(u16, String), ClientError> {
-        let req = hyper::Request::get(path).header("host", "kubernetes").body(Empty::new())?;
+        let req = hyper::Request::get(path)
+            .header("host", "kubernetes")
+            .body(Empty::new())?;
         let resp = self.sender.send_request(req).await?;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await?.to_bytes();

@@ -118,7 +118,12 @@ impl Drop for ApiServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<State>, stop: CancellationToken) {
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    state: Arc<State>,
+    stop: CancellationToken,
+) {
     loop {
         let (tcp, _) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -127,7 +132,9 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<St
         let (acceptor, state, stop) = (acceptor.clone(), state.clone(), stop.clone());
         tokio::spawn(async move {
             let serve = async {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let client_cert = tls
                     .get_ref()
                     .1
@@ -151,7 +158,11 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<St
     }
 }
 
-async fn respond(state: &State, client_cert: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(
+    state: &State,
+    client_cert: &str,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     state.requests.fetch_add(1, Ordering::SeqCst);
     let (status, body) = match req.uri().path() {
         "/readyz" => {
@@ -161,7 +172,10 @@ async fn respond(state: &State, client_cert: &str, req: Request<Incoming>) -> Re
             if state.ready.load(Ordering::SeqCst) {
                 (StatusCode::OK, "ok".to_string())
             } else {
-                (StatusCode::SERVICE_UNAVAILABLE, "[-]etcd failed: reason withheld\nreadyz check failed".to_string())
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "[-]etcd failed: reason withheld\nreadyz check failed".to_string(),
+                )
             }
         }
         "/healthz" | "/livez" => (StatusCode::OK, "ok".to_string()),
