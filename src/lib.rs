@@ -36,6 +36,7 @@ pub mod admin;
 pub mod config;
 pub mod copy;
 pub mod health;
+pub mod health_check;
 pub mod import;
 pub mod listener;
 pub mod metrics;

@@ -67,6 +67,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    if let Err(e) = cplb::health_check::prepare(&config) {
+        eprintln!("cplb: {}: {e}", path.display());
+        if cli.check {
+            eprintln!("cplb: configuration file {} test failed", path.display());
+        }
+        return Ok(ExitCode::FAILURE);
+    }
     if cli.check {
         println!(
             "cplb: configuration file {} test is successful ({} upstreams, listen {:?}, hash key {}, node id {:?})",

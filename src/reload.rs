@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
+use crate::health_check::{HealthChecker, ProbeSettings};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 use crate::upstream::StateTable;
@@ -25,6 +26,8 @@ pub enum ReloadError {
     NoSource,
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] crate::health_check::TlsError),
     #[error("the proxy is shutting down")]
     Stopped,
 }
@@ -92,12 +95,22 @@ pub struct Reloader {
     config: Config,
     table: StateTable,
     rx: mpsc::Receiver<Trigger>,
+    checker: HealthChecker,
+    /// Prepared at start-up, handed to the checker when `run` begins.
+    initial_checks: Option<Arc<ProbeSettings>>,
 }
 
 impl Reloader {
-    pub fn new(shared: Arc<Shared>, config: Config, table: StateTable) -> (Reloader, ReloadHandle) {
+    pub fn new(
+        shared: Arc<Shared>,
+        config: Config,
+        table: StateTable,
+        checks: Option<Arc<ProbeSettings>>,
+    ) -> (Reloader, ReloadHandle) {
         let (tx, rx) = mpsc::channel(16);
         let r = Reloader {
+            checker: HealthChecker::new(shared.clone()),
+            initial_checks: checks,
             shared,
             config,
             table,
@@ -107,6 +120,8 @@ impl Reloader {
     }
 
     pub async fn run(mut self, stop: CancellationToken) {
+        let snapshot = self.shared.snapshot.load_full();
+        self.checker.apply(self.initial_checks.take(), &snapshot);
         loop {
             let trigger = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -182,10 +197,21 @@ impl Reloader {
         new.backlog = self.config.backlog;
         new.admin = self.config.admin;
 
+        // Certificate files are re-read on every reload; a bad one refuses
+        // the whole config, before anything is swapped.
+        let checks = match crate::health_check::prepare(&new) {
+            Ok(c) => c,
+            Err(e) => {
+                self.refused(&e);
+                return Err(e.into());
+            }
+        };
         let changes = self.diff(&new, restart_needed);
         let built = Snapshot::build(&new, &mut self.table, m);
         crate::server::resolve_new(&built.snapshot, &built.added).await;
-        self.shared.snapshot.store(Arc::new(built.snapshot));
+        let snapshot = Arc::new(built.snapshot);
+        self.shared.snapshot.store(snapshot.clone());
+        self.checker.apply(checks, &snapshot);
         for gone in &built.removed {
             m.forget_upstream(&gone.address);
         }
@@ -210,7 +236,7 @@ impl Reloader {
         Ok(Outcome::Applied(changes))
     }
 
-    fn refused(&self, e: &ConfigError) {
+    fn refused(&self, e: &dyn std::fmt::Display) {
         let m = &self.shared.metrics;
         m.reload("failure").inc();
         m.last_reload_successful.set(0);

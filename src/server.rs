@@ -29,6 +29,8 @@ const STARTUP_RESOLVE_LIMIT: Duration = Duration::from_secs(5);
 pub enum ServerError {
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error(transparent)]
+    Tls(#[from] crate::health_check::TlsError),
     #[error("could not register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("could not listen on {addr}: {source}")]
@@ -58,6 +60,7 @@ impl Server {
         registry: prometheus::Registry,
     ) -> Result<Server, ServerError> {
         let metrics = Metrics::new(registry)?;
+        let checks = crate::health_check::prepare(&config)?;
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
         for addr in &config.listen {
@@ -96,7 +99,7 @@ impl Server {
             draining: AtomicBool::new(false),
             force_close: CancellationToken::new(),
         });
-        let (reloader, reload) = Reloader::new(shared.clone(), config.clone(), table);
+        let (reloader, reload) = Reloader::new(shared.clone(), config.clone(), table, checks);
         Ok(Server {
             config,
             shared,

@@ -4,13 +4,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 use crate::health::{PassiveHealth, Policy, Transition};
+use crate::health_check::Hysteresis;
 use crate::metrics::{Metrics, UpstreamMetrics};
 
 pub struct UpstreamState {
@@ -26,11 +27,14 @@ pub struct UpstreamState {
     pub evict: Notify,
 }
 
-/// The active health check's verdict, written by the prober task.
+/// The active health check's verdict, written by the prober task. The
+/// rise/fall counters live here (not in the prober) so that a prober
+/// restarted by a reload keeps its progress.
 #[derive(Debug)]
 pub struct ActiveHealth {
     up: AtomicBool,
     since: AtomicU64,
+    hysteresis: Mutex<Hysteresis>,
 }
 
 impl Default for ActiveHealth {
@@ -39,6 +43,7 @@ impl Default for ActiveHealth {
         ActiveHealth {
             up: AtomicBool::new(true),
             since: AtomicU64::new(0),
+            hysteresis: Mutex::new(Hysteresis::new(true)),
         }
     }
 }
@@ -50,6 +55,15 @@ impl ActiveHealth {
 
     pub fn since_ms(&self) -> u64 {
         self.since.load(Relaxed)
+    }
+
+    /// Feeds one probe result through rise/fall; the new state if it
+    /// flipped. Only the prober calls this, once per interval: the lock is
+    /// never contended and never on the proxy's path.
+    pub fn record(&self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+        let mut h = self.hysteresis.lock().unwrap_or_else(|p| p.into_inner());
+        h.up = self.is_up();
+        h.record(ok, rise, fall)
     }
 
     /// Returns true if this changed the state.

@@ -1,0 +1,228 @@
+//! Active health checks: one prober task per upstream, on its own timer
+//! (with jitter so nodes do not probe in lockstep), each probe bounded by
+//! `timeout`, so a hanging upstream delays nothing but its own prober.
+//! Verdicts pass through rise/fall hysteresis into `UpstreamState::active`;
+//! a fall with `close_on_down` evicts the upstream's proxied connections,
+//! unless no other upstream is usable.
+
+mod hysteresis;
+mod probe;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ClientConfig;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use hysteresis::Hysteresis;
+pub use tls::TlsError;
+
+use crate::config::{CheckMode, Config};
+use crate::shared::Shared;
+use crate::snapshot::Snapshot;
+use crate::upstream::UpstreamState;
+
+/// Everything a prober needs, prepared (files read) before a config applies.
+#[derive(Debug)]
+pub struct ProbeSettings {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub path: String,
+    pub close_on_down: bool,
+    tls: Option<(
+        Arc<ClientConfig>,
+        Option<rustls::pki_types::ServerName<'static>>,
+    )>,
+}
+
+/// Reads certificates and builds the TLS client; `None` when the config
+/// has no `health_check` section.
+pub fn prepare(config: &Config) -> Result<Option<Arc<ProbeSettings>>, TlsError> {
+    let Some(hc) = &config.health_check else {
+        return Ok(None);
+    };
+    let tls = match hc.mode {
+        CheckMode::Tcp => None,
+        CheckMode::Https => {
+            let client = tls::client_config(&hc.tls)?;
+            let name = hc
+                .tls
+                .server_name
+                .as_deref()
+                .map(tls::server_name)
+                .transpose()?;
+            Some((client, name))
+        }
+    };
+    Ok(Some(Arc::new(ProbeSettings {
+        interval: hc.interval,
+        timeout: hc.timeout,
+        rise: hc.rise.get(),
+        fall: hc.fall.get(),
+        path: hc.path.clone(),
+        close_on_down: hc.close_on_down,
+        tls,
+    })))
+}
+
+/// Owns the prober tasks; told about every applied snapshot.
+pub struct HealthChecker {
+    shared: Arc<Shared>,
+    probers: HashMap<String, CancellationToken>,
+}
+
+impl HealthChecker {
+    pub fn new(shared: Arc<Shared>) -> HealthChecker {
+        HealthChecker {
+            shared,
+            probers: HashMap::new(),
+        }
+    }
+
+    /// Restarts probers for the new snapshot. Hysteresis counters live in
+    /// the upstream state, so a restart loses no progress.
+    pub fn apply(&mut self, settings: Option<Arc<ProbeSettings>>, snapshot: &Snapshot) {
+        for (_, stop) in self.probers.drain() {
+            stop.cancel();
+        }
+        let Some(settings) = settings else {
+            let now = self.shared.clock.now_ms();
+            for u in &snapshot.upstreams {
+                u.state.set_active(true, now, "health checks disabled");
+            }
+            return;
+        };
+        for u in &snapshot.upstreams {
+            let stop = CancellationToken::new();
+            let default_name = tls::server_name(&u.config.host).ok();
+            tokio::spawn(prober(
+                self.shared.clone(),
+                u.state.clone(),
+                settings.clone(),
+                default_name,
+                stop.clone(),
+            ));
+            self.probers.insert(u.config.address.clone(), stop);
+        }
+    }
+
+    pub fn stop(&mut self) {
+        for (_, stop) in self.probers.drain() {
+            stop.cancel();
+        }
+    }
+}
+
+impl Drop for HealthChecker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Up to ±10% of `interval`, from a per-upstream xorshift: no shared RNG.
+fn jittered(interval: Duration, seed: &mut u64) -> Duration {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    let frac = (*seed % 2001) as f64 / 1000.0 - 1.0; // -1.0 ..= 1.0
+    interval.mul_f64(1.0 + 0.1 * frac)
+}
+
+async fn prober(
+    shared: Arc<Shared>,
+    state: Arc<UpstreamState>,
+    settings: Arc<ProbeSettings>,
+    default_name: Option<rustls::pki_types::ServerName<'static>>,
+    stop: CancellationToken,
+) {
+    let mut seed = crc32fast::hash(state.address.as_bytes()) as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+        | 1;
+    // The first probe soon, spread over a tenth of the interval.
+    let mut delay = settings
+        .interval
+        .mul_f64(0.1)
+        .min(jittered(settings.interval, &mut seed) / 10);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = jittered(settings.interval, &mut seed);
+        let started = Instant::now();
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = tokio::time::timeout(settings.timeout, probe_once(&state, &settings, &default_name)) => {
+                r.unwrap_or_else(|_| Err(format!("no answer within {:?}", settings.timeout)))
+            }
+        };
+        shared
+            .metrics
+            .probe_duration
+            .observe(started.elapsed().as_secs_f64());
+        let ok = result.is_ok();
+        if ok {
+            state.metrics.probe_ok.inc();
+        } else {
+            state.metrics.probe_fail.inc();
+        }
+        let flipped = state.active.record(ok, settings.rise, settings.fall);
+        match (&result, flipped) {
+            (_, Some(up)) => {
+                let detail = result.as_ref().err().map_or("checks pass", String::as_str);
+                state.set_active(up, shared.clock.now_ms(), detail);
+                if !up && settings.close_on_down {
+                    evict(&shared, &state);
+                }
+            }
+            (Err(e), None) => {
+                tracing::debug!(upstream = %state.address, error = %e, "health check failed")
+            }
+            (Ok(()), None) => {}
+        }
+    }
+}
+
+async fn probe_once(
+    state: &UpstreamState,
+    settings: &ProbeSettings,
+    default_name: &Option<rustls::pki_types::ServerName<'static>>,
+) -> Result<(), String> {
+    let addr = *state.addrs().first().ok_or("not resolved")?;
+    match &settings.tls {
+        None => probe::tcp(addr).await,
+        Some((client, name)) => {
+            let name = name
+                .clone()
+                .or_else(|| default_name.clone())
+                .ok_or("no TLS server name")?;
+            probe::https(addr, client.clone(), name, &settings.path).await
+        }
+    }
+}
+
+/// Closes the proxied connections of an upstream that just went down, so
+/// its clients reconnect to a healthy one, unless it is the last one usable.
+fn evict(shared: &Shared, state: &Arc<UpstreamState>) {
+    let snap = shared.snapshot.load();
+    let now = shared.clock.now_ms();
+    let others = snap
+        .upstreams
+        .iter()
+        .any(|u| !Arc::ptr_eq(&u.state, state) && u.state.is_usable(u.policy, now));
+    let open = state.metrics.connections_active.get();
+    if !others {
+        tracing::warn!(upstream = %state.address, open, "no other upstream is usable; keeping its connections");
+        return;
+    }
+    state.evict.notify_waiters();
+    tracing::info!(upstream = %state.address, closed = open, "closed client connections of an upstream marked down");
+}

@@ -1,0 +1,370 @@
+//! Active health checks over TLS against stand-in API servers: rise/fall,
+//! certificate verification, hanging servers, moving clients off a dead
+//! master, and TLS (with client certificates) passing through untouched.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::process::temp_dir;
+use common::*;
+use cplb::standin::ApiServer;
+use cplb::standin::client::ApiClient;
+use cplb::standin::pki::Pki;
+
+const INTERVAL_MS: u64 = 200;
+const FALL: u64 = 2;
+
+fn localhost() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn write_ca(pki: &Pki, dir: &Path) -> PathBuf {
+    let p = dir.join("ca.crt");
+    std::fs::write(&p, pki.ca_pem()).unwrap();
+    p
+}
+
+fn hc_yaml(ups: &[SocketAddr], ca: &Path, tls_extra: &str, extra: &str) -> String {
+    let mut y = format!(
+        "listen: 127.0.0.1:0\nworkers: 2\nadmin: 127.0.0.1:0\nshutdown_grace: 200ms\nhash:\n  key: connection\n{extra}\nhealth_check:\n  interval: {INTERVAL_MS}ms\n  timeout: 300ms\n  rise: 2\n  fall: {FALL}\n  mode: https\n  path: /readyz\n  tls:\n    ca_file: {}\n    server_name: kubernetes\n{tls_extra}upstreams:\n",
+        ca.display()
+    );
+    for u in ups {
+        y.push_str(&format!("  - address: {u}\n    fail_timeout: 60s\n"));
+    }
+    y
+}
+
+fn up(proxy: &Proxy, addr: SocketAddr) -> f64 {
+    proxy
+        .scrape()
+        .get("cplb_upstream_up", &[("upstream", &addr.to_string())])
+}
+
+fn probes(proxy: &Proxy, addr: SocketAddr, result: &str) -> f64 {
+    proxy.scrape().get(
+        "cplb_health_checks_total",
+        &[("upstream", &addr.to_string()), ("result", result)],
+    )
+}
+
+async fn whoami(proxy: SocketAddr, pki: &Pki) -> String {
+    let mut c = ApiClient::connect(proxy, pki, None).await.unwrap();
+    c.get("/whoami").await.unwrap().1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_503_marks_down_after_fall_and_200_back_up_after_rise() {
+    let pki = Pki::new("test-ca").unwrap();
+    let a = ApiServer::start("a", &pki, localhost()).await.unwrap();
+    let b = ApiServer::start("b", &pki, localhost()).await.unwrap();
+    let dir = temp_dir("hc-updown");
+    let ca = write_ca(&pki, &dir);
+    let proxy = Proxy::start(config(&hc_yaml(&[a.addr, b.addr], &ca, "", ""))).await;
+    wait_until("probes succeed", || {
+        probes(&proxy, a.addr, "success") >= 2.0
+    })
+    .await;
+    assert_eq!(up(&proxy, a.addr), 1.0);
+
+    a.set_ready(false);
+    wait_until("a marked down", || up(&proxy, a.addr) == 0.0).await;
+    assert!(probes(&proxy, a.addr, "failure") >= FALL as f64);
+    // New connections avoid it, though it still accepts TCP.
+    for _ in 0..10 {
+        assert!(whoami(proxy.addr, &pki).await.starts_with("b "));
+    }
+    let (_, _, body) = http(proxy.admin.unwrap(), "GET", "/upstreams").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let ja = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["address"] == a.addr.to_string())
+        .unwrap();
+    assert_eq!(ja["active"]["state"], "down");
+    assert_eq!(ja["passive"]["state"], "up", "TCP connects still succeed");
+
+    a.set_ready(true);
+    wait_until("a back up", || up(&proxy, a.addr) == 1.0).await;
+    let s = proxy.scrape();
+    assert_eq!(
+        s.get(
+            "cplb_upstream_state_changes_total",
+            &[("upstream", &a.addr.to_string())]
+        ),
+        2.0
+    );
+    assert!(s.get("cplb_health_check_duration_seconds_count", &[]) >= 4.0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_ca_and_wrong_name_fail_verification() {
+    let pki = Pki::new("real-ca").unwrap();
+    let other = Pki::new("other-ca").unwrap();
+    let a = ApiServer::start("a", &pki, localhost()).await.unwrap();
+    let dir = temp_dir("hc-verify");
+    let right = write_ca(&pki, &dir);
+    let wrong_dir = temp_dir("hc-verify-wrong");
+    let wrong = write_ca(&other, &wrong_dir);
+
+    // Right CA and name: stays up, probes succeed.
+    let ok = Proxy::start(config(&hc_yaml(&[a.addr], &right, "", ""))).await;
+    wait_until("verified probes succeed", || {
+        probes(&ok, a.addr, "success") >= 3.0
+    })
+    .await;
+    assert_eq!(probes(&ok, a.addr, "failure"), 0.0);
+    ok.shutdown().await;
+
+    // Wrong CA.
+    let bad_ca = Proxy::start(config(&hc_yaml(&[a.addr], &wrong, "", ""))).await;
+    wait_until("wrong CA marks down", || up(&bad_ca, a.addr) == 0.0).await;
+    assert_eq!(probes(&bad_ca, a.addr, "success"), 0.0);
+    bad_ca.shutdown().await;
+
+    // Right CA, wrong name.
+    let y = hc_yaml(&[a.addr], &right, "", "")
+        .replace("server_name: kubernetes", "server_name: wrong.example");
+    let bad_name = Proxy::start(config(&y)).await;
+    wait_until("wrong name marks down", || up(&bad_name, a.addr) == 0.0).await;
+    assert_eq!(probes(&bad_name, a.addr, "success"), 0.0);
+    bad_name.shutdown().await;
+
+    // insecure_skip_verify accepts the unknown CA.
+    let y = hc_yaml(&[a.addr], &wrong, "    insecure_skip_verify: true\n", "");
+    let insecure = Proxy::start(config(&y)).await;
+    wait_until("insecure probes succeed", || {
+        probes(&insecure, a.addr, "success") >= 2.0
+    })
+    .await;
+    insecure.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_upstream_delays_nothing_else() {
+    let pki = Pki::new("ca").unwrap();
+    let a = ApiServer::start("a", &pki, localhost()).await.unwrap();
+    let b = ApiServer::start("b", &pki, localhost()).await.unwrap();
+    let dir = temp_dir("hc-hang");
+    let ca = write_ca(&pki, &dir);
+    let proxy = Proxy::start(config(&hc_yaml(&[a.addr, b.addr], &ca, "", ""))).await;
+    a.set_hanging(true);
+    let before = probes(&proxy, b.addr, "success");
+    wait_until("hanging a marked down", || up(&proxy, a.addr) == 0.0).await;
+    // b was probed on its own schedule all along, and traffic flows.
+    assert!(probes(&proxy, b.addr, "success") >= before + 2.0);
+    assert_eq!(probes(&proxy, b.addr, "failure"), 0.0);
+    for _ in 0..5 {
+        assert!(whoami(proxy.addr, &pki).await.starts_with("b "));
+        assert_eq!(http(proxy.admin.unwrap(), "GET", "/readyz").await.0, 200);
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_are_moved_off_a_master_whose_readyz_fails() {
+    let pki = Pki::new("ca").unwrap();
+    let a = ApiServer::start("a", &pki, localhost()).await.unwrap();
+    let b = ApiServer::start("b", &pki, localhost()).await.unwrap();
+    let dir = temp_dir("hc-move");
+    let ca = write_ca(&pki, &dir);
+    let proxy = Proxy::start(config(&hc_yaml(&[a.addr, b.addr], &ca, "", ""))).await;
+    wait_until("probes running", || {
+        probes(&proxy, a.addr, "success") >= 1.0
+    })
+    .await;
+    // Long-lived clients, like kubelets, spread over both masters.
+    let mut on_a = Vec::new();
+    let mut on_b = Vec::new();
+    while on_a.len() < 6 || on_b.len() < 3 {
+        let mut c = ApiClient::connect(proxy.addr, &pki, None).await.unwrap();
+        let who = c.get("/whoami").await.unwrap().1;
+        if who.starts_with("a ") {
+            on_a.push(c);
+        } else {
+            on_b.push(c);
+        }
+    }
+    let flipped = tokio::time::Instant::now();
+    a.set_ready(false);
+    // Each client on a sees its connection closed, reconnects, lands on b.
+    let mut moved = Vec::new();
+    for mut c in on_a {
+        tokio::time::timeout(DEADLINE, c.closed())
+            .await
+            .expect("connection to a closed");
+        let who = whoami(proxy.addr, &pki).await;
+        assert!(who.starts_with("b "), "reconnected to {who}");
+        moved.push(flipped.elapsed());
+    }
+    let last = *moved.iter().max().unwrap();
+    let target = Duration::from_millis(FALL * INTERVAL_MS) + Duration::from_secs(1);
+    println!(
+        "readyz 503 -> last client moved: {last:?} (target {target:?}, fall {FALL} x interval {INTERVAL_MS}ms + 1s)"
+    );
+    assert!(last <= target, "moved in {last:?}, target {target:?}");
+    // Clients on b were not touched.
+    for c in &mut on_b {
+        assert!(c.get("/whoami").await.unwrap().1.starts_with("b "));
+    }
+    let s = proxy.scrape();
+    assert_eq!(
+        s.get(
+            "cplb_connections_closed_total",
+            &[
+                ("upstream", &a.addr.to_string()),
+                ("reason", "upstream_down")
+            ]
+        ),
+        6.0
+    );
+    assert_eq!(
+        s.get(
+            "cplb_connections_closed_total",
+            &[
+                ("upstream", &b.addr.to_string()),
+                ("reason", "upstream_down")
+            ]
+        ),
+        0.0
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_usable_master_keeps_its_clients() {
+    let pki = Pki::new("ca").unwrap();
+    let a = ApiServer::start("a", &pki, localhost()).await.unwrap();
+    let dir = temp_dir("hc-last");
+    let ca = write_ca(&pki, &dir);
+    let proxy = Proxy::start(config(&hc_yaml(&[a.addr], &ca, "", ""))).await;
+    let mut c = ApiClient::connect(proxy.addr, &pki, None).await.unwrap();
+    assert!(c.get("/whoami").await.unwrap().1.starts_with("a "));
+    a.set_ready(false);
+    wait_until("a marked down", || up(&proxy, a.addr) == 0.0).await;
+    // Still answers: nothing better to send it to.
+    assert!(c.get("/whoami").await.unwrap().1.starts_with("a "));
+    assert!(!c.is_closed());
+    assert_eq!(
+        proxy.scrape().get(
+            "cplb_connections_closed_total",
+            &[
+                ("upstream", &a.addr.to_string()),
+                ("reason", "upstream_down")
+            ]
+        ),
+        0.0
+    );
+    // And the last resort still connects new clients to it.
+    assert!(whoami(proxy.addr, &pki).await.starts_with("a "));
+    assert_eq!(http(proxy.admin.unwrap(), "GET", "/readyz").await.0, 503);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_on_down_false_keeps_connections() {
+    let pki = Pki::new("ca").unwrap();
+    let a = ApiServer::start("a", &pki, localhost()).await.unwrap();
+    let b = ApiServer::start("b", &pki, localhost()).await.unwrap();
+    let dir = temp_dir("hc-keep");
+    let ca = write_ca(&pki, &dir);
+    let y = hc_yaml(&[a.addr, b.addr], &ca, "", "").replace(
+        "  path: /readyz\n",
+        "  path: /readyz\n  close_on_down: false\n",
+    );
+    let proxy = Proxy::start(config(&y)).await;
+    let mut c = loop {
+        let mut c = ApiClient::connect(proxy.addr, &pki, None).await.unwrap();
+        if c.get("/whoami").await.unwrap().1.starts_with("a ") {
+            break c;
+        }
+    };
+    a.set_ready(false);
+    wait_until("a marked down", || up(&proxy, a.addr) == 0.0).await;
+    assert!(
+        c.get("/whoami").await.unwrap().1.starts_with("a "),
+        "kept open"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_client_certificates_pass_through_untouched() {
+    let pki = Pki::new("ca").unwrap();
+    let a = ApiServer::start("a", &pki, localhost()).await.unwrap();
+    let proxy = Proxy::start(config(&yaml(&[a.addr], ""))).await;
+    let cert = pki.client("system:node:worker-1").unwrap();
+    let mut c = ApiClient::connect(proxy.addr, &pki, Some(&cert))
+        .await
+        .unwrap();
+    let (status, who) = c.get("/whoami").await.unwrap();
+    let fingerprint = format!("{:08x}", crc32fast::hash(cert.chain[0].as_ref()));
+    assert_eq!(
+        (status, who),
+        (200, format!("a {fingerprint}")),
+        "the server saw our client certificate"
+    );
+    assert_eq!(
+        ApiClient::connect(proxy.addr, &pki, None)
+            .await
+            .unwrap()
+            .get("/whoami")
+            .await
+            .unwrap()
+            .1,
+        "a anonymous"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_certificate_files_are_refused_at_load_and_reload() {
+    let pki = Pki::new("ca").unwrap();
+    let a = ApiServer::start("a", &pki, localhost()).await.unwrap();
+    let dir = temp_dir("hc-badcert");
+    let ca = write_ca(&pki, &dir);
+    let junk = dir.join("junk.crt");
+    std::fs::write(&junk, "this is not a certificate\n").unwrap();
+    // At start-up.
+    let y = hc_yaml(&[a.addr], &junk, "", "");
+    let err = match cplb::Server::bind(config(&y), prometheus::Registry::new()).await {
+        Ok(_) => panic!("junk CA accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("junk.crt") && err.contains("no PEM certificate"),
+        "{err}"
+    );
+    // At reload: the running checks and config stay.
+    let path = dir.join("cplb.yaml");
+    std::fs::write(&path, hc_yaml(&[a.addr], &ca, "", "")).unwrap();
+    let proxy = Proxy::start(cplb::Config::load(&path).unwrap()).await;
+    std::fs::write(&path, hc_yaml(&[a.addr], &junk, "", "idle_timeout: 1m\n")).unwrap();
+    let err = proxy.reload.reload().await.unwrap_err().to_string();
+    assert!(err.contains("junk.crt"), "{err}");
+    assert_eq!(
+        proxy
+            .scrape()
+            .get("cplb_config_last_reload_successful", &[]),
+        0.0
+    );
+    let before = probes(&proxy, a.addr, "success");
+    wait_until("old checks keep running", || {
+        probes(&proxy, a.addr, "success") >= before + 2.0
+    })
+    .await;
+    // The CA file itself is re-read on reload: replace it with junk.
+    std::fs::write(&path, hc_yaml(&[a.addr], &ca, "", "idle_timeout: 2m\n")).unwrap();
+    proxy.reload.reload().await.unwrap();
+    std::fs::copy(&junk, &ca).unwrap();
+    assert!(
+        proxy.reload.reload().await.is_err(),
+        "forced reload re-reads the CA file"
+    );
+    proxy.shutdown().await;
+}
