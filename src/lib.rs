@@ -35,6 +35,7 @@
 pub mod admin;
 pub mod config;
 pub mod copy;
+pub mod demo;
 pub mod health;
 pub mod health_check;
 pub mod import;

@@ -36,13 +36,22 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Watch cplb work on this machine: stand-in masters, simulated nodes,
+    /// a master failing and coming back. Loopback only, no root, no config.
+    Demo,
     /// Convert an nginx `stream` proxy config to cplb YAML (printed on stdout).
     ImportNginx { file: PathBuf },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo narrates on stdout; only warnings (state changes) are logged.
+    let default_level = if matches!(cli.command, Some(Command::Demo)) {
+        "warn"
+    } else {
+        "info"
+    };
+    init_logging(cli.log_format, default_level);
     match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -53,8 +62,10 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Some(Command::ImportNginx { file }) = &cli.command {
-        return import_nginx(file);
+    match &cli.command {
+        Some(Command::ImportNginx { file }) => return import_nginx(file),
+        Some(Command::Demo) => return demo(),
+        None => {}
     }
     let path = cli.config.context("--config FILE is required")?;
     let config = match Config::load(&path) {
@@ -143,6 +154,18 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+fn demo() -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?;
+    let mut out = std::io::stdout();
+    runtime
+        .block_on(cplb::demo::run(&mut out))
+        .context("demo failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// SIGHUP goes through the same reload path as a file change.
 fn reload_on_sighup(handle: cplb::reload::ReloadHandle) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -156,9 +179,10 @@ fn reload_on_sighup(handle: cplb::reload::ReloadHandle) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -149,7 +149,7 @@ async fn try_connect(shared: &Shared, snap: &Snapshot, up: &Upstream) -> Option<
                     .connect_duration
                     .observe(start.elapsed().as_secs_f64());
                 if let Some(t) = state.passive.on_success(shared.clock.now_ms()) {
-                    state.passive_transition(t, "connect succeeded", up.policy);
+                    state.passive_transition(t, "connect succeeded", Some(up.policy));
                 }
                 return Some(stream);
             }
@@ -164,7 +164,7 @@ async fn try_connect(shared: &Shared, snap: &Snapshot, up: &Upstream) -> Option<
     state.metrics.failure(reason).inc();
     tracing::debug!(upstream = %state.address, reason = reason.as_str(), "connect failed");
     if let Some(t) = state.passive.on_failure(up.policy, shared.clock.now_ms()) {
-        state.passive_transition(t, reason.as_str(), up.policy);
+        state.passive_transition(t, reason.as_str(), Some(up.policy));
     }
     None
 }

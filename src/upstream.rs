@@ -114,20 +114,20 @@ impl UpstreamState {
     }
 
     /// Logs and counts a passive-health transition: once per transition,
-    /// never once per failure.
-    pub fn passive_transition(&self, t: Transition, reason: &str, policy: Policy) {
+    /// never once per failure. `policy` only adds context to the log.
+    pub fn passive_transition(&self, t: Transition, reason: &str, policy: Option<Policy>) {
         self.metrics.state_changes.inc();
         self.refresh_up_gauge();
         match t {
             Transition::MarkedDown => tracing::warn!(
                 upstream = %self.address,
                 reason,
-                max_fails = policy.max_fails,
-                retry_after_ms = policy.fail_timeout_ms,
+                max_fails = policy.map(|p| p.max_fails),
+                retry_after_ms = policy.map(|p| p.fail_timeout_ms),
                 "upstream marked down"
             ),
             Transition::MarkedUp => {
-                tracing::info!(upstream = %self.address, check = "passive", "upstream back up")
+                tracing::info!(upstream = %self.address, check = "passive", reason, "upstream back up")
             }
         }
     }

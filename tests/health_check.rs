@@ -368,3 +368,37 @@ async fn bad_certificate_files_are_refused_at_load_and_reload() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passing_probe_clears_a_passive_mark_without_client_traffic() {
+    let pki = Pki::new("ca").unwrap();
+    let a = ApiServer::start("a", &pki, localhost()).await.unwrap();
+    let b = ApiServer::start("b", &pki, localhost()).await.unwrap();
+    let dir = temp_dir("hc-passive");
+    let ca = write_ca(&pki, &dir);
+    // fail_timeout 60s: only a probe can bring a back before a minute.
+    let proxy = Proxy::start(config(&hc_yaml(&[a.addr, b.addr], &ca, "", ""))).await;
+    let a_addr = a.addr;
+    a.stop();
+    drop(a);
+    // Clients hit the refused master and mark it down passively.
+    wait_until("a marked down", || up(&proxy, a_addr) == 0.0).await;
+    for _ in 0..6 {
+        assert!(whoami(proxy.addr, &pki).await.starts_with("b "));
+    }
+    let _a = ApiServer::start("a", &pki, a_addr).await.unwrap();
+    let connections = proxy.scrape().get(
+        "cplb_connections_total",
+        &[("upstream", &a_addr.to_string())],
+    );
+    wait_until("a back up through its probes", || up(&proxy, a_addr) == 1.0).await;
+    assert_eq!(
+        proxy.scrape().get(
+            "cplb_connections_total",
+            &[("upstream", &a_addr.to_string())]
+        ),
+        connections,
+        "no client connection was needed"
+    );
+    proxy.shutdown().await;
+}

@@ -171,6 +171,12 @@ async fn prober(
         let ok = result.is_ok();
         if ok {
             state.metrics.probe_ok.inc();
+            // A passing probe connected: that is the success passive health
+            // waits for, so a master marked down by refused connects comes
+            // back without a client having to risk a trial connect.
+            if let Some(t) = state.passive.on_success(shared.clock.now_ms()) {
+                state.passive_transition(t, "health check passed", None);
+            }
         } else {
             state.metrics.probe_fail.inc();
         }
