@@ -7,9 +7,11 @@ loopback listeners on free ports and prints them as one JSON line on stdout:
 * sink: accepts connections and holds them open, discarding whatever arrives,
   until the peer closes. Used for the idle-connection memory figure.
 * sha: integrity check for both directions. The client sends one header line
-  "SEED <seed> <n>\\n", then any number of payload bytes, then half-closes. The
-  server replies "<sha256 hex of payload> <payload bytes>\\n", then n bytes of
-  pseudo-random data from random.Random(seed), then closes.
+  "SEED <seed> <n_down> <n_up>\\n", then n_up payload bytes (n_up = -1: any
+  number of bytes, ended by the client's half-close). The server replies
+  "<sha256 hex of payload> <payload bytes>\\n", then n_down bytes of
+  pseudo-random data from random.Random(seed), then half-closes and waits for
+  the client to close.
 * ctl: every connection gets one line "open=<n> accepted=<m>\\n" describing
   the sink, then is closed. run.py polls it instead of sleeping.
 
@@ -102,11 +104,12 @@ class ShaHandler(socketserver.BaseRequestHandler):
             if len(buf) > 4096:
                 return
         header, rest = buf.split(b"\n", 1)
-        _, seed, n = header.decode().split()
+        _, seed, n, n_up = header.decode().split()
+        n_up = int(n_up)
         h = hashlib.sha256(rest)
         count = len(rest)
-        while True:
-            chunk = s.recv(1 << 20)
+        while n_up < 0 or count < n_up:
+            chunk = s.recv(1 << 20 if n_up < 0 else min(1 << 20, n_up - count))
             if not chunk:
                 break
             h.update(chunk)

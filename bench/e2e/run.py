@@ -415,35 +415,37 @@ def iperf(env: Env, port: int, seconds: int, reverse: bool) -> dict:
 @dataclass
 class Payload:
     up: bytes
-    down: bytes
     up_sha: str
-    down_sha: str
     seed_down: int
+    n_down: int
+    down_sha: str
 
 
-def make_payload(size: int) -> Payload:
-    up = random.Random(1).randbytes(size)
-    seed_down = 2
+def make_payload(size: int, seed_up: int, seed_down: int) -> Payload:
+    up = random.Random(seed_up).randbytes(size)
     down = random.Random(seed_down).randbytes(size)
-    return Payload(up, down, hashlib.sha256(up).hexdigest(), hashlib.sha256(down).hexdigest(), seed_down)
+    return Payload(up, hashlib.sha256(up).hexdigest(), seed_down, size, hashlib.sha256(down).hexdigest())
 
 
-def integrity(port: int, pl: Payload) -> dict:
-    """Send pl.up through the proxy to backends.py, half-close, and check
-    both the digest it reports and the pl.down bytes it streams back."""
-    t0 = time.monotonic()
+def transfer(port: int, pl: Payload, half_close: bool) -> None:
+    """Send pl.up through the proxy to backends.py and check both the digest
+    it reports and the pseudo-random bytes it streams back. With half_close
+    the upload is ended by shutdown(SHUT_WR) instead of a length, so the
+    reply only arrives if the proxy keeps the other direction open."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.settimeout(60)
-        s.sendall(f"SEED {pl.seed_down} {len(pl.down)}\n".encode())
+        n_up = -1 if half_close else len(pl.up)
+        s.sendall(f"SEED {pl.seed_down} {pl.n_down} {n_up}\n".encode())
         view = memoryview(pl.up)
         for off in range(0, len(view), 1 << 20):
             s.sendall(view[off:off + (1 << 20)])
-        s.shutdown(socket.SHUT_WR)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
         buf = b""
         while b"\n" not in buf:
             chunk = s.recv(65536)
             if not chunk:
-                raise BenchError(f"connection closed before the digest line (got {buf[:100]!r})")
+                raise BenchError(f"connection closed before the digest line arrived (got {buf[:100]!r})")
             buf += chunk
         line, rest = buf.split(b"\n", 1)
         h = hashlib.sha256(rest)
@@ -454,20 +456,35 @@ def integrity(port: int, pl: Payload) -> dict:
                 break
             h.update(chunk)
             n += len(chunk)
-    secs = time.monotonic() - t0
     digest, count = line.decode().split()
     problems = []
     if int(count) != len(pl.up):
         problems.append(f"backend received {count} bytes, sent {len(pl.up)}")
     elif digest != pl.up_sha:
         problems.append("client->server bytes corrupted (SHA-256 mismatch)")
-    if n != len(pl.down):
-        problems.append(f"client received {n} bytes back, expected {len(pl.down)}")
+    if n != pl.n_down:
+        problems.append(f"client received {n} bytes back, expected {pl.n_down}")
     elif h.hexdigest() != pl.down_sha:
         problems.append("server->client bytes corrupted (SHA-256 mismatch)")
     if problems:
-        raise BenchError("integrity check failed: " + "; ".join(problems))
-    return {"ok": 1.0, "seconds": secs}
+        raise BenchError("; ".join(problems))
+
+
+def integrity(port: int, pl: Payload, probe: Payload) -> dict:
+    try:
+        transfer(port, pl, half_close=False)
+    except BenchError as e:
+        raise BenchError(f"integrity check failed: {e}")
+    # Half-close is reported, not required: nginx's stream proxy closes both
+    # directions on the first FIN unless `proxy_half_close on` (not in the
+    # reference config).
+    try:
+        transfer(port, probe, half_close=True)
+        half = 1.0
+    except (BenchError, OSError) as e:
+        log(f"    half-close probe: {e}")
+        half = 0.0
+    return {"ok": 1.0, "half_close": half}
 
 
 def wait_sink(env: Env, ctl: int, want: int, timeout: float, proc: Proc | None = None) -> int:
@@ -499,8 +516,10 @@ def memory(env: Env, proc: Proc, port: int, be: Backends, conns: int) -> dict:
         for s in socks:
             s.close()
     wait_sink(env, be.ctl, 0, 60, proc)
+    after_rss, _ = rss_kib(proc.pids())
     return {
         "idle_rss_mb": idle_rss / 1024,
+        "after_rss_mb": after_rss / 1024,
         "idle_pss_mb": idle_pss / 1024,
         "loaded_rss_mb": rss / 1024,
         "per_conn_bytes": (rss - idle_rss) * 1024 / conns,
@@ -524,7 +543,7 @@ class Settings:
 PHASES = ["http-keepalive", "http-close", "bulk", "integrity", "memory"]
 
 
-def run_phase(env: Env, phase: str, kind: str, be: Backends, st: Settings, pl: Payload) -> dict:
+def run_phase(env: Env, phase: str, kind: str, be: Backends, st: Settings, pl: Payload, probe: Payload) -> dict:
     target = {"http-keepalive": be.http, "http-close": be.http, "bulk": be.iperf,
               "integrity": be.sha, "memory": be.sink}[phase]
     if kind == "direct":
@@ -552,7 +571,7 @@ def run_phase(env: Env, phase: str, kind: str, be: Backends, st: Settings, pl: P
                 res["cpu_s_per_gb"] = cpu_s / ((fwd["bytes"] + rev["bytes"]) / 1e9)
             return res
         if phase == "integrity":
-            r = integrity(port, pl)
+            r = integrity(port, pl, probe)
             if proc:
                 proc.check_alive()
             return r
@@ -689,18 +708,22 @@ def report(results: dict, errors: list[str], info: dict, st: Settings, command: 
     L += ["", "## 3. Bulk throughput, one stream", "",
           f"`iperf3 -c … -t {st.iperf_seconds} -J` (client to server) and the same with `-R` (server to "
           f"client); received bits/s. iperf3 does not check content, so a separate check sends "
-          f"{st.payload_mib} MiB of pseudo-random bytes through each contender, half-closes, and compares "
-          f"SHA-256 digests of what arrived in both directions (the backend streams {st.payload_mib} MiB "
-          "back after the client's half-close).", ""]
+          f"{st.payload_mib} MiB of pseudo-random bytes through each contender to a backend that hashes them "
+          f"and then streams {st.payload_mib} MiB of pseudo-random bytes back; the harness compares the "
+          "SHA-256 digests of what arrived in both directions with what was sent. A second, 1 MiB transfer "
+          "ends the upload with a half-close (`shutdown(SHUT_WR)`) and checks that the reply still arrives.", ""]
     L += table(results, [("client → server (Gbit/s)", "bulk", "up_gbps", ".2f"),
                          ("server → client (Gbit/s)", "bulk", "down_gbps", ".2f")])
-    integ = []
+    integ, half = [], []
     for k in CONTENDERS:
         rs = results[k]["integrity"]
         n_ok = sum(1 for r in rs if r.get("ok"))
         n_all = n_ok + sum(1 for e in errors if e.startswith(f"{k} integrity"))
         integ.append(f"{n_ok}/{n_all} ok" if n_all else "not run")
-    L += [f"| integrity, {st.payload_mib} MiB each way | " + " | ".join(integ) + " | | | |"]
+        n_half = sum(1 for r in rs if r.get("half_close"))
+        half.append(f"{n_half}/{len(rs)} kept" if rs else "not run")
+    L += [f"| integrity, {st.payload_mib} MiB each way, SHA-256 | " + " | ".join(integ) + " | | | |",
+          "| half-close: reply after client FIN | " + " | ".join(half) + " | | | |"]
 
     L += ["", "## 4. Memory", "",
           "Resident memory summed over all processes of the proxy (nginx master + workers, haproxy, cplb), "
@@ -712,6 +735,7 @@ def report(results: dict, errors: list[str], info: dict, st: Settings, command: 
     L += table(results, [("RSS at idle (MB)", "memory", "idle_rss_mb", ".1f"),
                          ("PSS at idle (MB)", "memory", "idle_pss_mb", ".1f"),
                          (f"RSS with {st.idle_conns:,} idle connections (MB)", "memory", "loaded_rss_mb", ".1f"),
+                         ("RSS after they are closed (MB)", "memory", "after_rss_mb", ".1f"),
                          ("bytes per idle connection (RSS)", "memory", "per_conn_bytes", ",.0f"),
                          ("bytes per idle connection (PSS)", "memory", "per_conn_pss_bytes", ",.0f")])
     L += ["", "## 5. CPU time per GB proxied", "",
@@ -729,7 +753,7 @@ def report(results: dict, errors: list[str], info: dict, st: Settings, command: 
             rs = results[k][phase]
             if not rs or not any(rs):
                 continue
-            keys = sorted({key for r in rs for key in r})
+            keys = sorted({key for r in rs for key in r} - {"requests", "ok"})
             for key in keys:
                 vals = ", ".join(f"{r[key]:.4g}" for r in rs if key in r)
                 L.append(f"{phase:15s} {k:8s} {key:20s} {vals}")
@@ -780,7 +804,8 @@ def main() -> int:
     try:
         env = Env(root, args.cplb, nofile)
         log(f"temp dir {root}; generating {st.payload_mib} MiB payloads")
-        pl = make_payload(st.payload_mib << 20)
+        pl = make_payload(st.payload_mib << 20, 1, 2)
+        probe = make_payload(1 << 20, 3, 4)
         be = env.start_backends()
         log(f"backends: {be}")
         for r in range(st.rounds):
@@ -792,7 +817,7 @@ def main() -> int:
                         continue
                     t0 = time.monotonic()
                     try:
-                        res = run_phase(env, phase, kind, be, st, pl)
+                        res = run_phase(env, phase, kind, be, st, pl, probe)
                         results[kind][phase].append(res)
                         shown = ", ".join(f"{k}={v:.4g}" for k, v in res.items())
                         log(f"  {phase:15s} {kind:8s} {shown}  ({time.monotonic() - t0:.1f}s)")
