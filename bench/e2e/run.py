@@ -800,7 +800,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="cplb-bench-"))
     results = {k: {p: [] for p in PHASES} for k in CONTENDERS}
     errors: list[str] = []
-    interrupted = False
+    interrupted = fatal = False
     try:
         env = Env(root, args.cplb, nofile)
         log(f"temp dir {root}; generating {st.payload_mib} MiB payloads")
@@ -834,10 +834,10 @@ def main() -> int:
     except BenchError as e:
         log(f"fatal: {e}")
         errors.append(f"fatal: {e}")
-        interrupted = True
+        interrupted = fatal = True
     finally:
         Proc.stop_all()
-        if args.keep_tmp or interrupted:
+        if args.keep_tmp or fatal:
             log(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
