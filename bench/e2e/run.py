@@ -625,8 +625,17 @@ def machine_info(cplb_bin: Path) -> dict:
     except (OSError, IndexError, ValueError):
         pass
     commit = first_line(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"])
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+    src = ["src", "Cargo.toml", "Cargo.lock"]
+    src_commit = first_line(["git", "-C", str(REPO), "log", "-1", "--format=%h", "--"] + src)
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--"] + src,
                            capture_output=True, text=True, timeout=10).stdout.strip()
+    newest_src = max((p.stat().st_mtime for p in (REPO / "src").rglob("*.rs")), default=0)
+    stale = cplb_bin.stat().st_mtime < newest_src
+    if stale:
+        log(f"warning: {cplb_bin} is older than the newest file in src/; run cargo build --release")
+    cplb_desc = (f"{first_line([str(cplb_bin), '--version'])}, checkout {commit}, last change to src/ {src_commit}"
+                 + (", uncommitted changes in src/" if dirty else "")
+                 + (", BINARY OLDER THAN src/" if stale else ""))
     return {
         "nproc": str(os.cpu_count()),
         "kernel": os.uname().release,
@@ -636,7 +645,7 @@ def machine_info(cplb_bin: Path) -> dict:
         "haproxy": first_line(["haproxy", "-v"]),
         "wrk": first_line(["wrk", "--version"]).split(" Copyright")[0],
         "iperf3": first_line(["iperf3", "--version"]),
-        "cplb": f"{first_line([str(cplb_bin), '--version'])}, git {commit}{' (dirty tree)' if dirty else ''}",
+        "cplb": cplb_desc,
         "python": sys.version.split()[0],
     }
 
@@ -758,7 +767,13 @@ def report(results: dict, errors: list[str], info: dict, st: Settings, command: 
                 vals = ", ".join(f"{r[key]:.4g}" for r in rs if key in r)
                 L.append(f"{phase:15s} {k:8s} {key:20s} {vals}")
     L += ["```", "", "</details>", ""]
-    return "\n".join(L)
+    # With --only, leave out the figures that were not measured.
+    needs = {"1.": ["http-keepalive"], "2.": ["http-close"], "3.": ["bulk", "integrity"],
+             "4.": ["memory"], "5.": ["bulk"]}
+    ran = {p for p in PHASES if any(results[k][p] for k in CONTENDERS)}
+    parts = "\n".join(L).split("\n## ")
+    keep = [parts[0]] + [x for x in parts[1:] if not any(ran.isdisjoint(needs[n]) for n in needs if x.startswith(n))]
+    return "\n## ".join(keep)
 
 
 def main() -> int:
@@ -767,6 +782,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, help="interleaved rounds (default 3, or 1 with --quick)")
     ap.add_argument("--write", action="store_true", help="also write BENCHMARKS.md at the repo root")
     ap.add_argument("--cplb", type=Path, default=REPO / "target" / "release" / "cplb", help="cplb binary")
+    ap.add_argument("--only", metavar="PHASE[,PHASE]",
+                    help=f"run only these measurements: {','.join(PHASES)}")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir with configs and logs")
     args = ap.parse_args()
 
@@ -778,6 +795,12 @@ def main() -> int:
         if args.rounds < 1:
             ap.error("--rounds must be at least 1")
         st.rounds = args.rounds
+    phases = PHASES
+    if args.only:
+        phases = [p.strip() for p in args.only.split(",") if p.strip()]
+        bad = [p for p in phases if p not in PHASES]
+        if bad or not phases:
+            ap.error(f"--only: unknown {bad}; choose from {','.join(PHASES)}")
     command = shlex.join(["python3", "bench/e2e/run.py"] + sys.argv[1:])
 
     check_prereqs(args.cplb)
@@ -811,7 +834,7 @@ def main() -> int:
         for r in range(st.rounds):
             order = rotated(r)
             log(f"round {r + 1}/{st.rounds}: {', '.join(order)}")
-            for phase in PHASES:
+            for phase in phases:
                 for kind in order:
                     if kind == "direct" and phase == "memory":
                         continue
