@@ -10,6 +10,7 @@
 //! - [`snapshot`]: ring + upstreams + settings, published through one `ArcSwap`.
 //! - [`resolve`]: host name resolution with background retry.
 //! - [`listener`]: SO_REUSEPORT sockets and the accept loop.
+//! - [`workers`]: one single-threaded runtime per worker thread (data plane).
 //! - [`proxy`]: one client connection: upstream choice, connect, failover.
 //! - [`copy`]: the bidirectional byte copy (half-close, idle timeout).
 //! - [`pool`]: copy buffers lent only while bytes are in flight.
@@ -21,8 +22,10 @@
 //! - [`import`]: `cplb import-nginx`, nginx `stream` config to cplb YAML.
 //!
 //! # Life of a connection
-//! 1. `listener::accept_loop` accepts on one of the SO_REUSEPORT sockets and
-//!    counts the client against `max_connections` (`ClientSlot`).
+//! 1. `listener::accept_loop`, on the worker thread that owns one of the
+//!    SO_REUSEPORT sockets, accepts and counts the client against
+//!    `max_connections` (`ClientSlot`); the connection's task stays on
+//!    that thread for its whole life.
 //! 2. `proxy::handle` loads the current `Snapshot` once and hashes the key
 //!    (`hash.key`: node id, client IP, or client ip:port).
 //! 3. `Ring::walk` yields distinct upstreams in ring order; usable ones are
@@ -53,6 +56,7 @@ pub mod sockopt;
 pub mod standin;
 pub mod upstream;
 pub mod watch;
+pub mod workers;
 
 pub use config::Config;
 pub use server::{Server, ServerError, run};

@@ -21,6 +21,7 @@ use crate::resolve;
 use crate::shared::{Clock, Shared};
 use crate::snapshot::Snapshot;
 use crate::upstream::{StateTable, UpstreamState};
+use crate::workers::Workers;
 
 /// How long start-up waits for names to resolve before serving anyway.
 const STARTUP_RESOLVE_LIMIT: Duration = Duration::from_secs(5);
@@ -156,19 +157,23 @@ impl Server {
         let stop_accept = CancellationToken::new();
         let stop_rest = CancellationToken::new();
         let conns = TaskTracker::new();
-        let mut accepts = Vec::new();
-        for l in listeners {
-            let addr = l.local_addr().ok();
-            let l = TcpListener::from_std(l).map_err(|source| ServerError::Register {
-                addr: addr.unwrap_or(local_addrs[0]),
+        let workers =
+            Workers::start(config.workers.get()).map_err(|source| ServerError::Register {
+                addr: local_addrs[0],
                 source,
             })?;
-            accepts.push(tokio::spawn(listener::accept_loop(
-                l,
-                shared.clone(),
-                conns.clone(),
-                stop_accept.clone(),
-            )));
+        let mut accepts = Vec::new();
+        // Listener i of every address goes to worker i.
+        for (i, l) in listeners.into_iter().enumerate() {
+            let (shared, conns, stop) = (shared.clone(), conns.clone(), stop_accept.clone());
+            accepts.push(workers.spawn(i, async move {
+                // Registered with the worker's own reactor.
+                let addr = l.local_addr().ok();
+                match TcpListener::from_std(l) {
+                    Ok(l) => listener::accept_loop(l, shared, conns, stop).await,
+                    Err(e) => tracing::error!(?addr, error = %e, "could not register listener"),
+                }
+            }));
         }
         if let (Some(l), Some(addr)) = (admin, admin_addr) {
             let l = TcpListener::from_std(l)
@@ -201,6 +206,7 @@ impl Server {
             conns.wait().await;
         }
         stop_rest.cancel();
+        drop(workers);
         tracing::info!("cplb stopped");
         Ok(())
     }

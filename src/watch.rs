@@ -19,10 +19,11 @@ const RETRY: Duration = Duration::from_secs(2);
 /// Runs until `stop`. If the watcher cannot start or fails (inotify limits,
 /// the directory removed), SIGHUP keeps working and the watcher is retried.
 pub async fn run(path: PathBuf, handle: ReloadHandle, stop: CancellationToken) {
-    let dirs = watched_dirs(&path);
     let mut failing = false;
     loop {
-        let (err_tx, mut err_rx) = mpsc::unbounded_channel::<String>();
+        // Recomputed each time: a ConfigMap swap moves the symlink target.
+        let dirs = watched_dirs(&path);
+        let (err_tx, mut err_rx) = mpsc::unbounded_channel::<Failure>();
         match start(&dirs, handle.clone(), err_tx) {
             Ok(watcher) => {
                 if failing {
@@ -32,13 +33,19 @@ pub async fn run(path: PathBuf, handle: ReloadHandle, stop: CancellationToken) {
                 // while it was down) is picked up now; unchanged content is a no-op.
                 handle.file_changed();
                 tracing::debug!(dirs = ?dirs, "watching config directory");
-                let reason = tokio::select! {
+                let failure = tokio::select! {
                     _ = stop.cancelled() => return,
-                    r = err_rx.recv() => r.unwrap_or_else(|| "watcher ended".into()),
+                    r = err_rx.recv() => r.unwrap_or(Failure::Fatal("watcher ended".into())),
                 };
                 drop(watcher);
-                tracing::warn!(error = %reason, "config watcher failed; SIGHUP still reloads; retrying");
-                failing = true;
+                match failure {
+                    // The old target of a swapped symlink went away: re-arm now.
+                    Failure::TargetMoved => continue,
+                    Failure::Fatal(reason) => {
+                        tracing::warn!(error = %reason, "config watcher failed; SIGHUP still reloads; retrying");
+                        failing = true;
+                    }
+                }
             }
             Err(e) => {
                 if !failing {
@@ -71,11 +78,19 @@ fn watched_dirs(path: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+enum Failure {
+    /// The symlink target's directory was removed (a ConfigMap swap).
+    TargetMoved,
+    Fatal(String),
+}
+
+/// Watches `dirs[0]` (required) and the rest (best effort).
 fn start(
     dirs: &[PathBuf],
     handle: ReloadHandle,
-    errors: mpsc::UnboundedSender<String>,
+    errors: mpsc::UnboundedSender<Failure>,
 ) -> notify::Result<notify::RecommendedWatcher> {
+    let primary = dirs[0].clone();
     let watched: Vec<PathBuf> = dirs.to_vec();
     let mut watcher =
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
@@ -86,21 +101,28 @@ fn start(
                         return;
                     }
                 }
-                // The watched directory itself went away: the watch is dead.
+                handle.file_changed();
+                // A watched directory itself went away: that watch is dead.
                 if matches!(ev.kind, EventKind::Remove(_))
                     && ev.paths.iter().any(|p| watched.contains(p))
                 {
-                    let _ = errors.send("the watched directory was removed".into());
-                    return;
+                    let f = if ev.paths.contains(&primary) {
+                        Failure::Fatal("the config directory was removed".into())
+                    } else {
+                        Failure::TargetMoved
+                    };
+                    let _ = errors.send(f);
                 }
-                handle.file_changed();
             }
             Err(e) => {
-                let _ = errors.send(e.to_string());
+                let _ = errors.send(Failure::Fatal(e.to_string()));
             }
         })?;
-    for d in dirs {
-        watcher.watch(d, RecursiveMode::NonRecursive)?;
+    watcher.watch(&dirs[0], RecursiveMode::NonRecursive)?;
+    for d in &dirs[1..] {
+        if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
+            tracing::debug!(dir = %d.display(), error = %e, "could not watch the config's symlink target directory");
+        }
     }
     Ok(watcher)
 }
