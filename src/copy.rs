@@ -3,19 +3,25 @@
 //!
 //! Each direction waits for readability *without* a buffer, takes one from
 //! `pool` only when bytes are ready, and gives it back as soon as they are
-//! written. Byte counters are atomic adds on pre-resolved handles.
+//! written. A direction whose read fills a whole buffer is carrying bulk
+//! data (a LIST, a log stream, an image): from then on it forwards with
+//! splice(2) through a pipe lent the same way, and the bytes never enter
+//! user space. Byte counters are atomic adds on pre-resolved handles.
 
 use std::future::poll_fn;
 use std::io;
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use prometheus::IntCounter;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::pool;
+use crate::splice::Pipe;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -37,6 +43,10 @@ struct Half {
     buf: Option<Box<[u8]>>,
     pos: usize,
     end: usize,
+    /// Bulk seen: forward with splice from now on.
+    splice: bool,
+    pipe: Option<Pipe>,
+    in_pipe: usize,
     eof: bool,
     done: bool,
     total: u64,
@@ -73,6 +83,27 @@ impl Half {
                     pool::give(buf);
                 }
             }
+            if let Some(pipe) = &self.pipe {
+                let fd = to.as_raw_fd();
+                while self.in_pipe > 0 {
+                    ready!(to.poll_write_ready(cx))?;
+                    let len = self.in_pipe;
+                    match to.try_io(Interest::WRITABLE, || pipe.drain_to(fd, len)) {
+                        Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                        Ok(n) => {
+                            self.in_pipe -= n;
+                            self.total += n as u64;
+                            counter.inc_by(n as u64);
+                            *progressed = true;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+                if let Some(pipe) = self.pipe.take() {
+                    pipe.give();
+                }
+            }
             if self.eof {
                 if !self.done {
                     // The peer may already be gone; the other direction
@@ -83,6 +114,31 @@ impl Half {
                 return Poll::Ready(Ok(()));
             }
             ready!(from.poll_read_ready(cx))?;
+            if self.splice {
+                // Out of descriptors for a pipe: this read goes buffered.
+                if let Some(pipe) = Pipe::take() {
+                    let fd = from.as_raw_fd();
+                    match from.try_io(Interest::READABLE, || pipe.fill_from(fd)) {
+                        Ok(0) => {
+                            pipe.give();
+                            self.eof = true;
+                        }
+                        Ok(n) => {
+                            self.pipe = Some(pipe);
+                            self.in_pipe = n;
+                            *progressed = true;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => pipe.give(),
+                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                            // This socket type cannot splice: copy instead.
+                            pipe.give();
+                            self.splice = false;
+                        }
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                    continue;
+                }
+            }
             let mut buf = pool::take();
             match from.try_read(&mut buf) {
                 Ok(0) => {
@@ -90,6 +146,11 @@ impl Half {
                     self.eof = true;
                 }
                 Ok(n) => {
+                    if n < buf.len() {
+                        clear_read_readiness(from);
+                    } else {
+                        self.splice = true;
+                    }
                     self.buf = Some(buf);
                     self.pos = 0;
                     self.end = n;
@@ -104,6 +165,18 @@ impl Half {
             }
         }
     }
+}
+
+/// A short read drained the socket, so the next `recv` would only say
+/// EAGAIN: skip that syscall (as nginx does) by clearing tokio's read
+/// readiness now. Safe on the worker's single-threaded runtime: the reactor
+/// cannot record new readiness while this task runs, and data arriving
+/// after the read raises a fresh epoll edge. tokio never clears the
+/// read-closed state, so a FIN that came with the data is not lost.
+fn clear_read_readiness(stream: &TcpStream) {
+    let _ = stream.try_io(Interest::READABLE, || {
+        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+    });
 }
 
 /// Copies both ways until both sides have closed, an error, or idleness.
@@ -146,6 +219,12 @@ pub async fn proxy(
     for half in [&mut up, &mut down] {
         if let Some(buf) = half.buf.take() {
             pool::give(buf);
+        }
+        // A pipe still holding bytes is closed, not reused.
+        if let Some(pipe) = half.pipe.take() {
+            if half.in_pipe == 0 {
+                pipe.give();
+            }
         }
     }
     let totals = Totals {

@@ -14,6 +14,7 @@
 //! - [`proxy`]: one client connection: upstream choice, connect, failover.
 //! - [`copy`]: the bidirectional byte copy (half-close, idle timeout).
 //! - [`pool`]: copy buffers lent only while bytes are in flight.
+//! - [`splice`]: zero-copy forwarding through pipes lent the same way.
 //! - [`metrics`]: Prometheus metrics in an owned registry; RAII gauge guards.
 //! - [`reload`]: one code path for every reload trigger; validate, then swap.
 //! - [`watch`]: watches the config file's directory (ConfigMap-safe).
@@ -53,6 +54,7 @@ pub mod server;
 pub mod shared;
 pub mod snapshot;
 pub mod sockopt;
+pub mod splice;
 pub mod standin;
 pub mod upstream;
 pub mod watch;
