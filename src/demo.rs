@@ -187,7 +187,7 @@ async fn demo(out: &mut impl Write, dir: &Path) -> Result<(), DemoError> {
         "\n== 4. {victim_name} stops (process killed: listener closed, connections dropped) =="
     )?;
     let t = Instant::now();
-    masters[victim].stop();
+    masters[victim].stop().await;
     // Clients whose connection died reconnect, through their node's cplb.
     let mut moved = 0;
     for n in &mut nodes {

@@ -9,8 +9,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Bytes moved per splice call; the pipe is sized to hold them.
 pub const CHUNK: usize = 256 * 1024;
-/// Per worker thread; beyond it, drained pipes are closed.
-const KEEP: usize = 32;
+/// Per worker thread; beyond it, drained pipes are closed. Small, because
+/// each idle pipe holds two descriptors, which matter under fd pressure.
+const KEEP: usize = 8;
 
 pub struct Pipe {
     r: OwnedFd,

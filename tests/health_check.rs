@@ -372,14 +372,14 @@ async fn bad_certificate_files_are_refused_at_load_and_reload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passing_probe_clears_a_passive_mark_without_client_traffic() {
     let pki = Pki::new("ca").unwrap();
-    let a = ApiServer::start("a", &pki, localhost()).await.unwrap();
+    let mut a = ApiServer::start("a", &pki, localhost()).await.unwrap();
     let b = ApiServer::start("b", &pki, localhost()).await.unwrap();
     let dir = temp_dir("hc-passive");
     let ca = write_ca(&pki, &dir);
     // fail_timeout 60s: only a probe can bring a back before a minute.
     let proxy = Proxy::start(config(&hc_yaml(&[a.addr, b.addr], &ca, "", ""))).await;
     let a_addr = a.addr;
-    a.stop();
+    a.stop().await;
     drop(a);
     // Clients hit the refused master and mark it down passively.
     wait_until("a marked down", || up(&proxy, a_addr) == 0.0).await;

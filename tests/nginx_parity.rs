@@ -166,7 +166,7 @@ async fn remote_addr_hash_matches_real_nginx_for_every_client() {
     // One master down: both fail over to the same next master on the ring.
     let [m0, m1, m2] = masters;
     let _keep = (m0, m1);
-    m2.stop();
+    m2.stop().await;
     for ip in clients().into_iter().take(100) {
         let n = landed(ip, nginx_equal).await.expect("nginx failed over");
         let c = landed(ip, cplb_equal.addr).await.expect("cplb failed over");

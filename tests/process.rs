@@ -113,7 +113,11 @@ async fn running_out_of_file_descriptors_slows_down_but_never_kills() {
             "episode never ended:\n{}",
             p.logs()
         );
-        Client::connect(p.addr).await.ping("again").await;
+        // While the backlog of closed clients drains, a client can still
+        // meet a moment without a free descriptor: closed, never a crash.
+        if let Some(mut c) = Client::connect_from(None, p.addr).await {
+            c.ping("again").await;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(p.is_running(), "still alive");

@@ -49,6 +49,7 @@ pub struct ApiServer {
     pub addr: SocketAddr,
     state: Arc<State>,
     stop: CancellationToken,
+    accept: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -84,8 +85,13 @@ impl ApiServer {
             requests: AtomicUsize::new(0),
         });
         let stop = CancellationToken::new();
-        tokio::spawn(accept_loop(listener, acceptor, state.clone(), stop.clone()));
-        Ok(ApiServer { addr, state, stop })
+        let accept = tokio::spawn(accept_loop(listener, acceptor, state.clone(), stop.clone()));
+        Ok(ApiServer {
+            addr,
+            state,
+            stop,
+            accept: Some(accept),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -106,9 +112,13 @@ impl ApiServer {
         self.state.requests.load(Ordering::SeqCst)
     }
 
-    /// Closes the listener and every connection, like a stopped master.
-    pub fn stop(&self) {
+    /// Closes the listener and every connection, like a stopped master;
+    /// new connects are refused from the moment this returns.
+    pub async fn stop(&mut self) {
         self.stop.cancel();
+        if let Some(a) = self.accept.take() {
+            let _ = a.await;
+        }
     }
 }
 
@@ -126,6 +136,7 @@ async fn accept_loop(
 ) {
     loop {
         let (tcp, _) = tokio::select! {
+            biased;
             _ = stop.cancelled() => return,
             r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
         };

@@ -114,9 +114,11 @@ impl FakeUpstream {
         self.accepted.load(Ordering::SeqCst)
     }
 
-    /// Stops accepting and closes the listening socket (new connects are refused).
-    pub fn stop(self) -> SocketAddr {
+    /// Stops accepting and closes the listening socket (new connects are
+    /// refused from the moment this returns).
+    pub async fn stop(self) -> SocketAddr {
         self.task.abort();
+        let _ = self.task.await;
         self.addr
     }
 }
