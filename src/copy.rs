@@ -62,6 +62,7 @@ impl Half {
         to: &TcpStream,
         counter: &IntCounter,
         progressed: &mut bool,
+        other_done: bool,
     ) -> Poll<io::Result<()>> {
         loop {
             if let Some(buf) = &self.buf {
@@ -105,12 +106,14 @@ impl Half {
                 }
             }
             if self.eof {
-                if !self.done {
-                    // The peer may already be gone; the other direction
-                    // reports that, not the shutdown.
+                // Half-close: pass the EOF on. When the other direction has
+                // already finished, both sockets close right away, and
+                // close() sends that FIN without this extra syscall. (The
+                // peer may be gone; the other direction reports that.)
+                if !self.done && !other_done {
                     let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
-                    self.done = true;
                 }
+                self.done = true;
                 return Poll::Ready(Ok(()));
             }
             ready!(from.poll_read_ready(cx))?;
@@ -196,8 +199,15 @@ pub async fn proxy(
     tokio::pin!(sleep);
     let result = poll_fn(|cx| {
         let mut progressed = false;
-        let a = up.poll(cx, client, upstream, to_upstream, &mut progressed);
-        let b = down.poll(cx, upstream, client, to_client, &mut progressed);
+        let a = up.poll(
+            cx,
+            client,
+            upstream,
+            to_upstream,
+            &mut progressed,
+            down.done,
+        );
+        let b = down.poll(cx, upstream, client, to_client, &mut progressed, up.done);
         match (a, b) {
             (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
             (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(Ok(Outcome::Closed)),

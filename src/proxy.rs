@@ -18,7 +18,6 @@ use crate::snapshot::{Snapshot, Upstream};
 use crate::sockopt;
 
 pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
-    sockopt::tune(&client);
     let snapshot = shared.snapshot.load_full();
     let hash = snapshot.key_hash(peer);
     let Some((index, upstream)) = connect_any(&shared, &snapshot, hash).await else {
