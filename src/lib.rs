@@ -6,12 +6,16 @@
 //! - [`config`]: YAML in two stages, `raw` (serde) then validated types.
 //! - [`ring`]: nginx-identical ketama ring; pure code.
 //! - [`health`]: passive health (max_fails / fail_timeout) over atomics.
+//! - [`health_check`]: active probes (TLS `GET /readyz` or TCP), rise/fall.
 //! - [`upstream`]: per-upstream runtime state shared across snapshots.
 //! - [`snapshot`]: ring + upstreams + settings, published through one `ArcSwap`.
 //! - [`resolve`]: host name resolution with background retry.
 //! - [`listener`]: SO_REUSEPORT sockets and the accept loop.
 //! - [`workers`]: one single-threaded runtime per worker thread (data plane).
-//! - [`proxy`]: one client connection: upstream choice, connect, failover.
+//! - [`shared`]: state shared by every task of one proxy; the clock.
+//! - [`proxy`]: one client connection: upstream choice, connect, failover,
+//!   and closing it on eviction or at the end of the drain.
+//! - [`sockopt`]: TCP_NODELAY and keepalive (client side via the listener).
 //! - [`copy`]: the bidirectional byte copy (half-close, idle timeout).
 //! - [`pool`]: copy buffers lent only while bytes are in flight.
 //! - [`splice`]: zero-copy forwarding through pipes lent the same way.
@@ -21,6 +25,8 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/upstreams` (hyper).
 //! - [`server`]: start-up, `run`, and the drain on shutdown.
 //! - [`import`]: `cplb import-nginx`, nginx `stream` config to cplb YAML.
+//! - [`standin`]: stand-in HTTPS API server and client (demo and tests).
+//! - [`demo`]: `cplb demo`.
 //!
 //! # Life of a connection
 //! 1. `listener::accept_loop`, on the worker thread that owns one of the
@@ -33,8 +39,9 @@
 //!    tried first, each with `connect_timeout`; failures feed
 //!    `PassiveHealth`, which may mark the upstream down. If none connects,
 //!    the upstreams marked down are tried as a last resort.
-//! 4. `copy::proxy` moves bytes both ways until both sides close, idleness,
-//!    eviction of the upstream, or the end of the shutdown grace.
+//! 4. `copy::proxy` moves bytes both ways (buffered, or spliced once bulk
+//!    data shows up) until both sides close or idleness; `proxy::handle`
+//!    races it against eviction of the upstream and the end of the drain.
 
 pub mod admin;
 pub mod config;

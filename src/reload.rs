@@ -96,6 +96,9 @@ pub struct Reloader {
     table: StateTable,
     rx: mpsc::Receiver<Trigger>,
     checker: HealthChecker,
+    /// The last refused text: unforced events that see it again stay quiet
+    /// instead of logging and counting the same refusal over and over.
+    refused_text: Option<String>,
     /// Prepared at start-up, handed to the checker when `run` begins.
     initial_checks: Option<Arc<ProbeSettings>>,
 }
@@ -110,6 +113,7 @@ impl Reloader {
         let (tx, rx) = mpsc::channel(16);
         let r = Reloader {
             checker: HealthChecker::new(shared.clone()),
+            refused_text: None,
             initial_checks: checks,
             shared,
             config,
@@ -184,7 +188,10 @@ impl Reloader {
         let mut new = match Config::parse(&text, &path) {
             Ok(c) => c,
             Err(e) => {
-                self.refused(&e);
+                if forced || self.refused_text.as_deref() != Some(text.as_str()) {
+                    self.refused(&e);
+                }
+                self.refused_text = Some(text);
                 return Err(e.into());
             }
         };
@@ -206,9 +213,10 @@ impl Reloader {
                 return Err(e.into());
             }
         };
+        self.refused_text = None;
         let changes = self.diff(&new, restart_needed);
         let built = Snapshot::build(&new, &mut self.table, m);
-        crate::server::resolve_new(&built.snapshot, &built.added).await;
+        crate::server::resolve_upstreams(&built.snapshot, &built.added, true).await;
         let snapshot = Arc::new(built.snapshot);
         self.shared.snapshot.store(snapshot.clone());
         self.checker.apply(checks, &snapshot);

@@ -87,7 +87,7 @@ impl Server {
         };
         let mut table = StateTable::default();
         let built = Snapshot::build(&config, &mut table, &metrics);
-        resolve_new(&built.snapshot, &built.added).await;
+        resolve_upstreams(&built.snapshot, &built.added, false).await;
         metrics.last_reload_success_timestamp.set(unix_now());
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(built.snapshot),
@@ -195,11 +195,10 @@ impl Server {
         }
         conns.close();
         let open = shared.clients.load(Ordering::Acquire);
-        tracing::info!(open, grace = ?config.shutdown_grace, "stopped accepting; draining connections");
-        if tokio::time::timeout(config.shutdown_grace, conns.wait())
-            .await
-            .is_err()
-        {
+        // The latest reloaded value, not the start-up one.
+        let grace = shared.snapshot.load().settings.shutdown_grace;
+        tracing::info!(open, ?grace, "stopped accepting; draining connections");
+        if tokio::time::timeout(grace, conns.wait()).await.is_err() {
             let left = shared.clients.load(Ordering::Acquire);
             tracing::info!(left, "drain grace over; closing remaining connections");
             shared.force_close.cancel();
@@ -220,18 +219,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .await
 }
 
-/// Resolves new upstreams concurrently, bounded in time; the ones that do
-/// not resolve keep retrying in the background.
-pub(crate) async fn resolve_new(snapshot: &Snapshot, added: &[Arc<UpstreamState>]) {
+/// Resolves upstreams concurrently, bounded in time. New ones that do not
+/// resolve keep retrying in the background. With `all`, kept host names are
+/// looked up again too (a reload picks up DNS changes); a failed lookup
+/// keeps their last good addresses, and an unresolved kept one already has
+/// its retry task.
+pub(crate) async fn resolve_upstreams(
+    snapshot: &Snapshot,
+    added: &[Arc<UpstreamState>],
+    all: bool,
+) {
     let mut set = tokio::task::JoinSet::new();
     for up in snapshot.upstreams.iter() {
-        if !added.iter().any(|a| Arc::ptr_eq(a, &up.state)) {
+        let is_new = added.iter().any(|a| Arc::ptr_eq(a, &up.state));
+        let is_name = up.config.host.parse::<std::net::IpAddr>().is_err();
+        let wanted = is_new || (all && is_name);
+        if !wanted {
             continue;
         }
         let state = up.state.clone();
         let (host, port) = (up.config.host.clone(), up.config.port);
         set.spawn(async move {
-            if !resolve::resolve_once(&state, &host, port, STARTUP_RESOLVE_LIMIT).await {
+            if !resolve::resolve_once(&state, &host, port, STARTUP_RESOLVE_LIMIT).await && is_new {
                 resolve::spawn_retry(&state, host, port);
             }
         });

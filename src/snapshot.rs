@@ -36,6 +36,8 @@ pub struct Settings {
     pub node_hash: u32,
     pub max_connections: usize,
     pub close_on_down: bool,
+    /// Read when shutdown begins, so a reload can change it.
+    pub shutdown_grace: Duration,
 }
 
 /// What building a snapshot changed in the state table.
@@ -86,6 +88,7 @@ impl Snapshot {
             node_hash: ring::hash_key(config.hash.node_id.as_bytes()),
             max_connections: config.max_connections.get(),
             close_on_down: config.health_check.as_ref().is_none_or(|h| h.close_on_down),
+            shutdown_grace: config.shutdown_grace,
         };
         Built {
             snapshot: Snapshot {

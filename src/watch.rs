@@ -24,7 +24,8 @@ pub async fn run(path: PathBuf, handle: ReloadHandle, stop: CancellationToken) {
         // Recomputed each time: a ConfigMap swap moves the symlink target.
         let dirs = watched_dirs(&path);
         let (err_tx, mut err_rx) = mpsc::unbounded_channel::<Failure>();
-        match start(&dirs, handle.clone(), err_tx) {
+        let names = relevant_names(&path);
+        match start(&dirs, names, handle.clone(), err_tx) {
             Ok(watcher) => {
                 if failing {
                     tracing::info!(dirs = ?dirs, "config watcher running again");
@@ -61,6 +62,22 @@ pub async fn run(path: PathBuf, handle: ReloadHandle, stop: CancellationToken) {
     }
 }
 
+/// File names whose events matter: the config's own, and its final
+/// symlink target's.
+fn relevant_names(path: &Path) -> Vec<std::ffi::OsString> {
+    let mut names: Vec<std::ffi::OsString> =
+        path.file_name().map(|n| n.to_owned()).into_iter().collect();
+    if let Some(n) = std::fs::canonicalize(path)
+        .ok()
+        .and_then(|r| r.file_name().map(|n| n.to_owned()))
+    {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    names
+}
+
 /// The file's directory, and the directory of its final target when the
 /// path is a symlink elsewhere.
 fn watched_dirs(path: &Path) -> Vec<PathBuf> {
@@ -87,6 +104,7 @@ enum Failure {
 /// Watches `dirs[0]` (required) and the rest (best effort).
 fn start(
     dirs: &[PathBuf],
+    names: Vec<std::ffi::OsString>,
     handle: ReloadHandle,
     errors: mpsc::UnboundedSender<Failure>,
 ) -> notify::Result<notify::RecommendedWatcher> {
@@ -101,7 +119,18 @@ fn start(
                         return;
                     }
                 }
-                handle.file_changed();
+                // Only what can change the config's content: its own name,
+                // the symlink target's name, the ConfigMap's `..data`
+                // entries. A log file or editor swap file beside it is noise.
+                let relevant = ev.paths.iter().any(|p| {
+                    watched.contains(p)
+                        || p.file_name().is_some_and(|n| {
+                            names.iter().any(|m| m == n) || n.to_string_lossy().starts_with("..")
+                        })
+                });
+                if relevant {
+                    handle.file_changed();
+                }
                 // A watched directory itself went away: that watch is dead.
                 if matches!(ev.kind, EventKind::Remove(_))
                     && ev.paths.iter().any(|p| watched.contains(p))

@@ -74,6 +74,14 @@ async fn upstreams_json_reports_state_traffic_and_resolution() {
         let mut c = Client::connect(proxy.addr).await;
         c.ping("0123456789").await;
     }
+    let ua = up.addr.to_string();
+    wait_until("byte counters caught up", || {
+        proxy.scrape().get(
+            "cplb_bytes_total",
+            &[("upstream", &ua), ("direction", "to_client")],
+        ) >= 130.0
+    })
+    .await;
     let (st, head, body) = http(proxy.admin.unwrap(), "GET", "/upstreams").await;
     assert_eq!(st, 200);
     assert!(head.contains("application/json"));
@@ -132,6 +140,21 @@ async fn metrics_after_known_traffic() {
         Client::connect_from(None, proxy.addr).await.is_none(),
         "4th over max_connections"
     );
+    // The worker adds to the byte counters right after write() returns, so
+    // the client can see the echo an instant before the count lands.
+    let u0 = up.addr.to_string();
+    wait_until("byte counters caught up", || {
+        let s = proxy.scrape();
+        s.get(
+            "cplb_bytes_total",
+            &[("upstream", &u0), ("direction", "to_client")],
+        ) >= 18.0
+            && s.get(
+                "cplb_bytes_total",
+                &[("upstream", &u0), ("direction", "to_upstream")],
+            ) >= 12.0
+    })
+    .await;
     let (st, _, text) = http(proxy.admin.unwrap(), "GET", "/metrics").await;
     assert_eq!(st, 200);
     let s = common::metrics::Scrape::parse(&text);

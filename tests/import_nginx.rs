@@ -130,6 +130,7 @@ fn reference_config() {
         [
             "line 2: \"use epoll\" ignored: cplb's event loop (epoll) needs no tuning",
             "line 2: worker_connections 20240 was per worker with worker_processes auto (one worker per CPU); cplb's max_connections is for the whole process: set max_connections: 20240 × CPUs if you need nginx's total",
+            "line 5: hash $remote_addr converted to key node: every client of a node-local proxy is 127.0.0.1, so $remote_addr sends every node to one master; key node spreads the nodes (use key: remote_addr to keep nginx's choice)",
             "line 10: listen 8443 binds every address (0.0.0.0:8443), as in nginx; a node-local proxy should listen on 127.0.0.1 only (listen: 127.0.0.1:8443)",
         ]
     );
@@ -285,14 +286,16 @@ fn hash_keys_and_variants() {
     assert_eq!(
         c.warnings,
         [
-            "line 3: hash without consistent remapped most keys whenever a server changed; cplb always hashes consistently (ketama)"
+            "line 3: hash without consistent remapped most keys whenever a server changed; cplb always hashes consistently (ketama)",
+            "line 3: hash $remote_addr converted to key node: every client of a node-local proxy is 127.0.0.1, so $remote_addr sends every node to one master; key node spreads the nodes (use key: remote_addr to keep nginx's choice)",
         ]
     );
     assert!(c.yaml.contains("so $remote_addr sends"));
     assert_eq!(config(&c).hash.key, HashKey::Node);
 
     let c = with("hash $binary_remote_addr consistent;");
-    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].contains("$binary_remote_addr converted to key node"));
 
     let c = with("hash $server_addr consistent;");
     assert_eq!(

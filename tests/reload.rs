@@ -398,3 +398,51 @@ async fn sighup_reloads_the_binary() {
     p.wait_for_log("config reloaded");
     assert!(p.is_running());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloaded_shutdown_grace_is_the_one_the_drain_uses() {
+    let a = FakeUpstream::start("a").await;
+    let dir = temp_dir("grace");
+    let path = dir.join("cplb.yaml");
+    std::fs::write(
+        &path,
+        file_yaml(&[a.addr], "").replace("shutdown_grace: 200ms", "shutdown_grace: 60s"),
+    )
+    .unwrap();
+    let proxy = start_from_file(&path).await;
+    std::fs::write(&path, file_yaml(&[a.addr], "")).unwrap(); // grace 200ms
+    proxy.reload.reload().await.unwrap();
+    let mut c = Client::connect(proxy.addr).await;
+    c.ping("held open").await;
+    tokio::time::timeout(Duration::from_secs(10), proxy.shutdown())
+        .await
+        .expect("drain used the reloaded 200ms grace, not 60s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrelated_files_beside_the_config_trigger_nothing() {
+    let a = FakeUpstream::start("a").await;
+    let dir = temp_dir("noise");
+    let path = dir.join("cplb.yaml");
+    std::fs::write(&path, file_yaml(&[a.addr], "")).unwrap();
+    let proxy = start_from_file(&path).await;
+    std::fs::write(&path, "upstreams: []\n").unwrap();
+    wait_until("refused once", || reloads(&proxy, "failure") == 1.0).await;
+    // A log file beside the config, written often: no re-read, no new refusal.
+    for i in 0..30 {
+        std::fs::write(dir.join("cplb.log"), format!("line {i}\n")).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The same invalid bytes written again: seen, but not refused again.
+    std::fs::write(&path, "upstreams: []\n").unwrap();
+    // A real fix afterwards proves the watcher was alive all along.
+    let b = FakeUpstream::start("b").await;
+    std::fs::write(&path, file_yaml(&[b.addr], "")).unwrap();
+    wait_for_upstream(&proxy, "b").await;
+    assert_eq!(
+        reloads(&proxy, "failure"),
+        1.0,
+        "one refusal, not one per event"
+    );
+    proxy.shutdown().await;
+}

@@ -109,7 +109,14 @@ pub(super) fn hash_comment(
                     "hash without consistent remapped most keys whenever a server changed; cplb always hashes consistently (ketama)",
                 );
             }
-            if key != "$remote_addr" && key != "$binary_remote_addr" {
+            if key == "$remote_addr" || key == "$binary_remote_addr" {
+                // The one change of meaning: say it on stderr too, not only
+                // in a YAML comment an operator may not read.
+                cx.warn(
+                    d.line,
+                    format!("hash {key} converted to key node: every client of a node-local proxy is 127.0.0.1, so {key} sends every node to one master; key node spreads the nodes (use key: remote_addr to keep nginx's choice)"),
+                );
+            } else {
                 cx.warn(
                     d.line,
                     format!("hash key {key} has no cplb equivalent; converted to key node, which spreads the nodes across the masters"),
