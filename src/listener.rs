@@ -100,7 +100,7 @@ pub async fn accept_loop(
             Err(e) => {
                 // EMFILE, ENFILE, ENOBUFS, ENOMEM: the queued client stays
                 // queued; wait for resources instead of spinning or exiting.
-                shared.metrics.rejected("accept_error").inc();
+                shared.metrics.rejected.accept_error.inc();
                 shared
                     .accept_failed_at
                     .store(shared.clock.now_ms(), Ordering::Release);
@@ -155,17 +155,19 @@ fn end_accept_episode(shared: &Shared) {
 
 /// Counts the client against `max_connections` and spawns its task.
 fn dispatch(shared: &Arc<Shared>, tracker: &TaskTracker, stream: TcpStream, peer: SocketAddr) {
-    let max = shared.snapshot.load().settings.max_connections;
+    // The one snapshot this connection uses, from limit check to upstream choice.
+    let snapshot = shared.snapshot.load_full();
+    let max = snapshot.settings.max_connections;
     if shared.clients.fetch_add(1, Ordering::AcqRel) >= max {
         shared.clients.fetch_sub(1, Ordering::AcqRel);
-        shared.metrics.rejected("max_connections").inc();
+        shared.metrics.rejected.max_connections.inc();
         tracing::debug!(%peer, max, "max_connections reached; closing new client");
         return;
     }
     let slot = ClientSlot::new(shared.clone());
     tracker.spawn(async move {
-        crate::proxy::handle(slot.0.clone(), stream, peer).await;
-        drop(slot);
+        // The slot lives (and counts) until the connection ends.
+        crate::proxy::handle(&slot.0, snapshot, stream, peer).await;
     });
 }
 

@@ -22,7 +22,9 @@ pub struct Metrics {
     connections_closed: IntCounterVec,
     pub connect_duration: Histogram,
     pub client_connections_active: IntGauge,
-    rejected: IntCounterVec,
+    /// Pre-resolved: rejections come in floods (overload, every master
+    /// down), so no label lookup per client.
+    pub rejected: Rejected,
     pub all_upstreams_down: IntCounter,
     reloads: IntCounterVec,
     pub last_reload_successful: IntGauge,
@@ -144,12 +146,12 @@ impl Metrics {
                 "Time to establish a connection to an upstream.",
             )?,
             client_connections_active,
-            rejected: counter_vec(
+            rejected: Rejected::new(&counter_vec(
                 r,
                 "cplb_client_connections_rejected_total",
                 "Client connections closed without being proxied, by reason.",
                 &["reason"],
-            )?,
+            )?),
             all_upstreams_down,
             reloads: counter_vec(
                 r,
@@ -187,10 +189,6 @@ impl Metrics {
         // our own registrations cannot produce; an empty scrape is the fallback.
         let _ = enc.encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
-    }
-
-    pub fn rejected(&self, reason: &str) -> IntCounter {
-        self.rejected.with_label_values(&[reason])
     }
 
     pub fn reload(&self, result: &str) -> IntCounter {
@@ -238,6 +236,24 @@ impl Metrics {
         }
         for r in ["success", "failure"] {
             let _ = self.probes.remove_label_values(&[a, r]);
+        }
+    }
+}
+
+/// `cplb_client_connections_rejected_total`, one handle per reason.
+#[derive(Clone)]
+pub struct Rejected {
+    pub max_connections: IntCounter,
+    pub no_upstream: IntCounter,
+    pub accept_error: IntCounter,
+}
+
+impl Rejected {
+    fn new(v: &IntCounterVec) -> Rejected {
+        Rejected {
+            max_connections: v.with_label_values(&["max_connections"]),
+            no_upstream: v.with_label_values(&["no_upstream"]),
+            accept_error: v.with_label_values(&["accept_error"]),
         }
     }
 }

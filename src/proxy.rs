@@ -17,11 +17,11 @@ use crate::shared::Shared;
 use crate::snapshot::{Snapshot, Upstream};
 use crate::sockopt;
 
-pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
-    let snapshot = shared.snapshot.load_full();
+/// `snapshot` is the one the accept loop checked `max_connections` against.
+pub async fn handle(shared: &Shared, snapshot: Arc<Snapshot>, client: TcpStream, peer: SocketAddr) {
     let hash = snapshot.key_hash(peer);
-    let Some((index, upstream)) = connect_any(&shared, &snapshot, hash).await else {
-        shared.metrics.rejected("no_upstream").inc();
+    let Some((index, upstream)) = connect_any(shared, &snapshot, hash).await else {
+        shared.metrics.rejected.no_upstream.inc();
         tracing::debug!(%peer, "no upstream accepted the connection; closing client");
         return;
     };

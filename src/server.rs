@@ -32,6 +32,8 @@ pub enum ServerError {
     Listen(#[from] ListenError),
     #[error(transparent)]
     Tls(#[from] crate::health_check::TlsError),
+    #[error("could not start the worker threads: {0}")]
+    Workers(#[source] std::io::Error),
     #[error("could not register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("could not listen on {addr}: {source}")]
@@ -157,11 +159,7 @@ impl Server {
         let stop_accept = CancellationToken::new();
         let stop_rest = CancellationToken::new();
         let conns = TaskTracker::new();
-        let workers =
-            Workers::start(config.workers.get()).map_err(|source| ServerError::Register {
-                addr: local_addrs[0],
-                source,
-            })?;
+        let workers = Workers::start(config.workers.get()).map_err(ServerError::Workers)?;
         let mut accepts = Vec::new();
         // Listener i of every address goes to worker i.
         for (i, l) in listeners.into_iter().enumerate() {

@@ -107,15 +107,14 @@ impl Snapshot {
         use std::io::Write;
         let mut buf = [0u8; 64];
         let mut cur = std::io::Cursor::new(&mut buf[..]);
-        let written = match self.settings.key {
+        // 64 bytes hold any "[v6%scope]:port"; should one ever not fit, the
+        // hash of the written prefix is still a valid (if coarser) key.
+        let _ = match self.settings.key {
             HashKey::Node => return self.settings.node_hash,
             // nginx's $remote_addr: the bare IP text.
             HashKey::RemoteAddr => write!(cur, "{}", peer.ip()),
             HashKey::Connection => write!(cur, "{peer}"),
         };
-        // 64 bytes hold any "[v6%scope]:port"; should it ever not, the hash
-        // of the written prefix is still a valid (if coarser) key.
-        let _ = written;
         let n = cur.position() as usize;
         ring::hash_key(&buf[..n])
     }
