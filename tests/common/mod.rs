@@ -4,6 +4,7 @@
 
 pub mod metrics;
 pub mod process;
+pub mod require;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
