@@ -383,12 +383,12 @@ fn kubespray_config_keeps_nginx_proxy_choices() {
     let path = root().join("config/kubespray/cplb.yaml");
     let c = cplb::Config::parse(&read("config/kubespray/cplb.yaml"), &path)
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        c.listen,
-        [
-            "127.0.0.1:6443".parse().unwrap(),
-            "[::1]:6443".parse().unwrap()
-        ]
+    // IPv4 only: kubespray adds [::1] only with IPv6, and a node with IPv6
+    // disabled must not depend on cplb skipping it.
+    assert_eq!(c.listen, ["127.0.0.1:6443".parse().unwrap()]);
+    assert!(
+        read("config/kubespray/cplb.yaml").contains("# - \"[::1]:6443\""),
+        "the IPv6 listen line is there, commented out"
     );
     assert_eq!(c.admin, Some("127.0.0.1:8081".parse().unwrap()));
     assert_eq!(c.connect_timeout, Duration::from_secs(1));
