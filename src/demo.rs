@@ -26,19 +26,20 @@ const LONG_PER_NODE: usize = 2;
 const SHORT_PER_NODE: usize = 3;
 const MASTERS: [&str; 3] = ["master-1", "master-2", "master-3"];
 
+/// Context only: `main` prints the chain, which carries each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    #[error("stand-in API server: {0}")]
+    #[error("stand-in API server")]
     Standin(#[from] StandinError),
-    #[error("certificates: {0}")]
+    #[error("certificates")]
     Cert(#[from] rcgen::Error),
-    #[error("client: {0}")]
+    #[error("client")]
     Client(#[from] crate::standin::client::ClientError),
-    #[error("cplb: {0}")]
+    #[error("cplb")]
     Server(#[from] crate::ServerError),
-    #[error("config: {0}")]
+    #[error("config")]
     Config(#[from] crate::config::ConfigError),
-    #[error("I/O: {0}")]
+    #[error("I/O")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Failed(String),

@@ -12,26 +12,34 @@ use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
 use crate::config::TlsConfig;
 
+/// The cause is part of each message and deliberately not a `source`:
+/// `--check` and a refused reload print these with `Display` alone, and a
+/// chain would repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("health_check.tls: could not read {path}: {source}")]
+    #[error("health_check.tls: could not read {path}: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("health_check.tls: {path}: {reason}")]
     Pem { path: PathBuf, reason: String },
     #[error("health_check.tls: {0}")]
-    Rustls(#[from] rustls::Error),
+    Rustls(rustls::Error),
     #[error("health_check.tls.server_name: '{0}' is not a valid DNS name or IP address")]
     ServerName(String),
 }
 
+impl From<rustls::Error> for TlsError {
+    fn from(e: rustls::Error) -> TlsError {
+        TlsError::Rustls(e)
+    }
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    std::fs::read(path).map_err(|error| TlsError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 

@@ -16,13 +16,13 @@ use super::provider;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("connect: {0}")]
+    #[error("connect")]
     Io(#[from] std::io::Error),
-    #[error("TLS: {0}")]
+    #[error("TLS")]
     Tls(#[from] rustls::Error),
-    #[error("HTTP: {0}")]
+    #[error("HTTP")]
     Http(#[from] hyper::Error),
-    #[error("request: {0}")]
+    #[error("request")]
     Request(#[from] hyper::http::Error),
 }
 

@@ -24,13 +24,13 @@ use pki::{Issued, Pki};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StandinError {
-    #[error("could not generate certificates: {0}")]
+    #[error("could not generate certificates")]
     Cert(#[from] rcgen::Error),
-    #[error("TLS setup failed: {0}")]
+    #[error("TLS setup failed")]
     Tls(#[from] rustls::Error),
-    #[error("could not build the client certificate verifier: {0}")]
+    #[error("could not build the client certificate verifier")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
-    #[error("could not listen on {addr}: {source}")]
+    #[error("could not listen on {addr}")]
     Listen {
         addr: SocketAddr,
         #[source]
