@@ -118,8 +118,13 @@ fn readyz(shared: &Shared) -> Response<Full<Bytes>> {
     }
     let snap = shared.snapshot.load();
     let now = shared.clock.now_ms();
+    // Not a failure (no client can use them), but worth a look.
+    let mut notes = String::new();
+    for s in &shared.skipped_listen {
+        notes.push_str(&format!("not listening on {}: {}\n", s.addr, s.reason));
+    }
     if snap.any_usable(now) {
-        return text(StatusCode::OK, "ok\n");
+        return text(StatusCode::OK, &format!("ok\n{notes}"));
     }
     let mut body = String::from("no usable upstream:\n");
     for u in &snap.upstreams {
@@ -132,6 +137,7 @@ fn readyz(shared: &Shared) -> Response<Full<Bytes>> {
         };
         body.push_str(&format!("  {}: {why}\n", u.config.address));
     }
+    body.push_str(&notes);
     text(StatusCode::SERVICE_UNAVAILABLE, &body)
 }
 

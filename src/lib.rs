@@ -11,6 +11,7 @@
 //! - [`snapshot`]: ring + upstreams + settings, published through one `ArcSwap`.
 //! - [`resolve`]: host name resolution with background retry.
 //! - [`listener`]: SO_REUSEPORT sockets and the accept loop.
+//! - [`reuseport`]: names another process sharing a `listen` address.
 //! - [`workers`]: one single-threaded runtime per worker thread (data plane).
 //! - [`shared`]: state shared by every task of one proxy; the clock.
 //! - [`proxy`]: one client connection: upstream choice, connect, failover,
@@ -56,6 +57,7 @@ pub mod pool;
 pub mod proxy;
 pub mod reload;
 pub mod resolve;
+pub mod reuseport;
 pub mod ring;
 pub mod server;
 pub mod shared;

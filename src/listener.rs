@@ -14,10 +14,29 @@ use tokio_util::task::TaskTracker;
 
 use crate::shared::Shared;
 
+/// Which socket a [`ListenError`] is about, so an admin-port clash says
+/// "admin".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Proxy,
+    Admin,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Proxy => "",
+            Role::Admin => "admin address ",
+        })
+    }
+}
+
+// The OS error is the source, printed once by whoever prints the chain.
 #[derive(Debug, thiserror::Error)]
-#[error("could not listen on {addr}: {source}")]
+#[error("could not listen on {role}{addr}")]
 pub struct ListenError {
     pub addr: SocketAddr,
+    pub role: Role,
     #[source]
     pub source: io::Error,
 }
@@ -26,6 +45,7 @@ pub struct ListenError {
 /// socket picks the port and the others join it.
 pub fn bind(
     addr: SocketAddr,
+    role: Role,
     workers: usize,
     backlog: u32,
 ) -> Result<Vec<std::net::TcpListener>, ListenError> {
@@ -34,16 +54,61 @@ pub fn bind(
     for _ in 0..workers {
         let l = bind_one(target, backlog).map_err(|source| ListenError {
             addr: target,
+            role,
             source,
         })?;
         if target.port() == 0 {
             target = l
                 .local_addr()
-                .map_err(|source| ListenError { addr, source })?;
+                .map_err(|source| ListenError { addr, role, source })?;
         }
         out.push(l);
     }
     Ok(out)
+}
+
+/// A `listen` address left unbound because it cannot exist on this node.
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    pub addr: SocketAddr,
+    pub reason: &'static str,
+}
+
+/// Why a bind failure may be skipped rather than be fatal: only `[::1]`,
+/// only when the node has no usable IPv6 loopback (IPv6 disabled by
+/// sysctl, or no IPv6 in the kernel). No IPv6 client can exist then, so
+/// not listening there loses nothing; kubespray's own nginx-proxy adds
+/// `[::1]` only when IPv6 is enabled. Anything else stays fatal.
+pub fn skippable(e: &ListenError) -> Option<Skipped> {
+    let SocketAddr::V6(a) = e.addr else {
+        return None;
+    };
+    if e.role != Role::Proxy || !a.ip().is_loopback() {
+        return None;
+    }
+    let reason = match e.source.raw_os_error() {
+        Some(libc::EAFNOSUPPORT) => "the kernel has no IPv6",
+        Some(libc::EADDRNOTAVAIL) if sysctl_is_one("all") => {
+            "IPv6 is disabled on this node (net.ipv6.conf.all.disable_ipv6 = 1)"
+        }
+        Some(libc::EADDRNOTAVAIL) if sysctl_is_one("lo") => {
+            "IPv6 is disabled on the loopback interface (net.ipv6.conf.lo.disable_ipv6 = 1)"
+        }
+        Some(libc::EADDRNOTAVAIL) if !std::path::Path::new("/proc/sys/net/ipv6").exists() => {
+            "the kernel has no IPv6"
+        }
+        _ => return None,
+    };
+    Some(Skipped {
+        addr: e.addr,
+        reason,
+    })
+}
+
+/// `net.ipv6.conf.<iface>.disable_ipv6` of this thread's network namespace.
+fn sysctl_is_one(iface: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{iface}/disable_ipv6"))
+        .is_ok_and(|v| v.trim() == "1")
 }
 
 fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub last_reload_success_timestamp: Gauge,
     pub probes: IntCounterVec,
     pub probe_duration: Histogram,
+    listen_skipped: IntGaugeVec,
 }
 
 fn counter_vec(
@@ -172,6 +173,12 @@ impl Metrics {
                 "cplb_health_check_duration_seconds",
                 "Duration of active health check probes.",
             )?,
+            listen_skipped: gauge_vec(
+                r,
+                "cplb_listen_skipped",
+                "1 if this configured listen address was not bound because the node has no IPv6 (loopback IPv6 only), else 0.",
+                &["address"],
+            )?,
             registry,
         })
     }
@@ -193,6 +200,11 @@ impl Metrics {
 
     pub fn reload(&self, result: &str) -> IntCounter {
         self.reloads.with_label_values(&[result])
+    }
+
+    /// `cplb_listen_skipped` for a configured `listen` address.
+    pub fn listen_skipped(&self, address: &str) -> IntGauge {
+        self.listen_skipped.with_label_values(&[address])
     }
 
     pub fn upstream(&self, address: &str) -> UpstreamMetrics {

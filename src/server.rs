@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::listener::{self, ListenError};
+use crate::listener::{self, ListenError, Role};
 use crate::metrics::Metrics;
 use crate::reload::{ReloadHandle, Reloader};
 use crate::resolve;
@@ -32,16 +32,11 @@ pub enum ServerError {
     Listen(#[from] ListenError),
     #[error(transparent)]
     Tls(#[from] crate::health_check::TlsError),
-    #[error("could not start the worker threads: {0}")]
+    // Context only: the cause is the source, printed once by the chain.
+    #[error("could not start the worker threads")]
     Workers(#[source] std::io::Error),
-    #[error("could not register metrics: {0}")]
+    #[error("could not register metrics")]
     Metrics(#[from] prometheus::Error),
-    #[error("could not listen on {addr}: {source}")]
-    Register {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// A bound, not yet serving, proxy. `bind` then `serve`; tests and `main`
@@ -64,26 +59,12 @@ impl Server {
     ) -> Result<Server, ServerError> {
         let metrics = Metrics::new(registry)?;
         let checks = crate::health_check::prepare(&config)?;
-        let mut listeners = Vec::new();
-        let mut local_addrs = Vec::new();
-        for addr in &config.listen {
-            let socks = listener::bind(*addr, config.workers.get(), config.backlog.get())?;
-            let local = socks[0]
-                .local_addr()
-                .map_err(|source| ServerError::Register {
-                    addr: *addr,
-                    source,
-                })?;
-            local_addrs.push(local);
-            listeners.extend(socks);
-        }
+        let (listeners, local_addrs, skipped) = bind_listen(&config, &metrics)?;
         let (admin, admin_addr) = match config.admin {
             None => (None, None),
             Some(addr) => {
-                let l = listener::bind(addr, 1, 128)?.remove(0);
-                let local = l
-                    .local_addr()
-                    .map_err(|source| ServerError::Register { addr, source })?;
+                let l = listener::bind(addr, Role::Admin, 1, 128)?.remove(0);
+                let local = local_addr(&l, addr, Role::Admin)?;
                 (Some(l), Some(local))
             }
         };
@@ -101,6 +82,7 @@ impl Server {
             accept_failed_at: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             force_close: CancellationToken::new(),
+            skipped_listen: skipped,
         });
         let (reloader, reload) = Reloader::new(shared.clone(), config.clone(), table, checks);
         Ok(Server {
@@ -174,8 +156,11 @@ impl Server {
             }));
         }
         if let (Some(l), Some(addr)) = (admin, admin_addr) {
-            let l = TcpListener::from_std(l)
-                .map_err(|source| ServerError::Register { addr, source })?;
+            let l = TcpListener::from_std(l).map_err(|source| ListenError {
+                addr,
+                role: Role::Admin,
+                source,
+            })?;
             tokio::spawn(crate::admin::serve(l, shared.clone(), stop_rest.clone()));
         }
         if let Some(path) = config.source.clone() {
@@ -207,6 +192,67 @@ impl Server {
         tracing::info!("cplb stopped");
         Ok(())
     }
+}
+
+type Bound = (
+    Vec<std::net::TcpListener>,
+    Vec<SocketAddr>,
+    Vec<listener::Skipped>,
+);
+
+/// Binds every `listen` address. A loopback IPv6 address on a node without
+/// IPv6 is skipped (one warning, `/readyz` detail, `cplb_listen_skipped`);
+/// every other failure is fatal, and so is skipping all of them.
+fn bind_listen(config: &Config, metrics: &Metrics) -> Result<Bound, ServerError> {
+    let (mut listeners, mut local_addrs, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
+    let mut first_skip_error = None;
+    for addr in &config.listen {
+        metrics.listen_skipped(&addr.to_string()).set(0);
+        match listener::bind(
+            *addr,
+            Role::Proxy,
+            config.workers.get(),
+            config.backlog.get(),
+        ) {
+            Ok(socks) => {
+                local_addrs.push(local_addr(&socks[0], *addr, Role::Proxy)?);
+                if addr.port() != 0 {
+                    crate::reuseport::report(*addr, &socks);
+                }
+                listeners.extend(socks);
+            }
+            Err(e) => match listener::skippable(&e) {
+                Some(s) => {
+                    skipped.push(s);
+                    first_skip_error.get_or_insert(e);
+                }
+                None => return Err(e.into()),
+            },
+        }
+    }
+    if listeners.is_empty() {
+        if let Some(e) = first_skip_error {
+            return Err(e.into());
+        }
+    }
+    for s in &skipped {
+        metrics.listen_skipped(&s.addr.to_string()).set(1);
+        tracing::warn!(
+            address = %s.addr,
+            reason = s.reason,
+            "not listening on this loopback IPv6 address: the node has no IPv6, so no IPv6 client can exist here"
+        );
+    }
+    Ok((listeners, local_addrs, skipped))
+}
+
+fn local_addr(
+    l: &std::net::TcpListener,
+    addr: SocketAddr,
+    role: Role,
+) -> Result<SocketAddr, ListenError> {
+    l.local_addr()
+        .map_err(|source| ListenError { addr, role, source })
 }
 
 /// Runs a proxy with its own metrics registry until `shutdown` completes.

@@ -25,6 +25,9 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Cancelled when the drain grace is over: open connections close.
     pub force_close: CancellationToken,
+    /// `listen` addresses not bound because the node has no IPv6 (see
+    /// `listener::skippable`); named in `/readyz`.
+    pub skipped_listen: Vec<crate::listener::Skipped>,
 }
 
 /// Milliseconds on tokio's clock since start-up: what health state stores.

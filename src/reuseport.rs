@@ -1,0 +1,205 @@
+//! Who else listens on a `listen` address that cplb just joined with
+//! SO_REUSEPORT. The kernel then splits new connections between the
+//! sockets without a word. That is the intended handover when the other
+//! process is an older cplb (hitless restart) or the nginx being retired,
+//! and a surprise otherwise; either way it is logged once, at start-up.
+//!
+//! Best effort, from /proc: the LISTEN sockets on the address come from
+//! `net/tcp{,6}` (this network namespace), their owners from `/proc/*/fd`
+//! (only the processes this one may see: same PID namespace, same user or
+//! root). Nothing here can fail start-up.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+
+/// Process names for which sharing the address is the intended handover.
+const HANDOVER_FROM: [&str; 2] = ["cplb", "nginx"];
+/// At most this many processes are named in the log line.
+const MAX_NAMED: usize = 8;
+
+/// Logs one line when a socket other than `ours` listens on `addr`.
+pub fn report(addr: SocketAddr, ours: &[std::net::TcpListener]) {
+    let ours: BTreeSet<u64> = ours
+        .iter()
+        .filter_map(|l| socket_inode(&format!("/proc/self/fd/{}", l.as_raw_fd())))
+        .collect();
+    let others: Vec<(u64, u32)> = listeners_on(addr)
+        .into_iter()
+        .filter(|(inode, _)| !ours.contains(inode))
+        .collect();
+    if others.is_empty() {
+        return;
+    }
+    let inodes: BTreeSet<u64> = others.iter().map(|(i, _)| *i).collect();
+    let owners = owners_of(&inodes);
+    if owners.is_empty() {
+        let uids: BTreeSet<u32> = others.iter().map(|(_, u)| *u).collect();
+        let uid = uids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        tracing::warn!(
+            address = %addr,
+            uid,
+            "another socket already listens on this address with SO_REUSEPORT and its process is not visible from here (unidentified): the kernel splits new connections between it and cplb; a handover if it is an older cplb, unexpected otherwise"
+        );
+        return;
+    }
+    let processes = owners
+        .iter()
+        .take(MAX_NAMED)
+        .map(|(pid, comm)| format!("{comm} (pid {pid})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if owners
+        .iter()
+        .all(|(_, comm)| HANDOVER_FROM.contains(&comm.as_str()))
+    {
+        tracing::info!(
+            address = %addr,
+            processes,
+            "handover: an older process still listens on this address with SO_REUSEPORT; the kernel splits new connections between it and cplb until it closes its sockets"
+        );
+    } else {
+        tracing::warn!(
+            address = %addr,
+            processes,
+            "unexpected: another process already listens on this address with SO_REUSEPORT; the kernel splits new connections between it and cplb"
+        );
+    }
+}
+
+/// `(inode, uid)` of every LISTEN socket bound exactly to `addr` in this
+/// thread's network namespace.
+fn listeners_on(addr: SocketAddr) -> Vec<(u64, u32)> {
+    let file = if addr.is_ipv4() { "tcp" } else { "tcp6" };
+    // thread-self: a thread may have its own network namespace (tests).
+    let text = std::fs::read_to_string(format!("/proc/thread-self/net/{file}"))
+        .or_else(|_| std::fs::read_to_string(format!("/proc/net/{file}")))
+        .unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(parse_line)
+        .filter(|l| l.listening && l.local == addr && l.inode != 0)
+        .map(|l| (l.inode, l.uid))
+        .collect()
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Line {
+    local: SocketAddr,
+    listening: bool,
+    uid: u32,
+    inode: u64,
+}
+
+/// One row of /proc/net/tcp or tcp6:
+/// `sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...`.
+fn parse_line(line: &str) -> Option<Line> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let (local, state, uid, inode) = (f.get(1)?, f.get(3)?, f.get(7)?, f.get(9)?);
+    let (ip, port) = local.split_once(':')?;
+    Some(Line {
+        local: SocketAddr::new(parse_ip(ip)?, u16::from_str_radix(port, 16).ok()?),
+        listening: *state == "0A",
+        uid: uid.parse().ok()?,
+        inode: inode.parse().ok()?,
+    })
+}
+
+/// The kernel prints the address as 32-bit words in host byte order, so
+/// each word's native-endian bytes are the address bytes in order.
+fn parse_ip(hex: &str) -> Option<IpAddr> {
+    let word = |i: usize| -> Option<[u8; 4]> {
+        let w = u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16).ok()?;
+        Some(w.to_ne_bytes())
+    };
+    match hex.len() {
+        8 => Some(IpAddr::V4(Ipv4Addr::from(word(0)?))),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            Some(IpAddr::V6(Ipv6Addr::from(b)))
+        }
+        _ => None,
+    }
+}
+
+/// The inode of the socket a `/proc/<pid>/fd/<n>` link points to.
+fn socket_inode(link: &str) -> Option<u64> {
+    let target = std::fs::read_link(link).ok()?;
+    let t = target.to_str()?;
+    t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// `(pid, comm)` of the visible processes holding any of `inodes`.
+fn owners_of(inodes: &BTreeSet<u64>) -> BTreeSet<(u32, String)> {
+    let mut out = BTreeSet::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        // Another user's fds are unreadable without root: skipped.
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            fd.path()
+                .to_str()
+                .and_then(socket_inode)
+                .is_some_and(|i| inodes.contains(&i))
+        });
+        if holds {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| c.trim_end().to_string())
+                .unwrap_or_else(|_| "?".into());
+            out.insert((pid, comm));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_net_tcp_rows() {
+        let v4 = "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0";
+        assert_eq!(
+            parse_line(v4),
+            Some(Line {
+                local: "127.0.0.1:8080".parse().unwrap(),
+                listening: true,
+                uid: 0,
+                inode: 12345,
+            })
+        );
+        let v6 = "   1: 00000000000000000000000001000000:192B 00000000000000000000000000000000:0000 01 00000000:00000000 00:00000000 00000000  65532        0 777 1 0000000000000000 100 0 0 10 0";
+        let l = parse_line(v6).unwrap();
+        assert_eq!(l.local, "[::1]:6443".parse().unwrap());
+        assert!(!l.listening);
+        assert_eq!((l.uid, l.inode), (65532, 777));
+        assert_eq!(parse_line("  sl  local_address rem_address   st"), None);
+        assert_eq!(parse_line(""), None);
+    }
+
+    /// The parser agrees with the kernel: a socket this test opens is found
+    /// at its address, with its own inode.
+    #[test]
+    fn finds_a_listener_of_this_process() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let inode = socket_inode(&format!("/proc/self/fd/{}", l.as_raw_fd())).unwrap();
+        assert!(listeners_on(addr).iter().any(|(i, _)| *i == inode));
+        let owners = owners_of(&BTreeSet::from([inode]));
+        assert!(owners.iter().any(|(pid, _)| *pid == std::process::id()));
+    }
+}

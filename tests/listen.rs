@@ -1,0 +1,354 @@
+//! Binding the `listen` and `admin` addresses, through the binary: a
+//! loopback IPv6 address on a node without IPv6 is skipped (and said so);
+//! every other bind failure is fatal with the address and the OS error
+//! once; another process already on a `listen` address is named.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::metrics::Scrape;
+use common::process::*;
+use common::*;
+
+const SKIP_LINE: &str = "not listening on this loopback IPv6 address";
+
+/// Runs `f` on a runtime inside a fresh network namespace (loopback up)
+/// with `net.ipv6.conf.all.disable_ipv6` as asked. Child processes started
+/// from `f` inherit the namespace. None (skip) without root or `ip`.
+fn in_netns<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
+    test: &str,
+    ipv6_disabled: bool,
+    f: impl FnOnce() -> F + Send + 'static,
+) -> Option<T> {
+    if !require::root(
+        test,
+        "unshare(CLONE_NEWNET) for a private network namespace",
+    ) || !require::tool(test, "ip", "iproute2")
+    {
+        return None;
+    }
+    let out = std::thread::spawn(move || {
+        // SAFETY: unshare affects only this thread; the runtime's threads
+        // and child processes started from here inherit the namespace.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
+        let st = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip link set lo up");
+        // /proc/sys/net is this thread's namespace.
+        let knob = "/proc/sys/net/ipv6/conf/all/disable_ipv6";
+        std::fs::write(knob, if ipv6_disabled { "1" } else { "0" }).unwrap();
+        let has_v6 = Command::new("ip")
+            .args(["-6", "addr", "show", "dev", "lo"])
+            .output()
+            .unwrap();
+        let has_v6 = String::from_utf8_lossy(&has_v6.stdout).contains("::1");
+        assert_eq!(has_v6, !ipv6_disabled, "::1 on lo follows {knob}");
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f())
+    })
+    .join()
+    .unwrap();
+    Some(out)
+}
+
+fn yaml(listen: &[&str], admin: &str, up: SocketAddr) -> String {
+    let listen: Vec<String> = listen.iter().map(|l| format!("  - \"{l}\"\n")).collect();
+    format!(
+        "listen:\n{}workers: 2\nadmin: \"{admin}\"\nupstreams:\n  - address: {up}\n",
+        listen.concat()
+    )
+}
+
+/// Runs cplb with `yaml` until it exits; returns (exit code, stderr).
+fn run_to_exit(yaml: &str) -> (Option<i32>, String) {
+    let path = temp_dir("listen").join("cplb.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cplb"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let end = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("cplb did not exit:\n{}", reader.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status.code(), reader.join().unwrap())
+}
+
+async fn scrape(admin: SocketAddr) -> Scrape {
+    let (st, _, body) = http(admin, "GET", "/metrics").await;
+    assert_eq!(st, 200);
+    Scrape::parse(&body)
+}
+
+/// Connects to `addr` and returns the upstream's greeting.
+async fn greeting(addr: SocketAddr) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut line = String::new();
+    tokio::time::timeout(DEADLINE, tokio::io::BufReader::new(s).read_line(&mut line))
+        .await
+        .expect("greeting within deadline")
+        .unwrap();
+    line.trim_end().to_string()
+}
+
+// --- [::1] on a node without IPv6 -------------------------------------------
+
+#[test]
+fn ipv6_loopback_is_skipped_with_a_warning_when_ipv6_is_disabled() {
+    let test = "ipv6_loopback_is_skipped_with_a_warning_when_ipv6_is_disabled";
+    in_netns(test, true, || async {
+        let up = FakeUpstream::start("m").await;
+        let admin: SocketAddr = "127.0.0.1:8081".parse().unwrap();
+        let mut p = CplbProcess::spawn(
+            &yaml(&["127.0.0.1:6443", "[::1]:6443"], "127.0.0.1:8081", up.addr),
+            Options::default(),
+        );
+        let warn = p.wait_for_log(SKIP_LINE);
+        println!("{warn}");
+        assert_eq!(p.count_logs(SKIP_LINE), 1, "{}", p.logs());
+        assert!(
+            warn.contains("WARN") && warn.contains("[::1]:6443") && warn.contains("disable_ipv6"),
+            "{warn}"
+        );
+        assert_eq!(greeting("127.0.0.1:6443".parse().unwrap()).await, "m");
+        // Not a failure: ready, with the skip in the detail.
+        let (st, _, body) = http(admin, "GET", "/readyz").await;
+        assert_eq!(st, 200, "{body}");
+        assert!(body.contains("not listening on [::1]:6443"), "{body}");
+        let m = scrape(admin).await;
+        let skipped = |a| m.get("cplb_listen_skipped", &[("address", a)]);
+        assert_eq!(skipped("[::1]:6443"), 1.0);
+        assert_eq!(skipped("127.0.0.1:6443"), 0.0);
+        assert!(p.is_running());
+    });
+}
+
+#[test]
+fn ipv6_loopback_is_bound_when_ipv6_is_enabled() {
+    let test = "ipv6_loopback_is_bound_when_ipv6_is_enabled";
+    in_netns(test, false, || async {
+        let up = FakeUpstream::start("m").await;
+        let admin: SocketAddr = "127.0.0.1:8081".parse().unwrap();
+        let p = CplbProcess::spawn(
+            &yaml(&["127.0.0.1:6443", "[::1]:6443"], "127.0.0.1:8081", up.addr),
+            Options::default(),
+        );
+        assert_eq!(greeting("[::1]:6443".parse().unwrap()).await, "m");
+        assert_eq!(greeting("127.0.0.1:6443".parse().unwrap()).await, "m");
+        assert_eq!(p.count_logs(SKIP_LINE), 0, "{}", p.logs());
+        assert_eq!(http(admin, "GET", "/readyz").await.2, "ok\n");
+        let m = scrape(admin).await;
+        assert_eq!(
+            m.get("cplb_listen_skipped", &[("address", "[::1]:6443")]),
+            0.0
+        );
+        assert!(
+            m.samples.iter().any(|s| s.name == "cplb_listen_skipped"),
+            "the series exists at 0"
+        );
+    });
+}
+
+#[test]
+fn only_ipv6_loopback_on_a_node_without_ipv6_is_fatal() {
+    let test = "only_ipv6_loopback_on_a_node_without_ipv6_is_fatal";
+    in_netns(test, true, || async {
+        // Nothing left to listen on: a proxy that serves nobody must not
+        // look healthy.
+        let (code, err) = run_to_exit(&yaml(&["[::1]:6443"], "", common::refused_addr()));
+        println!("{err}");
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("could not listen on [::1]:6443"), "{err}");
+        assert_eq!(
+            err.matches("Cannot assign requested address").count(),
+            1,
+            "{err}"
+        );
+    });
+}
+
+#[test]
+fn other_bind_failures_stay_fatal_on_a_node_without_ipv6() {
+    let test = "other_bind_failures_stay_fatal_on_a_node_without_ipv6";
+    in_netns(test, true, || async {
+        // Not loopback (one IPv6, one IPv4 documentation address): not
+        // local, EADDRNOTAVAIL like [::1] here, yet a configuration error.
+        for bad in ["[2001:db8::1]:6443", "192.0.2.1:6443"] {
+            let (code, err) =
+                run_to_exit(&yaml(&["127.0.0.1:6443", bad], "", common::refused_addr()));
+            println!("{bad}: {err}");
+            assert_eq!(code, Some(1), "{bad}: {err}");
+            assert!(err.contains(&format!("could not listen on {bad}")), "{err}");
+            assert_eq!(
+                err.matches("Cannot assign requested address").count(),
+                1,
+                "{err}"
+            );
+            assert!(!err.contains(SKIP_LINE), "{err}");
+        }
+    });
+}
+
+#[test]
+fn a_taken_ipv6_loopback_port_stays_fatal_when_ipv6_is_enabled() {
+    let test = "a_taken_ipv6_loopback_port_stays_fatal_when_ipv6_is_enabled";
+    in_netns(test, false, || async {
+        // Only "this node has no IPv6" is skipped, not any [::1] failure.
+        let taken = std::net::TcpListener::bind("[::1]:6443").unwrap();
+        let (code, err) = run_to_exit(&yaml(
+            &["127.0.0.1:6443", "[::1]:6443"],
+            "",
+            common::refused_addr(),
+        ));
+        println!("{err}");
+        drop(taken);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(
+            err.contains("could not listen on [::1]:6443: Address already in use"),
+            "{err}"
+        );
+        assert!(!err.contains(SKIP_LINE), "{err}");
+    });
+}
+
+// --- clear, single error messages ---------------------------------------------
+
+#[test]
+fn a_listen_port_in_use_is_fatal_naming_the_address_and_the_os_error_once() {
+    // A plain listener (no SO_REUSEPORT): cplb cannot join it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (code, err) = run_to_exit(&yaml(&[&addr.to_string()], "", refused_addr()));
+    println!("{err}");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cplb: could not listen on {addr}: Address already in use"
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+    assert!(!err.contains("admin"), "{err}");
+}
+
+#[test]
+fn an_admin_port_in_use_says_admin() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (code, err) = run_to_exit(&yaml(&["127.0.0.1:0"], &addr.to_string(), refused_addr()));
+    println!("{err}");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cplb: could not listen on admin address {addr}: Address already in use"
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+}
+
+// --- another process on a listen address ----------------------------------------
+
+const OTHER_LINES: [&str; 3] = ["handover", "unexpected", "unidentified"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_reuseport_listener_is_named_as_unexpected() {
+    use socket2::{Domain, Socket, Type};
+    let up = FakeUpstream::start("m").await;
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.set_reuse_port(true).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    s.listen(16).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    let p = CplbProcess::spawn(&yaml(&[&addr.to_string()], "", up.addr), Options::default());
+    assert_eq!(p.addr, addr);
+    let me = std::fs::read_to_string("/proc/self/comm").unwrap();
+    let named = format!("{} (pid {})", me.trim_end(), std::process::id());
+    // Logged before "cplb started", which spawn waited for.
+    let logs = p.logs();
+    println!("{logs}");
+    let lines: Vec<&str> = logs.lines().filter(|l| l.contains("unexpected")).collect();
+    assert_eq!(lines.len(), 1, "{logs}");
+    assert!(
+        lines[0].contains("WARN")
+            && lines[0].contains(&named)
+            && lines[0].contains(&addr.to_string()),
+        "{} should name {named}",
+        lines[0]
+    );
+    assert_eq!(p.count_logs("handover"), 0, "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_cplb_on_the_address_is_named_as_a_handover() {
+    let up = FakeUpstream::start("m").await;
+    let old = CplbProcess::spawn(&yaml(&["127.0.0.1:0"], "", up.addr), Options::default());
+    let port = old.addr.port();
+    // A fixed port from here on: the check runs for it.
+    let new = CplbProcess::spawn(
+        &yaml(&[&old.addr.to_string()], "", up.addr),
+        Options::default(),
+    );
+    let logs = new.logs();
+    println!("{logs}");
+    let lines: Vec<&str> = logs.lines().filter(|l| l.contains("handover")).collect();
+    assert_eq!(lines.len(), 1, "{logs}");
+    let named = format!("cplb (pid {})", old.child.id());
+    assert!(
+        lines[0].contains(&named) && lines[0].contains(&format!("127.0.0.1:{port}")),
+        "{} should name {named}",
+        lines[0]
+    );
+    for w in ["unexpected", "unidentified"] {
+        assert_eq!(new.count_logs(w), 0, "{logs}");
+    }
+    // Alone on its address: nothing of the kind.
+    for w in OTHER_LINES {
+        assert_eq!(old.count_logs(w), 0, "{}", old.logs());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alone_on_a_fixed_port_logs_no_other_listener() {
+    let up = FakeUpstream::start("m").await;
+    // A port that was free a moment ago; if something grabs it meanwhile,
+    // cplb fails to start and the test says so.
+    let addr = refused_addr();
+    let p = CplbProcess::spawn(&yaml(&[&addr.to_string()], "", up.addr), Options::default());
+    assert_eq!(p.addr, addr);
+    for w in OTHER_LINES {
+        assert_eq!(p.count_logs(w), 0, "{}", p.logs());
+    }
+}
