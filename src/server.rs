@@ -298,3 +298,61 @@ pub(crate) fn unix_now() -> f64 {
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health_check::TlsError;
+    use std::error::Error;
+
+    /// What `main` prints (anyhow's `{:#}`): every message of the chain,
+    /// joined by ": ". Fails when a message embeds its own source's.
+    fn chain(e: &dyn Error) -> String {
+        let mut parts = vec![e.to_string()];
+        let mut cur = e;
+        while let Some(s) = cur.source() {
+            let (outer, inner) = (cur.to_string(), s.to_string());
+            assert!(
+                !outer.contains(&inner),
+                "{outer:?} repeats its source {inner:?}"
+            );
+            parts.push(inner);
+            cur = s;
+        }
+        parts.join(": ")
+    }
+
+    #[test]
+    fn error_chains_carry_each_cause_once() {
+        let os = || std::io::Error::from_raw_os_error(libc::EADDRINUSE);
+        let addr: SocketAddr = "127.0.0.1:8081".parse().unwrap();
+        let listen = |role| ListenError {
+            addr,
+            role,
+            source: os(),
+        };
+        let cases: Vec<Box<dyn Error>> = vec![
+            Box::new(ServerError::from(listen(Role::Proxy))),
+            Box::new(ServerError::from(listen(Role::Admin))),
+            Box::new(ServerError::Workers(os())),
+            Box::new(ServerError::Metrics(prometheus::Error::AlreadyReg)),
+            Box::new(ServerError::Tls(TlsError::Read {
+                path: "ca.pem".into(),
+                error: os(),
+            })),
+            Box::new(crate::demo::DemoError::Server(listen(Role::Proxy).into())),
+            Box::new(crate::demo::DemoError::Io(os())),
+            Box::new(crate::standin::StandinError::Listen { addr, source: os() }),
+            Box::new(crate::standin::client::ClientError::Io(os())),
+        ];
+        for e in cases {
+            let all = chain(&*e);
+            assert!(all.matches("os error 98").count() <= 1, "{all}");
+        }
+        let all = chain(&ServerError::from(listen(Role::Admin)));
+        assert_eq!(
+            all,
+            "could not listen on admin address 127.0.0.1:8081: Address already in use (os error 98)"
+        );
+    }
+}
