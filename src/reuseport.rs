@@ -34,12 +34,8 @@ pub fn report(addr: SocketAddr, ours: &[std::net::TcpListener]) {
     let inodes: BTreeSet<u64> = others.iter().map(|(i, _)| *i).collect();
     let owners = owners_of(&inodes);
     if owners.is_empty() {
-        let uids: BTreeSet<u32> = others.iter().map(|(_, u)| *u).collect();
-        let uid = uids
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
+        // One uid: the kernel shares a port only between sockets of one user.
+        let uid = others[0].1;
         tracing::warn!(
             address = %addr,
             uid,

@@ -279,12 +279,9 @@ fn an_admin_port_in_use_says_admin() {
 
 // --- another process on a listen address ----------------------------------------
 
-const OTHER_LINES: [&str; 3] = ["handover", "unexpected", "unidentified"];
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_foreign_reuseport_listener_is_named_as_unexpected() {
+/// A listening socket of this process that cplb can join.
+fn reuseport_listener() -> (socket2::Socket, SocketAddr) {
     use socket2::{Domain, Socket, Type};
-    let up = FakeUpstream::start("m").await;
     let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     s.set_reuse_address(true).unwrap();
     s.set_reuse_port(true).unwrap();
@@ -292,6 +289,15 @@ async fn a_foreign_reuseport_listener_is_named_as_unexpected() {
         .unwrap();
     s.listen(16).unwrap();
     let addr = s.local_addr().unwrap().as_socket().unwrap();
+    (s, addr)
+}
+
+const OTHER_LINES: [&str; 3] = ["handover", "unexpected", "unidentified"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_reuseport_listener_is_named_as_unexpected() {
+    let up = FakeUpstream::start("m").await;
+    let (_other, addr) = reuseport_listener();
     let p = CplbProcess::spawn(&yaml(&[&addr.to_string()], "", up.addr), Options::default());
     assert_eq!(p.addr, addr);
     let me = std::fs::read_to_string("/proc/self/comm").unwrap();
@@ -338,6 +344,73 @@ async fn an_older_cplb_on_the_address_is_named_as_a_handover() {
     for w in OTHER_LINES {
         assert_eq!(old.count_logs(w), 0, "{}", old.logs());
     }
+}
+
+#[test]
+fn a_listener_whose_process_is_out_of_sight_is_unidentified() {
+    // As in a pod: cplb in its own PID namespace (and /proc) sees no other
+    // process, so it can only give the socket's uid.
+    let test = "a_listener_whose_process_is_out_of_sight_is_unidentified";
+    if !require::root(test, "unshare --pid --mount-proc")
+        || !require::tool(test, "unshare", "util-linux")
+    {
+        return;
+    }
+    let (_other, addr) = reuseport_listener();
+    let path = temp_dir("listen").join("cplb.yaml");
+    std::fs::write(&path, yaml(&[&addr.to_string()], "", refused_addr())).unwrap();
+    let mut child = Command::new("unshare")
+        .args(["--pid", "--mount-proc", "--kill-child", "--"])
+        .arg(env!("CARGO_BIN_EXE_cplb"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    let mut logs = Vec::new();
+    let end = Instant::now() + DEADLINE;
+    while !logs.iter().any(|l: &String| l.contains("cplb started")) {
+        let left = end.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => logs.push(l),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let logs = logs.join("\n");
+    println!("{logs}");
+    assert!(logs.contains("cplb started"), "{logs}");
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("unidentified"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{logs}");
+    assert!(
+        lines[0].contains("WARN")
+            && lines[0].contains("uid=0")
+            && lines[0].contains(&addr.to_string()),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        !logs.contains("handover:") && !logs.contains("unexpected:"),
+        "{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
