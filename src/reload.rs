@@ -227,6 +227,13 @@ impl Reloader {
         m.last_reload_successful.set(1);
         m.last_reload_success_timestamp
             .set(crate::server::unix_now());
+        self.shared
+            .last_load
+            .store(Arc::new(crate::status::LoadRecord::reload(
+                Some(path.clone()),
+                crate::server::unix_now(),
+                None,
+            )));
         tracing::info!(
             file = %path.display(),
             added = ?changes.added,
@@ -248,6 +255,13 @@ impl Reloader {
         let m = &self.shared.metrics;
         m.reload("failure").inc();
         m.last_reload_successful.set(0);
+        self.shared
+            .last_load
+            .store(Arc::new(crate::status::LoadRecord::reload(
+                self.config.source.clone(),
+                crate::server::unix_now(),
+                Some(e.to_string()),
+            )));
         tracing::error!(error = %e, "config reload refused; the running config stays in force");
     }
 

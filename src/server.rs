@@ -101,6 +101,10 @@ impl Server {
             accept_failed_at: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             force_close: CancellationToken::new(),
+            last_load: ArcSwap::from_pointee(crate::status::LoadRecord::startup(
+                config.source.clone(),
+                unix_now(),
+            )),
         });
         let (reloader, reload) = Reloader::new(shared.clone(), config.clone(), table, checks);
         Ok(Server {

@@ -25,6 +25,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Cancelled when the drain grace is over: open connections close.
     pub force_close: CancellationToken,
+    /// The last config load and its result, for `/status`.
+    pub last_load: ArcSwap<crate::status::LoadRecord>,
 }
 
 /// Milliseconds on tokio's clock since start-up: what health state stores.
