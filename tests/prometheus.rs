@@ -1,7 +1,8 @@
 //! The Prometheus alerting rules in config/prometheus/: the plain rules file
 //! and the PrometheusRule manifest agree, the real `promtool` accepts them
 //! and passes their unit tests, they query only series cplb exports, and a
-//! real Prometheus server scrapes a running cplb and loads them.
+//! real Prometheus server scrapes a running cplb, loads them, and accepts
+//! every query of the Grafana dashboard.
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::process::*;
-use common::promql::{exported, get, metric_names};
+use common::promql::{concrete, dashboard_queries, exported, get, metric_names, url_encode};
 use common::*;
 use serde_yaml_ng::Value;
 
@@ -319,4 +320,18 @@ async fn a_real_prometheus_scrapes_cplb_and_loads_the_rules() {
         alerts.contains(r#""alerts":[]"#),
         "a healthy cplb fires nothing: {alerts}"
     );
+    // Every query of the Grafana dashboard is PromQL the real server accepts.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/grafana/cplb.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let queries = dashboard_queries(&dashboard);
+    for q in &queries {
+        let path = format!("/api/v1/query?query={}", url_encode(&concrete(q)));
+        let (status, body) = get(prom.addr, &path).unwrap();
+        assert!(
+            status == 200 && body.contains(r#""status":"success""#),
+            "{q}: {status} {body}"
+        );
+    }
+    println!("{} dashboard queries accepted by Prometheus", queries.len());
 }

@@ -141,3 +141,57 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
         .ok_or_else(|| std::io::Error::other("no HTTP status"))?;
     Ok((status, body.to_string()))
 }
+
+/// Every PromQL query of a Grafana dashboard: panel targets (rows
+/// included) and the metric part of `label_values(...)` variables.
+pub fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<String> {
+    fn panels(list: &serde_json::Value, out: &mut Vec<String>) {
+        for p in list.as_array().into_iter().flatten() {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                out.push(
+                    t["expr"]
+                        .as_str()
+                        .expect("every target has an expr")
+                        .to_string(),
+                );
+            }
+            panels(&p["panels"], out);
+        }
+    }
+    let mut out = Vec::new();
+    panels(&dashboard["panels"], &mut out);
+    for v in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(q) = v["query"]["query"].as_str() {
+            // label_values(<series selector>, <label>): the label is not a metric.
+            let inner = q
+                .strip_prefix("label_values(")
+                .and_then(|r| r.rsplit_once(','));
+            out.push(inner.map_or(q, |(sel, _)| sel).to_string());
+        }
+    }
+    out
+}
+
+/// A dashboard query made concrete for Prometheus: Grafana's variables
+/// replaced by values that match everything.
+pub fn concrete(expr: &str) -> String {
+    expr.replace("$__rate_interval", "1m")
+        .replace("$instance", ".*")
+        .replace("$upstream", ".*")
+}
+
+/// Percent-encodes a query parameter.
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
