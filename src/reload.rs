@@ -183,6 +183,18 @@ impl Reloader {
         };
         if !forced && self.config.source_text.as_deref() == Some(text.as_str()) {
             tracing::debug!(file = %path.display(), "config file event, content unchanged; nothing to do");
+            // A refused edit undone: the file is good again, and `cplb
+            // status` must stop reporting the refusal.
+            if self.shared.last_load.load().error.is_some() {
+                self.refused_text = None;
+                self.shared
+                    .last_load
+                    .store(Arc::new(crate::status::LoadRecord::reload(
+                        Some(path.clone()),
+                        crate::server::unix_now(),
+                        None,
+                    )));
+            }
             return Ok(Outcome::Unchanged);
         }
         let mut new = match Config::parse(&text, &path) {

@@ -240,6 +240,7 @@ async fn unreachable_admin_exits_three_with_a_clear_message() {
         )),
         "{err}"
     );
+    assert!(err.contains("Connection refused"), "names the cause: {err}");
     let (code, _, err) = status("not an address", &[]).await;
     assert_eq!(code, 3);
     assert!(
@@ -289,4 +290,23 @@ async fn a_refused_reload_is_shown_until_a_good_one() {
     assert_eq!(v["last_load"]["kind"], "reload");
     assert_eq!(v["last_load"]["error"], Value::Null);
     p.wait_for_log("config reloaded");
+
+    // A refused edit undone by hand: the file equals the running config
+    // again, and the watcher's event clears the refusal.
+    let running = good.replace("fail_timeout: 60s", "fail_timeout: 30s");
+    std::fs::write(
+        &p.config_path,
+        running.replace("workers: 2", "workers: nope"),
+    )
+    .unwrap();
+    json_until(&admin, "second refusal", |_, v| {
+        v["last_load"]["result"] == "failure"
+    })
+    .await;
+    std::fs::write(&p.config_path, &running).unwrap();
+    let (_, v) = json_until(&admin, "refusal cleared by the undo", |_, v| {
+        v["last_load"]["result"] == "success"
+    })
+    .await;
+    assert_eq!(v["last_load"]["error"], Value::Null);
 }

@@ -78,7 +78,14 @@ pub fn run(admin: &str, output: Output, out: &mut dyn Write, err: &mut dyn Write
     let status = match fetch(admin) {
         Ok(s) => s,
         Err(e) => {
-            let _ = writeln!(err, "cplb status: {e}");
+            // The cause (connection refused, timed out...) is the useful part.
+            let mut msg = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            let _ = writeln!(err, "cplb status: {msg}");
             return EXIT_UNREACHABLE;
         }
     };
