@@ -48,6 +48,7 @@ enum Command {
     /// 3 cplb's admin endpoint cannot be reached or its answer is not understood.
     Status {
         /// The admin endpoint of the cplb to ask (its `admin` setting).
+        // The default is the config's `admin` default.
         #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8081")]
         admin: String,
         /// `table` for people, `json` for scripts (the same data).

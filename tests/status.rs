@@ -310,3 +310,29 @@ async fn a_refused_reload_is_shown_until_a_good_one() {
     .await;
     assert_eq!(v["last_load"]["error"], Value::Null);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresolved_name_shows_as_down_with_the_reason() {
+    let up = FakeUpstream::start("m").await;
+    let yaml = yaml(&[up.addr], false) + "  - address: nowhere.invalid:6443\n";
+    let p = CplbProcess::spawn(&yaml, Options::default());
+    let admin = p.admin.unwrap().to_string();
+    let (code, v) = status_json(&admin).await;
+    assert_eq!(code, 0);
+    let u = v["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["address"] == "nowhere.invalid:6443")
+        .unwrap();
+    assert_eq!((&u["state"], &u["usable"]), (&"down".into(), &false.into()));
+    assert_eq!(u["changed_by"], "resolve");
+    let (_, table, _) = status(&admin, &[]).await;
+    let r = table
+        .lines()
+        .find(|l| l.starts_with("nowhere.invalid:6443"))
+        .unwrap();
+    let r = cells(r);
+    assert_eq!(&r[1..4], ["static", "down", "no"], "{r:?}");
+    assert_eq!(r[5], "resolve: no address: the name has not resolved");
+}

@@ -13,16 +13,26 @@ pub(crate) fn collect(shared: &Shared) -> Status {
         .iter()
         .map(|u| {
             let s = &u.state;
-            let up = !s.passive.is_down() && s.active.is_up();
+            let resolved = s.is_resolved();
+            let up = resolved && !s.passive.is_down() && s.active.is_up();
             let change = s.last_change();
+            // A name that never resolved has no transition to show, only this.
+            let (changed_by, reason) = if resolved {
+                (change.cause.as_str().to_string(), change.reason.clone())
+            } else {
+                (
+                    "resolve".to_string(),
+                    "no address: the name has not resolved".to_string(),
+                )
+            };
             Upstream {
                 address: u.config.address.clone(),
                 source: Source::Static,
                 state: if up { State::Up } else { State::Down },
                 usable: s.is_usable(u.policy, now),
                 since: clock.to_unix_secs(change.at_ms),
-                changed_by: change.cause.as_str().to_string(),
-                reason: change.reason.clone(),
+                changed_by,
+                reason,
                 last_check: s.active.last_result().map(|r| Check {
                     time: clock.to_unix_secs(r.at_ms),
                     ok: r.ok,

@@ -71,7 +71,8 @@ pub enum State {
 pub struct Upstream {
     pub address: String,
     pub source: Source,
-    /// Down when either the passive or the active check has marked it down.
+    /// Down when either the passive or the active check has marked it down,
+    /// or while its name has no address.
     pub state: State,
     /// Whether a new connection may go to it now (a passively marked-down
     /// upstream becomes usable for a trial once `fail_timeout` has passed;
@@ -79,7 +80,8 @@ pub struct Upstream {
     pub usable: bool,
     /// Time of the last transition (start-up if none).
     pub since: f64,
-    /// `start`, `passive` or `active`: what made the last transition.
+    /// `start`, `passive` or `active`: what made the last transition;
+    /// `resolve` while a host name has no address.
     pub changed_by: String,
     pub reason: String,
     /// The latest active probe; `None` when active checks are off or none
