@@ -1,5 +1,6 @@
 //! The admin endpoint: `/healthz` (liveness), `/readyz` (readiness),
-//! `/metrics` (Prometheus) and `/upstreams` (JSON). A listener of its own,
+//! `/metrics` (Prometheus), `/upstreams` (JSON) and `/status` (JSON, for
+//! `cplb status`; see `status::model`). A listener of its own,
 //! loopback by default. Each client is bounded in time and in number, so a
 //! slow or hostile one ties up only its own task, never the proxy.
 
@@ -65,7 +66,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
 
 fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    let known = ["/healthz", "/readyz", "/metrics", "/upstreams"];
+    let known = ["/healthz", "/readyz", "/metrics", "/upstreams", "/status"];
     if !known.contains(&path) {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
@@ -85,6 +86,17 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 "text/plain; version=0.0.4; charset=utf-8"
                     .parse()
                     .expect("static header"),
+            );
+            r
+        }
+        "/status" => {
+            let doc = crate::status::collect::collect(shared);
+            let mut body = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into());
+            body.push('\n');
+            let mut r = text(StatusCode::OK, &body);
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                "application/json".parse().expect("static header"),
             );
             r
         }

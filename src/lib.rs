@@ -23,7 +23,8 @@
 //! - [`metrics`]: Prometheus metrics in an owned registry; RAII gauge guards.
 //! - [`reload`]: one code path for every reload trigger; validate, then swap.
 //! - [`watch`]: watches the config file's directory (ConfigMap-safe).
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/upstreams` (hyper).
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/upstreams`, `/status` (hyper).
+//! - [`status`]: `cplb status`, the `/status` document and its table.
 //! - [`server`]: start-up, `run`, and the drain on shutdown.
 //! - [`import`]: `cplb import-nginx`, nginx `stream` config to cplb YAML.
 //! - [`standin`]: stand-in HTTPS API server and client (demo and tests).
@@ -65,6 +66,7 @@ pub mod snapshot;
 pub mod sockopt;
 pub mod splice;
 pub mod standin;
+pub mod status;
 pub mod upstream;
 pub mod watch;
 pub mod workers;

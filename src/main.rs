@@ -41,6 +41,26 @@ enum Command {
     Demo,
     /// Convert an nginx `stream` proxy config to cplb YAML (printed on stdout).
     ImportNginx { file: PathBuf },
+    /// Show the upstreams of a running cplb: state, since when and why,
+    /// the last health check, connections and bytes; and the last config load.
+    ///
+    /// Exit codes: 0 at least one upstream is usable; 1 none is usable;
+    /// 3 cplb's admin endpoint cannot be reached or its answer is not understood.
+    Status {
+        /// The admin endpoint of the cplb to ask (its `admin` setting).
+        // The default is the config's `admin` default.
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8081")]
+        admin: String,
+        /// `table` for people, `json` for scripts (the same data).
+        #[arg(long, value_enum, default_value = "table")]
+        output: StatusOutput,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StatusOutput {
+    Table,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -65,6 +85,19 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Some(Command::ImportNginx { file }) => return import_nginx(file),
         Some(Command::Demo) => return demo(),
+        Some(Command::Status { admin, output }) => {
+            let output = match output {
+                StatusOutput::Table => cplb::status::Output::Table,
+                StatusOutput::Json => cplb::status::Output::Json,
+            };
+            let code = cplb::status::run(
+                admin,
+                output,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            );
+            return Ok(ExitCode::from(code));
+        }
         None => {}
     }
     let path = cli.config.context("--config FILE is required")?;

@@ -183,6 +183,18 @@ impl Reloader {
         };
         if !forced && self.config.source_text.as_deref() == Some(text.as_str()) {
             tracing::debug!(file = %path.display(), "config file event, content unchanged; nothing to do");
+            // A refused edit undone: the file is good again, and `cplb
+            // status` must stop reporting the refusal.
+            if self.shared.last_load.load().error.is_some() {
+                self.refused_text = None;
+                self.shared
+                    .last_load
+                    .store(Arc::new(crate::status::LoadRecord::reload(
+                        Some(path.clone()),
+                        crate::server::unix_now(),
+                        None,
+                    )));
+            }
             return Ok(Outcome::Unchanged);
         }
         let mut new = match Config::parse(&text, &path) {
@@ -227,6 +239,13 @@ impl Reloader {
         m.last_reload_successful.set(1);
         m.last_reload_success_timestamp
             .set(crate::server::unix_now());
+        self.shared
+            .last_load
+            .store(Arc::new(crate::status::LoadRecord::reload(
+                Some(path.clone()),
+                crate::server::unix_now(),
+                None,
+            )));
         tracing::info!(
             file = %path.display(),
             added = ?changes.added,
@@ -248,6 +267,13 @@ impl Reloader {
         let m = &self.shared.metrics;
         m.reload("failure").inc();
         m.last_reload_successful.set(0);
+        self.shared
+            .last_load
+            .store(Arc::new(crate::status::LoadRecord::reload(
+                self.config.source.clone(),
+                crate::server::unix_now(),
+                Some(e.to_string()),
+            )));
         tracing::error!(error = %e, "config reload refused; the running config stays in force");
     }
 

@@ -83,6 +83,10 @@ impl Server {
             draining: AtomicBool::new(false),
             force_close: CancellationToken::new(),
             skipped_listen: skipped,
+            last_load: ArcSwap::from_pointee(crate::status::LoadRecord::startup(
+                config.source.clone(),
+                unix_now(),
+            )),
         });
         let (reloader, reload) = Reloader::new(shared.clone(), config.clone(), table, checks);
         Ok(Server {

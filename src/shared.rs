@@ -28,6 +28,8 @@ pub struct Shared {
     /// `listen` addresses not bound because the node has no IPv6 (see
     /// `listener::skippable`); named in `/readyz`.
     pub skipped_listen: Vec<crate::listener::Skipped>,
+    /// The last config load and its result, for `/status`.
+    pub last_load: ArcSwap<crate::status::LoadRecord>,
 }
 
 /// Milliseconds on tokio's clock since start-up: what health state stores.

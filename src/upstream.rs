@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Notify;
 
 use crate::health::{PassiveHealth, Policy, Transition};
@@ -25,6 +25,50 @@ pub struct UpstreamState {
     /// Woken when the active check marks this upstream down, so proxied
     /// connections to it close (`health_check.close_on_down`).
     pub evict: Notify,
+    /// The last transition and why, for `cplb status`. Written only on a
+    /// transition (rare), read only by the admin endpoint: an `ArcSwap`
+    /// keeps the writer lock-free and the proxy's path never touches it.
+    last_change: ArcSwap<Change>,
+}
+
+/// Which part of cplb changed an upstream's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeCause {
+    /// The initial state, before any connection or probe.
+    Start,
+    /// Connect failures or successes (`max_fails` / `fail_timeout`).
+    Passive,
+    /// The active health check (rise / fall), or checks being turned off.
+    Active,
+}
+
+impl ChangeCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeCause::Start => "start",
+            ChangeCause::Passive => "passive",
+            ChangeCause::Active => "active",
+        }
+    }
+}
+
+/// One state transition of an upstream.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// `Clock` milliseconds.
+    pub at_ms: u64,
+    pub cause: ChangeCause,
+    pub reason: String,
+}
+
+/// The result of the latest active probe.
+#[derive(Debug, Clone)]
+pub struct ProbeResult {
+    /// `Clock` milliseconds.
+    pub at_ms: u64,
+    pub ok: bool,
+    /// Why it failed; `None` when it passed.
+    pub error: Option<String>,
 }
 
 /// The active health check's verdict, written by the prober task. The
@@ -35,6 +79,8 @@ pub struct ActiveHealth {
     up: AtomicBool,
     since: AtomicU64,
     hysteresis: Mutex<Hysteresis>,
+    /// Written by the prober once per probe, read by the admin endpoint.
+    last: ArcSwapOption<ProbeResult>,
 }
 
 impl Default for ActiveHealth {
@@ -44,6 +90,7 @@ impl Default for ActiveHealth {
             up: AtomicBool::new(true),
             since: AtomicU64::new(0),
             hysteresis: Mutex::new(Hysteresis::new(true)),
+            last: ArcSwapOption::empty(),
         }
     }
 }
@@ -64,6 +111,26 @@ impl ActiveHealth {
         let mut h = self.hysteresis.lock().unwrap_or_else(|p| p.into_inner());
         h.up = self.is_up();
         h.record(ok, rise, fall)
+    }
+
+    /// The latest probe's result; `None` before the first probe or while
+    /// active checks are off.
+    pub fn last_result(&self) -> Option<Arc<ProbeResult>> {
+        self.last.load_full()
+    }
+
+    /// Keeps a probe's result for `cplb status`.
+    pub fn note_result(&self, at_ms: u64, result: &Result<(), String>) {
+        self.last.store(Some(Arc::new(ProbeResult {
+            at_ms,
+            ok: result.is_ok(),
+            error: result.as_ref().err().cloned(),
+        })));
+    }
+
+    /// Active checks were turned off: no result is current any more.
+    pub fn clear_result(&self) {
+        self.last.store(None);
     }
 
     /// Returns true if this changed the state.
@@ -88,7 +155,25 @@ impl UpstreamState {
             addrs: ArcSwap::from_pointee(Vec::new()),
             metrics: m,
             evict: Notify::new(),
+            last_change: ArcSwap::from_pointee(Change {
+                at_ms: 0,
+                cause: ChangeCause::Start,
+                reason: "usable until a connect or a check fails".into(),
+            }),
         }
+    }
+
+    /// The last transition, for `cplb status`.
+    pub fn last_change(&self) -> Arc<Change> {
+        self.last_change.load_full()
+    }
+
+    fn note_change(&self, cause: ChangeCause, reason: String, now: u64) {
+        self.last_change.store(Arc::new(Change {
+            at_ms: now,
+            cause,
+            reason,
+        }));
     }
 
     pub fn addrs(&self) -> Arc<Vec<SocketAddr>> {
@@ -118,6 +203,11 @@ impl UpstreamState {
     pub fn passive_transition(&self, t: Transition, reason: &str, policy: Option<Policy>) {
         self.metrics.state_changes.inc();
         self.refresh_up_gauge();
+        let why = match t {
+            Transition::MarkedDown => format!("connect failed: {reason}"),
+            Transition::MarkedUp => reason.to_string(),
+        };
+        self.note_change(ChangeCause::Passive, why, self.passive.since_ms());
         match t {
             Transition::MarkedDown => tracing::warn!(
                 upstream = %self.address,
@@ -139,6 +229,7 @@ impl UpstreamState {
         }
         self.metrics.state_changes.inc();
         self.refresh_up_gauge();
+        self.note_change(ChangeCause::Active, detail.to_string(), now);
         if up {
             tracing::info!(upstream = %self.address, check = "active", "upstream back up");
         } else {

@@ -93,6 +93,7 @@ impl HealthChecker {
         let Some(settings) = settings else {
             let now = self.shared.clock.now_ms();
             for u in &snapshot.upstreams {
+                u.state.active.clear_result();
                 u.state.set_active(true, now, "health checks disabled");
             }
             return;
@@ -168,6 +169,7 @@ async fn prober(
             .metrics
             .probe_duration
             .observe(started.elapsed().as_secs_f64());
+        state.active.note_result(shared.clock.now_ms(), &result);
         let ok = result.is_ok();
         if ok {
             state.metrics.probe_ok.inc();

@@ -4,6 +4,7 @@
 
 pub mod metrics;
 pub mod process;
+pub mod promql;
 pub mod require;
 
 use std::net::SocketAddr;

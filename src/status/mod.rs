@@ -1,0 +1,111 @@
+//! `cplb status`: one table of the upstreams, read from a running cplb's
+//! admin endpoint (`/status`), for operators and for probes.
+//!
+//! - [`model`]: the `/status` document, built by `collect` for `admin`
+//!   and read back here.
+//! - `client`: a bounded HTTP/1.1 GET, no async runtime needed.
+//! - `render`: the table.
+//!
+//! Exit codes, so the command can be a probe or a script check:
+//! [`EXIT_OK`] when at least one upstream is usable, [`EXIT_NO_USABLE`] when
+//! cplb answers but no upstream is usable, [`EXIT_UNREACHABLE`] when cplb
+//! cannot be reached or its answer is not understood. (2 stays clap's
+//! code for a usage error.)
+
+mod client;
+pub(crate) mod collect;
+pub mod model;
+mod render;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+pub use client::{StatusError, fetch};
+pub use model::Status;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_NO_USABLE: u8 = 1;
+pub const EXIT_UNREACHABLE: u8 = 3;
+
+/// `--output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// The last time the config file was loaded, kept by the reloader for
+/// `/status`. Written on start-up and on each reload (rare), never on the
+/// proxy's path.
+#[derive(Debug, Clone)]
+pub struct LoadRecord {
+    pub file: Option<PathBuf>,
+    /// Unix seconds.
+    pub at: f64,
+    pub kind: model::LoadKind,
+    pub result: model::LoadResult,
+    pub error: Option<String>,
+}
+
+impl LoadRecord {
+    pub fn startup(file: Option<PathBuf>, at: f64) -> LoadRecord {
+        LoadRecord {
+            file,
+            at,
+            kind: model::LoadKind::Startup,
+            result: model::LoadResult::Success,
+            error: None,
+        }
+    }
+
+    pub fn reload(file: Option<PathBuf>, at: f64, error: Option<String>) -> LoadRecord {
+        LoadRecord {
+            file,
+            at,
+            kind: model::LoadKind::Reload,
+            result: match error {
+                None => model::LoadResult::Success,
+                Some(_) => model::LoadResult::Failure,
+            },
+            error,
+        }
+    }
+}
+
+/// Runs `cplb status` against `admin` (`host:port`); writes the table or
+/// JSON to `out` and errors to `err`; returns the exit code.
+pub fn run(admin: &str, output: Output, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let status = match fetch(admin) {
+        Ok(s) => s,
+        Err(e) => {
+            // The cause (connection refused, timed out...) is the useful part.
+            let mut msg = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            let _ = writeln!(err, "cplb status: {msg}");
+            return EXIT_UNREACHABLE;
+        }
+    };
+    let now = crate::server::unix_now();
+    let written = match output {
+        Output::Table => out.write_all(render::table(&status, admin, now).as_bytes()),
+        Output::Json => serde_json::to_string_pretty(&status)
+            .map_err(std::io::Error::other)
+            .and_then(|s| writeln!(out, "{s}")),
+    };
+    if let Err(e) = written {
+        let _ = writeln!(err, "cplb status: could not write the output: {e}");
+    }
+    if status.usable_upstreams() == 0 {
+        let _ = writeln!(
+            err,
+            "cplb status: no usable upstream ({} configured)",
+            status.upstreams.len()
+        );
+        return EXIT_NO_USABLE;
+    }
+    EXIT_OK
+}

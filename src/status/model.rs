@@ -1,0 +1,102 @@
+//! The `/status` document: what `cplb status` prints, as JSON. Times are
+//! Unix seconds (fractional), byte counts are totals since the upstream
+//! first appeared in the config. Readers ignore unknown fields, so a newer
+//! cplb can add some without breaking an older `cplb status`.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub version: String,
+    /// The config file cplb runs from; `None` when started without one.
+    pub config_file: Option<String>,
+    pub last_load: Load,
+    pub upstreams: Vec<Upstream>,
+}
+
+impl Status {
+    pub fn usable_upstreams(&self) -> usize {
+        self.upstreams.iter().filter(|u| u.usable).count()
+    }
+}
+
+/// The last load of the config file: at start-up or a reload.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Load {
+    pub time: f64,
+    pub kind: LoadKind,
+    pub result: LoadResult,
+    /// Why a reload was refused (the running config stayed in force).
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadKind {
+    Startup,
+    Reload,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadResult {
+    Success,
+    Failure,
+}
+
+/// Where an upstream came from. Only the config file today; discovery
+/// adds its own sources.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Static,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Static => "static",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Up,
+    Down,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Upstream {
+    pub address: String,
+    pub source: Source,
+    /// Down when either the passive or the active check has marked it down,
+    /// or while its name has no address.
+    pub state: State,
+    /// Whether a new connection may go to it now (a passively marked-down
+    /// upstream becomes usable for a trial once `fail_timeout` has passed;
+    /// an unresolved name is never usable).
+    pub usable: bool,
+    /// Time of the last transition (start-up if none).
+    pub since: f64,
+    /// `start`, `passive` or `active`: what made the last transition;
+    /// `resolve` while a host name has no address.
+    pub changed_by: String,
+    pub reason: String,
+    /// The latest active probe; `None` when active checks are off or none
+    /// has run yet.
+    pub last_check: Option<Check>,
+    pub active_connections: i64,
+    /// Bytes from clients to this upstream.
+    pub bytes_in: u64,
+    /// Bytes from this upstream to clients.
+    pub bytes_out: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Check {
+    pub time: f64,
+    pub ok: bool,
+    pub error: Option<String>,
+}
