@@ -23,13 +23,36 @@ impl Ctx<'_> {
         }
     }
 
-    fn positive(&self, field: &str, d: Duration) -> Result<Duration, ConfigError> {
+    /// A duration in (0, max].
+    fn positive(&self, field: &str, d: Duration, max: Duration) -> Result<Duration, ConfigError> {
         if d.is_zero() {
             return Err(self.err(field, "must be greater than 0"));
+        }
+        self.at_most(field, d, max)
+    }
+
+    /// Refuses durations past `max`, so no deadline computed from a
+    /// configured value can overflow (`Instant + Duration` panics).
+    fn at_most(&self, field: &str, d: Duration, max: Duration) -> Result<Duration, ConfigError> {
+        if d > max {
+            return Err(self.err(
+                field,
+                format!(
+                    "{} is out of range (at most {}d)",
+                    humantime::format_duration(d),
+                    max.as_secs() / 86_400
+                ),
+            ));
         }
         Ok(d)
     }
 }
+
+/// The upper bound for timeouts and windows.
+pub const DAY: Duration = Duration::from_secs(86_400);
+/// The upper bound for `idle_timeout`: a watch may stay quiet for long, but
+/// no configured duration exceeds a year.
+pub const YEAR: Duration = Duration::from_secs(365 * 86_400);
 
 pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     let cx = Ctx { path };
@@ -74,8 +97,9 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
             ));
         }
     };
-    let connect_timeout = cx.positive("connect_timeout", raw.connect_timeout)?;
-    let idle_timeout = cx.positive("idle_timeout", raw.idle_timeout)?;
+    let connect_timeout = cx.positive("connect_timeout", raw.connect_timeout, DAY)?;
+    let idle_timeout = cx.positive("idle_timeout", raw.idle_timeout, YEAR)?;
+    let shutdown_grace = cx.at_most("shutdown_grace", raw.shutdown_grace, DAY)?;
 
     let key = match raw.hash.key.as_str() {
         "node" => HashKey::Node,
@@ -150,7 +174,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         connect_timeout,
         idle_timeout,
         next_upstream_tries,
-        shutdown_grace: raw.shutdown_grace,
+        shutdown_grace,
         hash: HashConfig { key, node_id },
         admin,
         health_check,
@@ -174,7 +198,8 @@ fn upstream(cx: &Ctx, i: usize, u: &RawUpstream) -> Result<UpstreamConfig, Confi
     };
     let max_fails = u32::try_from(u.max_fails)
         .map_err(|_| cx.err(field("max_fails"), format!("{} is too large", u.max_fails)))?;
-    if max_fails > 0 && u.fail_timeout.is_zero() {
+    let fail_timeout = cx.at_most(&field("fail_timeout"), u.fail_timeout, DAY)?;
+    if max_fails > 0 && fail_timeout.is_zero() {
         return Err(cx.err(
             field("fail_timeout"),
             "must be greater than 0 when max_fails is set",
@@ -186,7 +211,7 @@ fn upstream(cx: &Ctx, i: usize, u: &RawUpstream) -> Result<UpstreamConfig, Confi
         port,
         weight,
         max_fails,
-        fail_timeout: u.fail_timeout,
+        fail_timeout,
     })
 }
 
@@ -240,8 +265,8 @@ fn valid_hostname(host: &str) -> bool {
 }
 
 fn health_check(cx: &Ctx, hc: &RawHealthCheck) -> Result<HealthCheckConfig, ConfigError> {
-    let interval = cx.positive("health_check.interval", hc.interval)?;
-    let timeout = cx.positive("health_check.timeout", hc.timeout)?;
+    let interval = cx.positive("health_check.interval", hc.interval, DAY)?;
+    let timeout = cx.positive("health_check.timeout", hc.timeout, DAY)?;
     let count = |name: &str, v: u64| match v {
         1..=100 => Ok(NonZeroU32::new(v as u32).expect("v > 0")),
         _ => Err(cx.err(
