@@ -103,5 +103,10 @@ mod tests {
     fn millis_saturate() {
         assert_eq!(super::millis(Duration::from_millis(1500)), 1500);
         assert_eq!(super::millis(Duration::MAX), u64::MAX);
+        // Truncation would wrap this one to a small number.
+        assert_eq!(
+            super::millis(Duration::from_secs(u64::MAX / 1000 + 1)),
+            u64::MAX
+        );
     }
 }

@@ -139,7 +139,7 @@ mod tests {
         )
         .unwrap();
         // Built in code, past validation: the snapshot must still not truncate.
-        config.upstreams[0].fail_timeout = Duration::MAX;
+        config.upstreams[0].fail_timeout = Duration::from_secs(u64::MAX / 1000 + 1);
         let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
         let built = Snapshot::build(&config, &mut StateTable::default(), &metrics);
         assert_eq!(built.snapshot.upstreams[0].policy.fail_timeout_ms, u64::MAX);
