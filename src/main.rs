@@ -86,10 +86,19 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     if cli.check {
+        let n = config.upstreams.len();
+        let admin = config.admin.map_or("off".into(), |a| a.to_string());
+        let checks = config.health_check.as_ref().map_or("off".into(), |hc| {
+            let mode = match hc.mode {
+                cplb::config::CheckMode::Https => "https",
+                cplb::config::CheckMode::Tcp => "tcp",
+            };
+            format!("{mode} every {}", humantime::format_duration(hc.interval))
+        });
         println!(
-            "cplb: configuration file {} test is successful ({} upstreams, listen {:?}, hash key {}, node id {:?})",
+            "cplb: configuration file {} test is successful ({n} upstream{}, listen {:?}, admin {admin}, active health checks {checks}, hash key {}, node id {:?})",
             path.display(),
-            config.upstreams.len(),
+            if n == 1 { "" } else { "s" },
             config.listen,
             config.hash.key.as_str(),
             config.hash.node_id
