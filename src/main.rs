@@ -40,7 +40,12 @@ enum Command {
     /// a master failing and coming back. Loopback only, no root, no config.
     Demo,
     /// Convert an nginx `stream` proxy config to cplb YAML (printed on stdout).
-    ImportNginx { file: PathBuf },
+    ImportNginx {
+        /// The nginx config file (nginx.conf, or the file with the `stream`
+        /// block); `-` reads standard input.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +67,21 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(command) = &cli.command {
+        // The subcommands take no config: refuse the options rather than
+        // ignore them (`cplb -c f.yaml demo` might be meant as a check).
+        let name = match command {
+            Command::Demo => "demo",
+            Command::ImportNginx { .. } => "import-nginx",
+        };
+        for (given, flag) in [(cli.config.is_some(), "--config"), (cli.check, "--check")] {
+            if given {
+                anyhow::bail!(
+                    "{flag} does not apply to `cplb {name}`; run `cplb {flag} …` on its own"
+                );
+            }
+        }
+    }
     match &cli.command {
         Some(Command::ImportNginx { file }) => return import_nginx(file),
         Some(Command::Demo) => return demo(),
@@ -121,15 +141,36 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// `cplb import-nginx FILE`: YAML on stdout, warnings on stderr.
+/// `FILE` `-` is standard input, as with most Unix tools.
 fn import_nginx(file: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("could not read {}", file.display()))?;
+    let text = if file == std::path::Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("could not read standard input")?
+    } else {
+        std::fs::read_to_string(file)
+            .with_context(|| format!("could not read {}", file.display()))?
+    };
+    let file = if file == std::path::Path::new("-") {
+        std::path::Path::new("<stdin>")
+    } else {
+        file
+    };
     match cplb::import::convert(&text) {
         Ok(conversion) => {
             for w in &conversion.warnings {
                 eprintln!("cplb: warning: {w}");
             }
-            print!("{}", conversion.yaml);
+            // `print!` would panic on a closed pipe (`… | head`).
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            match out
+                .write_all(conversion.yaml.as_bytes())
+                .and_then(|()| out.flush())
+            {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    return Err(e).context("could not write the converted config");
+                }
+                _ => {}
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -171,10 +212,15 @@ fn demo() -> anyhow::Result<ExitCode> {
         .build()
         .context("could not start the async runtime")?;
     let mut out = std::io::stdout();
-    runtime
-        .block_on(cplb::demo::run(&mut out))
-        .context("demo failed")?;
-    Ok(ExitCode::SUCCESS)
+    match runtime.block_on(cplb::demo::run(&mut out)) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // The reader went away (`cplb demo | head`): it has read all it
+        // wanted, so stop quietly and successfully, as `yes | head` does.
+        Err(cplb::demo::DemoError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(e).context("demo failed"),
+    }
 }
 
 /// SIGHUP goes through the same reload path as a file change.
