@@ -1,7 +1,7 @@
 //! Property: any YAML shaped like a config (random values in every field,
 //! huge and negative numbers, odd durations, nulls, wrong types) and any
 //! bytes go through parse, validate and the snapshot build as `Ok` or a
-//! typed `ConfigError`, never a panic. And what validates can be used as
+//! typed `ConfigError`, never a panic or a hang. And what validates can be used as
 //! the proxy uses it: every duration can be added to `Instant::now()`.
 //!
 //! Case count: `PROPTEST_CASES` (default 256 here, a few seconds in debug).
@@ -280,6 +280,26 @@ fn exercise(text: &str) {
     }
 }
 
+/// `exercise` on its own thread with a deadline: a hang fails the case
+/// instead of stalling the run. The limit is generous (a case takes
+/// milliseconds) so a loaded machine does not fail it.
+fn no_panic_no_hang(text: String) {
+    use std::sync::mpsc::{RecvTimeoutError, channel};
+    let (tx, rx) = channel();
+    let shown = text.clone();
+    let worker = std::thread::spawn(move || {
+        exercise(&text);
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(()) => worker.join().unwrap(),
+        Err(RecvTimeoutError::Disconnected) => {
+            std::panic::resume_unwind(worker.join().unwrap_err())
+        }
+        Err(RecvTimeoutError::Timeout) => panic!("no result within 30 s:\n{shown}"),
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: cases(),
@@ -290,17 +310,16 @@ proptest! {
 
     #[test]
     fn config_shaped_yaml_never_panics(doc in config()) {
-        let text = serde_yaml_ng::to_string(&doc).unwrap();
-        exercise(&text);
+        no_panic_no_hang(serde_yaml_ng::to_string(&doc).unwrap());
     }
 
     #[test]
     fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        exercise(&String::from_utf8_lossy(&bytes));
+        no_panic_no_hang(String::from_utf8_lossy(&bytes).into_owned());
     }
 
     #[test]
     fn random_yaml_text_never_panics(text in "[a-z_: \\n\\-\\[\\]{}0-9.\"'#~]{0,200}") {
-        exercise(&text);
+        no_panic_no_hang(text);
     }
 }
