@@ -150,6 +150,7 @@ async fn prober(
     let mut seed = crc32fast::hash(state.address.as_bytes()) as u64
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
+            // Only a seed: truncating the nanoseconds is fine.
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1)
         | 1;
