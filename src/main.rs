@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use cplb::Config;
 
 #[derive(Parser)]
@@ -49,7 +49,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(name) = matches.subcommand_name() {
+        // No subcommand reads the config: refuse the options rather than
+        // ignore them (`cplb -c f.yaml demo` may be meant as a check).
+        for (given, flag) in [(cli.config.is_some(), "--config"), (cli.check, "--check")] {
+            if given {
+                eprintln!(
+                    "cplb: {flag} does not apply to `cplb {name}`; run `cplb {flag} …` on its own"
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     // The demo narrates on stdout; only warnings (state changes) are logged.
     let default_level = if matches!(cli.command, Some(Command::Demo)) {
         "warn"
@@ -67,21 +80,6 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Some(command) = &cli.command {
-        // The subcommands take no config: refuse the options rather than
-        // ignore them (`cplb -c f.yaml demo` might be meant as a check).
-        let name = match command {
-            Command::Demo => "demo",
-            Command::ImportNginx { .. } => "import-nginx",
-        };
-        for (given, flag) in [(cli.config.is_some(), "--config"), (cli.check, "--check")] {
-            if given {
-                anyhow::bail!(
-                    "{flag} does not apply to `cplb {name}`; run `cplb {flag} …` on its own"
-                );
-            }
-        }
-    }
     match &cli.command {
         Some(Command::ImportNginx { file }) => return import_nginx(file),
         Some(Command::Demo) => return demo(),
