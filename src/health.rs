@@ -73,7 +73,7 @@ impl PassiveHealth {
         if now < until {
             return Admission::Unusable;
         }
-        let next = now + policy.fail_timeout_ms.max(1);
+        let next = now.saturating_add(policy.fail_timeout_ms.max(1));
         match self
             .down_until
             .compare_exchange(until, next, AcqRel, Acquire)
@@ -99,7 +99,7 @@ impl PassiveHealth {
         } else {
             self.fails.fetch_add(1, AcqRel) + 1
         };
-        let next = now + policy.fail_timeout_ms.max(1);
+        let next = now.saturating_add(policy.fail_timeout_ms.max(1));
         if self.down_until.load(Acquire) != 0 {
             // A failed trial: stay down for another window, no new transition.
             self.down_until.fetch_max(next, AcqRel);
@@ -205,6 +205,20 @@ mod tests {
             assert_eq!(h.on_failure(p, t), None);
         }
         assert_eq!(h.admit(p, 10), Admission::Usable);
+    }
+
+    #[test]
+    fn huge_fail_timeout_saturates() {
+        let p = Policy {
+            max_fails: 1,
+            fail_timeout_ms: u64::MAX,
+        };
+        let h = PassiveHealth::default();
+        assert_eq!(h.on_failure(p, 5), Some(Transition::MarkedDown));
+        assert_eq!(h.admit(p, u64::MAX - 1), Admission::Unusable);
+        assert_eq!(h.admit(p, u64::MAX), Admission::Trial);
+        assert_eq!(h.on_failure(p, u64::MAX), None, "failed trial");
+        assert!(h.is_down());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use cplb::Config;
 
 #[derive(Parser)]
@@ -40,7 +40,12 @@ enum Command {
     /// a master failing and coming back. Loopback only, no root, no config.
     Demo,
     /// Convert an nginx `stream` proxy config to cplb YAML (printed on stdout).
-    ImportNginx { file: PathBuf },
+    ImportNginx {
+        /// The nginx config file (nginx.conf, or the file with the `stream`
+        /// block); `-` reads standard input.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
     /// Show the upstreams of a running cplb: state, since when and why,
     /// the last health check, connections and bytes; and the last config load.
     ///
@@ -64,7 +69,20 @@ enum StatusOutput {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(name) = matches.subcommand_name() {
+        // No subcommand reads the config: refuse the options rather than
+        // ignore them (`cplb -c f.yaml demo` may be meant as a check).
+        for (given, flag) in [(cli.config.is_some(), "--config"), (cli.check, "--check")] {
+            if given {
+                eprintln!(
+                    "cplb: {flag} does not apply to `cplb {name}`; run `cplb {flag} …` on its own"
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     // The demo narrates on stdout; only warnings (state changes) are logged.
     let default_level = if matches!(cli.command, Some(Command::Demo)) {
         "warn"
@@ -119,10 +137,19 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     if cli.check {
+        let n = config.upstreams.len();
+        let admin = config.admin.map_or("off".into(), |a| a.to_string());
+        let checks = config.health_check.as_ref().map_or("off".into(), |hc| {
+            let mode = match hc.mode {
+                cplb::config::CheckMode::Https => "https",
+                cplb::config::CheckMode::Tcp => "tcp",
+            };
+            format!("{mode} every {}", humantime::format_duration(hc.interval))
+        });
         println!(
-            "cplb: configuration file {} test is successful ({} upstreams, listen {:?}, hash key {}, node id {:?})",
+            "cplb: configuration file {} test is successful ({n} upstream{}, listen {:?}, admin {admin}, active health checks {checks}, hash key {}, node id {:?})",
             path.display(),
-            config.upstreams.len(),
+            if n == 1 { "" } else { "s" },
             config.listen,
             config.hash.key.as_str(),
             config.hash.node_id
@@ -145,15 +172,36 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// `cplb import-nginx FILE`: YAML on stdout, warnings on stderr.
+/// `FILE` `-` is standard input, as with most Unix tools.
 fn import_nginx(file: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("could not read {}", file.display()))?;
+    let text = if file == std::path::Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("could not read standard input")?
+    } else {
+        std::fs::read_to_string(file)
+            .with_context(|| format!("could not read {}", file.display()))?
+    };
+    let file = if file == std::path::Path::new("-") {
+        std::path::Path::new("<stdin>")
+    } else {
+        file
+    };
     match cplb::import::convert(&text) {
         Ok(conversion) => {
             for w in &conversion.warnings {
                 eprintln!("cplb: warning: {w}");
             }
-            print!("{}", conversion.yaml);
+            // `print!` would panic on a closed pipe (`… | head`).
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            match out
+                .write_all(conversion.yaml.as_bytes())
+                .and_then(|()| out.flush())
+            {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    return Err(e).context("could not write the converted config");
+                }
+                _ => {}
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -195,10 +243,15 @@ fn demo() -> anyhow::Result<ExitCode> {
         .build()
         .context("could not start the async runtime")?;
     let mut out = std::io::stdout();
-    runtime
-        .block_on(cplb::demo::run(&mut out))
-        .context("demo failed")?;
-    Ok(ExitCode::SUCCESS)
+    match runtime.block_on(cplb::demo::run(&mut out)) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // The reader went away (`cplb demo | head`): it has read all it
+        // wanted, so stop quietly and successfully, as `yes | head` does.
+        Err(cplb::demo::DemoError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(e).context("demo failed"),
+    }
 }
 
 /// SIGHUP goes through the same reload path as a file change.

@@ -46,7 +46,7 @@ impl Clock {
     }
 
     pub fn now_ms(&self) -> u64 {
-        self.base.elapsed().as_millis() as u64
+        millis(self.base.elapsed())
     }
 
     /// Converts a `now_ms` value back to wall-clock Unix seconds, for display.
@@ -63,5 +63,55 @@ impl Clock {
 impl Default for Clock {
     fn default() -> Self {
         Clock::new()
+    }
+}
+
+/// Whole milliseconds, saturating at `u64::MAX` instead of truncating.
+pub fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `start + after`, or a point decades away when that would overflow:
+/// `Instant + Duration` panics, and a config built in code (or an old one)
+/// may carry any duration.
+pub fn deadline(start: tokio::time::Instant, after: std::time::Duration) -> tokio::time::Instant {
+    const FAR: std::time::Duration = std::time::Duration::from_secs(30 * 365 * 86_400);
+    start
+        .checked_add(after)
+        .or_else(|| start.checked_add(FAR))
+        .unwrap_or(start)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    #[test]
+    fn deadline_saturates_instead_of_panicking() {
+        let now = Instant::now();
+        assert_eq!(
+            super::deadline(now, Duration::from_secs(3)),
+            now + Duration::from_secs(3)
+        );
+        let far = super::deadline(now, Duration::MAX);
+        assert!(
+            far > now + Duration::from_secs(365 * 86_400),
+            "{:?}",
+            far - now
+        );
+        let from_far = super::deadline(far, Duration::MAX);
+        assert!(from_far >= far);
+    }
+
+    #[test]
+    fn millis_saturate() {
+        assert_eq!(super::millis(Duration::from_millis(1500)), 1500);
+        assert_eq!(super::millis(Duration::MAX), u64::MAX);
+        // Truncation would wrap this one to a small number.
+        assert_eq!(
+            super::millis(Duration::from_secs(u64::MAX / 1000 + 1)),
+            u64::MAX
+        );
     }
 }

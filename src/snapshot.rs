@@ -68,7 +68,7 @@ impl Snapshot {
                     config: u.clone(),
                     policy: Policy {
                         max_fails: u.max_fails,
-                        fail_timeout_ms: u.fail_timeout.as_millis() as u64,
+                        fail_timeout_ms: crate::shared::millis(u.fail_timeout),
                     },
                     state,
                 }
@@ -124,5 +124,24 @@ impl Snapshot {
         self.upstreams
             .iter()
             .any(|u| u.state.is_usable(u.policy, now_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_fail_timeout_saturates_in_the_policy() {
+        let mut config = Config::parse(
+            "upstreams:\n  - address: a.example:6443\n",
+            std::path::Path::new("t.yaml"),
+        )
+        .unwrap();
+        // Built in code, past validation: the snapshot must still not truncate.
+        config.upstreams[0].fail_timeout = Duration::from_secs(u64::MAX / 1000 + 1);
+        let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
+        let built = Snapshot::build(&config, &mut StateTable::default(), &metrics);
+        assert_eq!(built.snapshot.upstreams[0].policy.fail_timeout_ms, u64::MAX);
     }
 }

@@ -143,3 +143,107 @@ fn check_flag_accepts_valid_and_refuses_invalid() {
         "{stderr}"
     );
 }
+
+fn parse_err(text: &str) -> String {
+    match cplb::Config::parse(text, Path::new("t.yaml")) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn unknown_key_on_the_first_line_has_line_and_column() {
+    let err = parse_err("foo: 1\nupstreams:\n  - address: a:1\n");
+    assert!(err.contains("unknown field `foo`"), "{err}");
+    assert!(err.ends_with("at line 1 column 1"), "{err}");
+}
+
+#[test]
+fn messages_carry_no_rust_type_names() {
+    let cases = [
+        "workers: -1\nupstreams: [{address: a:1}]\n",
+        "backlog: 1.5\nupstreams: [{address: a:1}]\n",
+        "upstreams: [{address: a:1, weight: 99999999999999999999}]\n",
+        "upstreams: [{address: a:1, weight: 1.5}]\n",
+        "upstreams: [{address: a:1, max_fails: -1}]\n",
+        "upstreams: 5\n",
+        "hash: 5\nupstreams: [{address: a:1}]\n",
+        "health_check: [1]\nupstreams: [{address: a:1}]\n",
+        "- a\n",
+        "just text\n",
+    ];
+    for text in cases {
+        let err = parse_err(text);
+        for internal in [
+            "i64",
+            "u64",
+            "u32",
+            "u128",
+            "usize",
+            "Raw",
+            "unit value",
+            "struct",
+        ] {
+            assert!(!err.contains(internal), "{internal:?} in: {err}");
+        }
+    }
+}
+
+#[test]
+fn empty_values_are_refused_the_same_way_everywhere() {
+    for (text, field) in [
+        ("admin:\nupstreams: [{address: a:1}]\n", "admin"),
+        ("admin: ~\nupstreams: [{address: a:1}]\n", "admin"),
+        (
+            "health_check:\nupstreams: [{address: a:1}]\n",
+            "health_check",
+        ),
+        ("hash:\nupstreams: [{address: a:1}]\n", "hash"),
+        ("listen:\nupstreams: [{address: a:1}]\n", "listen"),
+        (
+            "connect_timeout:\nupstreams: [{address: a:1}]\n",
+            "connect_timeout",
+        ),
+        ("upstreams:\n", "upstreams"),
+        ("upstreams:\n  -\n", "upstreams[0]"),
+        ("upstreams:\n  - address:\n", "upstreams[0].address"),
+    ] {
+        let err = parse_err(text);
+        assert!(
+            err.contains(&format!("t.yaml: {field}: has no value")),
+            "{text}: {err}"
+        );
+    }
+    // The explicit ways to turn things off still work.
+    let c = cplb::Config::parse(
+        "admin: off\nupstreams: [{address: a:1}]\n",
+        Path::new("t.yaml"),
+    )
+    .unwrap();
+    assert_eq!((c.admin, c.health_check), (None, None));
+}
+
+#[test]
+fn check_line_names_admin_and_active_checks() {
+    let dir = std::env::temp_dir().join(format!("cplb-check-line-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        (
+            "upstreams: [{address: a:1}]\n",
+            "(1 upstream, listen [127.0.0.1:8443], admin 127.0.0.1:8081, active health checks off,",
+        ),
+        (
+            "admin: off\nhealth_check: {mode: tcp, interval: 5s}\nupstreams: [{address: a:1}, {address: b:1}]\n",
+            "(2 upstreams, listen [127.0.0.1:8443], admin off, active health checks tcp every 5s,",
+        ),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let p = dir.join(format!("{i}.yaml"));
+        std::fs::write(&p, text).unwrap();
+        let out = cplb().arg("-c").arg(&p).arg("-t").output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        assert!(stdout.contains(want), "got:  {stdout}want: {want}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

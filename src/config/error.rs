@@ -21,3 +21,46 @@ pub enum ConfigError {
         reason: String,
     },
 }
+
+/// serde_yaml_ng's message in the config's terms: no Rust type names
+/// (`i64`, `u128`, `RawConfig`), and always a line and column when the
+/// parser knows them (it leaves them out for line 1, column 1).
+pub(super) fn yaml_message(e: &serde_yaml_ng::Error) -> String {
+    const TERMS: &[(&str, &str)] = &[
+        (" as u128", ""),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected u32", "expected a whole number, 0 or more"),
+        ("expected u16", "expected a whole number, 0 or more"),
+        ("expected i64", "expected a whole number"),
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("unit value", "an empty value"),
+        ("floating point", "number"),
+    ];
+    let mut message = e.to_string();
+    // The plain-tree pass meets integers past u64/i64 first.
+    if message.contains("invalid type: integer") && message.contains(", expected any YAML value") {
+        message = message
+            .replace("invalid type: integer", "integer")
+            .replace(", expected any YAML value", " is too large");
+    }
+    for (from, to) in TERMS {
+        message = message.replace(from, to);
+    }
+    // "expected struct RawHealthCheck" and the like.
+    while let Some(at) = message.find("struct Raw") {
+        let end = message[at..]
+            .find(|c: char| !c.is_ascii_alphanumeric() && c != ' ')
+            .map_or(message.len(), |n| at + n);
+        let end = message[at + "struct Raw".len()..end]
+            .find(' ')
+            .map_or(end, |n| at + "struct Raw".len() + n);
+        message.replace_range(at..end, "a mapping of settings (`key: value` lines)");
+    }
+    if let Some(loc) = e.location() {
+        let suffix = format!(" at line {} column {}", loc.line(), loc.column());
+        if !message.contains(" at line ") {
+            message.push_str(&suffix);
+        }
+    }
+    message
+}

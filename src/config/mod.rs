@@ -2,6 +2,7 @@
 //! and `validate` (typed, checked values). Only a `Config` reaches the proxy.
 
 mod error;
+mod nulls;
 pub mod raw;
 mod validate;
 
@@ -121,11 +122,37 @@ impl Config {
 
     /// Parses and validates YAML text; `path` only labels error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: raw::RawConfig =
-            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+        let parse_err = |e: serde_yaml_ng::Error| ConfigError::Parse {
+            path: path.to_owned(),
+            message: error::yaml_message(&e),
+        };
+        // First as a plain tree, for the rules serde cannot express: the
+        // document is a mapping, and no key is left without a value.
+        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(parse_err)?;
+        match &doc {
+            serde_yaml_ng::Value::Mapping(_) => {}
+            serde_yaml_ng::Value::Null => {
+                return Err(ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: "the file has no settings (at least `upstreams:` is required)".into(),
+                });
+            }
+            _ => {
+                return Err(ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: "expected a mapping of settings (`key: value` lines) at the top level"
+                        .into(),
+                });
+            }
+        }
+        if let Some((field, reason)) = nulls::find_null(&doc) {
+            return Err(ConfigError::Invalid {
                 path: path.to_owned(),
-                message: e.to_string(),
-            })?;
+                field,
+                reason,
+            });
+        }
+        let raw: raw::RawConfig = serde_yaml_ng::from_str(text).map_err(parse_err)?;
         validate::validate(raw, path)
     }
 

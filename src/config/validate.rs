@@ -23,13 +23,36 @@ impl Ctx<'_> {
         }
     }
 
-    fn positive(&self, field: &str, d: Duration) -> Result<Duration, ConfigError> {
+    /// A duration in (0, max].
+    fn positive(&self, field: &str, d: Duration, max: Duration) -> Result<Duration, ConfigError> {
         if d.is_zero() {
             return Err(self.err(field, "must be greater than 0"));
+        }
+        self.at_most(field, d, max)
+    }
+
+    /// Refuses durations past `max`, so no deadline computed from a
+    /// configured value can overflow (`Instant + Duration` panics).
+    fn at_most(&self, field: &str, d: Duration, max: Duration) -> Result<Duration, ConfigError> {
+        if d > max {
+            return Err(self.err(
+                field,
+                format!(
+                    "{} is out of range (at most {}d)",
+                    humantime::format_duration(d),
+                    max.as_secs() / 86_400
+                ),
+            ));
         }
         Ok(d)
     }
 }
+
+/// The upper bound for timeouts and windows.
+pub const DAY: Duration = Duration::from_secs(86_400);
+/// The upper bound for `idle_timeout`: a watch may stay quiet for long, but
+/// no configured duration exceeds a year.
+pub const YEAR: Duration = Duration::from_secs(365 * 86_400);
 
 pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     let cx = Ctx { path };
@@ -74,8 +97,9 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
             ));
         }
     };
-    let connect_timeout = cx.positive("connect_timeout", raw.connect_timeout)?;
-    let idle_timeout = cx.positive("idle_timeout", raw.idle_timeout)?;
+    let connect_timeout = cx.positive("connect_timeout", raw.connect_timeout, DAY)?;
+    let idle_timeout = cx.positive("idle_timeout", raw.idle_timeout, YEAR)?;
+    let shutdown_grace = cx.at_most("shutdown_grace", raw.shutdown_grace, DAY)?;
 
     let key = match raw.hash.key.as_str() {
         "node" => HashKey::Node,
@@ -91,16 +115,28 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
     let node_id = resolve_node_id(&raw.hash.node_id);
 
     let admin = match raw.admin.trim() {
-        "" => None,
+        "off" | "" => None,
         text => Some(text.parse::<SocketAddr>().map_err(|_| {
             cx.err(
                 "admin",
                 format!(
-                    "'{text}' is not an ip:port address (use \"\" to disable the admin endpoint)"
+                    "'{text}' is not an ip:port address (write `admin: off` to turn the admin endpoint off)"
                 ),
             )
         })?),
     };
+
+    if let Some(admin) = admin {
+        if let Some(l) = listen.iter().find(|l| overlaps(admin, **l)) {
+            return Err(cx.err(
+                "admin",
+                format!(
+                    "{admin} overlaps listen address {l}: both sockets use SO_REUSEPORT, so the \
+                     kernel would hand client connections to the admin server; give admin its own port"
+                ),
+            ));
+        }
+    }
 
     if raw.upstreams.is_empty() {
         return Err(cx.err("upstreams", "at least one upstream is required"));
@@ -150,7 +186,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         connect_timeout,
         idle_timeout,
         next_upstream_tries,
-        shutdown_grace: raw.shutdown_grace,
+        shutdown_grace,
         hash: HashConfig { key, node_id },
         admin,
         health_check,
@@ -174,7 +210,8 @@ fn upstream(cx: &Ctx, i: usize, u: &RawUpstream) -> Result<UpstreamConfig, Confi
     };
     let max_fails = u32::try_from(u.max_fails)
         .map_err(|_| cx.err(field("max_fails"), format!("{} is too large", u.max_fails)))?;
-    if max_fails > 0 && u.fail_timeout.is_zero() {
+    let fail_timeout = cx.at_most(&field("fail_timeout"), u.fail_timeout, DAY)?;
+    if max_fails > 0 && fail_timeout.is_zero() {
         return Err(cx.err(
             field("fail_timeout"),
             "must be greater than 0 when max_fails is set",
@@ -186,8 +223,17 @@ fn upstream(cx: &Ctx, i: usize, u: &RawUpstream) -> Result<UpstreamConfig, Confi
         port,
         weight,
         max_fails,
-        fail_timeout: u.fail_timeout,
+        fail_timeout,
     })
+}
+
+/// Whether two bound addresses can receive the same connections: the same
+/// port, and the same IP or a wildcard on either side (`[::]` may be dual-stack).
+/// Port 0 asks the kernel for a free port, so it never overlaps.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// Splits `host:port`, `ip:port` or `[v6]:port` and checks both halves.
@@ -200,6 +246,11 @@ fn split_host_port(text: &str) -> Result<(String, u16), String> {
             return Err(format!("'{text}': port must be between 1 and 65535"));
         }
         return Ok((sa.ip().to_string(), sa.port()));
+    }
+    if let Some((scheme, rest)) = text.split_once("://") {
+        return Err(format!(
+            "'{text}' has a URL scheme: write the address without '{scheme}://', like {rest}"
+        ));
     }
     let Some((host, port)) = text.rsplit_once(':') else {
         return Err(format!(
@@ -217,12 +268,36 @@ fn split_host_port(text: &str) -> Result<(String, u16), String> {
     if host.starts_with('[') || host.contains(':') {
         return Err(format!("'{text}' is not a valid [ipv6]:port address"));
     }
+    if looks_numeric(host) {
+        return Err(format!(
+            "'{text}': '{host}' is not a canonical IPv4 address (four numbers 0-255 without \
+             leading zeros, like 10.0.0.1); resolvers read such text in octal or as a shorter \
+             form, so it is refused, as Kubernetes does"
+        ));
+    }
     if !valid_hostname(host) {
         return Err(format!(
             "'{text}': '{host}' is not a valid host name or IP address"
         ));
     }
     Ok((host.to_string(), port))
+}
+
+/// Text a resolver may read as an IPv4 address (`inet_aton` takes
+/// `010.0.0.1` as octal 8.0.0.1, `1.2.3` as 1.2.0.3, `0x0a.1` as hex).
+/// A canonical dotted quad parses as `SocketAddr` before this is asked, so
+/// anything numeric reaching here is refused. Text with a letter outside a
+/// `0x` prefix is a host name.
+fn looks_numeric(host: &str) -> bool {
+    host.trim_end_matches('.').split('.').all(|label| {
+        let digits = label
+            .strip_prefix("0x")
+            .or_else(|| label.strip_prefix("0X"))
+            .map_or(label.bytes().all(|b| b.is_ascii_digit()), |hex| {
+                hex.bytes().all(|b| b.is_ascii_hexdigit())
+            });
+        !label.is_empty() && digits
+    })
 }
 
 fn valid_hostname(host: &str) -> bool {
@@ -240,8 +315,8 @@ fn valid_hostname(host: &str) -> bool {
 }
 
 fn health_check(cx: &Ctx, hc: &RawHealthCheck) -> Result<HealthCheckConfig, ConfigError> {
-    let interval = cx.positive("health_check.interval", hc.interval)?;
-    let timeout = cx.positive("health_check.timeout", hc.timeout)?;
+    let interval = cx.positive("health_check.interval", hc.interval, DAY)?;
+    let timeout = cx.positive("health_check.timeout", hc.timeout, DAY)?;
     let count = |name: &str, v: u64| match v {
         1..=100 => Ok(NonZeroU32::new(v as u32).expect("v > 0")),
         _ => Err(cx.err(
@@ -348,5 +423,54 @@ mod tests {
         assert!(split_host_port("::1:6443").is_err());
         assert!(split_host_port("http://x:1").is_err());
         assert!(split_host_port("a b:1").is_err());
+    }
+
+    #[test]
+    fn non_canonical_ipv4_is_refused() {
+        for bad in [
+            "010.0.0.1:6443",
+            "999.0.0.1:6443",
+            "1.2.3:6443",
+            "10.0.0.01:6443",
+            "0x0a.0.0.1:6443",
+            "167772161:6443",
+            "1.2.3.4.:6443",
+        ] {
+            let err = split_host_port(bad).unwrap_err();
+            assert!(err.contains("not a canonical IPv4 address"), "{bad}: {err}");
+        }
+        for good in [
+            "10.0.0.1:6443",
+            "0.0.0.0:1",
+            "a1.example:1",
+            "1a.example:1",
+            "k8s-1:1",
+        ] {
+            assert!(split_host_port(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn url_is_refused_with_advice() {
+        let err = split_host_port("https://10.0.0.1:6443").unwrap_err();
+        assert!(
+            err.contains("without 'https://', like 10.0.0.1:6443"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn admin_overlap() {
+        use super::overlaps;
+        let a = |s: &str| s.parse().unwrap();
+        assert!(overlaps(a("127.0.0.1:1"), a("127.0.0.1:1")));
+        assert!(overlaps(a("0.0.0.0:1"), a("127.0.0.1:1")));
+        assert!(overlaps(a("127.0.0.1:1"), a("[::]:1")));
+        assert!(!overlaps(a("127.0.0.1:1"), a("127.0.0.1:2")));
+        assert!(!overlaps(a("127.0.0.1:1"), a("127.0.0.2:1")));
+        assert!(
+            !overlaps(a("127.0.0.1:0"), a("127.0.0.1:0")),
+            "ephemeral ports"
+        );
     }
 }

@@ -126,12 +126,19 @@ impl Drop for HealthChecker {
 }
 
 /// Up to ±10% of `interval`, from a per-upstream xorshift: no shared RNG.
+/// The offset is a fraction of a tenth and the sum saturates, so no
+/// interval, however large, can make `Duration` arithmetic panic.
 fn jittered(interval: Duration, seed: &mut u64) -> Duration {
     *seed ^= *seed << 13;
     *seed ^= *seed >> 7;
     *seed ^= *seed << 17;
-    let frac = (*seed % 2001) as f64 / 1000.0 - 1.0; // -1.0 ..= 1.0
-    interval.mul_f64(1.0 + 0.1 * frac)
+    let per_mille = (*seed % 2001) as u32; // 0 ..= 2000, 1000 is no jitter
+    let tenth = interval / 10;
+    if per_mille >= 1000 {
+        interval.saturating_add((tenth / 1000).saturating_mul(per_mille - 1000))
+    } else {
+        interval.saturating_sub((tenth / 1000).saturating_mul(1000 - per_mille))
+    }
 }
 
 async fn prober(
@@ -144,14 +151,12 @@ async fn prober(
     let mut seed = crc32fast::hash(state.address.as_bytes()) as u64
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
+            // Only a seed: truncating the nanoseconds is fine.
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1)
         | 1;
     // The first probe soon, spread over a tenth of the interval.
-    let mut delay = settings
-        .interval
-        .mul_f64(0.1)
-        .min(jittered(settings.interval, &mut seed) / 10);
+    let mut delay = (settings.interval / 10).min(jittered(settings.interval, &mut seed) / 10);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -233,4 +238,38 @@ fn evict(shared: &Shared, state: &Arc<UpstreamState>) {
     }
     state.evict.notify_waiters();
     tracing::info!(upstream = %state.address, closed = open, "closed client connections of an upstream marked down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jittered;
+    use std::time::Duration;
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15;
+        let i = Duration::from_millis(2000);
+        for _ in 0..1000 {
+            let j = jittered(i, &mut seed);
+            assert!(
+                j >= Duration::from_millis(1800) && j <= Duration::from_millis(2200),
+                "{j:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn jitter_of_huge_intervals_does_not_panic() {
+        let mut seed = 1;
+        for i in [
+            Duration::MAX,
+            Duration::MAX / 2,
+            Duration::from_secs(u64::MAX),
+        ] {
+            for _ in 0..100 {
+                let j = jittered(i, &mut seed);
+                assert!(j >= i - i / 10, "{j:?}");
+            }
+        }
+    }
 }

@@ -38,7 +38,7 @@ pub async fn https(
     let mut stream = TlsConnector::from(tls)
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS handshake: {e}"))?;
+        .map_err(|e| super::tls::handshake_error(&e))?;
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: cplb-health-check/{}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
         env!("CARGO_PKG_VERSION")
@@ -69,5 +69,68 @@ pub async fn https(
         Ok(())
     } else {
         Err(format!("{path} answered {status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use tokio::net::TcpListener;
+    use tokio_rustls::TlsAcceptor;
+
+    use crate::config::TlsConfig;
+
+    /// A server whose certificate is self-signed with CA:TRUE, like some
+    /// hand-made API server setups; the client trusts exactly that cert.
+    #[tokio::test]
+    async fn self_signed_ca_certificate_is_explained() {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(server));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let _ = acceptor.accept(tcp).await;
+            }
+        });
+
+        let dir = std::env::temp_dir().join(format!("cplb-ca-leaf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_file = dir.join("ca.crt");
+        std::fs::write(&ca_file, cert.pem()).unwrap();
+        let client = super::super::tls::client_config(&TlsConfig {
+            ca_file: Some(ca_file),
+            ..TlsConfig::default()
+        })
+        .unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let err = super::https(addr, client, name, "/readyz")
+            .await
+            .unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
+        println!("{err}");
+        assert!(
+            err.contains("CA certificate (CA:TRUE) used as its own serving certificate"),
+            "{err}"
+        );
+        assert!(err.contains("health_check.tls.ca_file"), "{err}");
+        assert!(err.contains("insecure_skip_verify"), "{err}");
     }
 }

@@ -96,6 +96,32 @@ pub fn client_config(tls: &TlsConfig) -> Result<Arc<ClientConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// The text of a failed handshake. One case gets advice: an API server
+/// whose certificate is a self-signed CA (`CA:TRUE`) serving as its own
+/// certificate. kubectl (Go) accepts that; rustls, like browsers, refuses a
+/// CA as an end-entity certificate, and the check stays strict.
+pub fn handshake_error(e: &std::io::Error) -> String {
+    use rustls::{CertificateError, Error};
+    let ca_as_leaf = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Error>())
+        .is_some_and(|r| match r {
+            Error::InvalidCertificate(CertificateError::Other(other)) => {
+                other.0.downcast_ref::<webpki::Error>() == Some(&webpki::Error::CaUsedAsEndEntity)
+            }
+            _ => false,
+        });
+    if ca_as_leaf {
+        return "TLS handshake: the server's certificate is a CA certificate (CA:TRUE) used as \
+                its own serving certificate, which verification refuses (CaUsedAsEndEntity); \
+                give the API server a serving certificate issued by a CA and point \
+                health_check.tls.ca_file at that CA, or set \
+                health_check.tls.insecure_skip_verify: true"
+            .into();
+    }
+    format!("TLS handshake: {e}")
+}
+
 pub fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
     ServerName::try_from(name.to_string()).map_err(|_| TlsError::ServerName(name.to_string()))
 }

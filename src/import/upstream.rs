@@ -188,6 +188,7 @@ pub(super) fn upstream_server(cx: &mut Cx, d: &Directive) -> Result<Option<Serve
             format!("server {address}: expected host:port (nginx stream upstreams need a port)"),
         ));
     }
+    let address = &nginx_ipv4(cx, d, address)?;
     let mut s = Server {
         address: address.clone(),
         ..Server::default()
@@ -239,4 +240,116 @@ pub(super) fn upstream_server(cx: &mut Cx, d: &Directive) -> Result<Option<Serve
         return Ok(None);
     }
     Ok(Some(s))
+}
+
+/// nginx reads a numeric host with `ngx_inet_addr`: four decimal numbers
+/// up to 255, where leading zeros are decimal (`010.0.0.1` is 10.0.0.1,
+/// not octal) and an empty number is 0. cplb takes only the canonical form,
+/// so the address nginx connected to is written, with a warning. Numeric
+/// text nginx does not read as an address it would look up as a host name
+/// (`999.0.0.1`, `1.2.3`): refused, since what it meant is unclear.
+fn nginx_ipv4(cx: &mut Cx, d: &Directive, address: &str) -> Result<String, ImportError> {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Ok(address.to_string());
+    };
+    if host.is_empty() || !host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Ok(address.to_string());
+    }
+    match ngx_inet_addr(host) {
+        Some(ip) if ip.to_string() == host => Ok(address.to_string()),
+        Some(ip) => {
+            let canonical = format!("{ip}:{port}");
+            cx.warn(
+                d.line,
+                format!(
+                    "server {address}: nginx reads {host} as {ip} (decimal); written as {canonical}"
+                ),
+            );
+            Ok(canonical)
+        }
+        None => Err(ImportError::at(
+            d.line,
+            format!(
+                "server {address}: '{host}' is not an IPv4 address (four numbers 0-255), so nginx \
+                 would look it up as a host name; write the address meant, like 10.0.0.1:{port}"
+            ),
+        )),
+    }
+}
+
+/// nginx's `ngx_inet_addr`, for text of digits and dots.
+fn ngx_inet_addr(text: &str) -> Option<std::net::Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = text.split('.');
+    for o in &mut octets {
+        let mut n: u32 = 0;
+        for b in parts.next()?.bytes() {
+            n = n * 10 + u32::from(b - b'0');
+            if n > 255 {
+                return None;
+            }
+        }
+        *o = n as u8;
+    }
+    parts
+        .next()
+        .is_none()
+        .then_some(std::net::Ipv4Addr::from(octets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ngx_inet_addr;
+    use crate::import::convert;
+
+    fn stream(server: &str) -> String {
+        format!(
+            "stream {{ upstream m {{ server {server}; }} server {{ listen 127.0.0.1:6443; proxy_pass m; }} }}\n"
+        )
+    }
+
+    #[test]
+    fn reads_numbers_as_nginx_does() {
+        assert_eq!(ngx_inet_addr("010.0.0.1"), Some([10, 0, 0, 1].into()));
+        assert_eq!(
+            ngx_inet_addr("0000192.168.000.1"),
+            Some([192, 168, 0, 1].into())
+        );
+        assert_eq!(ngx_inet_addr("1..2.3"), Some([1, 0, 2, 3].into()));
+        assert_eq!(ngx_inet_addr("999.0.0.1"), None);
+        assert_eq!(ngx_inet_addr("1.2.3"), None);
+        assert_eq!(ngx_inet_addr("1.2.3.4.5"), None);
+    }
+
+    #[test]
+    fn leading_zeros_become_the_address_nginx_used() {
+        let c = convert(&stream("010.0.0.1:6443")).unwrap();
+        assert!(c.yaml.contains("address: 10.0.0.1:6443"), "{}", c.yaml);
+        assert!(!c.yaml.contains("010.0.0.1"), "{}", c.yaml);
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w == "line 1: server 010.0.0.1:6443: nginx reads 010.0.0.1 as 10.0.0.1 (decimal); written as 10.0.0.1:6443"),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
+    fn numeric_text_nginx_would_resolve_is_refused_with_its_line() {
+        for bad in ["999.0.0.1:6443", "1.2.3:6443"] {
+            let e = convert(&stream(bad)).unwrap_err();
+            assert_eq!(e.line(), 1);
+            assert!(
+                e.to_string().contains("is not an IPv4 address"),
+                "{bad}: {e}"
+            );
+        }
+        // Hex is left to cplb's own check of the converted config.
+        let e = convert(&stream("0x0a.0.0.1:6443")).unwrap_err();
+        assert!(
+            e.to_string().contains("not a canonical IPv4 address"),
+            "{e}"
+        );
+    }
 }

@@ -1,0 +1,113 @@
+//! The command line: options that do not apply are refused, `-` is
+//! standard input, and a closed stdout pipe is not an error.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+
+fn cplb() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cplb"))
+}
+
+#[test]
+fn config_and_check_with_a_subcommand_are_refused() {
+    for args in [
+        &["--config", "x.yaml", "demo"][..],
+        &["--check", "demo"],
+        &["-c", "x.yaml", "import-nginx", "n.conf"],
+        &["-t", "import-nginx", "n.conf"],
+    ] {
+        let out = cplb().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("does not apply to `cplb "),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn import_nginx_reads_standard_input_from_dash() {
+    let mut child = cplb()
+        .args(["import-nginx", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"stream {\n upstream m { server 10.0.0.7:6443; }\n server { listen 127.0.0.1:6443; proxy_pass m; }\n}\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("address: 10.0.0.7:6443"), "{stdout}");
+
+    let mut child = cplb()
+        .args(["import-nginx", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"stream {\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.starts_with("cplb: <stdin>:1:"), "{stderr}");
+}
+
+#[test]
+fn file_argument_has_help_text() {
+    let out = cplb().args(["import-nginx", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let line = help
+        .lines()
+        .find(|l| l.trim_start().starts_with("<FILE>"))
+        .unwrap_or_else(|| panic!("{help}"));
+    assert!(line.contains("standard input"), "{help}");
+}
+
+/// `cplb demo | head -1`: the reader closes the pipe after one line; the
+/// demo must stop quietly with status 0, not report a broken pipe.
+#[test]
+fn demo_into_a_closed_pipe_exits_zero_quietly() {
+    let mut child = cplb()
+        .arg("demo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is dropped here: the pipe is closed.
+    assert!(first.starts_with("== 1."), "{first}");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    println!("demo after a closed pipe: {status}, stderr {stderr:?}");
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(
+        !stderr.contains("Broken pipe") && !stderr.contains("demo failed"),
+        "{stderr}"
+    );
+}
