@@ -99,6 +99,8 @@ pub struct Reloader {
     /// The last refused text: unforced events that see it again stay quiet
     /// instead of logging and counting the same refusal over and over.
     refused_text: Option<String>,
+    /// The last reload was refused and nothing has been applied since.
+    refusing: bool,
     /// Prepared at start-up, handed to the checker when `run` begins.
     initial_checks: Option<Arc<ProbeSettings>>,
 }
@@ -114,6 +116,7 @@ impl Reloader {
         let r = Reloader {
             checker: HealthChecker::new(shared.clone()),
             refused_text: None,
+            refusing: false,
             initial_checks: checks,
             shared,
             config,
@@ -182,7 +185,16 @@ impl Reloader {
             }
         };
         if !forced && self.config.source_text.as_deref() == Some(text.as_str()) {
-            tracing::debug!(file = %path.display(), "config file event, content unchanged; nothing to do");
+            if self.refusing {
+                // A bad edit was undone: the file is what is running again,
+                // so the alert on the gauge must clear.
+                self.refusing = false;
+                self.refused_text = None;
+                m.last_reload_successful.set(1);
+                tracing::info!(file = %path.display(), "config file is valid again: its content is the running config");
+            } else {
+                tracing::debug!(file = %path.display(), "config file event, content unchanged; nothing to do");
+            }
             return Ok(Outcome::Unchanged);
         }
         let mut new = match Config::parse(&text, &path) {
@@ -224,6 +236,7 @@ impl Reloader {
             m.forget_upstream(&gone.address);
         }
         m.reload("success").inc();
+        self.refusing = false;
         m.last_reload_successful.set(1);
         m.last_reload_success_timestamp
             .set(crate::server::unix_now());
@@ -244,7 +257,8 @@ impl Reloader {
         Ok(Outcome::Applied(changes))
     }
 
-    fn refused(&self, e: &dyn std::fmt::Display) {
+    fn refused(&mut self, e: &dyn std::fmt::Display) {
+        self.refusing = true;
         let m = &self.shared.metrics;
         m.reload("failure").inc();
         m.last_reload_successful.set(0);
