@@ -9,6 +9,9 @@ use prometheus::{
 };
 
 pub const FAILURE_REASONS: [&str; 5] = ["refused", "timeout", "reset", "resolve", "other"];
+/// `cplb_config_reloads_total{result}`; both exist at 0 from start-up so
+/// `increase(...) > 0` alerts have a series to watch.
+pub const RELOAD_RESULTS: [&str; 2] = ["success", "failure"];
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -97,6 +100,15 @@ impl Metrics {
             "Unix time of the last successful configuration load.",
         )?;
         r.register(Box::new(last_reload_success_timestamp.clone()))?;
+        let reloads = counter_vec(
+            r,
+            "cplb_config_reloads_total",
+            "Configuration reloads, by result.",
+            &["result"],
+        )?;
+        for result in RELOAD_RESULTS {
+            reloads.with_label_values(&[result]);
+        }
         Ok(Metrics {
             connections_total: counter_vec(
                 r,
@@ -153,12 +165,7 @@ impl Metrics {
                 &["reason"],
             )?),
             all_upstreams_down,
-            reloads: counter_vec(
-                r,
-                "cplb_config_reloads_total",
-                "Configuration reloads, by result.",
-                &["result"],
-            )?,
+            reloads,
             last_reload_successful,
             last_reload_success_timestamp,
             probes: counter_vec(
