@@ -131,7 +131,7 @@ impl Metrics {
             upstream_up: gauge_vec(
                 r,
                 "cplb_upstream_up",
-                "1 if the upstream is usable (passive and active checks), else 0.",
+                "1 if a new connection may go to the upstream now (as `usable` in /upstreams): resolved, active check up, no passive mark within fail_timeout; else 0.",
                 &["upstream"],
             )?,
             state_changes: counter_vec(

@@ -108,6 +108,9 @@ impl UpstreamState {
         self.active.is_up() && self.passive.is_usable(policy, now) && self.is_resolved()
     }
 
+    /// At a transition `usable` changes with the marks; a passive mark that
+    /// lapsed after `fail_timeout`, and resolution, are caught up at scrape
+    /// time (`Snapshot::refresh_up_gauges`).
     fn refresh_up_gauge(&self) {
         let up = self.active.is_up() && !self.passive.is_down();
         self.metrics.up.set(up as i64);

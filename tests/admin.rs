@@ -330,3 +330,48 @@ async fn known_label_values_exist_at_zero_from_start_up() {
     }
     proxy.shutdown().await;
 }
+
+fn usable_in_json(body: &str, address: &str) -> bool {
+    let list: serde_json::Value = serde_json::from_str(body).unwrap();
+    let u = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["address"] == address)
+        .unwrap_or_else(|| panic!("{address} not in {body}"));
+    u["usable"].as_bool().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_up_gauge_and_upstreams_json_agree_after_fail_timeout() {
+    let dead = refused_addr();
+    let y = format!(
+        "listen: 127.0.0.1:0\nworkers: 2\nadmin: 127.0.0.1:0\nshutdown_grace: 200ms\nupstreams:\n  - address: {dead}\n    max_fails: 1\n    fail_timeout: 3s\n"
+    );
+    let proxy = Proxy::start(config(&y)).await;
+    let a = proxy.admin.unwrap();
+    let d = dead.to_string();
+    let usable = || async { usable_in_json(&http(a, "GET", "/upstreams").await.2, &d) };
+    let gauge = || async {
+        let text = http(a, "GET", "/metrics").await.2;
+        metrics::Scrape::parse(&text).get("cplb_upstream_up", &[("upstream", &d)])
+    };
+    let both = || async { (usable().await, gauge().await) };
+    assert_eq!(both().await, (true, 1.0));
+    assert!(Client::connect_from(None, proxy.addr).await.is_none());
+    assert_eq!(
+        both().await,
+        (false, 0.0),
+        "marked down by the failed connect"
+    );
+    // No event happens when fail_timeout passes: wait until /upstreams
+    // says usable, then the gauge must say the same.
+    let start = std::time::Instant::now();
+    while !usable().await {
+        assert!(start.elapsed() < DEADLINE, "fail_timeout never lapsed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    println!("usable again after {:?}", start.elapsed());
+    assert_eq!(gauge().await, 1.0, "/metrics disagrees with /upstreams");
+    proxy.shutdown().await;
+}
