@@ -25,6 +25,9 @@ pub struct UpstreamState {
     /// Woken when the active check marks this upstream down, so proxied
     /// connections to it close (`health_check.close_on_down`).
     pub evict: Notify,
+    /// Name resolution's log throttle. Only the resolver takes the lock,
+    /// never the proxy's path.
+    pub resolve_log: std::sync::Mutex<crate::resolve::ResolveLog>,
 }
 
 /// The active health check's verdict, written by the prober task. The
@@ -88,6 +91,7 @@ impl UpstreamState {
             addrs: ArcSwap::from_pointee(Vec::new()),
             metrics: m,
             evict: Notify::new(),
+            resolve_log: Default::default(),
         }
     }
 
