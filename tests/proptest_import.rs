@@ -354,6 +354,23 @@ fn token_soup_never_panics() {
     run("token soup", soup(), false);
 }
 
+/// Long runs of opening and closing blocks: depth around and beyond the
+/// parser's cap, unbalanced either way.
+fn nesting() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        5 => Just("a {\n"),
+        3 => Just("}\n"),
+        1 => Just("b;\n"),
+        1 => Just("stream {\n"),
+    ];
+    prop::collection::vec(piece, 0..600).prop_map(|v| v.concat())
+}
+
+#[test]
+fn deep_and_unbalanced_nesting_never_panics() {
+    run("nesting", nesting(), false);
+}
+
 #[test]
 fn generated_stream_configs_never_panic() {
     run("stream configs", stream_config(), true);
