@@ -296,7 +296,8 @@ impl Reloader {
         let nothing = changes.added.is_empty()
             && changes.removed.is_empty()
             && changes.modified.is_empty()
-            && changes.settings.is_empty();
+            && changes.settings.is_empty()
+            && changes.restart_needed.is_empty();
         tracing::info!(
             file = %path.display(),
             added = listed(&changes.added),
