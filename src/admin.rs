@@ -80,6 +80,8 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => readyz(shared),
         "/metrics" => {
+            let now = shared.clock.now_ms();
+            shared.snapshot.load().refresh_up_gauges(now);
             let mut r = text(StatusCode::OK, &shared.metrics.render());
             r.headers_mut().insert(
                 CONTENT_TYPE,

@@ -10,6 +10,7 @@
 //! - [`upstream`]: per-upstream runtime state shared across snapshots.
 //! - [`snapshot`]: ring + upstreams + settings, published through one `ArcSwap`.
 //! - [`resolve`]: host name resolution with background retry.
+//! - [`logfmt`]: JSON log lines with real JSON values.
 //! - [`listener`]: SO_REUSEPORT sockets and the accept loop.
 //! - [`reuseport`]: names another process sharing a `listen` address.
 //! - [`workers`]: one single-threaded runtime per worker thread (data plane).
@@ -53,6 +54,7 @@ pub mod health;
 pub mod health_check;
 pub mod import;
 pub mod listener;
+pub mod logfmt;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

@@ -277,6 +277,7 @@ fn init_logging(format: LogFormat, default_level: &str) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        // Real JSON values for list and number fields (see `logfmt`).
+        LogFormat::Json => builder.event_format(cplb::logfmt::JsonLines).init(),
     }
 }

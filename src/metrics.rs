@@ -9,6 +9,9 @@ use prometheus::{
 };
 
 pub const FAILURE_REASONS: [&str; 5] = ["refused", "timeout", "reset", "resolve", "other"];
+/// `cplb_config_reloads_total{result}`; both exist at 0 from start-up so
+/// `increase(...) > 0` alerts have a series to watch.
+pub const RELOAD_RESULTS: [&str; 2] = ["success", "failure"];
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -98,6 +101,15 @@ impl Metrics {
             "Unix time of the last successful configuration load.",
         )?;
         r.register(Box::new(last_reload_success_timestamp.clone()))?;
+        let reloads = counter_vec(
+            r,
+            "cplb_config_reloads_total",
+            "Configuration reloads, by result.",
+            &["result"],
+        )?;
+        for result in RELOAD_RESULTS {
+            reloads.with_label_values(&[result]);
+        }
         Ok(Metrics {
             connections_total: counter_vec(
                 r,
@@ -120,7 +132,7 @@ impl Metrics {
             upstream_up: gauge_vec(
                 r,
                 "cplb_upstream_up",
-                "1 if the upstream is usable (passive and active checks), else 0.",
+                "1 if a new connection may go to the upstream now (as `usable` in /upstreams): resolved, active check up, no passive mark within fail_timeout; else 0.",
                 &["upstream"],
             )?,
             state_changes: counter_vec(
@@ -154,12 +166,7 @@ impl Metrics {
                 &["reason"],
             )?),
             all_upstreams_down,
-            reloads: counter_vec(
-                r,
-                "cplb_config_reloads_total",
-                "Configuration reloads, by result.",
-                &["result"],
-            )?,
+            reloads,
             last_reload_successful,
             last_reload_success_timestamp,
             probes: counter_vec(

@@ -49,12 +49,12 @@ pub async fn handle(shared: &Shared, snapshot: Arc<Snapshot>, client: TcpStream,
     );
     tokio::select! {
         (result, totals) = copy => match result {
-            Ok(Outcome::Closed) => tracing::debug!(%peer, upstream = %state.address, ?totals, "connection closed"),
+            Ok(Outcome::Closed) => tracing::debug!(%peer, upstream = %state.address, bytes_to_upstream = totals.to_upstream, bytes_to_client = totals.to_client, "connection closed"),
             Ok(Outcome::IdleTimeout) => {
                 m.closed_idle.inc();
-                tracing::debug!(%peer, upstream = %state.address, ?totals, "idle timeout");
+                tracing::debug!(%peer, upstream = %state.address, bytes_to_upstream = totals.to_upstream, bytes_to_client = totals.to_client, "idle timeout");
             }
-            Err(e) => tracing::debug!(%peer, upstream = %state.address, error = %e, ?totals, "connection ended with error"),
+            Err(e) => tracing::debug!(%peer, upstream = %state.address, error = %e, bytes_to_upstream = totals.to_upstream, bytes_to_client = totals.to_client, "connection ended with error"),
         },
         _ = &mut evicted, if close_on_down => {
             m.closed_upstream_down.inc();

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::health_check::{HealthChecker, ProbeSettings};
+use crate::logfmt::Json;
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 use crate::upstream::StateTable;
@@ -46,8 +47,60 @@ pub struct Changes {
     pub removed: Vec<String>,
     /// Upstreams kept whose weight or health settings changed.
     pub modified: Vec<String>,
+    /// Global settings applied by this reload, e.g. `idle_timeout`,
+    /// `health_check.interval`.
+    pub settings: Vec<&'static str>,
     /// Fields that were changed in the file but need a restart.
     pub restart_needed: Vec<&'static str>,
+}
+
+/// The global settings that differ between two configs, by field name.
+pub fn changed_settings(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut check = |changed: bool, name| {
+        if changed {
+            out.push(name);
+        }
+    };
+    check(
+        old.max_connections != new.max_connections,
+        "max_connections",
+    );
+    check(
+        old.connect_timeout != new.connect_timeout,
+        "connect_timeout",
+    );
+    check(old.idle_timeout != new.idle_timeout, "idle_timeout");
+    check(
+        old.next_upstream_tries != new.next_upstream_tries,
+        "next_upstream_tries",
+    );
+    check(old.shutdown_grace != new.shutdown_grace, "shutdown_grace");
+    check(old.hash.key != new.hash.key, "hash.key");
+    check(old.hash.node_id != new.hash.node_id, "hash.node_id");
+    match (&old.health_check, &new.health_check) {
+        (Some(a), Some(b)) => {
+            check(a.interval != b.interval, "health_check.interval");
+            check(a.timeout != b.timeout, "health_check.timeout");
+            check(a.rise != b.rise, "health_check.rise");
+            check(a.fall != b.fall, "health_check.fall");
+            check(a.mode != b.mode, "health_check.mode");
+            check(a.path != b.path, "health_check.path");
+            check(
+                a.close_on_down != b.close_on_down,
+                "health_check.close_on_down",
+            );
+            check(a.tls != b.tls, "health_check.tls");
+        }
+        (a, b) => check(a.is_some() != b.is_some(), "health_check"),
+    }
+    out
+}
+
+/// A list field for a log line, left out when empty: `modified=[]` says
+/// nothing.
+fn listed<T: serde::Serialize>(v: &[T]) -> Option<tracing::field::DebugValue<Json<&[T]>>> {
+    (!v.is_empty()).then(|| tracing::field::debug(Json(v)))
 }
 
 type Reply = oneshot::Sender<Result<Outcome, ReloadError>>;
@@ -99,6 +152,8 @@ pub struct Reloader {
     /// The last refused text: unforced events that see it again stay quiet
     /// instead of logging and counting the same refusal over and over.
     refused_text: Option<String>,
+    /// The last reload was refused and nothing has been applied since.
+    refusing: bool,
     /// Prepared at start-up, handed to the checker when `run` begins.
     initial_checks: Option<Arc<ProbeSettings>>,
 }
@@ -114,6 +169,7 @@ impl Reloader {
         let r = Reloader {
             checker: HealthChecker::new(shared.clone()),
             refused_text: None,
+            refusing: false,
             initial_checks: checks,
             shared,
             config,
@@ -182,11 +238,12 @@ impl Reloader {
             }
         };
         if !forced && self.config.source_text.as_deref() == Some(text.as_str()) {
-            tracing::debug!(file = %path.display(), "config file event, content unchanged; nothing to do");
-            // A refused edit undone: the file is good again, and `cplb
-            // status` must stop reporting the refusal.
-            if self.shared.last_load.load().error.is_some() {
+            if self.refusing {
+                // A bad edit was undone: the file is what is running again,
+                // so the alert on the gauge must clear.
+                self.refusing = false;
                 self.refused_text = None;
+                m.last_reload_successful.set(1);
                 self.shared
                     .last_load
                     .store(Arc::new(crate::status::LoadRecord::reload(
@@ -194,6 +251,9 @@ impl Reloader {
                         crate::server::unix_now(),
                         None,
                     )));
+                tracing::info!(file = %path.display(), "config file is valid again: its content is the running config");
+            } else {
+                tracing::debug!(file = %path.display(), "config file event, content unchanged; nothing to do");
             }
             return Ok(Outcome::Unchanged);
         }
@@ -236,6 +296,7 @@ impl Reloader {
             m.forget_upstream(&gone.address);
         }
         m.reload("success").inc();
+        self.refusing = false;
         m.last_reload_successful.set(1);
         m.last_reload_success_timestamp
             .set(crate::server::unix_now());
@@ -246,16 +307,23 @@ impl Reloader {
                 crate::server::unix_now(),
                 None,
             )));
+        let nothing = changes.added.is_empty()
+            && changes.removed.is_empty()
+            && changes.modified.is_empty()
+            && changes.settings.is_empty()
+            && changes.restart_needed.is_empty();
         tracing::info!(
             file = %path.display(),
-            added = ?changes.added,
-            removed = ?changes.removed,
-            modified = ?changes.modified,
-            "config reloaded"
+            added = listed(&changes.added),
+            removed = listed(&changes.removed),
+            modified = listed(&changes.modified),
+            settings = listed(&changes.settings),
+            "config reloaded{}",
+            if nothing { "; nothing changed" } else { "" }
         );
         if !changes.restart_needed.is_empty() {
             tracing::warn!(
-                fields = ?changes.restart_needed,
+                fields = ?Json(&changes.restart_needed),
                 "config reloaded, but these fields only take effect after a restart; the running values stay"
             );
         }
@@ -263,7 +331,8 @@ impl Reloader {
         Ok(Outcome::Applied(changes))
     }
 
-    fn refused(&self, e: &dyn std::fmt::Display) {
+    fn refused(&mut self, e: &dyn std::fmt::Display) {
+        self.refusing = true;
         let m = &self.shared.metrics;
         m.reload("failure").inc();
         m.last_reload_successful.set(0);
@@ -300,6 +369,7 @@ impl Reloader {
                 .filter(|u| find(old, &u.address).is_some_and(|o| o != **u))
                 .map(|u| u.address.clone())
                 .collect(),
+            settings: changed_settings(&self.config, new),
             restart_needed,
         }
     }

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::listener::{self, ListenError, Role};
+use crate::logfmt::Json;
 use crate::metrics::Metrics;
 use crate::reload::{ReloadHandle, Reloader};
 use crate::resolve;
@@ -134,12 +135,12 @@ impl Server {
         } = self;
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
-            listen = ?local_addrs,
+            listen = ?Json(&local_addrs),
             admin = %admin_addr.map_or("disabled".to_string(), |a| a.to_string()),
             workers = config.workers.get(),
             hash_key = config.hash.key.as_str(),
             node_id = %config.hash.node_id,
-            upstreams = ?config.upstreams.iter().map(|u| u.address.as_str()).collect::<Vec<_>>(),
+            upstreams = ?Json(config.upstreams.iter().map(|u| u.address.as_str()).collect::<Vec<_>>()),
             "cplb started"
         );
         let stop_accept = CancellationToken::new();
@@ -155,7 +156,7 @@ impl Server {
                 let addr = l.local_addr().ok();
                 match TcpListener::from_std(l) {
                     Ok(l) => listener::accept_loop(l, shared, conns, stop).await,
-                    Err(e) => tracing::error!(?addr, error = %e, "could not register listener"),
+                    Err(e) => tracing::error!(addr = ?Json(addr), error = %e, "could not register listener"),
                 }
             }));
         }
@@ -184,7 +185,11 @@ impl Server {
         let open = shared.clients.load(Ordering::Acquire);
         // The latest reloaded value, not the start-up one.
         let grace = shared.snapshot.load().settings.shutdown_grace;
-        tracing::info!(open, ?grace, "stopped accepting; draining connections");
+        tracing::info!(
+            open,
+            grace_seconds = grace.as_secs_f64(),
+            "stopped accepting; draining connections"
+        );
         if tokio::time::timeout(grace, conns.wait()).await.is_err() {
             let left = shared.clients.load(Ordering::Acquire);
             tracing::info!(left, "drain grace over; closing remaining connections");

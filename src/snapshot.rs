@@ -119,6 +119,16 @@ impl Snapshot {
         ring::hash_key(&buf[..n])
     }
 
+    /// Sets every `cplb_upstream_up` to `usable` as `/upstreams` reports
+    /// it. Called at scrape time: a passive mark lapses after
+    /// `fail_timeout` without any event that could update the gauge.
+    pub fn refresh_up_gauges(&self, now_ms: u64) {
+        for u in &self.upstreams {
+            let usable = u.state.is_usable(u.policy, now_ms);
+            u.state.metrics.up.set(usable as i64);
+        }
+    }
+
     /// True if at least one upstream can take new connections now.
     pub fn any_usable(&self, now_ms: u64) -> bool {
         self.upstreams

@@ -29,6 +29,9 @@ pub struct UpstreamState {
     /// transition (rare), read only by the admin endpoint: an `ArcSwap`
     /// keeps the writer lock-free and the proxy's path never touches it.
     last_change: ArcSwap<Change>,
+    /// Name resolution's log throttle. Only the resolver takes the lock,
+    /// never the proxy's path.
+    pub resolve_log: std::sync::Mutex<crate::resolve::ResolveLog>,
 }
 
 /// Which part of cplb changed an upstream's state.
@@ -160,6 +163,7 @@ impl UpstreamState {
                 cause: ChangeCause::Start,
                 reason: "usable until a connect or a check fails".into(),
             }),
+            resolve_log: Default::default(),
         }
     }
 
@@ -193,6 +197,9 @@ impl UpstreamState {
         self.active.is_up() && self.passive.is_usable(policy, now) && self.is_resolved()
     }
 
+    /// At a transition `usable` changes with the marks; a passive mark that
+    /// lapsed after `fail_timeout`, and resolution, are caught up at scrape
+    /// time (`Snapshot::refresh_up_gauges`).
     fn refresh_up_gauge(&self) {
         let up = self.active.is_up() && !self.passive.is_down();
         self.metrics.up.set(up as i64);

@@ -28,12 +28,12 @@ pub async fn run(path: PathBuf, handle: ReloadHandle, stop: CancellationToken) {
         match start(&dirs, names, handle.clone(), err_tx) {
             Ok(watcher) => {
                 if failing {
-                    tracing::info!(dirs = ?dirs, "config watcher running again");
+                    tracing::info!(dirs = ?crate::logfmt::Json(&dirs), "config watcher running again");
                 }
                 // Whatever changed before the watch began (at start-up, or
                 // while it was down) is picked up now; unchanged content is a no-op.
                 handle.file_changed();
-                tracing::debug!(dirs = ?dirs, "watching config directory");
+                tracing::debug!(dirs = ?crate::logfmt::Json(&dirs), "watching config directory");
                 let failure = tokio::select! {
                     _ = stop.cancelled() => return,
                     r = err_rx.recv() => r.unwrap_or(Failure::Fatal("watcher ended".into())),
@@ -50,7 +50,7 @@ pub async fn run(path: PathBuf, handle: ReloadHandle, stop: CancellationToken) {
             }
             Err(e) => {
                 if !failing {
-                    tracing::warn!(error = %e, dirs = ?dirs, "could not watch the config directory; SIGHUP still reloads; retrying");
+                    tracing::warn!(error = %e, dirs = ?crate::logfmt::Json(&dirs), "could not watch the config directory; SIGHUP still reloads; retrying");
                 }
                 failing = true;
             }

@@ -252,3 +252,126 @@ async fn slow_admin_clients_do_not_stall_the_proxy_or_the_probes() {
     }
     proxy.shutdown().await;
 }
+
+/// Every labelled series whose label values are known in advance, for one
+/// upstream: present at 0 before any event.
+fn upstream_series(u: &str) -> Vec<(&'static str, Vec<(&'static str, String)>)> {
+    let mut v = vec![
+        ("cplb_connections_total", vec![]),
+        ("cplb_connections_active", vec![]),
+        ("cplb_upstream_state_changes_total", vec![]),
+    ];
+    for d in ["to_upstream", "to_client"] {
+        v.push(("cplb_bytes_total", vec![("direction", d.to_string())]));
+    }
+    for r in cplb::metrics::FAILURE_REASONS {
+        v.push((
+            "cplb_connect_failures_total",
+            vec![("reason", r.to_string())],
+        ));
+    }
+    for r in ["upstream_down", "shutdown", "idle_timeout"] {
+        v.push((
+            "cplb_connections_closed_total",
+            vec![("reason", r.to_string())],
+        ));
+    }
+    for r in ["success", "failure"] {
+        v.push(("cplb_health_checks_total", vec![("result", r.to_string())]));
+    }
+    for (_, labels) in &mut v {
+        labels.push(("upstream", u.to_string()));
+    }
+    v
+}
+
+fn assert_zero(s: &metrics::Scrape, name: &str, labels: &[(&str, String)]) {
+    let l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(s.find(name, &l), Some(0.0), "{name}{l:?} missing or not 0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_label_values_exist_at_zero_from_start_up() {
+    let (a, b) = (
+        FakeUpstream::start("a").await,
+        FakeUpstream::start("b").await,
+    );
+    let dir = process::temp_dir("zero");
+    let path = dir.join("cplb.yaml");
+    std::fs::write(&path, admin_yaml(&[a.addr], "")).unwrap();
+    let proxy = Proxy::start(cplb::Config::load(&path).unwrap()).await;
+    let (st, _, body) = http(proxy.admin.unwrap(), "GET", "/metrics").await;
+    assert_eq!(st, 200);
+    let s = metrics::Scrape::parse(&body);
+    let mut want: Vec<(&str, Vec<(&str, String)>)> = vec![];
+    for r in ["success", "failure"] {
+        want.push(("cplb_config_reloads_total", vec![("result", r.into())]));
+    }
+    for r in ["max_connections", "no_upstream", "accept_error"] {
+        want.push((
+            "cplb_client_connections_rejected_total",
+            vec![("reason", r.into())],
+        ));
+    }
+    want.push(("cplb_all_upstreams_down_total", vec![]));
+    want.extend(upstream_series(&a.addr.to_string()));
+    for (name, labels) in &want {
+        assert_zero(&s, name, labels);
+    }
+    println!("{} series at 0 on the first scrape", want.len());
+
+    // An upstream added by a reload has its series from that moment.
+    std::fs::write(&path, admin_yaml(&[a.addr, b.addr], "")).unwrap();
+    proxy.reload.reload().await.unwrap();
+    let (_, _, body) = http(proxy.admin.unwrap(), "GET", "/metrics").await;
+    let s = metrics::Scrape::parse(&body);
+    for (name, labels) in upstream_series(&b.addr.to_string()) {
+        assert_zero(&s, name, &labels);
+    }
+    proxy.shutdown().await;
+}
+
+fn usable_in_json(body: &str, address: &str) -> bool {
+    let list: serde_json::Value = serde_json::from_str(body).unwrap();
+    let u = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["address"] == address)
+        .unwrap_or_else(|| panic!("{address} not in {body}"));
+    u["usable"].as_bool().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_up_gauge_and_upstreams_json_agree_after_fail_timeout() {
+    let dead = refused_addr();
+    let y = format!(
+        "listen: 127.0.0.1:0\nworkers: 2\nadmin: 127.0.0.1:0\nshutdown_grace: 200ms\nupstreams:\n  - address: {dead}\n    max_fails: 1\n    fail_timeout: 3s\n"
+    );
+    let proxy = Proxy::start(config(&y)).await;
+    let a = proxy.admin.unwrap();
+    let d = dead.to_string();
+    let usable = || async { usable_in_json(&http(a, "GET", "/upstreams").await.2, &d) };
+    let gauge = || async {
+        let text = http(a, "GET", "/metrics").await.2;
+        metrics::Scrape::parse(&text).get("cplb_upstream_up", &[("upstream", &d)])
+    };
+    let both = || async { (usable().await, gauge().await) };
+    assert_eq!(both().await, (true, 1.0));
+    assert!(Client::connect_from(None, proxy.addr).await.is_none());
+    assert_eq!(
+        both().await,
+        (false, 0.0),
+        "marked down by the failed connect"
+    );
+    // No event happens when fail_timeout passes: wait until /upstreams
+    // says usable, then the gauge must say the same.
+    let start = std::time::Instant::now();
+    while !usable().await {
+        assert!(start.elapsed() < DEADLINE, "fail_timeout never lapsed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    println!("usable again after {:?}", start.elapsed());
+    assert_eq!(gauge().await, 1.0, "/metrics disagrees with /upstreams");
+    proxy.shutdown().await;
+}

@@ -541,3 +541,33 @@ fn no_panic_on_any_prefix_of_the_fixtures() {
     }
     assert!(ok > 0 && err > 0, "ok {ok}, err {err}");
 }
+
+/// 200,000 nested `a {` used to overflow the stack and abort the process.
+const DEEP: usize = 200_000;
+
+#[test]
+fn deep_nesting_is_an_error_naming_the_line() {
+    let e = error(&"a {\n".repeat(DEEP));
+    assert!(e.to_string().contains("nested more than"), "{e}");
+    assert_eq!(e.line(), 101, "{e}");
+    // Closed, too: the depth is refused before the end is seen.
+    let closed = "a {\n".repeat(DEEP) + &"}\n".repeat(DEEP);
+    assert_eq!(error(&closed).line(), 101);
+}
+
+#[test]
+fn binary_refuses_deep_nesting_without_aborting() {
+    let file = TempFile::new("deep.conf");
+    std::fs::write(&file.0, "a {\n".repeat(DEEP)).expect("temp file is writable");
+    let out = cplb(&["import-nginx".as_ref(), file.0.as_os_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // A stack overflow ends in SIGABRT: no exit code at all.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "cplb: {}:101: blocks nested more than 100 deep\n",
+            file.0.display()
+        )
+    );
+}

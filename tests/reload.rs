@@ -446,3 +446,37 @@ async fn unrelated_files_beside_the_config_trigger_nothing() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undoing_a_bad_edit_clears_the_failed_reload_gauge() {
+    let a = FakeUpstream::start("a").await;
+    let dir = temp_dir("undo");
+    let path = dir.join("cplb.yaml");
+    let good = file_yaml(&[a.addr], "");
+    std::fs::write(&path, &good).unwrap();
+    let proxy = start_from_file(&path).await;
+    let gauge = |p: &Proxy| p.scrape().get("cplb_config_last_reload_successful", &[]);
+    assert_eq!(gauge(&proxy), 1.0);
+    std::fs::write(&path, "upstreams: []\n").unwrap();
+    wait_until("refusal counted", || reloads(&proxy, "failure") == 1.0).await;
+    assert_eq!(gauge(&proxy), 0.0);
+    // The running config's exact bytes again: nothing to apply, but the
+    // file is good again and the alert must clear.
+    std::fs::write(&path, &good).unwrap();
+    wait_until("gauge back to 1", || gauge(&proxy) == 1.0).await;
+    assert_eq!(reloads(&proxy, "success"), 0.0, "nothing was re-applied");
+    assert_eq!(reloads(&proxy, "failure"), 1.0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undoing_a_bad_edit_logs_that_the_file_is_valid_again() {
+    let a = FakeUpstream::start("a").await;
+    let good = file_yaml(&[a.addr], "").replace("admin: 127.0.0.1:0\n", "admin: \"\"\n");
+    let mut p = CplbProcess::spawn(&good, Options::default());
+    std::fs::write(&p.config_path, "upstreams: []\n").unwrap();
+    p.wait_for_log("config reload refused");
+    std::fs::write(&p.config_path, &good).unwrap();
+    p.wait_for_log("config file is valid again");
+    assert_eq!(p.count_logs("config file is valid again"), 1);
+}

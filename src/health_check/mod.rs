@@ -232,12 +232,17 @@ fn evict(shared: &Shared, state: &Arc<UpstreamState>) {
         .iter()
         .any(|u| !Arc::ptr_eq(&u.state, state) && u.state.is_usable(u.policy, now));
     let open = state.metrics.connections_active.get();
+    // With no connection open there is nothing to report either way.
     if !others {
-        tracing::warn!(upstream = %state.address, open, "no other upstream is usable; keeping its connections");
+        if open > 0 {
+            tracing::warn!(upstream = %state.address, open, "no other upstream is usable; keeping its connections");
+        }
         return;
     }
     state.evict.notify_waiters();
-    tracing::info!(upstream = %state.address, closed = open, "closed client connections of an upstream marked down");
+    if open > 0 {
+        tracing::info!(upstream = %state.address, closed = open, "closed client connections of an upstream marked down");
+    }
 }
 
 #[cfg(test)]

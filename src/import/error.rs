@@ -12,6 +12,8 @@ pub enum ImportError {
     UnclosedBlock { line: usize },
     #[error("{line}: directive \"{name}\" is not terminated by \";\"")]
     MissingSemicolon { line: usize, name: String },
+    #[error("{line}: blocks nested more than {max} deep")]
+    TooDeep { line: usize, max: usize },
     #[error("{line}: {reason}")]
     Unusable { line: usize, reason: String },
 }
@@ -25,6 +27,7 @@ impl ImportError {
             | ImportError::UnexpectedToken { line, .. }
             | ImportError::UnclosedBlock { line }
             | ImportError::MissingSemicolon { line, .. }
+            | ImportError::TooDeep { line, .. }
             | ImportError::Unusable { line, .. } => *line,
         }
     }

@@ -13,9 +13,14 @@ pub struct Directive {
     pub block: Option<Vec<Directive>>,
 }
 
+/// Deepest block nesting accepted. A real stream config nests three deep
+/// (`stream { upstream { } }`); the cap keeps the recursion (here, in
+/// `convert` and in dropping the tree) far from the stack's end on any input.
+pub const MAX_DEPTH: usize = 100;
+
 pub fn parse(tokens: &[Token]) -> Result<Vec<Directive>, ImportError> {
     let mut pos = 0;
-    let out = parse_block(tokens, &mut pos, None)?;
+    let out = parse_block(tokens, &mut pos, None, 0)?;
     Ok(out)
 }
 
@@ -25,6 +30,7 @@ fn parse_block(
     tokens: &[Token],
     pos: &mut usize,
     open_line: Option<usize>,
+    depth: usize,
 ) -> Result<Vec<Directive>, ImportError> {
     let mut out = Vec::new();
     loop {
@@ -75,7 +81,13 @@ fn parse_block(
                     break;
                 }
                 Kind::Open => {
-                    let block = parse_block(tokens, pos, Some(next.line))?;
+                    if depth >= MAX_DEPTH {
+                        return Err(ImportError::TooDeep {
+                            line: next.line,
+                            max: MAX_DEPTH,
+                        });
+                    }
+                    let block = parse_block(tokens, pos, Some(next.line), depth + 1)?;
                     out.push(Directive {
                         name,
                         args,
@@ -112,6 +124,20 @@ mod tests {
         assert_eq!(inner[0].line, 3);
         assert_eq!(inner[0].args, ["2", "3"]);
         assert_eq!(inner[1].block, Some(vec![]));
+    }
+
+    #[test]
+    fn nesting_is_capped_at_the_line_of_the_first_brace_too_deep() {
+        let ok = "a {\n".repeat(MAX_DEPTH) + &"}\n".repeat(MAX_DEPTH);
+        assert_eq!(tree(&ok).map(|t| t.len()), Ok(1));
+        let deep = "a {\n".repeat(200_000);
+        assert_eq!(
+            tree(&deep),
+            Err(ImportError::TooDeep {
+                line: MAX_DEPTH + 1,
+                max: MAX_DEPTH
+            })
+        );
     }
 
     #[test]

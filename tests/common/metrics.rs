@@ -71,6 +71,11 @@ impl Scrape {
     /// The value of the sample with exactly these labels (order-free), or 0
     /// when the series does not exist.
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.find(name, labels).unwrap_or(0.0)
+    }
+
+    /// The value of the sample with exactly these labels, if it exists.
+    pub fn find(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         self.samples
             .iter()
             .find(|s| {
@@ -81,7 +86,6 @@ impl Scrape {
                         .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
             })
             .map(|s| s.value)
-            .unwrap_or(0.0)
     }
 
     pub fn has(&self, name: &str) -> bool {

@@ -22,6 +22,8 @@ pub struct Options {
     /// RLIMIT_NOFILE for the child.
     pub nofile: Option<u64>,
     pub args: Vec<String>,
+    /// `RUST_LOG` for the child; `info` when `None`.
+    pub log_filter: Option<String>,
 }
 
 /// A fresh temp directory for one test.
@@ -45,7 +47,7 @@ impl CplbProcess {
     pub fn spawn_with_file(config_path: PathBuf, opts: Options) -> CplbProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cplb"));
         cmd.arg("--config").arg(&config_path).args(&opts.args);
-        cmd.env("RUST_LOG", "info")
+        cmd.env("RUST_LOG", opts.log_filter.as_deref().unwrap_or("info"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -83,11 +85,20 @@ impl CplbProcess {
             logs,
         };
         let line = p.wait_for_log("cplb started");
+        if line.starts_with('{') {
+            // --log-format json
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let f = &v["fields"];
+            p.addr = f["listen"][0].as_str().unwrap().parse().unwrap();
+            p.admin = f["admin"].as_str().and_then(|a| a.parse().ok());
+            return p;
+        }
         p.addr = field(&line, "listen=[")
             .split(',')
             .next()
             .unwrap()
             .trim_end_matches(']')
+            .trim_matches('"')
             .parse()
             .unwrap();
         if line.contains("admin=") && !line.contains("admin=None") {

@@ -1,0 +1,182 @@
+//! JSON log lines whose field values are real JSON: numbers as numbers,
+//! lists as arrays. tracing-subscriber's own JSON format writes every
+//! `?value` as a string of Rust debug text, and `valuable` is unstable, so
+//! list-valued fields are wrapped in [`Json`] and this formatter embeds them.
+//!
+//! The line layout is tracing-subscriber's: `timestamp`, `level`, `fields`
+//! (with `message`), `target`.
+
+use std::cell::Cell;
+use std::fmt;
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+thread_local! {
+    /// Set by `Json`'s `Debug`, read right after by the visitor on the same
+    /// thread: how a `&dyn Debug` says "my text is JSON" without downcasts.
+    static IS_JSON: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A field value logged as JSON: `tracing::info!(upstreams = ?Json(&list))`.
+/// Text logs show the compact JSON text; JSON logs embed the value.
+pub struct Json<T>(pub T);
+
+impl<T: serde::Serialize> fmt::Debug for Json<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match serde_json::to_string(&self.0) {
+            Ok(text) => {
+                IS_JSON.with(|m| m.set(true));
+                f.write_str(&text)
+            }
+            // Serializing plain lists and strings cannot fail; say so if it did.
+            Err(_) => f.write_str("\"(unserializable)\""),
+        }
+    }
+}
+
+/// Collects an event's fields as JSON values.
+#[derive(Default)]
+pub struct Fields(pub Map<String, Value>);
+
+impl Fields {
+    fn put(&mut self, field: &Field, v: Value) {
+        self.0.insert(field.name().to_string(), v);
+    }
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        IS_JSON.with(|m| m.set(false));
+        let text = format!("{value:?}");
+        let v = if IS_JSON.with(|m| m.replace(false)) {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        } else {
+            Value::String(text)
+        };
+        self.put(field, v);
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, Value::from(value));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, Value::from(value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, Value::from(value));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, Value::from(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, Value::from(value));
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.put(field, Value::from(value.to_string()));
+    }
+}
+
+/// The JSON event formatter (`--log-format json`).
+pub struct JsonLines;
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut timestamp = String::new();
+        SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let meta = event.metadata();
+        writeln!(
+            writer,
+            "{}",
+            line(&timestamp, meta.level().as_str(), fields.0, meta.target())
+        )
+    }
+}
+
+fn line(timestamp: &str, level: &str, fields: Map<String, Value>, target: &str) -> String {
+    // Written by hand to keep tracing-subscriber's key order.
+    let s = |v: &str| Value::from(v).to_string();
+    format!(
+        "{{\"timestamp\":{},\"level\":{},\"fields\":{},\"target\":{}}}",
+        s(timestamp),
+        s(level),
+        Value::Object(fields),
+        s(target)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Captures what the formatter writes for events logged in `f`.
+    fn capture(f: impl FnOnce()) -> Vec<Value> {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .event_format(JsonLines)
+            .with_writer(move || out.clone())
+            .finish();
+        tracing::subscriber::with_default(sub, f);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    #[test]
+    fn lists_and_numbers_are_json_values() {
+        let ups = vec!["127.0.0.1:1", "127.0.0.1:2"];
+        let got = capture(|| {
+            tracing::info!(upstreams = ?Json(&ups), open = 3u64, ok = true, name = %"a\"b", plain = ?"x", "hello");
+        });
+        assert_eq!(got.len(), 1);
+        let f = &got[0]["fields"];
+        assert_eq!(
+            f["upstreams"],
+            serde_json::json!(["127.0.0.1:1", "127.0.0.1:2"])
+        );
+        assert_eq!(f["open"], 3);
+        assert_eq!(f["ok"], true);
+        assert_eq!(f["name"], "a\"b");
+        // Debug text that is not marked stays a string, even if it parses.
+        assert_eq!(f["plain"], "\"x\"");
+        assert_eq!(f["message"], "hello");
+        assert_eq!(got[0]["level"], "INFO");
+        assert!(got[0]["timestamp"].as_str().unwrap().contains('T'));
+        assert_eq!(got[0]["target"], module_path!());
+    }
+}

@@ -1,0 +1,143 @@
+//! Log lines of the `cplb` binary: JSON logs carry real JSON values, state
+//! changes are logged once, and lines that report nothing are absent.
+
+mod common;
+
+use common::process::*;
+use common::*;
+use serde_json::Value;
+
+/// Fields that hold lists, and fields that hold numbers, wherever they occur.
+const LISTS: [&str; 9] = [
+    "listen",
+    "upstreams",
+    "added",
+    "removed",
+    "modified",
+    "settings",
+    "fields",
+    "dirs",
+    "addrs",
+];
+const NUMBERS: [&str; 11] = [
+    "workers",
+    "open",
+    "closed",
+    "left",
+    "max_fails",
+    "retry_after_ms",
+    "grace_seconds",
+    "failures",
+    "failing_seconds",
+    "bytes_to_upstream",
+    "bytes_to_client",
+];
+
+/// Every line parsed as JSON, each field checked for its JSON type; Rust
+/// debug text (`[…]`, `Some(…)`, `Foo { … }`) in a string fails.
+fn parse_all(logs: &str) -> Vec<Value> {
+    let mut out = vec![];
+    for line in logs.lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let fields = v["fields"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no fields: {line}"));
+        for (k, f) in fields {
+            if LISTS.contains(&k.as_str()) {
+                assert!(f.is_array(), "{k} is not an array: {line}");
+            }
+            if NUMBERS.contains(&k.as_str()) {
+                assert!(f.is_number(), "{k} is not a number: {line}");
+            }
+            if let Some(s) = f.as_str() {
+                let debug = s.starts_with('[') || s.starts_with("Some(") || s.contains(" { ");
+                assert!(!debug, "{k} holds Rust debug text: {line}");
+            }
+        }
+        out.push(v);
+    }
+    out
+}
+
+fn with_message<'a>(lines: &'a [Value], m: &str) -> Vec<&'a Value> {
+    lines
+        .iter()
+        .filter(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|s| s.contains(m))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_json_values_and_no_empty_reports() {
+    let a = FakeUpstream::start("a").await;
+    let dead = refused_addr();
+    let base = |interval: &str| {
+        format!(
+            "listen: 127.0.0.1:0\nworkers: 2\nadmin: \"\"\nshutdown_grace: 200ms\n\
+             health_check:\n  mode: tcp\n  interval: {interval}\n  timeout: 200ms\n  fall: 1\n  rise: 1\n\
+             upstreams:\n  - address: {}\n  - address: {dead}\n  - address: cplb-test-name.invalid:6443\n",
+            a.addr
+        )
+    };
+    let mut p = CplbProcess::spawn(
+        &base("100ms"),
+        Options {
+            args: vec!["--log-format".into(), "json".into()],
+            // Retries log at debug: seen here, so the test knows they ran.
+            log_filter: Some("info,cplb::resolve=debug".into()),
+            ..Options::default()
+        },
+    );
+    // The active check marks the dead upstream down with no connection
+    // open: nothing to close, so no "closed client connections" line.
+    p.wait_for_log("upstream marked down");
+    // The name keeps failing: one WARN; the first two retries (0.5 s and
+    // 1.5 s after start-up) stay at debug.
+    wait_until("two retries", || {
+        p.count_logs("\"level\":\"DEBUG\"") >= 2 && p.count_logs("could not resolve upstream") >= 3
+    })
+    .await;
+    // A reload that changes only the health check says so.
+    std::fs::write(&p.config_path, base("150ms")).unwrap();
+    p.wait_for_log("config reloaded");
+    // A proxied connection, then the drain.
+    let mut c = Client::connect(p.addr).await;
+    c.ping("hello").await;
+    drop(c);
+    p.signal(libc::SIGTERM);
+    p.wait_for_log("cplb stopped");
+    assert_eq!(p.wait_exit(), Some(0));
+
+    let lines = parse_all(&p.logs());
+    println!("{} JSON lines parsed", lines.len());
+    let started = with_message(&lines, "cplb started");
+    assert_eq!(
+        started[0]["fields"]["upstreams"].as_array().unwrap().len(),
+        3
+    );
+    let reloaded = with_message(&lines, "config reloaded");
+    assert_eq!(reloaded.len(), 1, "{reloaded:?}");
+    let f = &reloaded[0]["fields"];
+    assert_eq!(f["settings"], serde_json::json!(["health_check.interval"]));
+    assert!(f.get("modified").is_none(), "empty list logged: {f}");
+    let tries = with_message(&lines, "could not resolve upstream");
+    let warned: Vec<_> = tries.iter().filter(|v| v["level"] == "WARN").collect();
+    println!(
+        "{} failed resolutions, {} warned",
+        tries.len(),
+        warned.len()
+    );
+    assert!(tries.len() >= 3);
+    assert_eq!(warned.len(), 1, "one WARN per failing episode: {warned:?}");
+    for silent in ["closed client connections", "keeping its connections"] {
+        assert!(
+            with_message(&lines, silent).is_empty(),
+            "a line that reports nothing: {silent}"
+        );
+    }
+    let drain = with_message(&lines, "draining connections");
+    assert!(drain[0]["fields"]["grace_seconds"].is_number());
+}
