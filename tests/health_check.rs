@@ -369,6 +369,21 @@ async fn bad_certificate_files_are_refused_at_load_and_reload() {
     proxy.shutdown().await;
 }
 
+/// `/upstreams` says (active state, passive state) of `addr`.
+async fn states(proxy: &Proxy, addr: SocketAddr) -> (String, String) {
+    let (_, _, body) = http(proxy.admin.unwrap(), "GET", "/upstreams").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let u = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["address"] == addr.to_string())
+        .unwrap()
+        .clone();
+    let s = |k: &str| u[k]["state"].as_str().unwrap_or_default().to_string();
+    (s("active"), s("passive"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passing_probe_clears_a_passive_mark_without_client_traffic() {
     let pki = Pki::new("ca").unwrap();
@@ -376,22 +391,44 @@ async fn passing_probe_clears_a_passive_mark_without_client_traffic() {
     let b = ApiServer::start("b", &pki, localhost()).await.unwrap();
     let dir = temp_dir("hc-passive");
     let ca = write_ca(&pki, &dir);
-    // fail_timeout 60s: only a probe can bring a back before a minute.
-    let proxy = Proxy::start(config(&hc_yaml(&[a.addr, b.addr], &ca, "", ""))).await;
+    // fail_timeout 60s: only a probe can bring a back before a minute. A
+    // high `fall` keeps the active check from marking a down first (it
+    // would hide a from clients, and the passive mark would never happen).
+    let y = hc_yaml(&[a.addr, b.addr], &ca, "", "").replace("  fall: 2\n", "  fall: 100\n");
+    let proxy = Proxy::start(config(&y)).await;
     let a_addr = a.addr;
+    wait_until("a probed", || probes(&proxy, a_addr, "success") >= 1.0).await;
     a.stop().await;
     drop(a);
-    // Clients hit the refused master and mark it down passively.
-    wait_until("a marked down", || up(&proxy, a_addr) == 0.0).await;
-    for _ in 0..6 {
+    // Clients hit the refused master (and are retried on b): the refused
+    // connect marks a down passively.
+    let end = tokio::time::Instant::now() + DEADLINE;
+    let mut clients = 0;
+    while states(&proxy, a_addr).await.1 != "down" {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "a never marked down passively"
+        );
         assert!(whoami(proxy.addr, &pki).await.starts_with("b "));
+        clients += 1;
     }
+    assert_eq!(
+        states(&proxy, a_addr).await,
+        ("up".to_string(), "down".to_string()),
+        "down by the refused connects only"
+    );
+    assert_eq!(up(&proxy, a_addr), 0.0);
+    println!("a marked down passively after {clients} client connections");
     let _a = ApiServer::start("a", &pki, a_addr).await.unwrap();
     let connections = proxy.scrape().get(
         "cplb_connections_total",
         &[("upstream", &a_addr.to_string())],
     );
     wait_until("a back up through its probes", || up(&proxy, a_addr) == 1.0).await;
+    assert_eq!(
+        states(&proxy, a_addr).await,
+        ("up".to_string(), "up".to_string())
+    );
     assert_eq!(
         proxy.scrape().get(
             "cplb_connections_total",

@@ -15,6 +15,9 @@ pub struct CplbProcess {
     pub admin: Option<SocketAddr>,
     pub config_path: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Collects stderr until EOF; joined on exit so that every line the
+    /// process wrote is in `logs` before anyone counts them.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 #[derive(Default)]
@@ -22,6 +25,8 @@ pub struct Options {
     /// RLIMIT_NOFILE for the child.
     pub nofile: Option<u64>,
     pub args: Vec<String>,
+    /// RUST_LOG for the child (default "info").
+    pub rust_log: Option<String>,
 }
 
 /// A fresh temp directory for one test.
@@ -45,7 +50,7 @@ impl CplbProcess {
     pub fn spawn_with_file(config_path: PathBuf, opts: Options) -> CplbProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cplb"));
         cmd.arg("--config").arg(&config_path).args(&opts.args);
-        cmd.env("RUST_LOG", "info")
+        cmd.env("RUST_LOG", opts.rust_log.as_deref().unwrap_or("info"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -69,7 +74,7 @@ impl CplbProcess {
         let stderr = child.stderr.take().unwrap();
         let logs = Arc::new(Mutex::new(Vec::new()));
         let l = logs.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { return };
                 l.lock().unwrap().push(line);
@@ -81,6 +86,7 @@ impl CplbProcess {
             admin: None,
             config_path,
             logs,
+            reader: Some(reader),
         };
         let line = p.wait_for_log("cplb started");
         p.addr = field(&line, "listen=[")
@@ -126,6 +132,22 @@ impl CplbProcess {
         }
     }
 
+    /// Waits until `n` log lines contain `needle`.
+    pub fn wait_for_count(&mut self, needle: &str, n: usize) {
+        let end = std::time::Instant::now() + DEADLINE;
+        while self.count_logs(needle) < n {
+            assert!(
+                std::time::Instant::now() < end,
+                "fewer than {n} log lines {needle:?}:\n{}",
+                self.logs()
+            );
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("cplb exited ({status}):\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn count_logs(&self, needle: &str) -> usize {
         self.logs
             .lock()
@@ -140,7 +162,13 @@ impl CplbProcess {
     }
 
     pub fn signal(&self, sig: i32) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our
+        // own child, not yet reaped (Drop reaps it).
         unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits for the process to exit; returns its exit code.
@@ -148,6 +176,11 @@ impl CplbProcess {
         let end = std::time::Instant::now() + DEADLINE * 4;
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
+                // The child is gone, so its stderr reaches EOF: wait for
+                // the reader to take in the last lines.
+                if let Some(r) = self.reader.take() {
+                    let _ = r.join();
+                }
                 return s.code();
             }
             assert!(
