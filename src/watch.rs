@@ -95,6 +95,16 @@ fn watched_dirs(path: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// Whether an event on `paths` can change the config's content.
+fn is_relevant(paths: &[PathBuf], watched: &[PathBuf], names: &[std::ffi::OsString]) -> bool {
+    paths.iter().any(|p| {
+        watched.contains(p)
+            || p.file_name().is_some_and(|n| {
+                names.iter().any(|m| m == n) || n.to_string_lossy().starts_with("..")
+            })
+    })
+}
+
 enum Failure {
     /// The symlink target's directory was removed (a ConfigMap swap).
     TargetMoved,
@@ -122,13 +132,7 @@ fn start(
                 // Only what can change the config's content: its own name,
                 // the symlink target's name, the ConfigMap's `..data`
                 // entries. A log file or editor swap file beside it is noise.
-                let relevant = ev.paths.iter().any(|p| {
-                    watched.contains(p)
-                        || p.file_name().is_some_and(|n| {
-                            names.iter().any(|m| m == n) || n.to_string_lossy().starts_with("..")
-                        })
-                });
-                if relevant {
+                if is_relevant(&ev.paths, &watched, &names) {
                     handle.file_changed();
                 }
                 // A watched directory itself went away: that watch is dead.
@@ -154,4 +158,100 @@ fn start(
         }
     }
     Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+    use std::os::unix::fs::symlink;
+
+    fn temp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("cplb-watch-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::canonicalize(d).unwrap()
+    }
+
+    fn names(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn plain_file_watches_its_directory_for_its_name() {
+        let d = temp("plain");
+        let f = d.join("cplb.yaml");
+        std::fs::write(&f, "x").unwrap();
+        assert_eq!(watched_dirs(&f), vec![d.clone()]);
+        assert_eq!(relevant_names(&f), names(&["cplb.yaml"]));
+        // A missing file (deleted, about to be re-created) still names itself.
+        let gone = d.join("gone.yaml");
+        assert_eq!(watched_dirs(&gone), vec![d.clone()]);
+        assert_eq!(relevant_names(&gone), names(&["gone.yaml"]));
+        // A bare file name lives in the current directory.
+        assert_eq!(
+            watched_dirs(Path::new("cplb.yaml")),
+            vec![PathBuf::from(".")]
+        );
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn symlink_elsewhere_adds_the_target_directory_and_name() {
+        let d = temp("link");
+        std::fs::create_dir_all(d.join("etc")).unwrap();
+        std::fs::create_dir_all(d.join("store")).unwrap();
+        std::fs::write(d.join("store/real.yaml"), "x").unwrap();
+        let f = d.join("etc/cplb.yaml");
+        symlink("../store/real.yaml", &f).unwrap();
+        assert_eq!(watched_dirs(&f), vec![d.join("etc"), d.join("store")]);
+        assert_eq!(relevant_names(&f), names(&["cplb.yaml", "real.yaml"]));
+        // A symlink within the same directory: one directory, two names.
+        let g = d.join("store/cplb.yaml");
+        symlink("real.yaml", &g).unwrap();
+        assert_eq!(watched_dirs(&g), vec![d.join("store")]);
+        assert_eq!(relevant_names(&g), names(&["cplb.yaml", "real.yaml"]));
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn configmap_layout_watches_the_timestamped_directory_once() {
+        let d = temp("cm");
+        std::fs::create_dir_all(d.join("..2026_01_01.1")).unwrap();
+        std::fs::write(d.join("..2026_01_01.1/cplb.yaml"), "x").unwrap();
+        symlink("..2026_01_01.1", d.join("..data")).unwrap();
+        let f = d.join("cplb.yaml");
+        symlink("..data/cplb.yaml", &f).unwrap();
+        assert_eq!(watched_dirs(&f), vec![d.clone(), d.join("..2026_01_01.1")]);
+        // The target has the same name: listed once.
+        assert_eq!(relevant_names(&f), names(&["cplb.yaml"]));
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn only_the_config_its_target_and_configmap_entries_are_relevant() {
+        let dir = PathBuf::from("/etc/cplb");
+        let watched = vec![dir.clone()];
+        let n = names(&["cplb.yaml", "real.yaml"]);
+        let rel = |p: &str| is_relevant(&[PathBuf::from(p)], &watched, &n);
+        assert!(rel("/etc/cplb/cplb.yaml"));
+        assert!(rel("/elsewhere/real.yaml"));
+        assert!(rel("/etc/cplb/..data"));
+        assert!(rel("/etc/cplb/..data_tmp"));
+        assert!(rel("/etc/cplb"), "the watched directory itself");
+        assert!(!rel("/etc/cplb/cplb.log"));
+        assert!(!rel("/etc/cplb/.cplb.yaml.swp"));
+        assert!(!rel("/etc/cplb/cplb.yaml~"));
+        assert!(!rel("/etc/cplb/notes.txt"));
+        assert!(!is_relevant(&[], &watched, &n));
+        // A rename event carries both paths: relevant if either is.
+        assert!(is_relevant(
+            &[
+                PathBuf::from("/etc/cplb/.cplb.yaml.swp"),
+                PathBuf::from("/etc/cplb/cplb.yaml")
+            ],
+            &watched,
+            &n
+        ));
+    }
 }

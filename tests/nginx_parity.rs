@@ -3,8 +3,8 @@
 //! client address: checked live against nginx over 320 source IPs, with
 //! two weight layouts, and again with one master down.
 //!
-//! Needs nginx with the stream module (Debian: nginx-light
-//! libnginx-mod-stream; `.ci/run` installs them).
+//! Needs nginx on `PATH` with the stream module (Debian: nginx-light
+//! libnginx-mod-stream; `.ci/run` installs them); skips without them.
 
 mod common;
 
@@ -14,8 +14,9 @@ use std::process::{Child, Command};
 
 use common::*;
 
-const NGINX: &str = "/usr/sbin/nginx";
 const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
+const TEST: &str = "remote_addr_hash_matches_real_nginx_for_every_client";
 
 struct Nginx {
     child: Child,
@@ -31,20 +32,21 @@ impl Drop for Nginx {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Reserves a port for nginx: bound with SO_REUSEPORT but never listening,
+/// so no other program can take it before nginx binds it (nginx's
+/// `reuseport` joins the reservation) and no connection ever lands on it.
+fn reserve_port() -> (u16, socket2::Socket) {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_reuse_port(true).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let port = s.local_addr().unwrap().as_socket().unwrap().port();
+    (port, s)
 }
 
 /// Starts nginx with one stream server per upstream group.
-async fn start_nginx(groups: &[(u16, Vec<(SocketAddr, u32)>)]) -> Nginx {
-    assert!(
-        std::path::Path::new(NGINX).exists() && std::path::Path::new(STREAM_MODULE).exists(),
-        "this test needs real nginx with the stream module: apt-get install nginx-light libnginx-mod-stream"
-    );
+async fn start_nginx(nginx: &std::path::Path, groups: &[(u16, Vec<(SocketAddr, u32)>)]) -> Nginx {
     let dir = std::env::temp_dir().join(format!(
         "cplb-nginx-parity-{}-{}",
         std::process::id(),
@@ -70,7 +72,7 @@ async fn start_nginx(groups: &[(u16, Vec<(SocketAddr, u32)>)]) -> Nginx {
     }
     conf.push_str("}\n");
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let child = Command::new(NGINX)
+    let child = Command::new(nginx)
         .arg("-p")
         .arg(&dir)
         .arg("-e")
@@ -80,11 +82,14 @@ async fn start_nginx(groups: &[(u16, Vec<(SocketAddr, u32)>)]) -> Nginx {
         .args(["-g", "daemon off;"])
         .spawn()
         .expect("start nginx");
-    let nginx = Nginx { child, dir };
+    let mut nginx = Nginx { child, dir };
     for (port, _) in groups {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let end = tokio::time::Instant::now() + DEADLINE;
         while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if let Ok(Some(st)) = nginx.child.try_wait() {
+                panic!("nginx exited ({st}) before listening on {addr}");
+            }
             assert!(
                 tokio::time::Instant::now() < end,
                 "nginx did not start listening"
@@ -129,6 +134,12 @@ async fn landed(src: Ipv4Addr, proxy: SocketAddr) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_addr_hash_matches_real_nginx_for_every_client() {
+    if !require::tool(TEST, "nginx", "nginx-light")
+        || !require::file(TEST, STREAM_MODULE, "libnginx-mod-stream")
+    {
+        return;
+    }
+    let nginx = require::find("nginx").unwrap();
     let masters = [
         FakeUpstream::start("m0").await,
         FakeUpstream::start("m1").await,
@@ -140,8 +151,13 @@ async fn remote_addr_hash_matches_real_nginx_for_every_client() {
         .zip([1, 3, 7])
         .map(|(m, w)| (m.addr, w))
         .collect();
-    let (p_equal, p_skewed) = (free_port(), free_port());
-    let _nginx = start_nginx(&[(p_equal, equal.clone()), (p_skewed, skewed.clone())]).await;
+    // The reservations are held until nginx has bound the ports too.
+    let ((p_equal, _r1), (p_skewed, _r2)) = (reserve_port(), reserve_port());
+    let _nginx = start_nginx(
+        &nginx,
+        &[(p_equal, equal.clone()), (p_skewed, skewed.clone())],
+    )
+    .await;
     let nginx_equal: SocketAddr = format!("127.0.0.1:{p_equal}").parse().unwrap();
     let nginx_skewed: SocketAddr = format!("127.0.0.1:{p_skewed}").parse().unwrap();
     let cplb_equal = Proxy::start(config(&cplb_yaml(&equal))).await;

@@ -95,23 +95,47 @@ async fn client_half_close_still_receives_the_whole_response() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_closes_only_connections_where_no_byte_moved() {
     let up = FakeUpstream::start("echo").await;
-    let proxy = Proxy::start(config(&yaml(&[up.addr], "idle_timeout: 400ms\n"))).await;
+    // The busy client talks every 50 ms, a twentieth of the idle timeout,
+    // so a loaded machine's scheduling delays cannot make it look idle.
+    let proxy = Proxy::start(config(&yaml(&[up.addr], "idle_timeout: 1s\n"))).await;
     let mut idle = Client::connect(proxy.addr).await;
     let mut busy = Client::connect(proxy.addr).await;
     let started = tokio::time::Instant::now();
-    // The busy one talks every 100 ms for 1.2 s: three idle timeouts' worth.
-    while started.elapsed() < Duration::from_millis(1200) {
+    let mut idle_read = Box::pin(async move {
+        let mut buf = [0u8; 1];
+        let n = idle.reader.read(&mut buf).await.unwrap_or(0);
+        (n, tokio::time::Instant::now())
+    });
+    let mut max_gap = Duration::ZERO;
+    let mut last = tokio::time::Instant::now();
+    let (n, closed_at) = loop {
+        tokio::select! {
+            r = &mut idle_read => break r,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                busy.ping("tick").await;
+                max_gap = max_gap.max(last.elapsed());
+                last = tokio::time::Instant::now();
+                assert!(started.elapsed() < DEADLINE, "idle connection never closed");
+            }
+        }
+    };
+    assert_eq!(n, 0, "idle connection closed");
+    let idle_for = closed_at - started;
+    // The busy one outlives the idle one by another idle timeout.
+    while started.elapsed() < idle_for + Duration::from_secs(1) {
         busy.ping("tick").await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        max_gap = max_gap.max(last.elapsed());
+        last = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     busy.ping("still open").await;
-    // The idle one was closed by the proxy: EOF, well before now.
-    let mut buf = [0u8; 1];
-    let n = tokio::time::timeout(DEADLINE, idle.reader.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap_or(0);
-    assert_eq!(n, 0, "idle connection closed");
+    println!(
+        "idle client closed after {idle_for:?} (idle_timeout 1s); busy client's longest gap {max_gap:?}"
+    );
+    assert!(
+        idle_for >= Duration::from_secs(1),
+        "closed early: {idle_for:?}"
+    );
     let s = proxy.scrape();
     assert_eq!(
         s.get(
@@ -128,18 +152,28 @@ async fn idle_timeout_closes_only_connections_where_no_byte_moved() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_way_traffic_keeps_a_watch_alive() {
-    // A watch: only the upstream talks, every 100 ms, for 4 idle timeouts.
-    let up = FakeUpstream::start_mode("watch", Mode::Ticker { ms: 100 }).await;
-    let proxy = Proxy::start(config(&yaml(&[up.addr], "idle_timeout: 300ms\n"))).await;
+    // A watch: only the upstream talks, every 50 ms, for three idle
+    // timeouts; a tick is a twentieth of the timeout, so scheduling delays
+    // on a loaded machine cannot make the watch look idle.
+    let up = FakeUpstream::start_mode("watch", Mode::Ticker { ms: 50 }).await;
+    let proxy = Proxy::start(config(&yaml(&[up.addr], "idle_timeout: 1s\n"))).await;
     let mut c = Client::connect(proxy.addr).await;
-    for _ in 0..12 {
+    let started = tokio::time::Instant::now();
+    let (mut ticks, mut max_gap, mut last) = (0, Duration::ZERO, started);
+    while started.elapsed() < Duration::from_secs(3) {
         let mut line = String::new();
         let n = tokio::time::timeout(DEADLINE, c.reader.read_line(&mut line))
             .await
             .unwrap()
             .unwrap();
         assert_eq!((n, line.as_str()), (5, "tick\n"), "the watch stays open");
+        ticks += 1;
+        max_gap = max_gap.max(last.elapsed());
+        last = tokio::time::Instant::now();
     }
+    println!(
+        "watch: {ticks} ticks over 3 s of one-way traffic (idle_timeout 1s), longest gap {max_gap:?}"
+    );
     proxy.shutdown().await;
 }
 

@@ -153,27 +153,60 @@ async fn kubernetes_configmap_data_swap_is_applied() {
     proxy.shutdown().await;
 }
 
+/// The debug line the reloader logs when a file event finds the running
+/// content: the observable "the watcher looked and did nothing".
+const UNCHANGED: &str = "content unchanged";
+
+/// The binary with debug logs from cplb, so no-op file events are visible.
+fn spawn_debug(path: &Path) -> CplbProcess {
+    CplbProcess::spawn_with_file(
+        path.to_path_buf(),
+        Options {
+            log_filter: Some("info,cplb=debug".into()),
+            ..Default::default()
+        },
+    )
+}
+
+fn proc_yaml(ups: &[SocketAddr]) -> String {
+    file_yaml(ups, "").replace("admin: 127.0.0.1:0\n", "admin: \"\"\n")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_content_is_not_reloaded() {
-    let a = FakeUpstream::start("a").await;
+    let (a, b) = (
+        FakeUpstream::start("a").await,
+        FakeUpstream::start("b").await,
+    );
     let dir = temp_dir("noop");
     let path = dir.join("cplb.yaml");
-    let y = file_yaml(&[a.addr], "");
+    let y = proc_yaml(&[a.addr]);
     std::fs::write(&path, &y).unwrap();
-    let proxy = start_from_file(&path).await;
-    // Same bytes again, plus unrelated files in the directory.
+    let mut p = spawn_debug(&path);
+    // The watcher looks once when it starts: unchanged. Waiting for it
+    // keeps that look out of the next step's debounce window.
+    p.wait_for_count(UNCHANGED, 1);
+    // 1. The same bytes again: seen, read, compared, not reloaded.
+    let t = std::time::Instant::now();
     std::fs::write(&path, &y).unwrap();
+    p.wait_for_count(UNCHANGED, 2);
+    let noop = t.elapsed();
+    assert_eq!(p.count_logs("config reloaded"), 0, "{}", p.logs());
+    // 2. An unrelated file beside it never reaches the reloader. Nothing
+    // can announce "nothing happened", so outlast three times what the
+    // no-op above took to show (debounce included), then look.
     std::fs::write(dir.join("notes.txt"), "hello").unwrap();
-    // A marker change after the no-ops proves the watcher saw the events.
-    let b = FakeUpstream::start("b").await;
-    std::fs::write(&path, file_yaml(&[b.addr], "")).unwrap();
-    wait_for_upstream(&proxy, "b").await;
-    assert_eq!(
-        reloads(&proxy, "success"),
-        1.0,
-        "only the real change reloaded"
-    );
-    proxy.shutdown().await;
+    let quiet = (noop * 3).max(Duration::from_millis(500));
+    tokio::time::sleep(quiet).await;
+    println!("no-op write seen in {noop:?}; waited {quiet:?} after the unrelated file");
+    assert_eq!(p.count_logs(UNCHANGED), 2, "{}", p.logs());
+    assert_eq!(p.count_logs("config reloaded"), 0, "{}", p.logs());
+    // 3. A real change reloads, once.
+    std::fs::write(&path, proc_yaml(&[b.addr])).unwrap();
+    p.wait_for_log("config reloaded");
+    assert_eq!(Client::connect(p.addr).await.upstream, "b");
+    assert_eq!(p.count_logs("config reloaded"), 1, "{}", p.logs());
+    assert_eq!(p.count_logs(UNCHANGED), 2, "{}", p.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,14 +350,19 @@ async fn hundred_reloads_under_load_drop_nothing() {
             n
         }));
     }
+    // Where the short connections landed: a is only in set 1, c only in set 2.
+    let landed: Arc<[AtomicUsize; 3]> = Arc::new(Default::default());
     let mut short = Vec::new();
     for _ in 0..3 {
         let (addr, stop, made, failed) = (proxy.addr, stop.clone(), made.clone(), failed.clone());
+        let landed = landed.clone();
         short.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 match Client::connect_from(None, addr).await {
                     Some(mut c) => {
                         c.ping("short").await;
+                        let i = (c.upstream.as_bytes()[0] - b'a') as usize;
+                        landed[i].fetch_add(1, Ordering::Relaxed);
                         made.fetch_add(1, Ordering::Relaxed);
                     }
                     None => {
@@ -359,43 +397,46 @@ async fn hundred_reloads_under_load_drop_nothing() {
         s.await.unwrap();
     }
     let made = made.load(Ordering::Relaxed);
-    println!("100 reloads: {made} new connections during them, 8 long-lived");
+    let landed: Vec<usize> = landed.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+    println!("100 reloads: {made} new connections during them (a/b/c: {landed:?}), 8 long-lived");
     assert_eq!(
         failed.load(Ordering::Relaxed),
         0,
         "no new connection failed"
     );
-    assert!(made >= 300, "load was steady: {made} connections");
+    // Both upstream sets really served: a only exists in set 1 and c only
+    // in set 2, so each reload took effect while connections kept coming.
+    assert!(
+        landed[0] >= 20 && landed[2] >= 20,
+        "new connections followed the reloads: a/b/c {landed:?}"
+    );
     assert!(reloads(&proxy, "success") >= 100.0);
     assert_eq!(reloads(&proxy, "failure"), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_reloads_the_binary() {
-    let (a, b) = (
-        FakeUpstream::start("a").await,
-        FakeUpstream::start("b").await,
-    );
-    let mut p = CplbProcess::spawn(
-        &file_yaml(&[a.addr], "").replace("admin: 127.0.0.1:0\n", "admin: \"\"\n"),
-        Options::default(),
-    );
-    assert_eq!(Client::connect(p.addr).await.upstream, "a");
-    // Write without the watcher seeing a change of content... it will, so
-    // check SIGHUP on its own: a forced reload is logged as such.
-    std::fs::write(
-        &p.config_path,
-        file_yaml(&[b.addr], "").replace("admin: 127.0.0.1:0\n", "admin: \"\"\n"),
-    )
-    .unwrap();
+async fn sighup_forces_a_reload_of_unchanged_content() {
+    let a = FakeUpstream::start("a").await;
+    let dir = temp_dir("sighup");
+    let path = dir.join("cplb.yaml");
+    std::fs::write(&path, proc_yaml(&[a.addr])).unwrap();
+    let mut p = spawn_debug(&path);
+    // The watcher's first look is done and changed nothing; the file is
+    // not touched again, so only SIGHUP can reload from here on.
+    p.wait_for_count(UNCHANGED, 1);
+    assert_eq!(p.count_logs("config reloaded"), 0, "{}", p.logs());
     p.signal(libc::SIGHUP);
     p.wait_for_log("SIGHUP: reloading configuration");
-    let end = tokio::time::Instant::now() + DEADLINE;
-    while Client::connect(p.addr).await.upstream != "b" {
-        assert!(tokio::time::Instant::now() < end);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     p.wait_for_log("config reloaded");
+    assert_eq!(
+        p.count_logs(UNCHANGED),
+        1,
+        "a forced reload, not a content check"
+    );
+    // A second SIGHUP is a second forced reload.
+    p.signal(libc::SIGHUP);
+    p.wait_for_count("config reloaded", 2);
+    assert_eq!(Client::connect(p.addr).await.upstream, "a");
     assert!(p.is_running());
 }
 

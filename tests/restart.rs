@@ -57,8 +57,19 @@ fn in_netns<F: std::future::Future<Output = usize> + 'static>(
     .unwrap()
 }
 
+/// Root (for a network namespace) and `ip` (to bring its loopback up).
+fn can_run(test: &str) -> bool {
+    require::root(
+        test,
+        "unshare(CLONE_NEWNET) for a private network namespace",
+    ) && require::tool(test, "ip", "iproute2")
+}
+
 #[test]
 fn hitless_restart_with_tcp_migrate_req_loses_nothing() {
+    if !can_run("hitless_restart_with_tcp_migrate_req_loses_nothing") {
+        return;
+    }
     let failed = in_netns(true, restart_under_load);
     assert_eq!(
         failed, 0,
@@ -68,6 +79,9 @@ fn hitless_restart_with_tcp_migrate_req_loses_nothing() {
 
 #[test]
 fn hitless_restart_without_tcp_migrate_req_loses_at_most_the_race_window() {
+    if !can_run("hitless_restart_without_tcp_migrate_req_loses_at_most_the_race_window") {
+        return;
+    }
     // Without migration the kernel resets what completes its handshake
     // between our last drain of the queue and close(): a few at most.
     let failed = in_netns(false, restart_under_load);

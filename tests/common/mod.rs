@@ -154,10 +154,17 @@ pub struct Blackhole {
 
 impl Blackhole {
     pub fn start() -> Blackhole {
+        Self::start_at("127.0.0.1:0".parse().unwrap())
+    }
+
+    /// A blackhole on a given address (a master that stops answering).
+    pub fn start_at(at: SocketAddr) -> Blackhole {
         use socket2::{Domain, Socket, Type};
         let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-            .unwrap();
+        // The address was a master's a moment ago: its closed connections
+        // may sit in TIME_WAIT.
+        s.set_reuse_address(true).unwrap();
+        s.bind(&at.into()).unwrap();
         s.listen(0).unwrap();
         let addr = s.local_addr().unwrap().as_socket().unwrap();
         // Fill the queue: with backlog 0 Linux still queues one connection;

@@ -15,6 +15,9 @@ pub struct CplbProcess {
     pub admin: Option<SocketAddr>,
     pub config_path: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Collects stderr until EOF; joined on exit so that every line the
+    /// process wrote is in `logs` before anyone counts them.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 #[derive(Default)]
@@ -71,7 +74,7 @@ impl CplbProcess {
         let stderr = child.stderr.take().unwrap();
         let logs = Arc::new(Mutex::new(Vec::new()));
         let l = logs.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { return };
                 l.lock().unwrap().push(line);
@@ -83,6 +86,7 @@ impl CplbProcess {
             admin: None,
             config_path,
             logs,
+            reader: Some(reader),
         };
         let line = p.wait_for_log("cplb started");
         if line.starts_with('{') {
@@ -137,6 +141,22 @@ impl CplbProcess {
         }
     }
 
+    /// Waits until `n` log lines contain `needle`.
+    pub fn wait_for_count(&mut self, needle: &str, n: usize) {
+        let end = std::time::Instant::now() + DEADLINE;
+        while self.count_logs(needle) < n {
+            assert!(
+                std::time::Instant::now() < end,
+                "fewer than {n} log lines {needle:?}:\n{}",
+                self.logs()
+            );
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("cplb exited ({status}):\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn count_logs(&self, needle: &str) -> usize {
         self.logs
             .lock()
@@ -151,7 +171,13 @@ impl CplbProcess {
     }
 
     pub fn signal(&self, sig: i32) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our
+        // own child, not yet reaped (Drop reaps it).
         unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits for the process to exit; returns its exit code.
@@ -159,6 +185,11 @@ impl CplbProcess {
         let end = std::time::Instant::now() + DEADLINE * 4;
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
+                // The child is gone, so its stderr reaches EOF: wait for
+                // the reader to take in the last lines.
+                if let Some(r) = self.reader.take() {
+                    let _ = r.join();
+                }
                 return s.code();
             }
             assert!(

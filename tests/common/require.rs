@@ -57,6 +57,16 @@ pub fn tool(test: &str, tool: &str, package: &str) -> bool {
         )
 }
 
+/// `true` when the file at `path` (a plug-in, a data file) exists;
+/// otherwise skips (or fails in CI) naming the package that ships it.
+pub fn file(test: &str, path: &str, package: &str) -> bool {
+    Path::new(path).is_file()
+        || missing(
+            test,
+            &format!("needs {path} (Debian package {package}: apt-get install {package})"),
+        )
+}
+
 /// `true` when running as root; otherwise skips (or fails in CI).
 pub fn root(test: &str, why: &str) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
