@@ -5,6 +5,7 @@
 pub mod metrics;
 pub mod process;
 pub mod require;
+pub mod shipped;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
