@@ -1,17 +1,23 @@
 //! What ships for operators: every cplb config passes `cplb --check` with
 //! active `/readyz` checks on (and without them, the commented variant),
-//! every pod mounts the CA file its config names at that path, and the
-//! systemd unit passes `systemd-analyze verify` and fits the config.
+//! its checks take a stand-in master whose `/readyz` fails out, every pod
+//! mounts the CA file its config names at that path, and the systemd unit
+//! passes `systemd-analyze verify` and fits the config.
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
+use cplb::standin::ApiServer;
+use cplb::standin::pki::Pki;
+
 use common::shipped::{ca_file, with_test_ca};
+use common::wait_until;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -134,6 +140,78 @@ fn every_shipped_config_passes_check_without_active_checks() {
         assert!(removed, "{name}: no health_check section");
         let passive = serde_yaml_ng::to_string(&v).expect("serialisable");
         assert_check_passes(&dir, &name, &passive);
+    }
+}
+
+/// A shipped config in front of `upstreams`, with what a test must change:
+/// loopback addresses on port 0, the stand-ins' CA, a short drain, and a
+/// faster probe interval. Mode, path, server name, rise, fall and
+/// close_on_down stay as shipped.
+fn on_loopback(text: &str, upstreams: &[SocketAddr], ca: &Path) -> cplb::Config {
+    let mut v: Value = serde_yaml_ng::from_str(text).expect("valid YAML");
+    v["listen"] = "127.0.0.1:0".into();
+    v["admin"] = "127.0.0.1:0".into();
+    v["shutdown_grace"] = "200ms".into();
+    v["health_check"]["interval"] = "200ms".into();
+    v["health_check"]["tls"]["ca_file"] = ca.display().to_string().into();
+    let ups = v["upstreams"].as_sequence_mut().expect("upstreams");
+    assert_eq!(ups.len(), upstreams.len(), "one stand-in per upstream");
+    for (u, addr) in ups.iter_mut().zip(upstreams) {
+        u["address"] = addr.to_string().into();
+    }
+    let text = serde_yaml_ng::to_string(&v).expect("serialisable");
+    cplb::Config::parse(&text, Path::new("shipped.yaml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn up(proxy: &common::Proxy, addr: SocketAddr) -> f64 {
+    proxy
+        .scrape()
+        .get("cplb_upstream_up", &[("upstream", &addr.to_string())])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_checks_take_a_master_whose_readyz_fails_out() {
+    // Stand-in API servers with a kubeadm-like certificate (it names
+    // `kubernetes`), so the shipped server_name and path are what is tried.
+    let pki = Pki::new("kubernetes").expect("CA");
+    let dir = common::process::temp_dir("shipped-e2e");
+    let ca = dir.join("ca.crt");
+    std::fs::write(&ca, pki.ca_pem()).expect("temp dir is writable");
+    for (name, text) in configs() {
+        let mut masters = Vec::new();
+        for i in 0..3 {
+            let m = ApiServer::start(&format!("master{i}"), &pki, "127.0.0.1:0".parse().unwrap())
+                .await
+                .expect("stand-in starts");
+            masters.push(m);
+        }
+        let addrs: Vec<SocketAddr> = masters.iter().map(|m| m.addr).collect();
+        let proxy = common::Proxy::start(on_loopback(&text, &addrs, &ca)).await;
+        let first = addrs[0];
+        wait_until(&format!("{name}: /readyz probes pass"), || {
+            masters[0].requests() >= 2
+                && proxy.scrape().get(
+                    "cplb_health_checks_total",
+                    &[("upstream", &first.to_string()), ("result", "success")],
+                ) >= 2.0
+        })
+        .await;
+        assert_eq!(up(&proxy, first), 1.0, "{name}");
+
+        masters[0].set_ready(false);
+        wait_until(&format!("{name}: master0 down"), || {
+            up(&proxy, first) == 0.0
+        })
+        .await;
+        for a in &addrs[1..] {
+            assert_eq!(up(&proxy, *a), 1.0, "{name}: {a}");
+        }
+        masters[0].set_ready(true);
+        wait_until(&format!("{name}: master0 back"), || {
+            up(&proxy, first) == 1.0
+        })
+        .await;
+        proxy.shutdown().await;
     }
 }
 
