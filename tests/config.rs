@@ -3,6 +3,8 @@
 //! invalid fixture: `# expect: <text the message must contain>`). And the
 //! same through `cplb --check`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -84,7 +86,8 @@ fn defaults_are_nginx_defaults() {
 #[test]
 fn shipped_config_is_the_reference_setup() {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/cplb.yaml");
-    let c = cplb::Config::load(&p).unwrap();
+    let text = std::fs::read_to_string(&p).unwrap();
+    let c = common::shipped::parse(&text, &p);
     assert_eq!(c.upstreams.len(), 3);
     for u in &c.upstreams {
         assert_eq!(

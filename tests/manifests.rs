@@ -259,7 +259,7 @@ fn config_for(path: &Path, docs: &[Value]) -> cplb::Config {
         "config/kubespray/cplb-proxy.yaml" => read("config/kubespray/cplb.yaml"),
         other => panic!("which config does {other} run?"),
     };
-    cplb::Config::parse(&text, path).unwrap_or_else(|e| panic!("{e}"))
+    common::shipped::parse(&text, path)
 }
 
 #[test]
@@ -372,11 +372,11 @@ fn every_shipped_cplb_config_is_valid() {
         if docs.iter().any(is_object) {
             for cm in docs.iter().filter(|d| d["kind"] == "ConfigMap") {
                 let embedded = cm["data"]["cplb.yaml"].as_str().expect("cplb.yaml key");
-                cplb::Config::parse(embedded, &path).unwrap_or_else(|e| panic!("{e}"));
+                common::shipped::parse(embedded, &path);
                 checked.push(format!("{} (ConfigMap)", rel(&path)));
             }
         } else {
-            cplb::Config::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+            common::shipped::parse(&text, &path);
             checked.push(rel(&path));
         }
     }
@@ -392,8 +392,7 @@ fn every_shipped_cplb_config_is_valid() {
 #[test]
 fn kubespray_config_keeps_nginx_proxy_choices() {
     let path = root().join("config/kubespray/cplb.yaml");
-    let c = cplb::Config::parse(&read("config/kubespray/cplb.yaml"), &path)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let c = common::shipped::parse(&read("config/kubespray/cplb.yaml"), &path);
     // IPv4 only: kubespray adds [::1] only with IPv6, and a node with IPv6
     // disabled must not depend on cplb skipping it.
     assert_eq!(c.listen, ["127.0.0.1:6443".parse().unwrap()]);

@@ -6,6 +6,7 @@ pub mod metrics;
 pub mod process;
 pub mod promql;
 pub mod require;
+pub mod shipped;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
