@@ -1,8 +1,8 @@
 //! The docs show what the binary does. Every fenced block preceded by a
 //! `<!-- check: SETUP -->` comment in README.md, docs/*.md or
 //! config/kubespray/README.md is run here and its output compared, byte for
-//! byte, with what the block shows. And every relative link in README.md and
-//! docs/*.md leads to a file (and a heading) that exists.
+//! byte, with what the block shows. And every relative link in those files
+//! leads to a file (and a heading) that exists.
 //!
 //! A `console` block is a list of `$ command` lines, each followed by the
 //! lines it prints (stdout and stderr, in order). `$ echo $?` prints the exit
@@ -62,7 +62,7 @@ fn doc_files() -> Vec<String> {
     files
 }
 
-/// The files whose checked blocks are run.
+/// The files whose checked blocks are run and whose links are followed.
 fn checked_files() -> Vec<String> {
     let mut f = doc_files();
     f.push("config/kubespray/README.md".into());
@@ -93,19 +93,25 @@ fn blocks() -> Vec<Block> {
                 i += 1;
                 continue;
             };
-            let fence = lines.get(i + 1).copied().unwrap_or("");
+            // A block inside a list item is indented like its marker.
+            let indent = &lines[i][..lines[i].len() - lines[i].trim_start().len()];
+            let unindent = |l: &str| l.strip_prefix(indent).unwrap_or(l).to_string();
+            let fence = lines.get(i + 1).map(|l| unindent(l)).unwrap_or_default();
             assert!(
                 fence.starts_with("```"),
                 "{file}:{}: a check marker must be followed by a fenced block",
                 i + 1
             );
             let end = (i + 2..lines.len())
-                .find(|&j| lines[j] == "```")
+                .find(|&j| unindent(lines[j]) == "```")
                 .unwrap_or_else(|| panic!("{file}:{}: unclosed block", i + 2));
             out.push(Block {
                 at: format!("{file}:{}", i + 2),
                 setup: setup.trim().to_string(),
-                body: lines[i + 2..end].iter().map(|l| format!("{l}\n")).collect(),
+                body: lines[i + 2..end]
+                    .iter()
+                    .map(|l| unindent(l) + "\n")
+                    .collect(),
             });
             i = end + 1;
         }
@@ -575,7 +581,7 @@ fn relative_links_lead_to_existing_files_and_headings() {
     let mut broken = Vec::new();
     let mut checked = 0;
     let mut pending_seen = BTreeSet::new();
-    for file in doc_files() {
+    for file in checked_files() {
         let text = read(&file);
         let dir = Path::new(&file).parent().unwrap();
         for (line, target) in links(&text) {
