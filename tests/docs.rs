@@ -153,6 +153,16 @@ fn workdir(setup: &str) -> Result<PathBuf, String> {
             link("config");
             link("tests");
         }
+        "promtool" => {
+            if !common::require::tool(
+                "console_blocks_print_what_the_binary_prints",
+                "promtool",
+                "prometheus",
+            ) {
+                return Err("no promtool".into());
+            }
+            link("config");
+        }
         "status-unreachable" => {
             if std::net::TcpStream::connect("127.0.0.1:8081").is_ok() {
                 return Err("something listens on 127.0.0.1:8081".into());
@@ -205,8 +215,21 @@ fn run(dir: &Path, cmd: &str) -> (String, i32) {
     )
 }
 
-const CONSOLE_SETUPS: &[&str] = &["repo", "repo-no-ca", "shipped", "status-unreachable"];
-const STATUS_SETUPS: &[&str] = &["status", "status-json", "status-reload-failed"];
+const CONSOLE_SETUPS: &[&str] = &[
+    "repo",
+    "repo-no-ca",
+    "shipped",
+    "status-unreachable",
+    "promtool",
+];
+/// Blocks compared by the tests that run a proxy.
+const STATUS_SETUPS: &[&str] = &[
+    "status",
+    "status-json",
+    "status-reload-failed",
+    "admin-readyz",
+    "admin-upstreams",
+];
 
 #[test]
 fn console_blocks_print_what_the_binary_prints() {
@@ -239,6 +262,11 @@ fn console_blocks_print_what_the_binary_prints() {
                 out
             };
             ran += 1;
+            // Blank lines at the end of an output are not compared.
+            let (actual, expected) = (
+                actual.trim_end_matches('\n').to_string() + "\n",
+                expected.trim_end_matches('\n').to_string() + "\n",
+            );
             if actual != expected {
                 failures.push(format!(
                     "{} ({}): `$ {cmd}`\n--- the doc shows:\n{expected}--- the binary printed:\n{actual}",
@@ -275,6 +303,13 @@ fn the_docs_check_every_shipped_config_import_and_status() {
     ] {
         assert!(shown(setup, cmd), "no checked `{setup}` block runs `{cmd}`");
     }
+    assert!(
+        shown(
+            "promtool",
+            "promtool check rules config/prometheus/cplb-alerts.yaml"
+        ),
+        "no checked `promtool check rules` block"
+    );
     for setup in STATUS_SETUPS {
         assert!(
             blocks.iter().any(|b| b.setup == *setup),
@@ -521,6 +556,126 @@ async fn cplb_status_matches_the_documented_table() {
             doc.at
         );
     }
+}
+
+/// A raw HTTP/1.1 GET: the status line and headers (without `date`), and
+/// the body.
+fn http_get(addr: SocketAddr, path: &str) -> (Vec<String>, String) {
+    use std::io::{BufRead, Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("admin endpoint");
+    // What curl sends: no `Connection: close`, so the answer's headers are
+    // those a keep-alive client sees.
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let mut head = Vec::new();
+    let mut len = 0;
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let line = line.trim_end().to_string();
+        if line.is_empty() {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(n) = lower.strip_prefix("content-length:") {
+            len = n.trim().parse().unwrap();
+        }
+        if !lower.starts_with("date:") {
+            head.push(line);
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).unwrap();
+    (head, String::from_utf8(body).unwrap())
+}
+
+/// The admin endpoint of a cplb whose two upstreams refused a connect, as
+/// shown: `/readyz` (status, headers but the date, body) and one entry of
+/// `/upstreams` (keys, and the values a refused connect sets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoint_answers_as_documented() {
+    // The documented addresses: nothing listens on ports 1 and 2.
+    let yaml = "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\nupstreams:\n  - address: 127.0.0.1:1\n    weight: 5\n    fail_timeout: 3s\n  - address: 127.0.0.1:2\n    weight: 5\n    fail_timeout: 3s\n";
+    let p = CplbProcess::spawn(yaml, Options::default());
+    let admin = p.admin.expect("admin enabled");
+    // A client whose connects are refused by both marks both down.
+    let c = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let end = tokio::time::Instant::now() + DEADLINE;
+    let (head, body) = loop {
+        let (head, body) = tokio::task::spawn_blocking(move || http_get(admin, "/readyz"))
+            .await
+            .unwrap();
+        if body.matches("marked down").count() == 2 {
+            break (head, body);
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "both marked down: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    drop(c);
+    let doc = block("admin-readyz");
+    let cmds = commands(&doc.body);
+    assert_eq!(cmds.len(), 1, "{}", doc.at);
+    let (want_head, want_body) = cmds[0]
+        .1
+        .split_once("\n\n")
+        .expect("headers, a blank line, a body");
+    let want_head: Vec<&str> = want_head
+        .lines()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("date:"))
+        .collect();
+    assert_eq!(head, want_head, "{}: status line and headers", doc.at);
+    assert_eq!(body, want_body, "{}: body", doc.at);
+
+    let doc = block("admin-upstreams");
+    let shown: Value =
+        serde_json::from_str(&doc.body).unwrap_or_else(|e| panic!("{}: {e}", doc.at));
+    let (_, body) = tokio::task::spawn_blocking(move || http_get(admin, "/upstreams"))
+        .await
+        .unwrap();
+    let real: Value = serde_json::from_str(&body).unwrap();
+    let real = real
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["address"] == shown["address"])
+        .unwrap_or_else(|| panic!("{}: {} not in {real:#}", doc.at, shown["address"]));
+    let (mut want, mut got) = (BTreeSet::new(), BTreeSet::new());
+    key_paths(&shown, "", &mut want);
+    key_paths(real, "", &mut got);
+    assert_eq!(want, got, "{}: keys", doc.at);
+    for k in [
+        "state",
+        "usable",
+        "weight",
+        "resolved",
+        "active_connections",
+    ] {
+        assert_eq!(shown[k], real[k], "{}: {k}", doc.at);
+    }
+    for k in [
+        "state",
+        "max_fails",
+        "recent_failures",
+        "fail_timeout_seconds",
+    ] {
+        assert_eq!(
+            shown["passive"][k], real["passive"][k],
+            "{}: passive.{k}",
+            doc.at
+        );
+    }
+    assert_eq!(
+        shown["active"]["state"], real["active"]["state"],
+        "{}",
+        doc.at
+    );
 }
 
 /// GitHub's anchor for a heading: lower case, punctuation dropped, spaces
