@@ -229,6 +229,7 @@ const STATUS_SETUPS: &[&str] = &[
     "status-reload-failed",
     "admin-readyz",
     "admin-upstreams",
+    "logs",
 ];
 
 #[test]
@@ -599,8 +600,8 @@ fn http_get(addr: SocketAddr, path: &str) -> (Vec<String>, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoint_answers_as_documented() {
     // The documented addresses: nothing listens on ports 1 and 2.
-    let yaml = "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\nupstreams:\n  - address: 127.0.0.1:1\n    weight: 5\n    fail_timeout: 3s\n  - address: 127.0.0.1:2\n    weight: 5\n    fail_timeout: 3s\n";
-    let p = CplbProcess::spawn(yaml, Options::default());
+    let yaml = "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\nhash:\n  node_id: worker-1\nupstreams:\n  - address: 127.0.0.1:1\n    weight: 5\n    fail_timeout: 3s\n  - address: 127.0.0.1:2\n    weight: 5\n    fail_timeout: 3s\n";
+    let mut p = CplbProcess::spawn(yaml, Options::default());
     let admin = p.admin.expect("admin enabled");
     // A client whose connects are refused by both marks both down.
     let c = tokio::net::TcpStream::connect(p.addr).await.unwrap();
@@ -676,6 +677,39 @@ async fn admin_endpoint_answers_as_documented() {
         "{}",
         doc.at
     );
+
+    // The log lines shown: start-up, a refused connect, a refused reload.
+    let good = std::fs::read_to_string(&p.config_path).unwrap();
+    std::fs::write(&p.config_path, good.replacen("weight: 5", "weight: 0", 1)).unwrap();
+    p.signal(libc::SIGHUP);
+    p.wait_for_log("config reload refused");
+    let path = p.config_path.display().to_string();
+    let real: Vec<String> = p
+        .logs()
+        .lines()
+        .map(|l| log_shape(&l.replace(&path, "/etc/cplb/cplb.yaml")))
+        .collect();
+    let doc = block("logs");
+    for line in doc.body.lines() {
+        let want = log_shape(line);
+        assert!(
+            real.contains(&want),
+            "{}: {want:?} not in\n{real:#?}",
+            doc.at
+        );
+    }
+}
+
+/// A text log line without its time and the module that logged it, with
+/// numbers as `N`.
+fn log_shape(line: &str) -> String {
+    let rest = line.split_once(' ').map_or(line, |(_, r)| r).trim_start();
+    let (level, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+    let rest = match rest.split_once(": ") {
+        Some((target, msg)) if target.starts_with("cplb") => msg,
+        _ => rest,
+    };
+    normalise(&format!("{level} {rest}"), "\0")
 }
 
 /// GitHub's anchor for a heading: lower case, punctuation dropped, spaces
