@@ -47,6 +47,7 @@ pub mod admin;
 pub mod config;
 pub mod copy;
 pub mod demo;
+pub mod discovery;
 pub mod health;
 pub mod health_check;
 pub mod import;
