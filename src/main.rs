@@ -41,6 +41,14 @@ enum Command {
     Demo,
     /// Convert an nginx `stream` proxy config to cplb YAML (printed on stdout).
     ImportNginx { file: PathBuf },
+    /// Check the config's `discovery:` section from this node: dial the
+    /// upstreams directly (never the kubeconfig's server) and print the API
+    /// servers the cluster lists, one JSON line per change. Proxies nothing.
+    Discover {
+        /// Exit after the first list.
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,9 +73,12 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Some(Command::ImportNginx { file }) => return import_nginx(file),
         Some(Command::Demo) => return demo(),
-        None => {}
+        Some(Command::Discover { .. }) | None => {}
     }
     let path = cli.config.context("--config FILE is required")?;
+    if let Some(Command::Discover { once }) = cli.command {
+        return discover(&path, once);
+    }
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -107,6 +118,56 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         let server = cplb::Server::bind(config, prometheus::Registry::new()).await?;
         reload_on_sighup(server.reload_handle())?;
         server.serve(shutdown).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `cplb discover`: runs the discovery watcher alone, seeded with the
+/// config's static upstreams in their order.
+fn discover(path: &std::path::Path, once: bool) -> anyhow::Result<ExitCode> {
+    use cplb::discovery::{Settings, Stats, run};
+    let config = Config::load(path)?;
+    let d = config
+        .discovery
+        .clone()
+        .with_context(|| format!("{} has no discovery: section", path.display()))?;
+    let seeds: Vec<String> = config.upstreams.iter().map(|u| u.address.clone()).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?;
+    runtime.block_on(async move {
+        let (tx, mut rx) = tokio::sync::watch::channel(None);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stats = std::sync::Arc::new(Stats::default());
+        let task = tokio::spawn(run(
+            Settings::new(&d),
+            move || seeds.clone(),
+            tx,
+            stats,
+            stop.clone(),
+        ));
+        let mut shutdown = std::pin::pin!(shutdown_signal()?);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let Some(list) = rx.borrow_and_update().clone() else { continue };
+                    let line = serde_json::json!({
+                        "service": d.service_ref(), "addresses": list.addresses, "via": list.via,
+                    });
+                    println!("{line}");
+                    if once {
+                        break;
+                    }
+                }
+            }
+        }
+        stop.cancel();
+        let _ = task.await;
         Ok(ExitCode::SUCCESS)
     })
 }

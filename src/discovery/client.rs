@@ -124,7 +124,7 @@ pub fn for_upstream(
 pub fn describe(e: &(dyn StdError + 'static)) -> String {
     let mut out = String::new();
     for err in chain(e) {
-        let m = err.to_string();
+        let (m, last) = text(err);
         if m.is_empty() || out.contains(&m) {
             continue;
         }
@@ -132,8 +132,33 @@ pub fn describe(e: &(dyn StdError + 'static)) -> String {
             out.push_str(": ");
         }
         out.push_str(&m);
+        if last {
+            break;
+        }
     }
     out
+}
+
+/// One level's message; kube's own would embed its source and a Debug dump
+/// of the Status. `true` when the chain below adds nothing.
+fn text(err: &(dyn StdError + 'static)) -> (String, bool) {
+    use kube::runtime::watcher::Error as W;
+    let status =
+        |s: &kube::core::Status| format!("the API answered {} {}: {}", s.code, s.reason, s.message);
+    if let Some(w) = err.downcast_ref::<W>() {
+        return match w {
+            W::InitialListFailed(_) => ("listing EndpointSlices failed".into(), false),
+            W::WatchStartFailed(_) => ("starting the watch failed".into(), false),
+            W::WatchFailed(_) => ("the watch failed".into(), false),
+            W::WatchError(s) => (status(s), true),
+            other => (other.to_string(), false),
+        };
+    }
+    match err.downcast_ref::<kube::Error>() {
+        Some(kube::Error::Api(s)) => (status(s), true),
+        Some(kube::Error::Service(_)) => (String::new(), false),
+        _ => (err.to_string(), false),
+    }
 }
 
 fn chain<'a>(e: &'a (dyn StdError + 'static)) -> Vec<&'a (dyn StdError + 'static)> {

@@ -192,3 +192,31 @@ fn is_dns_label(s: &str) -> bool {
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_the_service_split() {
+        let yaml = "upstreams:\n  - address: 10.0.0.1:6443\ndiscovery:\n  kubeconfig: /k.conf\n";
+        let c = crate::Config::parse(yaml, Path::new("t.yaml")).unwrap();
+        let d = c.discovery.unwrap();
+        assert_eq!(
+            (d.namespace.as_str(), d.service.as_str()),
+            ("default", "kubernetes")
+        );
+        assert_eq!(d.service_ref(), "default/kubernetes");
+        assert_eq!(d.port_name, "https");
+        assert_eq!(d.tls_server_name, "kubernetes");
+        assert_eq!(d.state_file, Path::new("/var/lib/cplb/upstreams.json"));
+        assert_eq!(d.remove_after, Duration::from_secs(300));
+        assert_eq!((d.weight.get(), d.max_fails), (1, 1));
+        assert_eq!(d.fail_timeout, Duration::from_secs(10));
+        let c = crate::Config::parse(
+            "upstreams:\n  - address: 10.0.0.1:6443\n",
+            Path::new("t.yaml"),
+        );
+        assert!(c.unwrap().discovery.is_none(), "absent means off");
+    }
+}

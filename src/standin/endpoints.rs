@@ -26,14 +26,6 @@ pub struct Change {
     pub slice: Arc<EndpointSlice>,
 }
 
-/// What a watch receives: a change, or the order to end the stream.
-#[derive(Debug)]
-pub enum WatchItem {
-    Change(Change),
-    /// History was compacted past this watch: it ends with 410 Gone.
-    Expired,
-}
-
 /// Where a new watch starts.
 pub enum WatchStart {
     /// Replays these, then streams live changes.
@@ -56,7 +48,7 @@ struct Inner {
     /// Keyed by `namespace/name`.
     slices: BTreeMap<String, Arc<EndpointSlice>>,
     history: VecDeque<Change>,
-    watches: Vec<mpsc::UnboundedSender<WatchItem>>,
+    watches: Vec<mpsc::UnboundedSender<Change>>,
 }
 
 /// A shared handle: clone it into every stand-in and keep one in the test.
@@ -173,23 +165,17 @@ impl EndpointStore {
         delete(&mut self.lock(), &format!("{namespace}/{name}"));
     }
 
-    /// Loses history, as etcd compaction does: open watches end with
-    /// 410 Gone, and a watch resuming from any version before now too,
-    /// so clients must list again. `change` is applied in the same step and
-    /// never streamed: only a re-list shows it.
+    /// Loses history, as etcd compaction does, and ends the open watches
+    /// (as their timeout would): a client resuming from the version it
+    /// saw gets 410 Gone and must list again. `change` is applied in the
+    /// same step and never streamed: only that list shows it.
     pub fn compact_with(&self, change: impl FnOnce(&EndpointStore)) {
-        let watches = {
-            let mut g = self.lock();
-            std::mem::take(&mut g.watches)
-        };
-        // Watches are detached, so the change reaches no stream.
+        // Dropping the senders ends the streams once they are drained.
+        drop(std::mem::take(&mut self.lock().watches));
         change(self);
         let mut g = self.lock();
         g.floor = g.rv;
         g.history.clear();
-        for w in watches {
-            let _ = w.send(WatchItem::Expired);
-        }
     }
 
     /// Current slices of `namespace` (all namespaces when `None`).
@@ -205,7 +191,7 @@ impl EndpointStore {
         (g.rv, items)
     }
 
-    pub(crate) fn get(&self, namespace: &str, name: &str) -> Option<Arc<EndpointSlice>> {
+    pub fn get_slice(&self, namespace: &str, name: &str) -> Option<Arc<EndpointSlice>> {
         self.lock()
             .slices
             .get(&format!("{namespace}/{name}"))
@@ -218,7 +204,7 @@ impl EndpointStore {
     pub(crate) fn watch(
         &self,
         from: Option<u64>,
-    ) -> (WatchStart, u64, mpsc::UnboundedReceiver<WatchItem>) {
+    ) -> (WatchStart, u64, mpsc::UnboundedReceiver<Change>) {
         self.counts.watches.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = mpsc::unbounded_channel();
         let mut g = self.lock();
@@ -332,6 +318,5 @@ fn record(g: &mut Inner, kind: &'static str, slice: Arc<EndpointSlice>) {
         }
     }
     g.history.push_back(change.clone());
-    g.watches
-        .retain(|w| w.send(WatchItem::Change(change.clone())).is_ok());
+    g.watches.retain(|w| w.send(change.clone()).is_ok());
 }

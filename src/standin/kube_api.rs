@@ -14,7 +14,7 @@ use hyper::{Request, Response, StatusCode};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{Value, json};
 
-use super::endpoints::{Change, EndpointStore, WatchItem, WatchStart};
+use super::endpoints::{Change, EndpointStore, WatchStart};
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -138,7 +138,7 @@ pub fn serve<B>(
             ns,
             "endpointslices",
             name,
-        ] => match api.store.get(ns, name) {
+        ] => match api.store.get_slice(ns, name) {
             Some(s) => json_response(StatusCode::OK, &to_value(&s)),
             None => failure(
                 StatusCode::NOT_FOUND,
@@ -307,7 +307,6 @@ fn watch(api: &KubeApi, ns: Option<&str>, q: &Query) -> Response<Body> {
         end: tokio::time::Instant::now() + q.timeout.unwrap_or(Duration::from_secs(1800)),
         rv: now,
         filter,
-        done: false,
     };
     let live = futures::stream::unfold(live, |mut l| async move {
         let line = l.next().await?;
@@ -336,19 +335,15 @@ impl Filter {
 }
 
 struct Live {
-    rx: tokio::sync::mpsc::UnboundedReceiver<WatchItem>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Change>,
     tick: Option<tokio::time::Interval>,
     end: tokio::time::Instant,
     rv: u64,
     filter: Filter,
-    done: bool,
 }
 
 impl Live {
     async fn next(&mut self) -> Option<Bytes> {
-        if self.done {
-            return None;
-        }
         loop {
             let tick = async {
                 match self.tick.as_mut() {
@@ -357,18 +352,13 @@ impl Live {
                 }
             };
             tokio::select! {
-                item = self.rx.recv() => match item? {
-                    WatchItem::Change(c) => {
-                        self.rv = c.rv;
-                        if self.filter.keep(&c) {
-                            return Some(event(c.kind, to_value(&c.slice)));
-                        }
+                item = self.rx.recv() => {
+                    let c = item?;
+                    self.rv = c.rv;
+                    if self.filter.keep(&c) {
+                        return Some(event(c.kind, to_value(&c.slice)));
                     }
-                    WatchItem::Expired => {
-                        self.done = true;
-                        return Some(gone_event());
-                    }
-                },
+                }
                 _ = tick => return Some(bookmark(self.rv, false)),
                 _ = tokio::time::sleep_until(self.end) => return None,
             }
