@@ -7,6 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_LABEL: &str = "kubernetes.io/service-name";
+
 /// The addresses each slice contributes, keyed by `namespace/name`.
 #[derive(Debug, Default)]
 pub struct Fold {

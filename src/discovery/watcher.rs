@@ -71,7 +71,7 @@ pub struct Stats {
     /// Lists published.
     pub published: AtomicU64,
     errors: [AtomicU64; Reason::ALL.len()],
-    last_error: Mutex<Option<String>>,
+    last_error: Mutex<Option<(Reason, String)>>,
 }
 
 impl Stats {
@@ -88,12 +88,16 @@ impl Stats {
         self.last_error
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .as_ref()
+            .map(|(_, m)| m.clone())
     }
 
-    fn set_last_error(&self, e: Option<String>) -> bool {
+    /// Records the current failure (`None`: working). True when the state
+    /// changed: working to failing, or to another reason. The text alone
+    /// changes with every upstream tried, so it does not count.
+    fn set_last_error(&self, e: Option<(Reason, String)>) -> bool {
         let mut g = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
-        let changed = *g != e;
+        let changed = g.as_ref().map(|(r, _)| *r) != e.as_ref().map(|(r, _)| *r);
         *g = e;
         changed
     }
@@ -184,11 +188,11 @@ async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
     }
 }
 
-/// Counts a failure; logs it when it differs from the last one logged, so
-/// a persistent failure logs once, not on every retry.
+/// Counts a failure; logs it when its reason differs from the last one, so
+/// a persistent failure logs once, not on every retry or upstream.
 fn fail(stats: &Stats, reason: Reason, message: String) {
     stats.error(reason);
-    if stats.set_last_error(Some(message.clone())) {
+    if stats.set_last_error(Some((reason, message.clone()))) {
         tracing::warn!(
             reason = reason.as_str(),
             error = message.as_str(),
@@ -217,11 +221,8 @@ async fn session(
         }
     };
     let api: Api<EndpointSlice> = Api::namespaced(client, &s.namespace);
-    let config = watcher::Config::default().labels(&format!(
-        "{}={}",
-        crate::standin::endpoints::SERVICE_LABEL,
-        s.service
-    ));
+    let config =
+        watcher::Config::default().labels(&format!("{}={}", super::fold::SERVICE_LABEL, s.service));
     let mut stream = pin!(watcher::watcher(api, config));
     let mut fold = Fold::new(&s.port_name);
     let mut synced = false;
@@ -313,4 +314,40 @@ fn publish(
         addresses,
         via: upstream.into(),
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_repeated_across_upstreams_is_logged_once() {
+        let s = Stats::default();
+        assert!(s.set_last_error(Some((Reason::Connect, "a: refused".into()))));
+        assert!(!s.set_last_error(Some((Reason::Connect, "b: refused".into()))));
+        assert_eq!(s.last_error().as_deref(), Some("b: refused"));
+        assert!(s.set_last_error(Some((Reason::Tls, "b: UnknownIssuer".into()))));
+        assert!(s.set_last_error(None));
+        assert!(!s.set_last_error(None));
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap() {
+        let mut s = Settings::new(&crate::discovery::DiscoveryConfig {
+            kubeconfig: "k".into(),
+            namespace: "default".into(),
+            service: "kubernetes".into(),
+            port_name: "https".into(),
+            tls_server_name: "kubernetes".into(),
+            state_file: "s".into(),
+            remove_after: Duration::from_secs(300),
+            weight: std::num::NonZeroU32::MIN,
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+        });
+        s.backoff_min = Duration::from_millis(100);
+        s.backoff_max = Duration::from_secs(1);
+        let got: Vec<u128> = (0..6).map(|f| backoff(&s, f).as_millis()).collect();
+        assert_eq!(got, [100, 200, 400, 800, 1000, 1000]);
+    }
 }

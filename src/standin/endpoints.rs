@@ -12,8 +12,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokio::sync::mpsc;
 
-/// The label that ties a slice to its Service.
-pub const SERVICE_LABEL: &str = "kubernetes.io/service-name";
+pub use crate::discovery::fold::SERVICE_LABEL;
 /// Events kept for watches that resume from an older resourceVersion.
 const HISTORY: usize = 1000;
 
