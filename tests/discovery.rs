@@ -405,3 +405,53 @@ async fn cplb_discover_prints_the_list_with_the_kubeconfig_server_closed() {
     assert_eq!(v["addresses"], serde_json::json!(texts(&c, &[0, 1])));
     assert_eq!(v["via"], c.addr(1).to_string());
 }
+
+#[tokio::test]
+async fn the_stand_in_serves_version_and_discovery_documents_to_kube_rs() {
+    let c = Cluster::start(1).await;
+    let kc = c.kubeconfig("docs", &closed_server(), Auth::ClientCert);
+    let base = cplb::discovery::client::load(&kc).await.unwrap();
+    let client =
+        cplb::discovery::client::for_upstream(&base, &kc, &c.addr(0).to_string(), "kubernetes")
+            .unwrap();
+    let v = client.apiserver_version().await.unwrap();
+    assert_eq!((v.major.as_str(), v.minor.as_str()), ("1", "33"));
+    assert_eq!(
+        client.list_core_api_versions().await.unwrap().versions,
+        ["v1"]
+    );
+    let groups = client.list_api_groups().await.unwrap();
+    assert!(
+        groups.groups.iter().any(|g| g.name == "discovery.k8s.io"),
+        "{groups:?}"
+    );
+    let res = client
+        .list_api_group_resources("discovery.k8s.io/v1")
+        .await
+        .unwrap();
+    let slices = res
+        .resources
+        .iter()
+        .find(|r| r.name == "endpointslices")
+        .unwrap();
+    assert!(slices.namespaced && slices.verbs.contains(&"watch".to_string()));
+}
+
+#[tokio::test]
+async fn a_missing_kubeconfig_is_a_clear_error() {
+    let c = Cluster::start(1).await;
+    c.list(&[0]);
+    let missing = c.dir.join("no-such-kubeconfig");
+    let d = start(settings(missing.clone()), vec![c.addr(0)]);
+    wait_until("a kubeconfig error", || {
+        d.stats.errors(Reason::Kubeconfig) >= 1
+    })
+    .await;
+    let e = d.stats.last_error().unwrap();
+    eprintln!("missing kubeconfig: {e}");
+    assert!(
+        e.contains(&missing.display().to_string()),
+        "names the file: {e}"
+    );
+    assert_eq!(d.list(), None);
+}
