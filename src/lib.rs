@@ -25,7 +25,10 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/upstreams` (hyper).
 //! - [`server`]: start-up, `run`, and the drain on shutdown.
 //! - [`import`]: `cplb import-nginx`, nginx `stream` config to cplb YAML.
-//! - [`standin`]: stand-in HTTPS API server and client (demo and tests).
+//! - [`discovery`]: learns the API servers from EndpointSlices (not wired
+//!   into the server yet; `cplb discover` runs it alone).
+//! - [`standin`]: stand-in HTTPS API server (with an EndpointSlice API) and
+//!   client (demo and tests).
 //! - [`demo`]: `cplb demo`.
 //!
 //! # Life of a connection

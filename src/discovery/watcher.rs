@@ -305,7 +305,7 @@ fn publish(
         return;
     }
     tracing::info!(
-        upstreams = ?addresses,
+        upstreams = addresses.join(", ").as_str(),
         via = upstream,
         "discovery: the API lists new upstreams"
     );
