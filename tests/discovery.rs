@@ -455,3 +455,30 @@ async fn a_missing_kubeconfig_is_a_clear_error() {
     );
     assert_eq!(d.list(), None);
 }
+
+#[tokio::test]
+async fn kubelet_pem_and_inline_credentials_load() {
+    let c = Cluster::start(1).await;
+    c.list(&[0]);
+    for (name, auth) in [("kubelet-pem", Auth::KubeletPem), ("inline", Auth::Inline)] {
+        let kc = c.kubeconfig(name, &closed_server(), auth);
+        let d = start(settings(kc), vec![c.addr(0)]);
+        d.wait_for(&texts(&c, &[0])).await;
+        assert_eq!(d.stats.errors(Reason::Auth), 0, "{name}");
+    }
+}
+
+#[test]
+fn base64_matches_the_rfc_vectors() {
+    use common::cluster::base64;
+    let got: Vec<String> = ["", "f", "fo", "foo", "foob", "fooba", "foobar"]
+        .iter()
+        .map(|s| base64(s.as_bytes()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy"
+        ]
+    );
+}

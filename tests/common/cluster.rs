@@ -26,6 +26,11 @@ pub enum Auth {
     TokenFile,
     /// A token the masters do not accept.
     WrongToken,
+    /// Certificate and key in one file, as kubeadm's
+    /// `kubelet-client-current.pem`, named by both fields.
+    KubeletPem,
+    /// CA, certificate and key inline (`*-data`, base64).
+    Inline,
 }
 
 impl Cluster {
@@ -100,9 +105,29 @@ impl Cluster {
                 "    tokenFile: token\n".to_string()
             }
             Auth::WrongToken => "    token: not-the-token\n".to_string(),
+            Auth::KubeletPem => {
+                let c = self.pki.client("system:node:worker-1").unwrap();
+                let pem = format!("{}{}", c.cert_pem, c.key_pem);
+                std::fs::write(d.join("kubelet-client-current.pem"), pem).unwrap();
+                "    client-certificate: kubelet-client-current.pem\n    client-key: kubelet-client-current.pem\n"
+                    .to_string()
+            }
+            Auth::Inline => {
+                let c = self.pki.client("system:node:worker-1").unwrap();
+                format!(
+                    "    client-certificate-data: {}\n    client-key-data: {}\n",
+                    base64(c.cert_pem.as_bytes()),
+                    base64(c.key_pem.as_bytes())
+                )
+            }
+        };
+        let ca = if matches!(auth, Auth::Inline) {
+            format!("certificate-authority-data: {}", base64(ca_pem.as_bytes()))
+        } else {
+            "certificate-authority: ca.crt".to_string()
         };
         let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    certificate-authority: ca.crt\nusers:\n- name: u\n  user:\n{user}contexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n"
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    {ca}\nusers:\n- name: u\n  user:\n{user}contexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n"
         );
         let p = d.join("kubeconfig");
         std::fs::write(&p, text).unwrap();
@@ -112,6 +137,28 @@ impl Cluster {
     pub fn kubeconfig(&self, name: &str, server: &str, auth: Auth) -> PathBuf {
         self.kubeconfig_with(name, server, &self.pki.ca_pem(), auth)
     }
+}
+
+/// Standard base64 with padding (kubeconfig `*-data` fields).
+pub fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 pub fn read(p: &Path) -> String {
