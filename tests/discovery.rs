@@ -54,6 +54,7 @@ fn settings(kubeconfig: PathBuf) -> Settings {
         debounce: Duration::from_millis(100),
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(300),
+        sync_timeout: Duration::from_secs(1),
     }
 }
 
@@ -480,5 +481,28 @@ fn base64_matches_the_rfc_vectors() {
         [
             "", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy"
         ]
+    );
+}
+
+#[tokio::test]
+async fn a_master_that_never_answers_is_left_for_the_next() {
+    // Accepts TCP and then says nothing: no TLS handshake, no HTTP.
+    let wedged = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let wedged_addr = wedged.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = wedged.accept().await {
+            held.push(s);
+        }
+    });
+    let c = Cluster::start(1).await;
+    c.list(&[0]);
+    let kc = c.kubeconfig("cert", &closed_server(), Auth::ClientCert);
+    let d = start(settings(kc), vec![wedged_addr, c.addr(0)]);
+    d.wait_for(&texts(&c, &[0])).await;
+    assert!(
+        d.stats.errors(Reason::Timeout) >= 1,
+        "{:?}",
+        d.stats.last_error()
     );
 }

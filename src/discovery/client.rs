@@ -23,6 +23,8 @@ pub enum Reason {
     Auth,
     /// The watch history was compacted (410); the watcher lists again.
     Gone,
+    /// No complete list within the sync timeout: a wedged master.
+    Timeout,
     /// Any other API status, a broken stream or an undecodable answer.
     Api,
     /// The API answered with no usable endpoint; the list was refused.
@@ -30,11 +32,12 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Kubeconfig,
         Reason::Connect,
         Reason::Tls,
         Reason::Auth,
+        Reason::Timeout,
         Reason::Gone,
         Reason::Api,
         Reason::Empty,
@@ -46,6 +49,7 @@ impl Reason {
             Reason::Connect => "connect",
             Reason::Tls => "tls",
             Reason::Auth => "auth",
+            Reason::Timeout => "timeout",
             Reason::Gone => "gone",
             Reason::Api => "api",
             Reason::Empty => "empty",

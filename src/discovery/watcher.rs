@@ -35,6 +35,10 @@ pub struct Settings {
     pub debounce: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// How long an upstream may take to deliver the first complete list.
+    /// A master that accepts and never answers would otherwise hold
+    /// discovery forever (kube sets no read timeout, for the watches' sake).
+    pub sync_timeout: Duration,
 }
 
 impl Settings {
@@ -48,6 +52,7 @@ impl Settings {
             debounce: Duration::from_secs(1),
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
+            sync_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -227,6 +232,7 @@ async fn session(
     let mut fold = Fold::new(&s.port_name);
     let mut synced = false;
     let mut publish_at: Option<Instant> = None;
+    let sync_by = Instant::now() + s.sync_timeout;
     loop {
         let due = async {
             match publish_at {
@@ -236,6 +242,13 @@ async fn session(
         };
         tokio::select! {
             _ = stop.cancelled() => return Ended::Stopped,
+            _ = tokio::time::sleep_until(sync_by), if !synced => {
+                return Ended::Failed {
+                    reason: Reason::Timeout,
+                    message: format!("no complete list within {:?}", s.sync_timeout),
+                    synced,
+                };
+            }
             _ = due => {
                 publish_at = None;
                 publish(fold.current(), upstream, out, stats);
