@@ -28,7 +28,10 @@
 //! - [`status`]: `cplb status`, the `/status` document and its table.
 //! - [`server`]: start-up, `run`, and the drain on shutdown.
 //! - [`import`]: `cplb import-nginx`, nginx `stream` config to cplb YAML.
-//! - [`standin`]: stand-in HTTPS API server and client (demo and tests).
+//! - [`discovery`]: learns the API servers from EndpointSlices (not wired
+//!   into the server yet; `cplb discover` runs it alone).
+//! - [`standin`]: stand-in HTTPS API server (with an EndpointSlice API) and
+//!   client (demo and tests).
 //! - [`demo`]: `cplb demo`.
 //!
 //! # Life of a connection
@@ -50,6 +53,7 @@ pub mod admin;
 pub mod config;
 pub mod copy;
 pub mod demo;
+pub mod discovery;
 pub mod health;
 pub mod health_check;
 pub mod import;

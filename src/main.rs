@@ -60,6 +60,14 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: StatusOutput,
     },
+    /// Check the config's `discovery:` section from this node: dial the
+    /// upstreams directly (never the kubeconfig's server) and print the API
+    /// servers the cluster lists, one JSON line per change. Proxies nothing.
+    Discover {
+        /// Exit after the first list.
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -72,9 +80,13 @@ fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Some(name) = matches.subcommand_name() {
-        // No subcommand reads the config: refuse the options rather than
-        // ignore them (`cplb -c f.yaml demo` may be meant as a check).
-        for (given, flag) in [(cli.config.is_some(), "--config"), (cli.check, "--check")] {
+        // Only `discover` reads the config: refuse the options elsewhere
+        // rather than ignore them (`cplb -c f.yaml demo` may be meant as a check).
+        let takes_config = matches!(cli.command, Some(Command::Discover { .. }));
+        for (given, flag) in [
+            (cli.config.is_some() && !takes_config, "--config"),
+            (cli.check, "--check"),
+        ] {
             if given {
                 eprintln!(
                     "cplb: {flag} does not apply to `cplb {name}`; run `cplb {flag} …` on its own"
@@ -116,9 +128,12 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             return Ok(ExitCode::from(code));
         }
-        None => {}
+        Some(Command::Discover { .. }) | None => {}
     }
     let path = cli.config.context("--config FILE is required")?;
+    if let Some(Command::Discover { once }) = cli.command {
+        return discover(&path, once);
+    }
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -167,6 +182,56 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         let server = cplb::Server::bind(config, prometheus::Registry::new()).await?;
         reload_on_sighup(server.reload_handle())?;
         server.serve(shutdown).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `cplb discover`: runs the discovery watcher alone, seeded with the
+/// config's static upstreams in their order.
+fn discover(path: &std::path::Path, once: bool) -> anyhow::Result<ExitCode> {
+    use cplb::discovery::{Settings, Stats, run};
+    let config = Config::load(path)?;
+    let d = config
+        .discovery
+        .clone()
+        .with_context(|| format!("{} has no discovery: section", path.display()))?;
+    let seeds: Vec<String> = config.upstreams.iter().map(|u| u.address.clone()).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?;
+    runtime.block_on(async move {
+        let (tx, mut rx) = tokio::sync::watch::channel(None);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stats = std::sync::Arc::new(Stats::default());
+        let task = tokio::spawn(run(
+            Settings::new(&d),
+            move || seeds.clone(),
+            tx,
+            stats,
+            stop.clone(),
+        ));
+        let mut shutdown = std::pin::pin!(shutdown_signal()?);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let Some(list) = rx.borrow_and_update().clone() else { continue };
+                    let line = serde_json::json!({
+                        "service": d.service_ref(), "addresses": list.addresses, "via": list.via,
+                    });
+                    println!("{line}");
+                    if once {
+                        break;
+                    }
+                }
+            }
+        }
+        stop.cancel();
+        let _ = task.await;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -96,6 +96,10 @@ fn the_manifests_are_the_expected_objects() {
             "config/kubernetes/daemonset.yaml",
             vec!["configmap/cplb", "daemonset/cplb"],
         ),
+        (
+            "config/kubernetes/rbac.yaml",
+            vec!["clusterrole/cplb-discovery", "rolebinding/cplb-discovery"],
+        ),
         ("config/kubernetes/static-pod.yaml", vec!["pod/cplb"]),
         ("config/kubespray/cplb-proxy.yaml", vec!["pod/cplb-proxy"]),
     ];
@@ -219,7 +223,12 @@ fn kubectl_reads_every_manifest() {
         // kubectl prints "kind.group/name" for kinds outside the core group.
         let got: Vec<String> = got
             .into_iter()
-            .map(|n| n.replacen("daemonset.apps/", "daemonset/", 1))
+            .map(|n| match n.split_once('/') {
+                Some((kind, name)) => {
+                    format!("{}/{name}", kind.split('.').next().unwrap_or(kind))
+                }
+                None => n,
+            })
             .collect();
         assert_eq!(got, want, "{}", rel(path));
     }
@@ -515,4 +524,36 @@ fn dockerfile_builds_like_ci() {
         ignore.iter().any(|l| l == "target") && ignore.iter().any(|l| l == ".git"),
         "{ignore:?}"
     );
+}
+
+#[test]
+fn rbac_lets_nodes_watch_endpointslices_in_default() {
+    let docs = documents(&read("config/kubernetes/rbac.yaml"));
+    let role = &docs[0];
+    let rules = role["rules"].as_sequence().expect("rules");
+    let grants = |verb: &str| {
+        rules.iter().any(|r| {
+            let has = |k: &str, v: &str| {
+                r[k].as_sequence()
+                    .is_some_and(|s| s.iter().any(|x| x.as_str() == Some(v)))
+            };
+            has("apiGroups", "discovery.k8s.io")
+                && has("resources", "endpointslices")
+                && has("verbs", verb)
+        })
+    };
+    for verb in ["get", "list", "watch"] {
+        assert!(
+            grants(verb),
+            "the ClusterRole grants {verb} on endpointslices"
+        );
+    }
+    assert!(!grants("create") && !grants("*"), "read only");
+    let binding = &docs[1];
+    assert_eq!(binding["metadata"]["namespace"].as_str(), Some("default"));
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    assert_eq!(binding["roleRef"]["kind"].as_str(), Some("ClusterRole"));
+    let subject = &binding["subjects"][0];
+    assert_eq!(subject["kind"].as_str(), Some("Group"));
+    assert_eq!(subject["name"].as_str(), Some("system:nodes"));
 }

@@ -39,6 +39,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     pub health_check: Option<HealthCheckConfig>,
     pub upstreams: Vec<UpstreamConfig>,
+    /// `None`: static upstreams only (not yet acted on; see docs/discovery.md).
+    pub discovery: Option<crate::discovery::DiscoveryConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,6 +32,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub health_check: Option<RawHealthCheck>,
     pub upstreams: Vec<RawUpstream>,
+    #[serde(default)]
+    pub discovery: Option<crate::discovery::RawDiscovery>,
 }
 
 #[derive(Debug, Deserialize)]

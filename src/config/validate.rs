@@ -191,6 +191,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         admin,
         health_check,
         upstreams,
+        discovery: raw.discovery.map(|d| d.validate(path)).transpose()?,
     })
 }
 

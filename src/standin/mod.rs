@@ -2,8 +2,12 @@
 //! a generated certificate, a `/readyz` that can be switched to 503 or made
 //! to hang, and `/whoami`, which names the server and fingerprints the
 //! client certificate it saw (proof that TLS passed through untouched).
+//! Started with a [`KubeApi`], it also serves the EndpointSlice API that
+//! discovery, kube-rs and kubectl use (see `kube_api`).
 
 pub mod client;
+pub mod endpoints;
+pub mod kube_api;
 pub mod pki;
 
 use std::convert::Infallible;
@@ -11,8 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls::server::WebPkiClientVerifier;
@@ -20,6 +23,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+pub use kube_api::KubeApi;
+use kube_api::{Body, full};
 use pki::{Issued, Pki};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +48,7 @@ struct State {
     ready: AtomicBool,
     hang: AtomicBool,
     requests: AtomicUsize,
+    kube: Option<KubeApi>,
 }
 
 pub struct ApiServer {
@@ -61,6 +67,25 @@ impl ApiServer {
     /// `kubernetes`, `localhost` and 127.0.0.1 from `pki`. Client
     /// certificates from `pki` are accepted but not required.
     pub async fn start(name: &str, pki: &Pki, bind: SocketAddr) -> Result<ApiServer, StandinError> {
+        Self::start_with(name, pki, bind, None).await
+    }
+
+    /// As [`start`](Self::start), and serves `api` (EndpointSlices) too.
+    pub async fn start_kube(
+        name: &str,
+        pki: &Pki,
+        bind: SocketAddr,
+        api: KubeApi,
+    ) -> Result<ApiServer, StandinError> {
+        Self::start_with(name, pki, bind, Some(api)).await
+    }
+
+    async fn start_with(
+        name: &str,
+        pki: &Pki,
+        bind: SocketAddr,
+        kube: Option<KubeApi>,
+    ) -> Result<ApiServer, StandinError> {
         let Issued { chain, key, .. } = pki.server(&["kubernetes", "localhost"], &[bind.ip()])?;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(pki.ca_der())?;
@@ -83,6 +108,7 @@ impl ApiServer {
             ready: AtomicBool::new(true),
             hang: AtomicBool::new(false),
             requests: AtomicUsize::new(0),
+            kube,
         });
         let stop = CancellationToken::new();
         let accept = tokio::spawn(accept_loop(listener, acceptor, state.clone(), stop.clone()));
@@ -143,6 +169,9 @@ async fn accept_loop(
         let (acceptor, state, stop) = (acceptor.clone(), state.clone(), stop.clone());
         tokio::spawn(async move {
             let serve = async {
+                let Ok(tcp_local) = tcp.local_addr() else {
+                    return;
+                };
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
@@ -153,9 +182,13 @@ async fn accept_loop(
                     .and_then(|c| c.first())
                     .map(|c| format!("{:08x}", crc32fast::hash(c.as_ref())))
                     .unwrap_or_else(|| "anonymous".into());
+                let server_addr = tcp_local.to_string();
                 let service = hyper::service::service_fn(move |req| {
                     let (state, client_cert) = (state.clone(), client_cert.clone());
-                    async move { Ok::<_, Infallible>(respond(&state, &client_cert, req).await) }
+                    let server_addr = server_addr.clone();
+                    async move {
+                        Ok::<_, Infallible>(respond(&state, &client_cert, &server_addr, req).await)
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), service)
@@ -172,9 +205,15 @@ async fn accept_loop(
 async fn respond(
     state: &State,
     client_cert: &str,
+    server_addr: &str,
     req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     state.requests.fetch_add(1, Ordering::SeqCst);
+    if let Some(api) = &state.kube {
+        if let Some(r) = kube_api::serve(api, client_cert != "anonymous", &req, server_addr) {
+            return r;
+        }
+    }
     let (status, body) = match req.uri().path() {
         "/readyz" => {
             if state.hang.load(Ordering::SeqCst) {
@@ -193,7 +232,5 @@ async fn respond(
         "/whoami" => (StatusCode::OK, format!("{} {client_cert}", state.name)),
         _ => (StatusCode::NOT_FOUND, "not found".to_string()),
     };
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r
+    full(status, "text/plain", body)
 }

@@ -2,6 +2,7 @@
 //! started in-process, clients, metric scraping, and polling with a deadline.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod metrics;
 pub mod process;
 pub mod promql;

@@ -1,0 +1,16 @@
+//! Discovery: cplb learns the API servers from the cluster's own
+//! EndpointSlices (issue 11). This module is the foundation and is not yet
+//! wired into the server: the `discovery:` config section
+//! ([`config`]), the kube client that dials an upstream directly and never
+//! the kubeconfig's server ([`client`]), the watcher that folds slices into
+//! ready `ip:port` addresses and publishes them debounced ([`watcher`],
+//! [`fold`]), and the state file ([`state`]). See docs/discovery.md.
+
+pub mod client;
+pub mod config;
+pub mod fold;
+pub mod state;
+pub mod watcher;
+
+pub use config::{DiscoveryConfig, RawDiscovery};
+pub use watcher::{Discovered, Settings, Stats, run};
