@@ -28,6 +28,8 @@
 //! - [`import`]: `cplb import-nginx`, nginx `stream` config to cplb YAML.
 //! - [`standin`]: stand-in HTTPS API server and client (demo and tests).
 //! - [`demo`]: `cplb demo`.
+//! - [`failback`]: pure fail-back policy: home, displaced, the scheduler.
+//! - [`simulate`]: `cplb simulate`, the cluster-scale fail-back simulation.
 //!
 //! # Life of a connection
 //! 1. `listener::accept_loop`, on the worker thread that owns one of the
@@ -48,6 +50,7 @@ pub mod admin;
 pub mod config;
 pub mod copy;
 pub mod demo;
+pub mod failback;
 pub mod health;
 pub mod health_check;
 pub mod import;
@@ -61,6 +64,7 @@ pub mod reuseport;
 pub mod ring;
 pub mod server;
 pub mod shared;
+pub mod simulate;
 pub mod snapshot;
 pub mod sockopt;
 pub mod splice;
