@@ -41,6 +41,9 @@ enum Command {
     Demo,
     /// Convert an nginx `stream` proxy config to cplb YAML (printed on stdout).
     ImportNginx { file: PathBuf },
+    /// Simulate a cluster's proxies and masters (no sockets) and compare
+    /// fail-back strategies; see docs/failback.md.
+    Simulate(cplb::simulate::Args),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +68,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Some(Command::ImportNginx { file }) => return import_nginx(file),
         Some(Command::Demo) => return demo(),
+        Some(Command::Simulate(args)) => {
+            cplb::simulate::command(args, &mut std::io::stdout().lock())?;
+            return Ok(ExitCode::SUCCESS);
+        }
         None => {}
     }
     let path = cli.config.context("--config FILE is required")?;
