@@ -54,7 +54,9 @@ fn assert_targets(p: &Params) {
     let off = get(&r, Strategy::CplbOff);
     let k3s = get(&r, Strategy::K3s);
     // 1. Fail-back restores balance within settle + spread + 1 min.
-    let took = on.balanced_after_s.expect("cplb fail-back on never balanced");
+    let took = on
+        .balanced_after_s
+        .expect("cplb fail-back on never balanced");
     assert!(took <= bound(p), "took {took}s > {}s\n{text}", bound(p));
     // 2. Its herd at the returning master is at most a tenth of k3s's.
     assert!(on.herd_at_returning > 0, "{text}");
@@ -125,9 +127,17 @@ fn command_prints_the_table_and_draws_the_plot() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for s in Strategy::ALL {
-        assert!(stdout.contains(s.name()), "no row for {}:\n{stdout}", s.name());
+        assert!(
+            stdout.contains(s.name()),
+            "no row for {}:\n{stdout}",
+            s.name()
+        );
     }
     let drawn = std::fs::read_to_string(&svg).unwrap();
     assert!(drawn.starts_with("<svg") && drawn.contains("cplb fail-back on"));
@@ -139,7 +149,10 @@ fn command_refuses_bad_flags_naming_them() {
     for (args, needle) in [
         (&["--nodes", "0"][..], "--nodes: 0 is outside"),
         (&["--duration", "3m"][..], "--duration: "),
-        (&["--max-per-second", "0"][..], "--max-per-second: 0 is outside"),
+        (
+            &["--max-per-second", "0"][..],
+            "--max-per-second: 0 is outside",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_cplb"))
             .args(["simulate", "--scenario", "master-restart"])

@@ -18,6 +18,9 @@ pub struct StrategyReport {
     pub ratio: Vec<f64>,
     /// Connections per master, `seconds × masters`.
     pub per_master: Vec<u32>,
+    /// New connections per second at the master that last came back (0
+    /// while none is returning), one value per simulated second.
+    pub herd: Vec<u32>,
     /// max/mean just before the first change.
     pub before: f64,
     /// max/mean at the end.
@@ -79,6 +82,7 @@ pub fn run(p: &Params) -> Report {
             strategy: l.strategy,
             ratio: Vec::with_capacity(seconds as usize),
             per_master: Vec::with_capacity(seconds as usize * total),
+            herd: Vec::with_capacity(seconds as usize),
             before: 0.0,
             end: 0.0,
             balanced_after_s: None,
@@ -132,9 +136,9 @@ pub fn run(p: &Params) -> Report {
             r.per_master.extend(lane.load.iter().map(|&n| n as u32));
             let peak = lane.arrivals.iter().copied().max().unwrap_or(0);
             r.peak_any = r.peak_any.max(peak);
-            if let Some(m) = returning {
-                r.herd_at_returning = r.herd_at_returning.max(lane.arrivals[m]);
-            }
+            let herd = returning.map_or(0, |m| lane.arrivals[m]);
+            r.herd_at_returning = r.herd_at_returning.max(herd);
+            r.herd.push(herd as u32);
             lane.arrivals.fill(0);
         }
     }

@@ -22,7 +22,7 @@ const COLORS: [RGBColor; 8] = [
 ];
 
 pub fn draw(path: &Path, p: &Params, r: &Report) -> Result<(), String> {
-    let panels = 1 + r.strategies.len();
+    let panels = 2 + r.strategies.len();
     let rows = panels.div_ceil(2);
     let root = SVGBackend::new(path, (1200, 330 * rows as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
@@ -94,6 +94,54 @@ pub fn draw(path: &Path, p: &Params, r: &Report) -> Result<(), String> {
         .draw()
         .map_err(|e| e.to_string())?;
 
+    // Panel 2: the herd at the returning master, log scale.
+    let herd_max = r
+        .strategies
+        .iter()
+        .flat_map(|s| s.herd.iter().copied())
+        .max()
+        .unwrap_or(1)
+        .max(10) as f64
+        * 2.0;
+    let mut chart = ChartBuilder::on(&areas[1])
+        .caption(
+            "new connections per second at the returning master",
+            ("sans-serif", 16),
+        )
+        .margin(8)
+        .x_label_area_size(30)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..minutes, (1.0..herd_max).log_scale())
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("minutes")
+        .y_desc("per second (log)")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (i, s) in r.strategies.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        // Worst second of each step; zero drawn as 1 (the axis floor).
+        let points = s.herd.chunks(STEP).enumerate().map(|(k, c)| {
+            let v = c.iter().copied().max().unwrap_or(0).max(1);
+            (x(k * STEP), v as f64)
+        });
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(s.strategy.name())
+            .legend(move |(lx, ly)| {
+                PathElement::new(vec![(lx, ly), (lx + 16, ly)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK.mix(0.3))
+        .background_style(WHITE.mix(0.8))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| e.to_string())?;
+
     // One panel per strategy: connections per master.
     let masters = r.masters;
     let ymax = r
@@ -104,7 +152,7 @@ pub fn draw(path: &Path, p: &Params, r: &Report) -> Result<(), String> {
         .unwrap_or(1) as f64
         * 1.05;
     for (i, s) in r.strategies.iter().enumerate() {
-        let mut chart = ChartBuilder::on(&areas[i + 1])
+        let mut chart = ChartBuilder::on(&areas[i + 2])
             .caption(
                 format!("{}: connections per master", s.strategy.name()),
                 ("sans-serif", 16),
