@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 #[derive(Debug, Default)]
-pub struct DisplacedSet {
+pub(crate) struct DisplacedSet {
     count: AtomicU64,
     tickets: AtomicU64,
     retired: AtomicBool,
@@ -31,35 +31,35 @@ pub struct DisplacedSet {
 
 impl DisplacedSet {
     /// Connections currently displaced from this home.
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
 
     /// The scheduler asks for `n` more closes.
-    pub fn grant(&self, n: u64) {
+    pub(crate) fn grant(&self, n: u64) {
         if !self.retired.load(Ordering::Acquire) {
             self.tickets.fetch_add(n, Ordering::AcqRel);
         }
     }
 
     /// Home turned unusable: closes granted but not yet taken are dropped.
-    pub fn revoke(&self) -> u64 {
+    pub(crate) fn revoke(&self) -> u64 {
         self.tickets.swap(0, Ordering::AcqRel)
     }
 
     /// Home removed: nothing is displaced from it any more.
-    pub fn retire(&self) {
+    pub(crate) fn retire(&self) {
         self.retired.store(true, Ordering::Release);
         self.tickets.store(0, Ordering::Release);
         self.count.store(0, Ordering::Release);
     }
 
-    pub fn is_retired(&self) -> bool {
+    pub(crate) fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Acquire)
     }
 
     /// A displaced connection asks whether it is the one to go home.
-    pub fn take_ticket(&self) -> bool {
+    pub(crate) fn take_ticket(&self) -> bool {
         !self.is_retired() && dec_if_positive(&self.tickets)
     }
 
@@ -77,14 +77,14 @@ fn dec_if_positive(a: &AtomicU64) -> bool {
 /// The per-connection record: held by a displaced connection's task for
 /// its life. Cloning the `Arc` does not allocate.
 #[derive(Debug)]
-pub struct DisplacedGuard {
+pub(crate) struct DisplacedGuard {
     set: Arc<DisplacedSet>,
 }
 
 impl DisplacedGuard {
     /// `None` when home is already retired: such a connection is not
     /// displaced.
-    pub fn enter(set: &Arc<DisplacedSet>) -> Option<DisplacedGuard> {
+    pub(crate) fn enter(set: &Arc<DisplacedSet>) -> Option<DisplacedGuard> {
         if set.is_retired() {
             return None;
         }
@@ -93,7 +93,7 @@ impl DisplacedGuard {
     }
 
     /// See `DisplacedSet::take_ticket`.
-    pub fn take_ticket(&self) -> bool {
+    pub(crate) fn take_ticket(&self) -> bool {
         self.set.take_ticket()
     }
 }

@@ -25,7 +25,7 @@ use crate::ring;
 /// This node's start delay in `[0, spread)`: crc32 of the node id (the
 /// ring's hash), mixed with murmur3's finaliser so that sequential names
 /// (`node-1`, `node-2`, ...) spread as evenly as random ones, then scaled.
-pub fn node_delay(node_id: &str, spread: Duration) -> Duration {
+pub(crate) fn node_delay(node_id: &str, spread: Duration) -> Duration {
     let mut h = ring::hash_key(node_id.as_bytes());
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
@@ -38,7 +38,7 @@ pub fn node_delay(node_id: &str, spread: Duration) -> Duration {
 
 /// Why an episode ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
+pub(crate) enum EndReason {
     /// No displaced connection is left.
     Done,
     /// Home turned unusable; the rest stay where they are.
@@ -47,18 +47,8 @@ pub enum EndReason {
     HomeRemoved,
 }
 
-impl EndReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndReason::Done => "done",
-            EndReason::HomeUnusable => "home_unusable",
-            EndReason::HomeRemoved => "home_removed",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     Started {
         at_ms: u64,
         displaced: u64,
@@ -73,7 +63,7 @@ pub enum Event {
 
 /// What a poll asks the caller to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Step {
+pub(crate) struct Step {
     /// Close one displaced connection now.
     pub close: bool,
     /// Poll again at this time; `None`: only when something changes (home
@@ -89,7 +79,7 @@ struct Episode {
 }
 
 #[derive(Debug, Clone)]
-pub struct HomeSchedule {
+pub(crate) struct HomeSchedule {
     enabled: bool,
     settle_ms: u64,
     delay_ms: u64,
@@ -102,7 +92,7 @@ pub struct HomeSchedule {
 impl HomeSchedule {
     /// `delay` is this node's `node_delay`. Home starts unusable: the
     /// first `set_usable(true, ..)` starts the settle time.
-    pub fn new(policy: &Failback, delay: Duration) -> HomeSchedule {
+    pub(crate) fn new(policy: &Failback, delay: Duration) -> HomeSchedule {
         let rate = u64::from(policy.max_per_second.max(1));
         HomeSchedule {
             enabled: policy.enabled,
@@ -117,7 +107,7 @@ impl HomeSchedule {
 
     /// Home's usability changed (or is confirmed; repeats are harmless).
     /// Returns when to poll next.
-    pub fn set_usable(
+    pub(crate) fn set_usable(
         &mut self,
         usable: bool,
         now_ms: u64,
@@ -138,16 +128,25 @@ impl HomeSchedule {
         None
     }
 
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "discovery calls it once wired (issue 12)")
+    )]
     /// Home was removed from the upstream set: this schedule is inert for
     /// good (a home that comes back is a new upstream with a new schedule).
-    pub fn remove(&mut self, now_ms: u64, displaced: u64, mut on_event: impl FnMut(Event)) {
+    pub(crate) fn remove(&mut self, now_ms: u64, displaced: u64, mut on_event: impl FnMut(Event)) {
         self.end(now_ms, displaced, EndReason::HomeRemoved, &mut on_event);
         self.removed = true;
         self.usable_since = None;
     }
 
     /// `displaced`: connections currently displaced from this home.
-    pub fn poll(&mut self, now_ms: u64, displaced: u64, mut on_event: impl FnMut(Event)) -> Step {
+    pub(crate) fn poll(
+        &mut self,
+        now_ms: u64,
+        displaced: u64,
+        mut on_event: impl FnMut(Event),
+    ) -> Step {
         let (Some(due), true, false) = (self.due_ms(), self.enabled, self.removed) else {
             return Step::default();
         };
@@ -185,11 +184,6 @@ impl HomeSchedule {
             close: true,
             wake_ms: Some(ep.next_ms),
         }
-    }
-
-    /// True while an episode is under way.
-    pub fn in_episode(&self) -> bool {
-        self.episode.is_some()
     }
 
     fn due_ms(&self) -> Option<u64> {
@@ -391,7 +385,6 @@ mod tests {
         let mut s = sched(2);
         // Nothing displaced when due: no episode, nothing to wake for.
         assert_eq!(s.poll(37 * S, 0, no_events), Step::default());
-        assert!(!s.in_episode());
         // One shows up later (home still usable): it starts at once.
         let mut events = Vec::new();
         assert!(s.poll(50 * S, 2, |e| events.push(e)).close);

@@ -4,29 +4,34 @@
 use crate::failback;
 use crate::ring::{self, Ring};
 
-pub struct Cluster {
-    pub nodes: usize,
-    pub conns_per_node: usize,
+pub(crate) struct Cluster {
+    pub(crate) nodes: usize,
+    pub(crate) conns_per_node: usize,
     /// Masters in the arrays, including one that joins later.
-    pub total_masters: usize,
+    pub(crate) total_masters: usize,
     /// Masters in the current upstream set (indices `0..present`).
-    pub present: usize,
-    pub up: Vec<bool>,
+    pub(crate) present: usize,
+    pub(crate) up: Vec<bool>,
     /// Walk orders for the current ring, `nodes × present` (node keys).
     walks: Vec<u8>,
     /// nginx's walk for the key "127.0.0.1".
     nginx_walk: Vec<u8>,
-    pub ring: Ring,
-    pub node_hash: Vec<u32>,
+    pub(crate) ring: Ring,
+    pub(crate) node_hash: Vec<u32>,
 }
 
 /// Master addresses as a cluster would have them; they seed the ring.
-pub fn address(m: usize) -> String {
+pub(crate) fn address(m: usize) -> String {
     format!("10.0.0.{}:6443", 11 + m)
 }
 
 impl Cluster {
-    pub fn new(nodes: usize, masters: usize, total: usize, conns_per_node: usize) -> Cluster {
+    pub(crate) fn new(
+        nodes: usize,
+        masters: usize,
+        total: usize,
+        conns_per_node: usize,
+    ) -> Cluster {
         let node_hash = (0..nodes)
             .map(|n| ring::hash_key(node_id(n).as_bytes()))
             .collect();
@@ -47,7 +52,7 @@ impl Cluster {
 
     /// Discovery changed the set to the first `present` masters: rebuild
     /// the ring and every node's walk.
-    pub fn set_present(&mut self, present: usize) {
+    pub(crate) fn set_present(&mut self, present: usize) {
         let addrs: Vec<String> = (0..present).map(address).collect();
         self.ring = Ring::new(addrs.iter().map(|a| (a.as_str(), 1)));
         self.present = present;
@@ -62,18 +67,18 @@ impl Cluster {
             .collect();
     }
 
-    pub fn home(&self, node: usize) -> usize {
+    pub(crate) fn home(&self, node: usize) -> usize {
         failback::home(&self.ring, self.node_hash[node]).unwrap_or(0)
     }
 
     /// First usable master on the node's walk; with none usable, the first
     /// (cplb's last resort).
-    pub fn first_usable(&self, node: usize) -> usize {
+    pub(crate) fn first_usable(&self, node: usize) -> usize {
         let walk = &self.walks[node * self.present..(node + 1) * self.present];
         Self::pick(walk, &self.up)
     }
 
-    pub fn nginx_first_usable(&self) -> usize {
+    pub(crate) fn nginx_first_usable(&self) -> usize {
         Self::pick(&self.nginx_walk, &self.up)
     }
 
@@ -85,7 +90,7 @@ impl Cluster {
     }
 }
 
-pub fn node_id(n: usize) -> String {
+pub(crate) fn node_id(n: usize) -> String {
     format!("node-{n}")
 }
 

@@ -53,7 +53,7 @@ pub struct Report {
     pub strategies: Vec<StrategyReport>,
 }
 
-pub fn run(p: &Params) -> Report {
+pub(crate) fn run(p: &Params) -> Report {
     let total = scenario::total_masters(p.scenario, p.masters);
     let mut cl = Cluster::new(p.nodes, p.masters, total, p.conns_per_node);
     let ring_before = share_ratio(&cl.ring.shares());

@@ -27,26 +27,26 @@ pub struct Episodes {
     pub home_removed: u64,
 }
 
-pub struct Lane {
-    pub strategy: Strategy,
+pub(crate) struct Lane {
+    pub(crate) strategy: Strategy,
     conn: Vec<u8>,
-    pub load: Vec<u64>,
-    pub arrivals: Vec<u64>,
+    pub(crate) load: Vec<u64>,
+    pub(crate) arrivals: Vec<u64>,
     /// Homes as this strategy sees them (k3s: its first server, fixed).
     home: Vec<u8>,
     least: Option<LeastConn>,
     fb: Option<Failbacks>,
     /// Reconnects the strategy or a dead master caused (not churn).
-    pub caused: u64,
+    pub(crate) caused: u64,
     /// Of those, closes made to move a connection home.
-    pub failback_closes: u64,
-    pub episodes: Episodes,
+    pub(crate) failback_closes: u64,
+    pub(crate) episodes: Episodes,
 }
 
 const NEVER: u64 = u64::MAX;
 
 impl Lane {
-    pub fn new(strategy: Strategy, cl: &Cluster, policy: Failback) -> Lane {
+    pub(crate) fn new(strategy: Strategy, cl: &Cluster, policy: Failback) -> Lane {
         let n = cl.nodes;
         let fb = (strategy == Strategy::CplbOn).then(|| {
             let delays: Vec<_> = (0..n)
@@ -139,14 +139,14 @@ impl Lane {
     }
 
     /// The client behind connection `c` reconnects (churn, or we closed it).
-    pub fn reconnect(&mut self, cl: &Cluster, c: usize) {
+    pub(crate) fn reconnect(&mut self, cl: &Cluster, c: usize) {
         self.disconnect(cl, c);
         self.connect(cl, c);
     }
 
     /// Master `m` died (already marked down in `cl`): its clients lose
     /// their connections and reconnect at once.
-    pub fn master_down(&mut self, cl: &Cluster, m: usize, now: u64) {
+    pub(crate) fn master_down(&mut self, cl: &Cluster, m: usize, now: u64) {
         if let Some(fb) = &mut self.fb {
             for node in 0..cl.nodes {
                 if self.home[node] as usize == m {
@@ -167,7 +167,7 @@ impl Lane {
     }
 
     /// Master `m` is usable again (already marked up in `cl`).
-    pub fn master_up(&mut self, cl: &Cluster, m: usize, now: u64) {
+    pub(crate) fn master_up(&mut self, cl: &Cluster, m: usize, now: u64) {
         match self.strategy {
             Strategy::K3s => {
                 for c in 0..self.conn.len() {
@@ -197,7 +197,7 @@ impl Lane {
     /// cplb recomputes homes: a connection whose key now belongs to the new
     /// master is displaced towards it (`failback::rehome`). k3s keeps the
     /// server it was given.
-    pub fn master_added(&mut self, cl: &Cluster, now: u64) {
+    pub(crate) fn master_added(&mut self, cl: &Cluster, now: u64) {
         if !matches!(self.strategy, Strategy::CplbOn | Strategy::CplbOff) {
             return;
         }
@@ -225,7 +225,7 @@ impl Lane {
     }
 
     /// Runs the fail-back schedulers due before `end_ms`.
-    pub fn run_failback(&mut self, cl: &Cluster, end_ms: u64) {
+    pub(crate) fn run_failback(&mut self, cl: &Cluster, end_ms: u64) {
         loop {
             let Some(fb) = &mut self.fb else { return };
             let Some(&Reverse((t, node))) = fb.heap.peek() else {

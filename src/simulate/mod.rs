@@ -22,6 +22,7 @@ use std::time::Duration;
 
 pub use args::Args;
 pub use engine::{BALANCED, Report, StrategyReport};
+pub use lane::Episodes;
 pub use scenario::Scenario;
 pub use strategy::Strategy;
 

@@ -21,7 +21,7 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(127, 127, 127),
 ];
 
-pub fn draw(path: &Path, p: &Params, r: &Report) -> Result<(), String> {
+pub(crate) fn draw(path: &Path, p: &Params, r: &Report) -> Result<(), String> {
     let panels = 2 + r.strategies.len();
     let rows = panels.div_ceil(2);
     let root = SVGBackend::new(path, (1200, 330 * rows as u32)).into_drawing_area();

@@ -6,7 +6,12 @@ use std::time::Duration;
 use super::Params;
 use super::engine::{BALANCED, Report};
 
-pub fn write_table(out: &mut dyn Write, p: &Params, r: &Report, took: Duration) -> io::Result<()> {
+pub(crate) fn write_table(
+    out: &mut dyn Write,
+    p: &Params,
+    r: &Report,
+    took: Duration,
+) -> io::Result<()> {
     let f = &p.failback;
     writeln!(
         out,

@@ -3,7 +3,7 @@
 use clap::ValueEnum;
 
 /// When the first thing happens; the minute before shows the steady state.
-pub const START_MS: u64 = 60_000;
+pub(crate) const START_MS: u64 = 60_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
@@ -29,7 +29,7 @@ impl Scenario {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     Down(usize),
     Up(usize),
     /// A master joins the upstream set (and is usable).
@@ -38,7 +38,7 @@ pub enum Change {
 
 /// The timeline for `masters` initial masters, in time order. `AddMaster`
 /// adds master index `masters`.
-pub fn timeline(scenario: Scenario, masters: usize) -> Vec<(u64, Change)> {
+pub(crate) fn timeline(scenario: Scenario, masters: usize) -> Vec<(u64, Change)> {
     const MIN: u64 = 60_000;
     match scenario {
         Scenario::MasterRestart => vec![
@@ -68,7 +68,7 @@ pub fn timeline(scenario: Scenario, masters: usize) -> Vec<(u64, Change)> {
 }
 
 /// Masters in the upstream set at the end (and so in the arrays).
-pub fn total_masters(scenario: Scenario, masters: usize) -> usize {
+pub(crate) fn total_masters(scenario: Scenario, masters: usize) -> usize {
     masters + usize::from(scenario == Scenario::AddMaster)
 }
 

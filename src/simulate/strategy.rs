@@ -42,20 +42,20 @@ impl Strategy {
 /// Per-node state of kubespray's least_conn: this node's connections per
 /// master, and the round-robin position that breaks ties (nginx's smooth
 /// weighted round robin over equal weights cycles in list order).
-pub struct LeastConn {
-    pub counts: Vec<u16>,
-    pub rr: Vec<u8>,
+pub(crate) struct LeastConn {
+    pub(crate) counts: Vec<u16>,
+    pub(crate) rr: Vec<u8>,
 }
 
 impl LeastConn {
-    pub fn new(nodes: usize, masters: usize) -> LeastConn {
+    pub(crate) fn new(nodes: usize, masters: usize) -> LeastConn {
         LeastConn {
             counts: vec![0; nodes * masters],
             rr: vec![0; nodes],
         }
     }
 
-    pub fn choose(&mut self, cl: &Cluster, node: usize) -> usize {
+    pub(crate) fn choose(&mut self, cl: &Cluster, node: usize) -> usize {
         let mt = cl.total_masters;
         let counts = &self.counts[node * mt..(node + 1) * mt];
         let start = self.rr[node] as usize;
