@@ -84,13 +84,19 @@ impl Failback {
         if raw.settle > MAX_SETTLE {
             return Err(err(
                 "settle",
-                format!("{:?} is above the maximum of 1h", raw.settle),
+                format!(
+                    "{} is above the maximum of 1h",
+                    humantime::format_duration(raw.settle)
+                ),
             ));
         }
         if raw.spread > MAX_SPREAD {
             return Err(err(
                 "spread",
-                format!("{:?} is above the maximum of 1h", raw.spread),
+                format!(
+                    "{} is above the maximum of 1h",
+                    humantime::format_duration(raw.spread)
+                ),
             ));
         }
         if raw.max_per_second == 0 || raw.max_per_second > MAX_PER_SECOND {

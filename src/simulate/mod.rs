@@ -33,6 +33,8 @@ use crate::failback::Failback;
 pub const MAX_NODES: usize = 100_000;
 pub const MAX_MASTERS: usize = 16;
 pub const MAX_CONNS_PER_NODE: usize = 1000;
+/// Connections in all (five strategies keep one byte per connection).
+pub const MAX_CONNECTIONS: usize = 10_000_000;
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Clone)]
@@ -79,6 +81,15 @@ impl Params {
                 format!(
                     "{} is outside 1..={MAX_CONNS_PER_NODE}",
                     self.conns_per_node
+                ),
+            );
+        }
+        if self.nodes * self.conns_per_node > MAX_CONNECTIONS {
+            return bad(
+                "conns-per-node",
+                format!(
+                    "{} nodes x {} is above {MAX_CONNECTIONS} connections in all",
+                    self.nodes, self.conns_per_node
                 ),
             );
         }
