@@ -277,3 +277,80 @@ fn count(e: &mut Episodes, ev: Event) {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The displaced counts the scheduler is given must be exactly the
+    /// connections not at home, after every kind of move.
+    fn check(lane: &Lane, cl: &Cluster) {
+        let per = cl.conns_per_node;
+        assert_eq!(
+            lane.load.iter().sum::<u64>() as usize,
+            cl.nodes * per,
+            "{:?}",
+            lane.strategy
+        );
+        if let Some(fb) = &lane.fb {
+            for node in 0..cl.nodes {
+                let home = cl.home(node);
+                let away = (0..per)
+                    .filter(|k| lane.conn[node * per + k] as usize != home)
+                    .count();
+                assert_eq!(fb.displaced[node] as usize, away, "node {node}");
+            }
+        }
+    }
+
+    #[test]
+    fn accounting_holds_through_down_up_failback_and_add() {
+        let policy = Failback::new(
+            true,
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(10),
+            2,
+        )
+        .unwrap();
+        let mut cl = Cluster::new(200, 3, 4, 4);
+        let mut lanes: Vec<Lane> = Strategy::ALL
+            .iter()
+            .map(|&s| Lane::new(s, &cl, policy))
+            .collect();
+        cl.up[0] = false;
+        for l in &mut lanes {
+            l.master_down(&cl, 0, 1000);
+            check(l, &cl);
+        }
+        cl.up[0] = true;
+        for l in &mut lanes {
+            l.master_up(&cl, 0, 2000);
+            l.run_failback(&cl, 9000); // mid-episode for some nodes
+            check(l, &cl);
+            l.run_failback(&cl, 60_000);
+            check(l, &cl);
+        }
+        let on = &lanes[Strategy::ALL.len() - 1];
+        assert_eq!(on.strategy, Strategy::CplbOn);
+        assert!(on.fb.as_ref().unwrap().displaced.iter().all(|&d| d == 0));
+        assert!(on.failback_closes > 0);
+        cl.set_present(4);
+        for l in &mut lanes {
+            l.master_added(&cl, 70_000);
+            check(l, &cl);
+            l.run_failback(&cl, 200_000);
+            check(l, &cl);
+        }
+        assert!(lanes[Strategy::ALL.len() - 1].load[3] > 0);
+    }
+
+    #[test]
+    fn least_conn_spreads_a_node_three_three_two() {
+        let cl = Cluster::new(2, 3, 3, 8);
+        let lane = Lane::new(Strategy::LeastConn, &cl, Failback::default());
+        // 8 per node over 3 masters: 3, 3, 2, the first in list order
+        // getting the extra, as a fresh nginx does.
+        assert_eq!(lane.load, [6, 6, 4]);
+        assert_eq!(&lane.conn[..8], &[0, 1, 2, 0, 1, 2, 0, 1]);
+    }
+}

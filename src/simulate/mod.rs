@@ -167,3 +167,20 @@ impl Rng {
         ((self.next() as u128 * n as u128) >> 64) as u64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rng_below_stays_in_range_and_covers_it() {
+        let mut r = Rng::new(7);
+        let mut seen = [false; 10];
+        for _ in 0..1000 {
+            let v = r.below(10) as usize;
+            seen[v] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
+        assert_eq!(Rng::new(3).next(), Rng::new(3).next());
+    }
+}
