@@ -33,6 +33,8 @@
 //! - [`standin`]: stand-in HTTPS API server (with an EndpointSlice API) and
 //!   client (demo and tests).
 //! - [`demo`]: `cplb demo`.
+//! - [`failback`]: pure fail-back policy: home, displaced, the scheduler.
+//! - [`simulate`]: `cplb simulate`, the cluster-scale fail-back simulation.
 //!
 //! # Life of a connection
 //! 1. `listener::accept_loop`, on the worker thread that owns one of the
@@ -54,6 +56,7 @@ pub mod config;
 pub mod copy;
 pub mod demo;
 pub mod discovery;
+pub mod failback;
 pub mod health;
 pub mod health_check;
 pub mod import;
@@ -68,6 +71,7 @@ pub mod reuseport;
 pub mod ring;
 pub mod server;
 pub mod shared;
+pub mod simulate;
 pub mod snapshot;
 pub mod sockopt;
 pub mod splice;

@@ -63,6 +63,9 @@ enum Command {
     /// Check the config's `discovery:` section from this node: dial the
     /// upstreams directly (never the kubeconfig's server) and print the API
     /// servers the cluster lists, one JSON line per change. Proxies nothing.
+    /// Simulate a cluster's proxies and masters (no sockets) and compare
+    /// fail-back strategies; see docs/failback.md.
+    Simulate(cplb::simulate::Args),
     Discover {
         /// Exit after the first list.
         #[arg(long)]
@@ -127,6 +130,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 &mut std::io::stderr().lock(),
             );
             return Ok(ExitCode::from(code));
+        }
+        Some(Command::Simulate(args)) => {
+            cplb::simulate::command(args, &mut std::io::stdout().lock())?;
+            return Ok(ExitCode::SUCCESS);
         }
         Some(Command::Discover { .. }) | None => {}
     }
