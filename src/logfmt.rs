@@ -23,6 +23,23 @@ thread_local! {
     static IS_JSON: Cell<bool> = const { Cell::new(false) };
 }
 
+/// An error and its causes, joined by ": " as anyhow's `{:#}` prints
+/// them: for the places that print an error without anyhow (logs,
+/// `/status`). Each message gives context only, so each cause shows once.
+pub struct Chain<'a>(pub &'a dyn std::error::Error);
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cur = self.0.source();
+        while let Some(e) = cur {
+            write!(f, ": {e}")?;
+            cur = e.source();
+        }
+        Ok(())
+    }
+}
+
 /// A field value logged as JSON: `tracing::info!(upstreams = ?Json(&list))`.
 /// Text logs show the compact JSON text; JSON logs embed the value.
 pub struct Json<T>(pub T);

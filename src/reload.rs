@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::health_check::{HealthChecker, ProbeSettings};
-use crate::logfmt::Json;
+use crate::logfmt::{Chain, Json};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 use crate::upstream::StateTable;
@@ -331,7 +331,7 @@ impl Reloader {
         Ok(Outcome::Applied(changes))
     }
 
-    fn refused(&mut self, e: &dyn std::fmt::Display) {
+    fn refused(&mut self, e: &dyn std::error::Error) {
         self.refusing = true;
         let m = &self.shared.metrics;
         m.reload("failure").inc();
@@ -341,9 +341,9 @@ impl Reloader {
             .store(Arc::new(crate::status::LoadRecord::reload(
                 self.config.source.clone(),
                 crate::server::unix_now(),
-                Some(e.to_string()),
+                Some(Chain(e).to_string()),
             )));
-        tracing::error!(error = %e, "config reload refused; the running config stays in force");
+        tracing::error!(error = %Chain(e), "config reload refused; the running config stays in force");
     }
 
     fn diff(&self, new: &Config, restart_needed: Vec<&'static str>) -> Changes {

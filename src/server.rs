@@ -353,11 +353,37 @@ mod tests {
             Box::new(crate::demo::DemoError::Io(os())),
             Box::new(crate::standin::StandinError::Listen { addr, source: os() }),
             Box::new(crate::standin::client::ClientError::Io(os())),
+            Box::new(crate::config::ConfigError::Read {
+                path: "/etc/cplb/cplb.yaml".into(),
+                source: os(),
+            }),
+            Box::new(crate::reload::ReloadError::Config(
+                crate::config::ConfigError::Read {
+                    path: "/etc/cplb/cplb.yaml".into(),
+                    source: os(),
+                },
+            )),
+            Box::new(crate::demo::DemoError::Config(
+                crate::config::ConfigError::Read {
+                    path: "/etc/cplb/cplb.yaml".into(),
+                    source: os(),
+                },
+            )),
         ];
         for e in cases {
             let all = chain(&*e);
             assert!(all.matches("os error 98").count() <= 1, "{all}");
         }
+        let read = crate::config::ConfigError::Read {
+            path: "/etc/cplb/cplb.yaml".into(),
+            source: os(),
+        };
+        assert_eq!(
+            chain(&read),
+            "could not read /etc/cplb/cplb.yaml: Address already in use (os error 98)"
+        );
+        // What logs and `/status` print without anyhow: the same chain.
+        assert_eq!(crate::logfmt::Chain(&read).to_string(), chain(&read));
         let all = chain(&ServerError::from(listen(Role::Admin)));
         assert_eq!(
             all,
