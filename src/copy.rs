@@ -218,7 +218,7 @@ pub async fn proxy(
         }
         loop {
             ready!(sleep.as_mut().poll(cx));
-            let deadline = crate::shared::deadline(last, idle_timeout);
+            let deadline = crate::clock::deadline(last, idle_timeout);
             if Instant::now() >= deadline {
                 return Poll::Ready(Ok(Outcome::IdleTimeout));
             }

@@ -5,8 +5,9 @@
 //! # Modules
 //! - [`config`]: YAML in two stages, `raw` (serde) then validated types.
 //! - [`ring`]: nginx-identical ketama ring; pure code.
-//! - [`health`]: passive health (max_fails / fail_timeout) over atomics.
-//! - [`health_check`]: active probes (TLS `GET /readyz` or TCP), rise/fall.
+//! - [`health`]: passive (max_fails / fail_timeout) and active (rise/fall)
+//!   health state of an upstream, over atomics.
+//! - [`probe`]: active probes (TLS `GET /readyz` or TCP) and the prober tasks.
 //! - [`upstream`]: per-upstream runtime state shared across snapshots.
 //! - [`snapshot`]: ring + upstreams + settings, published through one `ArcSwap`.
 //! - [`resolve`]: host name resolution with background retry.
@@ -14,7 +15,8 @@
 //! - [`listener`]: SO_REUSEPORT sockets and the accept loop.
 //! - [`reuseport`]: names another process sharing a `listen` address.
 //! - [`workers`]: one single-threaded runtime per worker thread (data plane).
-//! - [`shared`]: state shared by every task of one proxy; the clock.
+//! - [`shared`]: state shared by every task of one proxy.
+//! - [`clock`]: the monotonic clock of health state; wall-clock Unix time.
 //! - [`proxy`]: one client connection: upstream choice, connect, failover,
 //!   and closing it on eviction or at the end of the drain.
 //! - [`sockopt`]: TCP_NODELAY and keepalive (client side via the listener).
@@ -47,16 +49,17 @@
 //!    races it against eviction of the upstream and the end of the drain.
 
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod copy;
 pub mod demo;
 pub mod health;
-pub mod health_check;
 pub mod import;
 pub mod listener;
 pub mod logfmt;
 pub mod metrics;
 pub mod pool;
+pub mod probe;
 pub mod proxy;
 pub mod reload;
 pub mod resolve;

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::shared::Shared;
+use crate::shared::{Shared, Skipped};
 
 /// Which socket a [`ListenError`] is about, so an admin-port clash says
 /// "admin".
@@ -65,13 +65,6 @@ pub fn bind(
         out.push(l);
     }
     Ok(out)
-}
-
-/// A `listen` address left unbound because it cannot exist on this node.
-#[derive(Debug, Clone)]
-pub struct Skipped {
-    pub addr: SocketAddr,
-    pub reason: &'static str,
 }
 
 /// Why a bind failure may be skipped rather than be fatal: only `[::1]`,

@@ -129,7 +129,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    if let Err(e) = cplb::health_check::prepare(&config) {
+    if let Err(e) = cplb::probe::prepare(&config) {
         eprintln!("cplb: {}: {e}", path.display());
         if cli.check {
             eprintln!("cplb: configuration file {} test failed", path.display());

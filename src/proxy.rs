@@ -125,7 +125,7 @@ async fn connect_any(shared: &Shared, snap: &Snapshot, hash: u32) -> Option<(usi
 async fn try_connect(shared: &Shared, snap: &Snapshot, up: &Upstream) -> Option<TcpStream> {
     let state = &up.state;
     let start = Instant::now();
-    let deadline = crate::shared::deadline(start, snap.settings.connect_timeout);
+    let deadline = crate::clock::deadline(start, snap.settings.connect_timeout);
     let mut reason = FailureReason::Resolve;
     for addr in state.addrs().iter() {
         let socket = match addr {

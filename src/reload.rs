@@ -9,9 +9,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
-use crate::health_check::{HealthChecker, ProbeSettings};
 use crate::logfmt::{Chain, Json};
+use crate::probe::{ProbeSettings, Probers};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 use crate::upstream::StateTable;
@@ -28,7 +29,7 @@ pub enum ReloadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Tls(#[from] crate::health_check::TlsError),
+    Tls(#[from] crate::probe::TlsError),
     #[error("the proxy is shutting down")]
     Stopped,
 }
@@ -148,7 +149,7 @@ pub struct Reloader {
     config: Config,
     table: StateTable,
     rx: mpsc::Receiver<Trigger>,
-    checker: HealthChecker,
+    checker: Probers,
     /// The last refused text: unforced events that see it again stay quiet
     /// instead of logging and counting the same refusal over and over.
     refused_text: Option<String>,
@@ -167,7 +168,7 @@ impl Reloader {
     ) -> (Reloader, ReloadHandle) {
         let (tx, rx) = mpsc::channel(16);
         let r = Reloader {
-            checker: HealthChecker::new(shared.clone()),
+            checker: Probers::new(shared.clone()),
             refused_text: None,
             refusing: false,
             initial_checks: checks,
@@ -248,7 +249,7 @@ impl Reloader {
                     .last_load
                     .store(Arc::new(crate::status::LoadRecord::reload(
                         Some(path.clone()),
-                        crate::server::unix_now(),
+                        Clock::unix_now(),
                         None,
                     )));
                 tracing::info!(file = %path.display(), "config file is valid again: its content is the running config");
@@ -278,7 +279,7 @@ impl Reloader {
 
         // Certificate files are re-read on every reload; a bad one refuses
         // the whole config, before anything is swapped.
-        let checks = match crate::health_check::prepare(&new) {
+        let checks = match crate::probe::prepare(&new) {
             Ok(c) => c,
             Err(e) => {
                 self.refused(&e);
@@ -288,7 +289,7 @@ impl Reloader {
         self.refused_text = None;
         let changes = self.diff(&new, restart_needed);
         let built = Snapshot::build(&new, &mut self.table, m);
-        crate::server::resolve_upstreams(&built.snapshot, &built.added, true).await;
+        crate::resolve::resolve_upstreams(&built.snapshot, &built.added, true).await;
         let snapshot = Arc::new(built.snapshot);
         self.shared.snapshot.store(snapshot.clone());
         self.checker.apply(checks, &snapshot);
@@ -298,13 +299,12 @@ impl Reloader {
         m.reload("success").inc();
         self.refusing = false;
         m.last_reload_successful.set(1);
-        m.last_reload_success_timestamp
-            .set(crate::server::unix_now());
+        m.last_reload_success_timestamp.set(Clock::unix_now());
         self.shared
             .last_load
             .store(Arc::new(crate::status::LoadRecord::reload(
                 Some(path.clone()),
-                crate::server::unix_now(),
+                Clock::unix_now(),
                 None,
             )));
         let nothing = changes.added.is_empty()
@@ -340,7 +340,7 @@ impl Reloader {
             .last_load
             .store(Arc::new(crate::status::LoadRecord::reload(
                 self.config.source.clone(),
-                crate::server::unix_now(),
+                Clock::unix_now(),
                 Some(Chain(e).to_string()),
             )));
         tracing::error!(error = %Chain(e), "config reload refused; the running config stays in force");

@@ -68,7 +68,7 @@ impl Snapshot {
                     config: u.clone(),
                     policy: Policy {
                         max_fails: u.max_fails,
-                        fail_timeout_ms: crate::shared::millis(u.fail_timeout),
+                        fail_timeout_ms: crate::clock::millis(u.fail_timeout),
                     },
                     state,
                 }

@@ -4,14 +4,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
-use crate::health::{PassiveHealth, Policy, Transition};
-use crate::health_check::Hysteresis;
+use crate::health::{ActiveHealth, PassiveHealth, Policy, Transition};
 use crate::metrics::{Metrics, UpstreamMetrics};
 
 pub struct UpstreamState {
@@ -31,7 +29,7 @@ pub struct UpstreamState {
     last_change: ArcSwap<Change>,
     /// Name resolution's log throttle. Only the resolver takes the lock,
     /// never the proxy's path.
-    pub resolve_log: std::sync::Mutex<crate::resolve::ResolveLog>,
+    pub resolve_log: std::sync::Mutex<crate::resolve::throttle::ResolveLog>,
 }
 
 /// Which part of cplb changed an upstream's state.
@@ -62,89 +60,6 @@ pub struct Change {
     pub at_ms: u64,
     pub cause: ChangeCause,
     pub reason: String,
-}
-
-/// The result of the latest active probe.
-#[derive(Debug, Clone)]
-pub struct ProbeResult {
-    /// `Clock` milliseconds.
-    pub at_ms: u64,
-    pub ok: bool,
-    /// Why it failed; `None` when it passed.
-    pub error: Option<String>,
-}
-
-/// The active health check's verdict, written by the prober task. The
-/// rise/fall counters live here (not in the prober) so that a prober
-/// restarted by a reload keeps its progress.
-#[derive(Debug)]
-pub struct ActiveHealth {
-    up: AtomicBool,
-    since: AtomicU64,
-    hysteresis: Mutex<Hysteresis>,
-    /// Written by the prober once per probe, read by the admin endpoint.
-    last: ArcSwapOption<ProbeResult>,
-}
-
-impl Default for ActiveHealth {
-    // Optimistic at start, like HAProxy: traffic flows before the first probe.
-    fn default() -> Self {
-        ActiveHealth {
-            up: AtomicBool::new(true),
-            since: AtomicU64::new(0),
-            hysteresis: Mutex::new(Hysteresis::new(true)),
-            last: ArcSwapOption::empty(),
-        }
-    }
-}
-
-impl ActiveHealth {
-    pub fn is_up(&self) -> bool {
-        self.up.load(Acquire)
-    }
-
-    pub fn since_ms(&self) -> u64 {
-        self.since.load(Relaxed)
-    }
-
-    /// Feeds one probe result through rise/fall; the new state if it
-    /// flipped. Only the prober calls this, once per interval: the lock is
-    /// never contended and never on the proxy's path.
-    pub fn record(&self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
-        let mut h = self.hysteresis.lock().unwrap_or_else(|p| p.into_inner());
-        h.up = self.is_up();
-        h.record(ok, rise, fall)
-    }
-
-    /// The latest probe's result; `None` before the first probe or while
-    /// active checks are off.
-    pub fn last_result(&self) -> Option<Arc<ProbeResult>> {
-        self.last.load_full()
-    }
-
-    /// Keeps a probe's result for `cplb status`.
-    pub fn note_result(&self, at_ms: u64, result: &Result<(), String>) {
-        self.last.store(Some(Arc::new(ProbeResult {
-            at_ms,
-            ok: result.is_ok(),
-            error: result.as_ref().err().cloned(),
-        })));
-    }
-
-    /// Active checks were turned off: no result is current any more.
-    pub fn clear_result(&self) {
-        self.last.store(None);
-    }
-
-    /// Returns true if this changed the state.
-    pub fn set(&self, up: bool, now: u64) -> bool {
-        if self.up.swap(up, AcqRel) != up {
-            self.since.store(now, Release);
-            true
-        } else {
-            false
-        }
-    }
 }
 
 impl UpstreamState {

@@ -89,7 +89,7 @@ pub fn run(admin: &str, output: Output, out: &mut dyn Write, err: &mut dyn Write
             return EXIT_UNREACHABLE;
         }
     };
-    let now = crate::server::unix_now();
+    let now = crate::clock::Clock::unix_now();
     let written = match output {
         Output::Table => out.write_all(render::table(&status, admin, now).as_bytes()),
         Output::Json => serde_json::to_string_pretty(&status)

@@ -1,39 +1,13 @@
-//! Name resolution for upstreams given as host names. Names resolve at
-//! start-up; one that does not is an unusable upstream, retried in the
-//! background with exponential backoff, never a crash.
-//!
-//! Logging follows the name's state, not the retries: a WARN when it starts
-//! failing, then one every `REPEAT_WARNING` with the count, and an INFO
-//! when it resolves again (`ResolveLog`).
+//! The per-upstream log throttle of name resolution: pure code, time is
+//! passed in. It lives in the upstream's state (so it outlives reloads);
+//! only the resolver uses it.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::logfmt::Json;
-use crate::upstream::UpstreamState;
-
-const FIRST_RETRY: Duration = Duration::from_millis(500);
-const MAX_RETRY: Duration = Duration::from_secs(30);
 /// How often a name that keeps failing is reported again.
 pub const REPEAT_WARNING: Duration = Duration::from_secs(300);
-
-/// Resolves `host:port`. IP literals never touch the resolver.
-pub async fn lookup(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, port)]);
-    }
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
-    if addrs.is_empty() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            "no addresses",
-        ));
-    }
-    Ok(addrs)
-}
 
 /// What to log about one resolution attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,63 +68,6 @@ impl ResolveLog {
             after: now.saturating_duration_since(start),
         }
     }
-}
-
-/// One resolution attempt, bounded in time; logs state changes only.
-pub async fn resolve_once(state: &UpstreamState, host: &str, port: u16, limit: Duration) -> bool {
-    let result = match tokio::time::timeout(limit, lookup(host, port)).await {
-        Ok(Ok(addrs)) => Ok(addrs),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("timed out after {limit:?}")),
-    };
-    let now = Instant::now();
-    let mut log = state.resolve_log.lock().unwrap_or_else(|p| p.into_inner());
-    match result {
-        Ok(addrs) => {
-            tracing::debug!(upstream = %state.address, addrs = ?Json(&addrs), "resolved");
-            state.set_addrs(addrs);
-            if let Report::Resolved { failures, after } = log.resolved(now) {
-                tracing::info!(upstream = %state.address, failures, failing_seconds = after.as_secs(), "upstream resolved");
-            }
-            true
-        }
-        Err(error) => {
-            // A reload's re-resolution that fails keeps the old addresses.
-            let effect = if state.is_resolved() {
-                "keeping its last addresses"
-            } else {
-                "it is unusable until it resolves"
-            };
-            match log.failed(now) {
-                Report::StartedFailing => {
-                    tracing::warn!(upstream = %state.address, error, "could not resolve upstream; {effect}; retrying")
-                }
-                Report::StillFailing { failures, since } => {
-                    tracing::warn!(upstream = %state.address, error, failures, failing_seconds = since.as_secs(), "upstream still does not resolve; {effect}")
-                }
-                Report::Nothing | Report::Resolved { .. } => {
-                    tracing::debug!(upstream = %state.address, error, "could not resolve upstream")
-                }
-            }
-            false
-        }
-    }
-}
-
-/// Keeps retrying until the name resolves or the upstream is removed.
-pub fn spawn_retry(state: &Arc<UpstreamState>, host: String, port: u16) {
-    let weak: Weak<UpstreamState> = Arc::downgrade(state);
-    tokio::spawn(async move {
-        let mut delay = FIRST_RETRY;
-        loop {
-            tokio::time::sleep(delay).await;
-            let Some(state) = weak.upgrade() else { return };
-            if resolve_once(&state, &host, port, MAX_RETRY).await {
-                return;
-            }
-            delay = (delay * 2).min(MAX_RETRY);
-        }
-    });
 }
 
 #[cfg(test)]

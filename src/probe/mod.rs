@@ -1,12 +1,12 @@
-//! Active health checks: one prober task per upstream, on its own timer
+//! The probes behind active health checks: their I/O (`io`, `tls`) and the
+//! prober tasks' lifecycle. One prober task per upstream, on its own timer
 //! (with jitter so nodes do not probe in lockstep), each probe bounded by
 //! `timeout`, so a hanging upstream delays nothing but its own prober.
-//! Verdicts pass through rise/fall hysteresis into `UpstreamState::active`;
+//! Results feed `health::ActiveHealth` (rise/fall) in the upstream's state;
 //! a fall with `close_on_down` evicts the upstream's proxied connections,
 //! unless no other upstream is usable.
 
-mod hysteresis;
-mod probe;
+mod io;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -17,9 +17,9 @@ use rustls::ClientConfig;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use hysteresis::Hysteresis;
 pub use tls::TlsError;
 
+use crate::clock::Clock;
 use crate::config::{CheckMode, Config};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
@@ -71,14 +71,14 @@ pub fn prepare(config: &Config) -> Result<Option<Arc<ProbeSettings>>, TlsError> 
 }
 
 /// Owns the prober tasks; told about every applied snapshot.
-pub struct HealthChecker {
+pub struct Probers {
     shared: Arc<Shared>,
     probers: HashMap<String, CancellationToken>,
 }
 
-impl HealthChecker {
-    pub fn new(shared: Arc<Shared>) -> HealthChecker {
-        HealthChecker {
+impl Probers {
+    pub fn new(shared: Arc<Shared>) -> Probers {
+        Probers {
             shared,
             probers: HashMap::new(),
         }
@@ -119,7 +119,7 @@ impl HealthChecker {
     }
 }
 
-impl Drop for HealthChecker {
+impl Drop for Probers {
     fn drop(&mut self) {
         self.stop();
     }
@@ -149,11 +149,8 @@ async fn prober(
     stop: CancellationToken,
 ) {
     let mut seed = crc32fast::hash(state.address.as_bytes()) as u64
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            // Only a seed: truncating the nanoseconds is fine.
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
+        // Only a seed: the bits of the time as a float mix well enough.
+        ^ Clock::unix_now().to_bits()
         | 1;
     // The first probe soon, spread over a tenth of the interval.
     let mut delay = (settings.interval / 10).min(jittered(settings.interval, &mut seed) / 10);
@@ -211,13 +208,13 @@ async fn probe_once(
 ) -> Result<(), String> {
     let addr = *state.addrs().first().ok_or("not resolved")?;
     match &settings.tls {
-        None => probe::tcp(addr).await,
+        None => io::tcp(addr).await,
         Some((client, name)) => {
             let name = name
                 .clone()
                 .or_else(|| default_name.clone())
                 .ok_or("no TLS server name")?;
-            probe::https(addr, client.clone(), name, &settings.path).await
+            io::https(addr, client.clone(), name, &settings.path).await
         }
     }
 }
