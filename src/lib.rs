@@ -19,10 +19,10 @@
 //! - [`clock`]: the monotonic clock of health state; wall-clock Unix time.
 //! - [`proxy`]: one client connection: upstream choice, connect, failover,
 //!   and closing it on eviction or at the end of the drain.
-//! - [`sockopt`]: TCP_NODELAY and keepalive (client side via the listener).
-//! - [`copy`]: the bidirectional byte copy (half-close, idle timeout).
-//! - [`pool`]: copy buffers lent only while bytes are in flight.
-//! - [`splice`]: zero-copy forwarding through pipes lent the same way.
+//! - [`copy`]: the bidirectional byte copy (half-close, idle timeout); its
+//!   internals: `pool` (buffers lent only while bytes are in flight),
+//!   `splice` (zero-copy through pipes lent the same way), `sockopt`
+//!   (TCP_NODELAY and keepalive; client side via the listener).
 //! - [`metrics`]: Prometheus metrics in an owned registry; RAII gauge guards.
 //! - [`reload`]: one code path for every reload trigger; validate, then swap.
 //! - [`watch`]: watches the config file's directory (ConfigMap-safe).
@@ -44,7 +44,7 @@
 //!    tried first, each with `connect_timeout`; failures feed
 //!    `PassiveHealth`, which may mark the upstream down. If none connects,
 //!    the upstreams marked down are tried as a last resort.
-//! 4. `copy::proxy` moves bytes both ways (buffered, or spliced once bulk
+//! 4. `copy::bidirectional` moves bytes both ways (buffered, or spliced once bulk
 //!    data shows up) until both sides close or idleness; `proxy::handle`
 //!    races it against eviction of the upstream and the end of the drain.
 
@@ -58,7 +58,6 @@ pub mod import;
 pub mod listener;
 pub mod logfmt;
 pub mod metrics;
-pub mod pool;
 pub mod probe;
 pub mod proxy;
 pub mod reload;
@@ -68,8 +67,6 @@ pub mod ring;
 pub mod server;
 pub mod shared;
 pub mod snapshot;
-pub mod sockopt;
-pub mod splice;
 pub mod standin;
 pub mod status;
 pub mod upstream;

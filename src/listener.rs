@@ -113,8 +113,8 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener>
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
-    // Inherited by every accepted client socket (see `sockopt`).
-    crate::sockopt::tune(&socket);
+    // Inherited by every accepted client socket (see `copy::sockopt`).
+    crate::copy::tune_socket(&socket);
     socket.bind(&addr.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(socket.into())

@@ -20,11 +20,19 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::pool;
-use crate::splice::Pipe;
+mod pool;
+mod sockopt;
+mod splice;
 
+use splice::Pipe;
+
+/// TCP_NODELAY and keepalive, for the listener (inherited by accepted
+/// client sockets) and each upstream socket; see `sockopt`.
+pub use sockopt::tune as tune_socket;
+
+/// Why a copy ended, when it ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum CopyEnd {
     /// Both sides finished their writes and reads.
     Closed,
     /// Neither side moved a byte for `idle_timeout`.
@@ -183,13 +191,13 @@ fn clear_read_readiness(stream: &TcpStream) {
 }
 
 /// Copies both ways until both sides have closed, an error, or idleness.
-pub async fn proxy(
+pub async fn bidirectional(
     client: &TcpStream,
     upstream: &TcpStream,
     idle_timeout: Duration,
     to_upstream: &IntCounter,
     to_client: &IntCounter,
-) -> (io::Result<Outcome>, Totals) {
+) -> (io::Result<CopyEnd>, Totals) {
     let mut up = Half::default();
     let mut down = Half::default();
     let mut last = Instant::now();
@@ -210,7 +218,7 @@ pub async fn proxy(
         let b = down.poll(cx, upstream, client, to_client, &mut progressed, up.done);
         match (a, b) {
             (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
-            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(Ok(Outcome::Closed)),
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(Ok(CopyEnd::Closed)),
             _ => {}
         }
         if progressed {
@@ -220,7 +228,7 @@ pub async fn proxy(
             ready!(sleep.as_mut().poll(cx));
             let deadline = crate::clock::deadline(last, idle_timeout);
             if Instant::now() >= deadline {
-                return Poll::Ready(Ok(Outcome::IdleTimeout));
+                return Poll::Ready(Ok(CopyEnd::IdleTimeout));
             }
             sleep.as_mut().reset(deadline);
         }
