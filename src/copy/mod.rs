@@ -11,7 +11,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -54,7 +54,6 @@ struct Half {
     /// Bulk seen: forward with splice from now on.
     splice: bool,
     pipe: Option<Pipe>,
-    in_pipe: usize,
     eof: bool,
     done: bool,
     total: u64,
@@ -92,15 +91,12 @@ impl Half {
                     pool::give(buf);
                 }
             }
-            if let Some(pipe) = &self.pipe {
-                let fd = to.as_raw_fd();
-                while self.in_pipe > 0 {
+            if let Some(pipe) = &mut self.pipe {
+                while pipe.len() > 0 {
                     ready!(to.poll_write_ready(cx))?;
-                    let len = self.in_pipe;
-                    match to.try_io(Interest::WRITABLE, || pipe.drain_to(fd, len)) {
+                    match to.try_io(Interest::WRITABLE, || pipe.drain_to(to.as_fd())) {
                         Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                         Ok(n) => {
-                            self.in_pipe -= n;
                             self.total += n as u64;
                             counter.inc_by(n as u64);
                             *progressed = true;
@@ -127,16 +123,14 @@ impl Half {
             ready!(from.poll_read_ready(cx))?;
             if self.splice {
                 // Out of descriptors for a pipe: this read goes buffered.
-                if let Some(pipe) = Pipe::take() {
-                    let fd = from.as_raw_fd();
-                    match from.try_io(Interest::READABLE, || pipe.fill_from(fd)) {
+                if let Some(mut pipe) = Pipe::take() {
+                    match from.try_io(Interest::READABLE, || pipe.fill_from(from.as_fd())) {
                         Ok(0) => {
                             pipe.give();
                             self.eof = true;
                         }
-                        Ok(n) => {
+                        Ok(_) => {
                             self.pipe = Some(pipe);
-                            self.in_pipe = n;
                             *progressed = true;
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => pipe.give(),
@@ -238,11 +232,9 @@ pub async fn bidirectional(
         if let Some(buf) = half.buf.take() {
             pool::give(buf);
         }
-        // A pipe still holding bytes is closed, not reused.
+        // A pipe still holding bytes is closed by `give`, not reused.
         if let Some(pipe) = half.pipe.take() {
-            if half.in_pipe == 0 {
-                pipe.give();
-            }
+            pipe.give();
         }
     }
     let totals = Totals {
