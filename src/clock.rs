@@ -4,29 +4,29 @@
 
 /// Milliseconds on tokio's clock since start-up: what health state stores.
 /// Monotonic, so a wall-clock step never marks an upstream down or up.
-pub struct Clock {
+pub(crate) struct Clock {
     base: tokio::time::Instant,
 }
 
 impl Clock {
-    pub fn new() -> Clock {
+    pub(crate) fn new() -> Clock {
         Clock {
             base: tokio::time::Instant::now(),
         }
     }
 
-    pub fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         millis(self.base.elapsed())
     }
 
     /// Converts a `now_ms` value back to wall-clock Unix seconds, for display.
-    pub fn to_unix_secs(&self, ms: u64) -> f64 {
+    pub(crate) fn to_unix_secs(&self, ms: u64) -> f64 {
         let ago = self.now_ms().saturating_sub(ms) as f64 / 1000.0;
         Clock::unix_now() - ago
     }
 
     /// Wall-clock Unix time in seconds; 0 if the system clock is before 1970.
-    pub fn unix_now() -> f64 {
+    pub(crate) fn unix_now() -> f64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -41,14 +41,17 @@ impl Default for Clock {
 }
 
 /// Whole milliseconds, saturating at `u64::MAX` instead of truncating.
-pub fn millis(d: std::time::Duration) -> u64 {
+pub(crate) fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// `start + after`, or a point decades away when that would overflow:
 /// `Instant + Duration` panics, and a config built in code (or an old one)
 /// may carry any duration.
-pub fn deadline(start: tokio::time::Instant, after: std::time::Duration) -> tokio::time::Instant {
+pub(crate) fn deadline(
+    start: tokio::time::Instant,
+    after: std::time::Duration,
+) -> tokio::time::Instant {
     const FAR: std::time::Duration = std::time::Duration::from_secs(30 * 365 * 86_400);
     start
         .checked_add(after)

@@ -48,30 +48,32 @@
 //!    data shows up) until both sides close or idleness; `proxy::handle`
 //!    races it against eviction of the upstream and the end of the drain.
 
-pub mod admin;
-pub mod clock;
+#![warn(unreachable_pub)]
+
+pub(crate) mod admin;
+pub(crate) mod clock;
 pub mod config;
-pub mod copy;
+pub(crate) mod copy;
 pub mod demo;
-pub mod health;
+pub(crate) mod health;
 pub mod import;
-pub mod listener;
+pub(crate) mod listener;
 pub mod logfmt;
 pub mod metrics;
 pub mod probe;
-pub mod proxy;
+pub(crate) mod proxy;
 pub mod reload;
-pub mod resolve;
-pub mod reuseport;
+pub(crate) mod resolve;
+pub(crate) mod reuseport;
 pub mod ring;
-pub mod server;
-pub mod shared;
+pub(crate) mod server;
+pub(crate) mod shared;
 pub mod snapshot;
 pub mod standin;
 pub mod status;
 pub mod upstream;
-pub mod watch;
-pub mod workers;
+pub(crate) mod watch;
+pub(crate) mod workers;
 
 pub use config::Config;
 pub use server::{Server, ServerError, run};

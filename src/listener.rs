@@ -43,7 +43,7 @@ pub struct ListenError {
 
 /// Binds `workers` SO_REUSEPORT sockets on `addr`. With port 0, the first
 /// socket picks the port and the others join it.
-pub fn bind(
+pub(crate) fn bind(
     addr: SocketAddr,
     role: Role,
     workers: usize,
@@ -72,7 +72,7 @@ pub fn bind(
 /// sysctl, or no IPv6 in the kernel). No IPv6 client can exist then, so
 /// not listening there loses nothing; kubespray's own nginx-proxy adds
 /// `[::1]` only when IPv6 is enabled. Anything else stays fatal.
-pub fn skippable(e: &ListenError) -> Option<Skipped> {
+pub(crate) fn skippable(e: &ListenError) -> Option<Skipped> {
     let SocketAddr::V6(a) = e.addr else {
         return None;
     };
@@ -135,7 +135,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Accepts until `stop`, then takes in what is already queued (so closing
 /// the socket resets as few clients as possible) and returns.
-pub async fn accept_loop(
+pub(crate) async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     tracker: TaskTracker,

@@ -42,7 +42,7 @@ impl fmt::Display for Chain<'_> {
 
 /// A field value logged as JSON: `tracing::info!(upstreams = ?Json(&list))`.
 /// Text logs show the compact JSON text; JSON logs embed the value.
-pub struct Json<T>(pub T);
+pub(crate) struct Json<T>(pub T);
 
 impl<T: serde::Serialize> fmt::Debug for Json<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -59,7 +59,7 @@ impl<T: serde::Serialize> fmt::Debug for Json<T> {
 
 /// Collects an event's fields as JSON values.
 #[derive(Default)]
-pub struct Fields(pub Map<String, Value>);
+pub(crate) struct Fields(pub Map<String, Value>);
 
 impl Fields {
     fn put(&mut self, field: &Field, v: Value) {

@@ -11,7 +11,7 @@ use prometheus::{
 pub const FAILURE_REASONS: [&str; 5] = ["refused", "timeout", "reset", "resolve", "other"];
 /// `cplb_config_reloads_total{result}`; both exist at 0 from start-up so
 /// `increase(...) > 0` alerts have a series to watch.
-pub const RELOAD_RESULTS: [&str; 2] = ["success", "failure"];
+pub(crate) const RELOAD_RESULTS: [&str; 2] = ["success", "failure"];
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -190,10 +190,6 @@ impl Metrics {
         })
     }
 
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
     /// Prometheus text exposition of everything registered.
     pub fn render(&self) -> String {
         use prometheus::Encoder;
@@ -318,10 +314,10 @@ impl FailureReason {
 
 /// Holds a gauge up for as long as it lives: every path that ends a
 /// connection, errors and panics included, gives the count back.
-pub struct GaugeGuard(IntGauge);
+pub(crate) struct GaugeGuard(IntGauge);
 
 impl GaugeGuard {
-    pub fn new(g: &IntGauge) -> GaugeGuard {
+    pub(crate) fn new(g: &IntGauge) -> GaugeGuard {
         g.inc();
         GaugeGuard(g.clone())
     }

@@ -17,7 +17,12 @@ use crate::shared::Shared;
 use crate::snapshot::{Snapshot, Upstream};
 
 /// `snapshot` is the one the accept loop checked `max_connections` against.
-pub async fn handle(shared: &Shared, snapshot: Arc<Snapshot>, client: TcpStream, peer: SocketAddr) {
+pub(crate) async fn handle(
+    shared: &Shared,
+    snapshot: Arc<Snapshot>,
+    client: TcpStream,
+    peer: SocketAddr,
+) {
     let hash = snapshot.key_hash(peer);
     let Some((index, upstream)) = connect_any(shared, &snapshot, hash).await else {
         shared.metrics.rejected.no_upstream.inc();

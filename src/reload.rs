@@ -56,7 +56,7 @@ pub struct Changes {
 }
 
 /// The global settings that differ between two configs, by field name.
-pub fn changed_settings(old: &Config, new: &Config) -> Vec<&'static str> {
+pub(crate) fn changed_settings(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut out = Vec::new();
     let mut check = |changed: bool, name| {
         if changed {
@@ -144,7 +144,7 @@ impl ReloadHandle {
 }
 
 /// Owns the running config and the upstream state table.
-pub struct Reloader {
+pub(crate) struct Reloader {
     shared: Arc<Shared>,
     config: Config,
     table: StateTable,
@@ -160,7 +160,7 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(
+    pub(crate) fn new(
         shared: Arc<Shared>,
         config: Config,
         table: StateTable,
@@ -180,7 +180,7 @@ impl Reloader {
         (r, ReloadHandle { tx })
     }
 
-    pub async fn run(mut self, stop: CancellationToken) {
+    pub(crate) async fn run(mut self, stop: CancellationToken) {
         let snapshot = self.shared.snapshot.load_full();
         self.checker.apply(self.initial_checks.take(), &snapshot);
         loop {

@@ -9,7 +9,7 @@ use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 
-pub struct Shared {
+pub(crate) struct Shared {
     /// The one published view of the upstream set; see `snapshot`.
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Metrics,
@@ -36,7 +36,7 @@ pub struct Shared {
 /// A `listen` address left unbound because it cannot exist on this node
 /// (see `listener::skippable`).
 #[derive(Debug, Clone)]
-pub struct Skipped {
+pub(crate) struct Skipped {
     pub addr: std::net::SocketAddr,
     pub reason: &'static str,
 }

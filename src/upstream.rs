@@ -34,7 +34,7 @@ pub struct UpstreamState {
 
 /// Which part of cplb changed an upstream's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChangeCause {
+pub(crate) enum ChangeCause {
     /// The initial state, before any connection or probe.
     Start,
     /// Connect failures or successes (`max_fails` / `fail_timeout`).
@@ -44,7 +44,7 @@ pub enum ChangeCause {
 }
 
 impl ChangeCause {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ChangeCause::Start => "start",
             ChangeCause::Passive => "passive",
@@ -55,7 +55,7 @@ impl ChangeCause {
 
 /// One state transition of an upstream.
 #[derive(Debug, Clone)]
-pub struct Change {
+pub(crate) struct Change {
     /// `Clock` milliseconds.
     pub at_ms: u64,
     pub cause: ChangeCause,
@@ -83,7 +83,7 @@ impl UpstreamState {
     }
 
     /// The last transition, for `cplb status`.
-    pub fn last_change(&self) -> Arc<Change> {
+    pub(crate) fn last_change(&self) -> Arc<Change> {
         self.last_change.load_full()
     }
 
@@ -95,20 +95,20 @@ impl UpstreamState {
         }));
     }
 
-    pub fn addrs(&self) -> Arc<Vec<SocketAddr>> {
+    pub(crate) fn addrs(&self) -> Arc<Vec<SocketAddr>> {
         self.addrs.load_full()
     }
 
-    pub fn set_addrs(&self, addrs: Vec<SocketAddr>) {
+    pub(crate) fn set_addrs(&self, addrs: Vec<SocketAddr>) {
         self.addrs.store(Arc::new(addrs));
     }
 
-    pub fn is_resolved(&self) -> bool {
+    pub(crate) fn is_resolved(&self) -> bool {
         !self.addrs.load().is_empty()
     }
 
     /// Usable for new connections: both checks allow it, and it has an address.
-    pub fn is_usable(&self, policy: Policy, now: u64) -> bool {
+    pub(crate) fn is_usable(&self, policy: Policy, now: u64) -> bool {
         self.active.is_up() && self.passive.is_usable(policy, now) && self.is_resolved()
     }
 
@@ -122,7 +122,7 @@ impl UpstreamState {
 
     /// Logs and counts a passive-health transition: once per transition,
     /// never once per failure. `policy` only adds context to the log.
-    pub fn passive_transition(&self, t: Transition, reason: &str, policy: Option<Policy>) {
+    pub(crate) fn passive_transition(&self, t: Transition, reason: &str, policy: Option<Policy>) {
         self.metrics.state_changes.inc();
         self.refresh_up_gauge();
         let why = match t {
@@ -145,7 +145,7 @@ impl UpstreamState {
     }
 
     /// Records the active check's verdict; true if it changed.
-    pub fn set_active(&self, up: bool, now: u64, detail: &str) -> bool {
+    pub(crate) fn set_active(&self, up: bool, now: u64, detail: &str) -> bool {
         if !self.active.set(up, now) {
             return false;
         }
@@ -169,7 +169,7 @@ pub struct StateTable {
 
 impl StateTable {
     /// The state for `address`, created (and reported as new) if absent.
-    pub fn get_or_create(
+    pub(crate) fn get_or_create(
         &mut self,
         address: &str,
         metrics: &Metrics,
@@ -183,7 +183,7 @@ impl StateTable {
     }
 
     /// Drops every state whose address is not in `keep`; returns them.
-    pub fn retain(&mut self, keep: &[&str]) -> Vec<Arc<UpstreamState>> {
+    pub(crate) fn retain(&mut self, keep: &[&str]) -> Vec<Arc<UpstreamState>> {
         let gone: Vec<String> = self
             .states
             .keys()

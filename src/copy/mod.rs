@@ -28,11 +28,11 @@ use splice::Pipe;
 
 /// TCP_NODELAY and keepalive, for the listener (inherited by accepted
 /// client sockets) and each upstream socket; see `sockopt`.
-pub use sockopt::tune as tune_socket;
+pub(crate) use sockopt::tune as tune_socket;
 
 /// Why a copy ended, when it ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CopyEnd {
+pub(crate) enum CopyEnd {
     /// Both sides finished their writes and reads.
     Closed,
     /// Neither side moved a byte for `idle_timeout`.
@@ -40,7 +40,7 @@ pub enum CopyEnd {
 }
 
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Totals {
+pub(crate) struct Totals {
     pub to_upstream: u64,
     pub to_client: u64,
 }
@@ -185,7 +185,7 @@ fn clear_read_readiness(stream: &TcpStream) {
 }
 
 /// Copies both ways until both sides have closed, an error, or idleness.
-pub async fn bidirectional(
+pub(crate) async fn bidirectional(
     client: &TcpStream,
     upstream: &TcpStream,
     idle_timeout: Duration,

@@ -13,12 +13,12 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Bytes moved per splice call; the pipe is sized to hold them.
-pub const CHUNK: usize = 256 * 1024;
+pub(super) const CHUNK: usize = 256 * 1024;
 /// Per worker thread; beyond it, drained pipes are closed. Small, because
 /// each idle pipe holds two descriptors, which matter under fd pressure.
 const KEEP: usize = 8;
 
-pub struct Pipe {
+pub(super) struct Pipe {
     r: OwnedFd,
     w: OwnedFd,
     /// Bytes spliced in and not yet out: what the kernel's pipe holds.
@@ -49,14 +49,14 @@ impl Pipe {
     }
 
     /// An empty pipe from the free list, or a new one (None when out of fds).
-    pub fn take() -> Option<Pipe> {
+    pub(super) fn take() -> Option<Pipe> {
         FREE.with(|f| f.borrow_mut().pop())
             .or_else(|| Pipe::new().ok())
     }
 
     /// Gives the pipe back: an empty one goes to the free list (while it
     /// has room); one still holding bytes is closed, never reused.
-    pub fn give(self) {
+    pub(super) fn give(self) {
         if self.len != 0 {
             return;
         }
@@ -69,19 +69,19 @@ impl Pipe {
     }
 
     /// Bytes in the pipe, spliced in and not yet out.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.len
     }
 
     /// socket -> pipe: up to `CHUNK` bytes.
-    pub fn fill_from(&mut self, socket: BorrowedFd<'_>) -> io::Result<usize> {
+    pub(super) fn fill_from(&mut self, socket: BorrowedFd<'_>) -> io::Result<usize> {
         let n = splice(socket.as_raw_fd(), self.w.as_raw_fd(), CHUNK)?;
         self.len += n;
         Ok(n)
     }
 
     /// pipe -> socket: up to all the bytes in the pipe.
-    pub fn drain_to(&mut self, socket: BorrowedFd<'_>) -> io::Result<usize> {
+    pub(super) fn drain_to(&mut self, socket: BorrowedFd<'_>) -> io::Result<usize> {
         let n = splice(self.r.as_raw_fd(), socket.as_raw_fd(), self.len)?;
         // splice moves at most `len` bytes; saturating keeps a kernel
         // surprise from wrapping the count.

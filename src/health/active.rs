@@ -10,7 +10,7 @@ use arc_swap::ArcSwapOption;
 /// lost probe flips nothing. Pure code; the state it flips is the caller's
 /// (`ActiveHealth::up`), passed in, so there is no second copy to resync.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Hysteresis {
+pub(super) struct Hysteresis {
     successes: u32,
     failures: u32,
 }
@@ -18,7 +18,7 @@ pub struct Hysteresis {
 impl Hysteresis {
     /// Records one probe result against the current state `up`; returns
     /// the new state if it flipped.
-    pub fn record(&mut self, up: bool, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+    pub(super) fn record(&mut self, up: bool, ok: bool, rise: u32, fall: u32) -> Option<bool> {
         if ok {
             self.failures = 0;
             self.successes = self.successes.saturating_add(1);
@@ -38,7 +38,7 @@ impl Hysteresis {
 
 /// The result of the latest active probe.
 #[derive(Debug, Clone)]
-pub struct ProbeResult {
+pub(crate) struct ProbeResult {
     /// `Clock` milliseconds.
     pub at_ms: u64,
     pub ok: bool,
@@ -73,30 +73,30 @@ impl Default for ActiveHealth {
 }
 
 impl ActiveHealth {
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.up.load(Acquire)
     }
 
-    pub fn since_ms(&self) -> u64 {
+    pub(crate) fn since_ms(&self) -> u64 {
         self.since.load(Relaxed)
     }
 
     /// Feeds one probe result through rise/fall; the new state if it
     /// flipped. Only the prober calls this, once per interval: the lock is
     /// never contended and never on the proxy's path.
-    pub fn record(&self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+    pub(crate) fn record(&self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
         let mut h = self.hysteresis.lock().unwrap_or_else(|p| p.into_inner());
         h.record(self.is_up(), ok, rise, fall)
     }
 
     /// The latest probe's result; `None` before the first probe or while
     /// active checks are off.
-    pub fn last_result(&self) -> Option<Arc<ProbeResult>> {
+    pub(crate) fn last_result(&self) -> Option<Arc<ProbeResult>> {
         self.last.load_full()
     }
 
     /// Keeps a probe's result for `cplb status`.
-    pub fn note_result(&self, at_ms: u64, result: &Result<(), String>) {
+    pub(crate) fn note_result(&self, at_ms: u64, result: &Result<(), String>) {
         self.last.store(Some(Arc::new(ProbeResult {
             at_ms,
             ok: result.is_ok(),
@@ -105,12 +105,12 @@ impl ActiveHealth {
     }
 
     /// Active checks were turned off: no result is current any more.
-    pub fn clear_result(&self) {
+    pub(crate) fn clear_result(&self) {
         self.last.store(None);
     }
 
     /// Returns true if this changed the state.
-    pub fn set(&self, up: bool, now: u64) -> bool {
+    pub(crate) fn set(&self, up: bool, now: u64) -> bool {
         if self.up.swap(up, AcqRel) != up {
             self.since.store(now, Release);
             true

@@ -7,5 +7,5 @@
 mod active;
 mod passive;
 
-pub use active::{ActiveHealth, ProbeResult};
-pub use passive::{Admission, PassiveHealth, Policy, Transition};
+pub(crate) use active::ActiveHealth;
+pub(crate) use passive::{Admission, PassiveHealth, Policy, Transition};

@@ -13,14 +13,14 @@ use tokio_rustls::TlsConnector;
 /// Longest response head read looking for the status line.
 const MAX_HEAD: usize = 4096;
 
-pub async fn tcp(addr: SocketAddr) -> Result<(), String> {
+pub(super) async fn tcp(addr: SocketAddr) -> Result<(), String> {
     TcpStream::connect(addr)
         .await
         .map(drop)
         .map_err(|e| format!("connect: {e}"))
 }
 
-pub async fn https(
+pub(super) async fn https(
     addr: SocketAddr,
     tls: Arc<ClientConfig>,
     name: ServerName<'static>,

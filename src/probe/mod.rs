@@ -7,7 +7,7 @@
 //! unless no other upstream is usable.
 
 mod io;
-pub mod tls;
+pub(crate) mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use rustls::ClientConfig;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use tls::TlsError;
+pub(crate) use tls::TlsError;
 
 use crate::clock::Clock;
 use crate::config::{CheckMode, Config};
@@ -71,13 +71,13 @@ pub fn prepare(config: &Config) -> Result<Option<Arc<ProbeSettings>>, TlsError> 
 }
 
 /// Owns the prober tasks; told about every applied snapshot.
-pub struct Probers {
+pub(crate) struct Probers {
     shared: Arc<Shared>,
     probers: HashMap<String, CancellationToken>,
 }
 
 impl Probers {
-    pub fn new(shared: Arc<Shared>) -> Probers {
+    pub(crate) fn new(shared: Arc<Shared>) -> Probers {
         Probers {
             shared,
             probers: HashMap::new(),
@@ -86,7 +86,7 @@ impl Probers {
 
     /// Restarts probers for the new snapshot. Hysteresis counters live in
     /// the upstream state, so a restart loses no progress.
-    pub fn apply(&mut self, settings: Option<Arc<ProbeSettings>>, snapshot: &Snapshot) {
+    pub(crate) fn apply(&mut self, settings: Option<Arc<ProbeSettings>>, snapshot: &Snapshot) {
         for (_, stop) in self.probers.drain() {
             stop.cancel();
         }
@@ -112,7 +112,7 @@ impl Probers {
         }
     }
 
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         for (_, stop) in self.probers.drain() {
             stop.cancel();
         }

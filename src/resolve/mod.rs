@@ -16,7 +16,7 @@ use crate::logfmt::Json;
 use crate::snapshot::Snapshot;
 use crate::upstream::UpstreamState;
 
-pub mod throttle;
+pub(crate) mod throttle;
 use throttle::Report;
 
 /// How long start-up and a reload wait for a name before going on without it.
@@ -25,7 +25,7 @@ const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
 /// Resolves `host:port`. IP literals never touch the resolver.
-pub async fn lookup(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+pub(crate) async fn lookup(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
@@ -40,7 +40,12 @@ pub async fn lookup(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
 }
 
 /// One resolution attempt, bounded in time; logs state changes only.
-pub async fn resolve_once(state: &UpstreamState, host: &str, port: u16, limit: Duration) -> bool {
+pub(crate) async fn resolve_once(
+    state: &UpstreamState,
+    host: &str,
+    port: u16,
+    limit: Duration,
+) -> bool {
     let result = match tokio::time::timeout(limit, lookup(host, port)).await {
         Ok(Ok(addrs)) => Ok(addrs),
         Ok(Err(e)) => Err(e.to_string()),
@@ -81,7 +86,7 @@ pub async fn resolve_once(state: &UpstreamState, host: &str, port: u16, limit: D
 }
 
 /// Keeps retrying until the name resolves or the upstream is removed.
-pub fn spawn_retry(state: &Arc<UpstreamState>, host: String, port: u16) {
+pub(crate) fn spawn_retry(state: &Arc<UpstreamState>, host: String, port: u16) {
     let weak: Weak<UpstreamState> = Arc::downgrade(state);
     tokio::spawn(async move {
         let mut delay = FIRST_RETRY;
@@ -101,7 +106,11 @@ pub fn spawn_retry(state: &Arc<UpstreamState>, host: String, port: u16) {
 /// looked up again too (a reload picks up DNS changes); a failed lookup
 /// keeps their last good addresses, and an unresolved kept one already has
 /// its retry task.
-pub async fn resolve_upstreams(snapshot: &Snapshot, added: &[Arc<UpstreamState>], all: bool) {
+pub(crate) async fn resolve_upstreams(
+    snapshot: &Snapshot,
+    added: &[Arc<UpstreamState>],
+    all: bool,
+) {
     let mut set = tokio::task::JoinSet::new();
     for up in snapshot.upstreams.iter() {
         let is_new = added.iter().any(|a| Arc::ptr_eq(a, &up.state));

@@ -7,11 +7,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// How often a name that keeps failing is reported again.
-pub const REPEAT_WARNING: Duration = Duration::from_secs(300);
+pub(crate) const REPEAT_WARNING: Duration = Duration::from_secs(300);
 
 /// What to log about one resolution attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Report {
+pub(crate) enum Report {
     Nothing,
     /// The first failure after success (or at start-up).
     StartedFailing,
@@ -38,7 +38,7 @@ pub struct ResolveLog {
 }
 
 impl ResolveLog {
-    pub fn failed(&mut self, now: Instant) -> Report {
+    pub(crate) fn failed(&mut self, now: Instant) -> Report {
         self.total += 1;
         let Some((start, warned)) = self.failing else {
             self.failing = Some((now, now));
@@ -57,7 +57,7 @@ impl ResolveLog {
         }
     }
 
-    pub fn resolved(&mut self, now: Instant) -> Report {
+    pub(crate) fn resolved(&mut self, now: Instant) -> Report {
         let Some((start, _)) = self.failing.take() else {
             return Report::Nothing;
         };

@@ -14,18 +14,17 @@
 
 mod client;
 pub(crate) mod collect;
-pub mod model;
+pub(crate) mod model;
 mod render;
 
 use std::io::Write;
 use std::path::PathBuf;
 
-pub use client::{StatusError, fetch};
-pub use model::Status;
+pub(crate) use client::fetch;
 
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_NO_USABLE: u8 = 1;
-pub const EXIT_UNREACHABLE: u8 = 3;
+pub(crate) const EXIT_OK: u8 = 0;
+pub(crate) const EXIT_NO_USABLE: u8 = 1;
+pub(crate) const EXIT_UNREACHABLE: u8 = 3;
 
 /// `--output`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +37,7 @@ pub enum Output {
 /// `/status`. Written on start-up and on each reload (rare), never on the
 /// proxy's path.
 #[derive(Debug, Clone)]
-pub struct LoadRecord {
+pub(crate) struct LoadRecord {
     pub file: Option<PathBuf>,
     /// Unix seconds.
     pub at: f64,
@@ -48,7 +47,7 @@ pub struct LoadRecord {
 }
 
 impl LoadRecord {
-    pub fn startup(file: Option<PathBuf>, at: f64) -> LoadRecord {
+    pub(crate) fn startup(file: Option<PathBuf>, at: f64) -> LoadRecord {
         LoadRecord {
             file,
             at,
@@ -58,7 +57,7 @@ impl LoadRecord {
         }
     }
 
-    pub fn reload(file: Option<PathBuf>, at: f64, error: Option<String>) -> LoadRecord {
+    pub(crate) fn reload(file: Option<PathBuf>, at: f64, error: Option<String>) -> LoadRecord {
         LoadRecord {
             file,
             at,
