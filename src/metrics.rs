@@ -172,8 +172,8 @@ impl Metrics {
             probes: counter_vec(
                 r,
                 "cplb_health_checks_total",
-                "Active health check probes, by upstream and result.",
-                &["upstream", "result"],
+                "Active health check probes, by upstream, result and reason (\"none\" for a success; refused, connect, timeout, tls, io, http, status, unresolved for a failure).",
+                &["upstream", "result", "reason"],
             )?,
             probe_duration: histogram(
                 r,
@@ -227,8 +227,11 @@ impl Metrics {
             closed_idle: self
                 .connections_closed
                 .with_label_values(&[a, "idle_timeout"]),
-            probe_ok: self.probes.with_label_values(&[a, "success"]),
-            probe_fail: self.probes.with_label_values(&[a, "failure"]),
+            probe_ok: self
+                .probes
+                .with_label_values(&[a, "success", crate::probe::REASON_NONE]),
+            probe_fail: crate::probe::FAILURE_REASONS
+                .map(|r| self.probes.with_label_values(&[a, "failure", r])),
         }
     }
 
@@ -249,8 +252,11 @@ impl Metrics {
         for r in ["upstream_down", "shutdown", "idle_timeout"] {
             let _ = self.connections_closed.remove_label_values(&[a, r]);
         }
-        for r in ["success", "failure"] {
-            let _ = self.probes.remove_label_values(&[a, r]);
+        let _ = self
+            .probes
+            .remove_label_values(&[a, "success", crate::probe::REASON_NONE]);
+        for r in crate::probe::FAILURE_REASONS {
+            let _ = self.probes.remove_label_values(&[a, "failure", r]);
         }
     }
 }
@@ -287,10 +293,17 @@ pub struct UpstreamMetrics {
     pub closed_shutdown: IntCounter,
     pub closed_idle: IntCounter,
     pub probe_ok: IntCounter,
-    pub probe_fail: IntCounter,
+    /// By `probe::FAILURE_REASONS` index.
+    probe_fail: [IntCounter; crate::probe::FAILURE_REASONS.len()],
 }
 
 impl UpstreamMetrics {
+    /// `cplb_health_checks_total{result="failure"}` for a
+    /// `ProbeError::reason_index`.
+    pub(crate) fn probe_failure(&self, reason_index: usize) -> &IntCounter {
+        &self.probe_fail[reason_index]
+    }
+
     pub fn failure(&self, reason: FailureReason) -> &IntCounter {
         &self.failures[reason as usize]
     }

@@ -276,8 +276,15 @@ fn upstream_series(u: &str) -> Vec<(&'static str, Vec<(&'static str, String)>)> 
             vec![("reason", r.to_string())],
         ));
     }
-    for r in ["success", "failure"] {
-        v.push(("cplb_health_checks_total", vec![("result", r.to_string())]));
+    v.push((
+        "cplb_health_checks_total",
+        vec![("result", "success".into()), ("reason", "none".into())],
+    ));
+    for r in cplb::probe::FAILURE_REASONS {
+        v.push((
+            "cplb_health_checks_total",
+            vec![("result", "failure".into()), ("reason", r.to_string())],
+        ));
     }
     for (_, labels) in &mut v {
         labels.push(("upstream", u.to_string()));

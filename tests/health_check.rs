@@ -45,7 +45,8 @@ fn up(proxy: &Proxy, addr: SocketAddr) -> f64 {
 }
 
 fn probes(proxy: &Proxy, addr: SocketAddr, result: &str) -> f64 {
-    proxy.scrape().get(
+    // Summed over `reason`.
+    proxy.scrape().sum(
         "cplb_health_checks_total",
         &[("upstream", &addr.to_string()), ("result", result)],
     )
@@ -73,6 +74,25 @@ async fn readyz_503_marks_down_after_fall_and_200_back_up_after_rise() {
     a.set_ready(false);
     wait_until("a marked down", || up(&proxy, a.addr) == 0.0).await;
     assert!(probes(&proxy, a.addr, "failure") >= FALL as f64);
+    // The failures are counted under their reason: /readyz answered 503.
+    let s = proxy.scrape();
+    let by_reason = |reason| {
+        s.get(
+            "cplb_health_checks_total",
+            &[
+                ("upstream", &a.addr.to_string()),
+                ("result", "failure"),
+                ("reason", reason),
+            ],
+        )
+    };
+    println!(
+        "a's failed probes: status {}, refused {}",
+        by_reason("status"),
+        by_reason("refused")
+    );
+    assert!(by_reason("status") >= FALL as f64);
+    assert_eq!(by_reason("refused"), 0.0);
     // New connections avoid it, though it still accepts TCP.
     for _ in 0..10 {
         assert!(whoami(proxy.addr, &pki).await.starts_with("b "));

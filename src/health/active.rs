@@ -96,11 +96,11 @@ impl ActiveHealth {
     }
 
     /// Keeps a probe's result for `cplb status`.
-    pub(crate) fn note_result(&self, at_ms: u64, result: &Result<(), String>) {
+    pub(crate) fn note_result<E: std::fmt::Display>(&self, at_ms: u64, result: &Result<(), E>) {
         self.last.store(Some(Arc::new(ProbeResult {
             at_ms,
             ok: result.is_ok(),
-            error: result.as_ref().err().cloned(),
+            error: result.as_ref().err().map(ToString::to_string),
         })));
     }
 

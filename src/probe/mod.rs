@@ -6,8 +6,11 @@
 //! a fall with `close_on_down` evicts the upstream's proxied connections,
 //! unless no other upstream is usable.
 
+mod error;
 mod io;
 pub(crate) mod tls;
+
+pub use error::{FAILURE_REASONS, ProbeError, REASON_NONE};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -164,7 +167,7 @@ async fn prober(
         let result = tokio::select! {
             _ = stop.cancelled() => return,
             r = tokio::time::timeout(settings.timeout, probe_once(&state, &settings, &default_name)) => {
-                r.unwrap_or_else(|_| Err(format!("no answer within {:?}", settings.timeout)))
+                r.unwrap_or(Err(ProbeError::Timeout(settings.timeout)))
             }
         };
         shared
@@ -182,19 +185,24 @@ async fn prober(
                 state.passive_transition(t, "health check passed", None);
             }
         } else {
-            state.metrics.probe_fail.inc();
+            if let Err(e) = &result {
+                state.metrics.probe_failure(e.reason_index()).inc();
+            }
         }
         let flipped = state.active.record(ok, settings.rise, settings.fall);
         match (&result, flipped) {
             (_, Some(up)) => {
-                let detail = result.as_ref().err().map_or("checks pass", String::as_str);
-                state.set_active(up, shared.clock.now_ms(), detail);
+                let detail = result
+                    .as_ref()
+                    .err()
+                    .map_or_else(|| "checks pass".to_string(), ToString::to_string);
+                state.set_active(up, shared.clock.now_ms(), &detail);
                 if !up && settings.close_on_down {
                     evict(&shared, &state);
                 }
             }
             (Err(e), None) => {
-                tracing::debug!(upstream = %state.address, error = %e, "health check failed")
+                tracing::debug!(upstream = %state.address, error = %e, reason = e.reason(), "health check failed")
             }
             (Ok(()), None) => {}
         }
@@ -205,15 +213,15 @@ async fn probe_once(
     state: &UpstreamState,
     settings: &ProbeSettings,
     default_name: &Option<rustls::pki_types::ServerName<'static>>,
-) -> Result<(), String> {
-    let addr = *state.addrs().first().ok_or("not resolved")?;
+) -> Result<(), ProbeError> {
+    let addr = *state.addrs().first().ok_or(ProbeError::Unresolved)?;
     match &settings.tls {
         None => io::tcp(addr).await,
         Some((client, name)) => {
             let name = name
                 .clone()
                 .or_else(|| default_name.clone())
-                .ok_or("no TLS server name")?;
+                .ok_or_else(|| ProbeError::Tls("no TLS server name".into()))?;
             io::https(addr, client.clone(), name, &settings.path).await
         }
     }
