@@ -1,7 +1,7 @@
 //! JSON log lines whose field values are real JSON: numbers as numbers,
 //! lists as arrays. tracing-subscriber's own JSON format writes every
 //! `?value` as a string of Rust debug text, and `valuable` is unstable, so
-//! list-valued fields are wrapped in [`Json`] and this formatter embeds them.
+//! list-valued fields are wrapped in `Json` and this formatter embeds them.
 //!
 //! The line layout is tracing-subscriber's: `timestamp`, `level`, `fields`
 //! (with `message`), `target`.

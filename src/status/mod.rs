@@ -1,14 +1,14 @@
 //! `cplb status`: one table of the upstreams, read from a running cplb's
 //! admin endpoint (`/status`), for operators and for probes.
 //!
-//! - [`model`]: the `/status` document, built by `collect` for `admin`
+//! - `model`: the `/status` document, built by `collect` for `admin`
 //!   and read back here.
 //! - `client`: a bounded HTTP/1.1 GET, no async runtime needed.
 //! - `render`: the table.
 //!
 //! Exit codes, so the command can be a probe or a script check:
-//! [`EXIT_OK`] when at least one upstream is usable, [`EXIT_NO_USABLE`] when
-//! cplb answers but no upstream is usable, [`EXIT_UNREACHABLE`] when cplb
+//! `EXIT_OK` when at least one upstream is usable, `EXIT_NO_USABLE` when
+//! cplb answers but no upstream is usable, `EXIT_UNREACHABLE` when cplb
 //! cannot be reached or its answer is not understood. (2 stays clap's
 //! code for a usage error.)
 
