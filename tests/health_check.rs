@@ -304,12 +304,17 @@ async fn close_on_down_false_keeps_connections() {
         "  path: /readyz\n  close_on_down: false\n",
     );
     let proxy = Proxy::start(config(&y)).await;
-    let mut c = loop {
+    let mut c = eventually(DEADLINE, async || {
         let mut c = ApiClient::connect(proxy.addr, &pki, None).await.unwrap();
-        if c.get("/whoami").await.unwrap().1.starts_with("a ") {
-            break c;
-        }
-    };
+        c.get("/whoami")
+            .await
+            .unwrap()
+            .1
+            .starts_with("a ")
+            .then_some(c)
+    })
+    .await
+    .expect("a client lands on a");
     a.set_ready(false);
     wait_until("a marked down", || up(&proxy, a.addr) == 0.0).await;
     assert!(

@@ -92,19 +92,10 @@ async fn running_out_of_file_descriptors_slows_down_but_never_kills() {
     assert!(p.is_running());
     // Let everything go; the queued clients are then served and new ones work.
     drop(held);
-    let end = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(mut c) = Client::connect_from(None, p.addr).await {
-            c.ping("recovered").await;
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "never recovered:\n{}",
-            p.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut c = eventually(DEADLINE, async || Client::connect_from(None, p.addr).await)
+        .await
+        .unwrap_or_else(|_| panic!("never recovered:\n{}", p.logs()));
+    c.ping("recovered").await;
     // The episode ends after a quiet second of successful accepts.
     let end = tokio::time::Instant::now() + DEADLINE;
     while p.count_logs("accepting connections again") == 0 {

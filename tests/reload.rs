@@ -28,23 +28,17 @@ async fn start_from_file(path: &Path) -> Proxy {
 
 /// Connects until every connection lands on `name` (the new set applied).
 async fn wait_for_upstream(proxy: &Proxy, name: &str) {
-    let end = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    eventually(DEADLINE, async || {
         let mut all = true;
         for _ in 0..6 {
             if Client::connect(proxy.addr).await.upstream != name {
                 all = false;
             }
         }
-        if all {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "reload to {name} never applied"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        all.then_some(())
+    })
+    .await
+    .unwrap_or_else(|_| panic!("reload to {name} never applied"));
 }
 
 fn reloads(p: &Proxy, result: &str) -> f64 {

@@ -5,7 +5,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use common::process::*;
 use common::*;
@@ -39,18 +38,18 @@ async fn status_json(admin: &str) -> (i32, Value) {
 
 /// Polls `cplb status --output json` until `cond` holds; returns that answer.
 async fn json_until(admin: &str, what: &str, cond: impl Fn(i32, &Value) -> bool) -> (i32, Value) {
-    let end = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    let mut last = None;
+    eventually(DEADLINE, async || {
         let (code, v) = status_json(admin).await;
-        if cond(code, &v) {
-            return (code, v);
-        }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "timed out waiting for: {what}; last answer (exit {code}): {v:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let done = cond(code, &v);
+        last = Some((code, v));
+        done.then(|| last.clone()).flatten()
+    })
+    .await
+    .unwrap_or_else(|_| {
+        let (code, v) = last.clone().unwrap_or((-1, Value::Null));
+        panic!("timed out waiting for: {what}; last answer (exit {code}): {v:#}")
+    })
 }
 
 fn upstream(v: &Value, addr: SocketAddr) -> &Value {
