@@ -7,6 +7,10 @@ pub mod process;
 pub mod promql;
 pub mod require;
 pub mod shipped;
+pub mod testconfig;
+
+#[allow(unused_imports)] // Not every test file builds configs.
+pub use testconfig::{HealthCheck, TestConfig};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
