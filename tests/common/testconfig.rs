@@ -15,6 +15,8 @@ pub struct TestConfig {
     health_check: Option<HealthCheck>,
     upstreams: Vec<SocketAddr>,
     fail_timeout: Option<String>,
+    /// Settings of single upstreams: (address, key, value).
+    per_upstream: Vec<(SocketAddr, String, String)>,
 }
 
 impl TestConfig {
@@ -25,6 +27,7 @@ impl TestConfig {
             health_check: None,
             upstreams: upstreams.to_vec(),
             fail_timeout: Some("60s".into()),
+            per_upstream: vec![],
         }
         .set("listen", "127.0.0.1:0")
         .set("workers", "2")
@@ -78,6 +81,13 @@ impl TestConfig {
         self
     }
 
+    /// A setting of one upstream (`weight`, `max_fails`, ...).
+    pub fn upstream_set(mut self, addr: SocketAddr, key: &str, value: impl ToString) -> TestConfig {
+        self.per_upstream
+            .push((addr, key.to_string(), value.to_string()));
+        self
+    }
+
     pub fn health_check(mut self, hc: HealthCheck) -> TestConfig {
         self.health_check = Some(hc);
         self
@@ -102,6 +112,9 @@ impl TestConfig {
             y.push_str(&format!("  - address: {u}\n"));
             if let Some(d) = &self.fail_timeout {
                 y.push_str(&format!("    fail_timeout: {d}\n"));
+            }
+            for (_, k, v) in self.per_upstream.iter().filter(|(a, _, _)| a == u) {
+                y.push_str(&format!("    {k}: {v}\n"));
             }
         }
         y
