@@ -237,7 +237,8 @@ async fn clients_are_moved_off_a_master_whose_readyz_fails() {
     let target = Duration::from_millis(FALL * INTERVAL_MS) + Duration::from_secs(1);
     let bound = Duration::from_millis(FALL * INTERVAL_MS) + Duration::from_secs(5);
     println!(
-        "readyz 503 -> all 6 clients on a closed: {closed:?}; reconnected to b: {moved:?} (target {target:?}, bound {bound:?})"
+        "readyz 503 -> all {} clients on a closed: {closed:?}; reconnected to b: {moved:?} (target {target:?}, bound {bound:?})",
+        on_a.len()
     );
     assert!(closed <= bound, "closed after {closed:?}, bound {bound:?}");
     // Clients on b were not touched.
@@ -253,7 +254,9 @@ async fn clients_are_moved_off_a_master_whose_readyz_fails() {
                 ("reason", "upstream_down")
             ]
         ),
-        6.0
+        // At least 6: the loop above keeps connecting until b has 3, and
+        // with `key: connection` more than 6 may land on a.
+        on_a.len() as f64
     );
     assert_eq!(
         s.get(
