@@ -45,6 +45,12 @@ impl TestConfig {
         self
     }
 
+    /// Leaves a top-level setting to cplb's default.
+    pub fn unset(mut self, key: &str) -> TestConfig {
+        self.settings.retain(|(k, _)| k != key);
+        self
+    }
+
     /// The admin endpoint on 127.0.0.1, port chosen by the kernel.
     pub fn admin(self) -> TestConfig {
         self.set("admin", "127.0.0.1:0")
