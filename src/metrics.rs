@@ -9,6 +9,23 @@ use prometheus::{
 };
 
 pub const FAILURE_REASONS: [&str; 5] = ["refused", "timeout", "reset", "resolve", "other"];
+/// `cplb_health_checks_total{reason}` of a probe that passed.
+pub const PROBE_REASON_NONE: &str = "none";
+
+/// `cplb_health_checks_total{reason}` of a failed probe, in
+/// `probe::ProbeError::reason_index` order;
+/// their series exist at 0 from the start.
+pub const PROBE_FAILURE_REASONS: [&str; 8] = [
+    "refused",
+    "connect",
+    "timeout",
+    "tls",
+    "io",
+    "http",
+    "status",
+    "unresolved",
+];
+
 /// `cplb_config_reloads_total{result}`; both exist at 0 from start-up so
 /// `increase(...) > 0` alerts have a series to watch.
 pub(crate) const RELOAD_RESULTS: [&str; 2] = ["success", "failure"];
@@ -231,11 +248,8 @@ impl Metrics {
         for r in CLOSE_REASONS {
             each(Counter(&self.connections_closed), &[r]);
         }
-        each(
-            Counter(&self.probes),
-            &["success", crate::probe::REASON_NONE],
-        );
-        for r in crate::probe::FAILURE_REASONS {
+        each(Counter(&self.probes), &["success", PROBE_REASON_NONE]);
+        for r in PROBE_FAILURE_REASONS {
             each(Counter(&self.probes), &["failure", r]);
         }
     }
@@ -270,8 +284,8 @@ impl Metrics {
                 .with_label_values(&[a, idle_timeout]),
             probe_ok: self
                 .probes
-                .with_label_values(&[a, "success", crate::probe::REASON_NONE]),
-            probe_fail: crate::probe::FAILURE_REASONS
+                .with_label_values(&[a, "success", PROBE_REASON_NONE]),
+            probe_fail: PROBE_FAILURE_REASONS
                 .map(|r| self.probes.with_label_values(&[a, "failure", r])),
         }
     }
@@ -335,7 +349,7 @@ pub struct UpstreamMetrics {
     pub closed_idle: IntCounter,
     pub probe_ok: IntCounter,
     /// By `probe::FAILURE_REASONS` index.
-    probe_fail: [IntCounter; crate::probe::FAILURE_REASONS.len()],
+    probe_fail: [IntCounter; PROBE_FAILURE_REASONS.len()],
 }
 
 impl UpstreamMetrics {

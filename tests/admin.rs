@@ -281,7 +281,7 @@ fn upstream_series(u: &str) -> Vec<(&'static str, Vec<(&'static str, String)>)> 
         "cplb_health_checks_total",
         vec![("result", "success".into()), ("reason", "none".into())],
     ));
-    for r in cplb::probe::FAILURE_REASONS {
+    for r in cplb::metrics::PROBE_FAILURE_REASONS {
         v.push((
             "cplb_health_checks_total",
             vec![("result", "failure".into()), ("reason", r.to_string())],

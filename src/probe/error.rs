@@ -5,21 +5,7 @@
 
 use std::time::Duration;
 
-/// `reason` for a probe that passed.
-pub const REASON_NONE: &str = "none";
-
-/// Every `reason` value of a failed probe, in `ProbeError::reason` order;
-/// their series exist at 0 from the start.
-pub const FAILURE_REASONS: [&str; 8] = [
-    "refused",
-    "connect",
-    "timeout",
-    "tls",
-    "io",
-    "http",
-    "status",
-    "unresolved",
-];
+use crate::metrics::PROBE_FAILURE_REASONS as FAILURE_REASONS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -86,6 +72,7 @@ impl ProbeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::PROBE_REASON_NONE;
 
     #[test]
     fn each_error_has_its_own_reason_and_keeps_its_text() {
@@ -108,7 +95,7 @@ mod tests {
         ];
         let reasons: Vec<&str> = all.iter().map(ProbeError::reason).collect();
         assert_eq!(reasons, FAILURE_REASONS);
-        assert!(!FAILURE_REASONS.contains(&REASON_NONE));
+        assert!(!FAILURE_REASONS.contains(&PROBE_REASON_NONE));
         assert_eq!(
             all[0].to_string(),
             "connect: Connection refused (os error 111)"

@@ -10,7 +10,7 @@ mod error;
 mod io;
 pub(crate) mod tls;
 
-pub use error::{FAILURE_REASONS, ProbeError, REASON_NONE};
+pub use error::ProbeError;
 
 use std::collections::HashMap;
 use std::sync::Arc;
