@@ -9,9 +9,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
-use crate::health_check::{HealthChecker, ProbeSettings};
-use crate::logfmt::Json;
+use crate::logfmt::{Chain, Json};
+use crate::probe::{ProbeSettings, Probers};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 use crate::upstream::StateTable;
@@ -28,7 +29,7 @@ pub enum ReloadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Tls(#[from] crate::health_check::TlsError),
+    Tls(#[from] crate::probe::TlsError),
     #[error("the proxy is shutting down")]
     Stopped,
 }
@@ -55,7 +56,7 @@ pub struct Changes {
 }
 
 /// The global settings that differ between two configs, by field name.
-pub fn changed_settings(old: &Config, new: &Config) -> Vec<&'static str> {
+pub(crate) fn changed_settings(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut out = Vec::new();
     let mut check = |changed: bool, name| {
         if changed {
@@ -143,12 +144,12 @@ impl ReloadHandle {
 }
 
 /// Owns the running config and the upstream state table.
-pub struct Reloader {
+pub(crate) struct Reloader {
     shared: Arc<Shared>,
     config: Config,
     table: StateTable,
     rx: mpsc::Receiver<Trigger>,
-    checker: HealthChecker,
+    checker: Probers,
     /// The last refused text: unforced events that see it again stay quiet
     /// instead of logging and counting the same refusal over and over.
     refused_text: Option<String>,
@@ -159,7 +160,7 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(
+    pub(crate) fn new(
         shared: Arc<Shared>,
         config: Config,
         table: StateTable,
@@ -167,7 +168,7 @@ impl Reloader {
     ) -> (Reloader, ReloadHandle) {
         let (tx, rx) = mpsc::channel(16);
         let r = Reloader {
-            checker: HealthChecker::new(shared.clone()),
+            checker: Probers::new(shared.clone()),
             refused_text: None,
             refusing: false,
             initial_checks: checks,
@@ -179,7 +180,7 @@ impl Reloader {
         (r, ReloadHandle { tx })
     }
 
-    pub async fn run(mut self, stop: CancellationToken) {
+    pub(crate) async fn run(mut self, stop: CancellationToken) {
         let snapshot = self.shared.snapshot.load_full();
         self.checker.apply(self.initial_checks.take(), &snapshot);
         loop {
@@ -248,7 +249,7 @@ impl Reloader {
                     .last_load
                     .store(Arc::new(crate::status::LoadRecord::reload(
                         Some(path.clone()),
-                        crate::server::unix_now(),
+                        Clock::unix_now(),
                         None,
                     )));
                 tracing::info!(file = %path.display(), "config file is valid again: its content is the running config");
@@ -278,7 +279,7 @@ impl Reloader {
 
         // Certificate files are re-read on every reload; a bad one refuses
         // the whole config, before anything is swapped.
-        let checks = match crate::health_check::prepare(&new) {
+        let checks = match crate::probe::prepare(&new) {
             Ok(c) => c,
             Err(e) => {
                 self.refused(&e);
@@ -288,7 +289,7 @@ impl Reloader {
         self.refused_text = None;
         let changes = self.diff(&new, restart_needed);
         let built = Snapshot::build(&new, &mut self.table, m);
-        crate::server::resolve_upstreams(&built.snapshot, &built.added, true).await;
+        crate::resolve::resolve_upstreams(&built.snapshot, &built.added, true).await;
         let snapshot = Arc::new(built.snapshot);
         self.shared.snapshot.store(snapshot.clone());
         self.checker.apply(checks, &snapshot);
@@ -298,13 +299,12 @@ impl Reloader {
         m.reload("success").inc();
         self.refusing = false;
         m.last_reload_successful.set(1);
-        m.last_reload_success_timestamp
-            .set(crate::server::unix_now());
+        m.last_reload_success_timestamp.set(Clock::unix_now());
         self.shared
             .last_load
             .store(Arc::new(crate::status::LoadRecord::reload(
                 Some(path.clone()),
-                crate::server::unix_now(),
+                Clock::unix_now(),
                 None,
             )));
         let nothing = changes.added.is_empty()
@@ -331,7 +331,7 @@ impl Reloader {
         Ok(Outcome::Applied(changes))
     }
 
-    fn refused(&mut self, e: &dyn std::fmt::Display) {
+    fn refused(&mut self, e: &dyn std::error::Error) {
         self.refusing = true;
         let m = &self.shared.metrics;
         m.reload("failure").inc();
@@ -340,10 +340,10 @@ impl Reloader {
             .last_load
             .store(Arc::new(crate::status::LoadRecord::reload(
                 self.config.source.clone(),
-                crate::server::unix_now(),
-                Some(e.to_string()),
+                Clock::unix_now(),
+                Some(Chain(e).to_string()),
             )));
-        tracing::error!(error = %e, "config reload refused; the running config stays in force");
+        tracing::error!(error = %Chain(e), "config reload refused; the running config stays in force");
     }
 
     fn diff(&self, new: &Config, restart_needed: Vec<&'static str>) -> Changes {

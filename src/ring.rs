@@ -10,7 +10,7 @@
 //! values are dropped. Lookup: the first point >= crc32(key), wrapping.
 
 /// Servers a ring can hold; `Walk` tracks visited servers in one `u128`.
-pub const MAX_SERVERS: usize = 128;
+pub(crate) const MAX_SERVERS: usize = 128;
 const POINTS_PER_WEIGHT: u32 = 160;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,11 +88,8 @@ impl Ring {
         }
     }
 
-    pub fn servers(&self) -> usize {
-        self.servers
-    }
-
-    pub fn points(&self) -> usize {
+    #[cfg(test)]
+    fn points(&self) -> usize {
         self.points.len()
     }
 

@@ -68,7 +68,7 @@ impl Snapshot {
                     config: u.clone(),
                     policy: Policy {
                         max_fails: u.max_fails,
-                        fail_timeout_ms: crate::shared::millis(u.fail_timeout),
+                        fail_timeout_ms: crate::clock::millis(u.fail_timeout),
                     },
                     state,
                 }
@@ -103,7 +103,7 @@ impl Snapshot {
 
     /// The ring lookup hash for a client, per `hash.key`. Formats into a
     /// stack buffer: no allocation per connection.
-    pub fn key_hash(&self, peer: SocketAddr) -> u32 {
+    pub(crate) fn key_hash(&self, peer: SocketAddr) -> u32 {
         use std::io::Write;
         let mut buf = [0u8; 64];
         let mut cur = std::io::Cursor::new(&mut buf[..]);
@@ -122,7 +122,7 @@ impl Snapshot {
     /// Sets every `cplb_upstream_up` to `usable` as `/upstreams` reports
     /// it. Called at scrape time: a passive mark lapses after
     /// `fail_timeout` without any event that could update the gauge.
-    pub fn refresh_up_gauges(&self, now_ms: u64) {
+    pub(crate) fn refresh_up_gauges(&self, now_ms: u64) {
         for u in &self.upstreams {
             let usable = u.state.is_usable(u.policy, now_ms);
             u.state.metrics.up.set(usable as i64);
@@ -130,7 +130,7 @@ impl Snapshot {
     }
 
     /// True if at least one upstream can take new connections now.
-    pub fn any_usable(&self, now_ms: u64) -> bool {
+    pub(crate) fn any_usable(&self, now_ms: u64) -> bool {
         self.upstreams
             .iter()
             .any(|u| u.state.is_usable(u.policy, now_ms))
