@@ -127,11 +127,8 @@ fn json_logs_are_one_json_object_per_line() {
     use std::io::BufRead;
     let dir = temp_dir("json");
     let path = dir.join("cplb.yaml");
-    std::fs::write(
-        &path,
-        "listen: 127.0.0.1:0\nadmin: \"\"\nupstreams:\n  - address: 127.0.0.1:9\n",
-    )
-    .unwrap();
+    let nowhere: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    std::fs::write(&path, conf(nowhere).unset("workers").yaml()).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cplb"))
         .args(["--log-format", "json", "--config"])
         .arg(&path)

@@ -313,7 +313,9 @@ async fn a_refused_reload_is_shown_until_a_good_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unresolved_name_shows_as_down_with_the_reason() {
     let up = FakeUpstream::start("m").await;
-    let yaml = yaml(&[up.addr], false) + "  - address: nowhere.invalid:6443\n";
+    let yaml = conf(&[up.addr], false)
+        .upstream_named("nowhere.invalid:6443")
+        .yaml();
     let p = CplbProcess::spawn(&yaml, Options::default());
     let admin = p.admin.unwrap().to_string();
     let (code, v) = status_json(&admin).await;
