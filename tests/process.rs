@@ -146,3 +146,28 @@ fn json_logs_are_one_json_object_per_line() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
 }
+
+/// `wait_child` gives a child's exit status as soon as it exits, and past
+/// its deadline kills and reaps a child that does not exit.
+#[test]
+fn wait_child_returns_the_exit_status_or_kills_at_the_deadline() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Command;
+    let mut quick = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
+    let status = wait_child(&mut quick, DEADLINE).expect("sh exited");
+    assert_eq!(status.code(), Some(3));
+
+    let mut stuck = Command::new("sleep").arg("60").spawn().unwrap();
+    let started = std::time::Instant::now();
+    let deadline = Duration::from_millis(300);
+    assert!(wait_child(&mut stuck, deadline).is_none());
+    let waited = started.elapsed();
+    println!("gave up on a stuck child after {waited:?}");
+    assert!(waited >= deadline, "returned early: {waited:?}");
+    let reaped = stuck.try_wait().unwrap();
+    assert_eq!(
+        reaped.and_then(|s| s.signal()),
+        Some(libc::SIGKILL),
+        "the stuck child is killed and reaped"
+    );
+}
