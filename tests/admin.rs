@@ -353,10 +353,11 @@ fn usable_in_json(body: &str, address: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_up_gauge_and_upstreams_json_agree_after_fail_timeout() {
     let dead = refused_addr();
-    let y = format!(
-        "listen: 127.0.0.1:0\nworkers: 2\nadmin: 127.0.0.1:0\nshutdown_grace: 200ms\nupstreams:\n  - address: {dead}\n    max_fails: 1\n    fail_timeout: 3s\n"
-    );
-    let proxy = Proxy::start(config(&y)).await;
+    let conf = TestConfig::new(&[dead])
+        .admin()
+        .fail_timeout(Some("3s"))
+        .each_upstream("max_fails", 1);
+    let proxy = Proxy::start(conf.config()).await;
     let a = proxy.admin.unwrap();
     let d = dead.to_string();
     let usable = || async { usable_in_json(&http(a, "GET", "/upstreams").await.2, &d) };

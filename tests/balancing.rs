@@ -65,10 +65,7 @@ async fn key_node_routes_each_node_to_its_ring_master_and_sticks() {
     let mut landed = HashMap::new();
     for n in 0..24 {
         let node = format!("node-{n}");
-        let cfg = config(&yaml(
-            &addrs,
-            &format!("hash:\n  key: node\n  node_id: {node}\n"),
-        ));
+        let cfg = TestConfig::new(&addrs).node_id(&node).config();
         let proxy = Proxy::start(cfg).await;
         let expected = format!("m{}", ring.first(hash_key(node.as_bytes())).unwrap());
         for _ in 0..5 {
@@ -97,7 +94,7 @@ async fn key_connection_spreads_one_nodes_connections() {
         FakeUpstream::start("m2").await,
     ];
     let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
-    let proxy = Proxy::start(config(&yaml(&addrs, "hash:\n  key: connection\n"))).await;
+    let proxy = Proxy::start(TestConfig::new(&addrs).hash_key("connection").config()).await;
     let mut seen = HashMap::new();
     for _ in 0..60 {
         let c = Client::connect(proxy.addr).await;
@@ -117,7 +114,7 @@ async fn key_remote_addr_follows_the_ring_for_each_source_ip() {
     let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
     let texts: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
     let ring = Ring::new(texts.iter().map(|s| (s.as_str(), 1)));
-    let proxy = Proxy::start(config(&yaml(&addrs, "hash:\n  key: remote_addr\n"))).await;
+    let proxy = Proxy::start(TestConfig::new(&addrs).hash_key("remote_addr").config()).await;
     for i in 1..=50u8 {
         let ip = std::net::Ipv4Addr::new(127, 0, 3, i);
         let c = Client::connect_from(Some(ip.into()), proxy.addr)

@@ -95,15 +95,11 @@ async fn blackholed_master_costs_the_timeout_at_most_max_fails_times() {
         })
         .expect("a blackhole first on the ring");
     let hole_addr = hole.addr;
-    let mut y = format!(
-        "listen: 127.0.0.1:0\nworkers: 2\nadmin: \"\"\nconnect_timeout: 300ms\nhash:\n  key: node\n  node_id: {NODE}\nupstreams:\n"
-    );
-    for a in &addrs {
-        y.push_str(&format!(
-            "  - address: {a}\n    max_fails: 2\n    fail_timeout: 60s\n"
-        ));
-    }
-    let proxy = Proxy::start(config(&y)).await;
+    let conf = node_conf(&addrs)
+        .unset("shutdown_grace")
+        .set("connect_timeout", "300ms")
+        .each_upstream("max_fails", 2);
+    let proxy = Proxy::start(conf.config()).await;
     for i in 0..8 {
         let mut c = Client::connect(proxy.addr).await;
         assert_eq!(c.upstream, "b", "connection {i}");
@@ -125,15 +121,12 @@ async fn blackholed_master_costs_the_timeout_at_most_max_fails_times() {
 async fn marked_down_master_is_tried_again_after_fail_timeout_and_recovers() {
     let b = FakeUpstream::start("b").await;
     let (dead, addrs) = dead_first(&[b.addr]);
-    let mut y = format!(
-        "listen: 127.0.0.1:0\nworkers: 1\nadmin: \"\"\nhash:\n  key: node\n  node_id: {NODE}\nupstreams:\n"
-    );
-    for a in &addrs {
-        y.push_str(&format!(
-            "  - address: {a}\n    max_fails: 1\n    fail_timeout: 300ms\n"
-        ));
-    }
-    let proxy = Proxy::start(config(&y)).await;
+    let conf = node_conf(&addrs)
+        .workers(1)
+        .unset("shutdown_grace")
+        .fail_timeout(Some("300ms"))
+        .each_upstream("max_fails", 1);
+    let proxy = Proxy::start(conf.config()).await;
     assert_eq!(Client::connect(proxy.addr).await.upstream, "b");
     // The master comes back on the same address.
     let a = FakeUpstream::start_at("a", dead).await;
@@ -224,11 +217,14 @@ async fn next_upstream_tries_limits_failover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unresolvable_name_is_an_unusable_upstream_not_a_crash() {
     let b = FakeUpstream::start("b").await;
-    let y = format!(
-        "listen: 127.0.0.1:0\nworkers: 1\nadmin: \"\"\nhash:\n  key: connection\nupstreams:\n  - address: no-such-master.invalid:6443\n  - address: {}\n",
-        b.addr
-    );
-    let proxy = Proxy::start(config(&y)).await;
+    let conf = TestConfig::new(&[])
+        .workers(1)
+        .unset("shutdown_grace")
+        .fail_timeout(None)
+        .hash_key("connection")
+        .upstream_named("no-such-master.invalid:6443")
+        .upstream_named(&b.addr.to_string());
+    let proxy = Proxy::start(conf.config()).await;
     for _ in 0..10 {
         assert_eq!(Client::connect(proxy.addr).await.upstream, "b");
     }

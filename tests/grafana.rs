@@ -66,10 +66,11 @@ fn the_dashboard_parses_and_every_panel_is_well_formed() {
 async fn every_metric_the_dashboard_queries_exists_in_cplb_metrics() {
     let up = FakeUpstream::start("m").await;
     let mut p = CplbProcess::spawn(
-        &format!(
-            "listen: 127.0.0.1:0\nworkers: 2\nadmin: 127.0.0.1:0\nshutdown_grace: 200ms\nhealth_check:\n  mode: tcp\n  interval: 100ms\nupstreams:\n  - address: {}\n",
-            up.addr
-        ),
+        &TestConfig::new(&[up.addr])
+            .admin()
+            .fail_timeout(None)
+            .health_check(HealthCheck::tcp().interval("100ms"))
+            .yaml(),
         Options::default(),
     );
     // One reload, so the reload series exist even where label values are

@@ -334,7 +334,7 @@ async fn close_on_down_false_keeps_connections() {
 async fn tls_and_client_certificates_pass_through_untouched() {
     let pki = Pki::new("ca").unwrap();
     let a = ApiServer::start("a", &pki, localhost()).await.unwrap();
-    let proxy = Proxy::start(config(&yaml(&[a.addr], ""))).await;
+    let proxy = Proxy::start(TestConfig::new(&[a.addr]).config()).await;
     let cert = pki.client("system:node:worker-1").unwrap();
     let mut c = ApiClient::connect(proxy.addr, &pki, Some(&cert))
         .await

@@ -7,7 +7,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::metrics::Scrape;
 use common::process::*;
@@ -61,12 +61,15 @@ fn in_netns<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
     Some(out)
 }
 
+/// cplb on `listen` (and `admin`, `""` for none) in front of `up`, with
+/// cplb's own defaults for the drain grace and `fail_timeout`.
 fn yaml(listen: &[&str], admin: &str, up: SocketAddr) -> String {
-    let listen: Vec<String> = listen.iter().map(|l| format!("  - \"{l}\"\n")).collect();
-    format!(
-        "listen:\n{}workers: 2\nadmin: \"{admin}\"\nupstreams:\n  - address: {up}\n",
-        listen.concat()
-    )
+    TestConfig::new(&[up])
+        .listen(listen)
+        .admin_at(admin)
+        .unset("shutdown_grace")
+        .fail_timeout(None)
+        .yaml()
 }
 
 /// Runs cplb with `yaml` until it exits; returns (exit code, stderr).
@@ -88,17 +91,8 @@ fn run_to_exit(yaml: &str) -> (Option<i32>, String) {
         let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
         s
     });
-    let end = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("cplb did not exit:\n{}", reader.join().unwrap());
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let Some(status) = wait_child(&mut child, DEADLINE) else {
+        panic!("cplb did not exit:\n{}", reader.join().unwrap());
     };
     (status.code(), reader.join().unwrap())
 }

@@ -75,12 +75,17 @@ async fn json_logs_carry_json_values_and_no_empty_reports() {
     let a = FakeUpstream::start("a").await;
     let dead = refused_addr();
     let base = |interval: &str| {
-        format!(
-            "listen: 127.0.0.1:0\nworkers: 2\nadmin: \"\"\nshutdown_grace: 200ms\n\
-             health_check:\n  mode: tcp\n  interval: {interval}\n  timeout: 200ms\n  fall: 1\n  rise: 1\n\
-             upstreams:\n  - address: {}\n  - address: {dead}\n  - address: cplb-test-name.invalid:6443\n",
-            a.addr
-        )
+        TestConfig::new(&[a.addr, dead])
+            .upstream_named("cplb-test-name.invalid:6443")
+            .fail_timeout(None)
+            .health_check(
+                HealthCheck::tcp()
+                    .interval(interval)
+                    .timeout("200ms")
+                    .fall(1)
+                    .rise(1),
+            )
+            .yaml()
     };
     let mut p = CplbProcess::spawn(
         &base("100ms"),

@@ -100,16 +100,18 @@ async fn start_nginx(nginx: &std::path::Path, groups: &[(u16, Vec<(SocketAddr, u
     nginx
 }
 
-fn cplb_yaml(servers: &[(SocketAddr, u32)]) -> String {
-    let mut y = String::from(
-        "listen: 127.0.0.1:0\nworkers: 2\nadmin: \"\"\nhash:\n  key: remote_addr\nupstreams:\n",
-    );
+/// cplb with nginx's `hash $remote_addr consistent` and these weights (no
+/// drain grace: cplb's default).
+fn cplb_config(servers: &[(SocketAddr, u32)]) -> TestConfig {
+    let addrs: Vec<SocketAddr> = servers.iter().map(|(a, _)| *a).collect();
+    let mut c = TestConfig::new(&addrs)
+        .unset("shutdown_grace")
+        .hash_key("remote_addr")
+        .each_upstream("max_fails", 1);
     for (a, w) in servers {
-        y.push_str(&format!(
-            "  - address: {a}\n    weight: {w}\n    max_fails: 1\n    fail_timeout: 60s\n"
-        ));
+        c = c.upstream_set(*a, "weight", w);
     }
-    y
+    c
 }
 
 /// 320 distinct loopback source addresses spread over 127.0.0.0/8.
@@ -160,8 +162,8 @@ async fn remote_addr_hash_matches_real_nginx_for_every_client() {
     .await;
     let nginx_equal: SocketAddr = format!("127.0.0.1:{p_equal}").parse().unwrap();
     let nginx_skewed: SocketAddr = format!("127.0.0.1:{p_skewed}").parse().unwrap();
-    let cplb_equal = Proxy::start(config(&cplb_yaml(&equal))).await;
-    let cplb_skewed = Proxy::start(config(&cplb_yaml(&skewed))).await;
+    let cplb_equal = Proxy::start(cplb_config(&equal).config()).await;
+    let cplb_skewed = Proxy::start(cplb_config(&skewed).config()).await;
 
     let mut spread = std::collections::BTreeMap::new();
     for ip in clients() {

@@ -127,11 +127,8 @@ fn json_logs_are_one_json_object_per_line() {
     use std::io::BufRead;
     let dir = temp_dir("json");
     let path = dir.join("cplb.yaml");
-    std::fs::write(
-        &path,
-        "listen: 127.0.0.1:0\nadmin: \"\"\nupstreams:\n  - address: 127.0.0.1:9\n",
-    )
-    .unwrap();
+    let nowhere: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    std::fs::write(&path, conf(nowhere).unset("workers").yaml()).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cplb"))
         .args(["--log-format", "json", "--config"])
         .arg(&path)
@@ -148,4 +145,29 @@ fn json_logs_are_one_json_object_per_line() {
     assert_eq!(v["fields"]["upstreams"], serde_json::json!(["127.0.0.1:9"]));
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
+}
+
+/// `wait_child` gives a child's exit status as soon as it exits, and past
+/// its deadline kills and reaps a child that does not exit.
+#[test]
+fn wait_child_returns_the_exit_status_or_kills_at_the_deadline() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Command;
+    let mut quick = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
+    let status = wait_child(&mut quick, DEADLINE).expect("sh exited");
+    assert_eq!(status.code(), Some(3));
+
+    let mut stuck = Command::new("sleep").arg("60").spawn().unwrap();
+    let started = std::time::Instant::now();
+    let deadline = Duration::from_millis(300);
+    assert!(wait_child(&mut stuck, deadline).is_none());
+    let waited = started.elapsed();
+    println!("gave up on a stuck child after {waited:?}");
+    assert!(waited >= deadline, "returned early: {waited:?}");
+    let reaped = stuck.try_wait().unwrap();
+    assert_eq!(
+        reaped.and_then(|s| s.signal()),
+        Some(libc::SIGKILL),
+        "the stuck child is killed and reaped"
+    );
 }

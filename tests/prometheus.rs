@@ -159,10 +159,10 @@ fn metric_name_tokenizer() {
 pub async fn running_cplb() -> (CplbProcess, FakeUpstream) {
     let up = FakeUpstream::start("m").await;
     let p = CplbProcess::spawn(
-        &format!(
-            "listen: 127.0.0.1:0\nworkers: 2\nadmin: 127.0.0.1:0\nshutdown_grace: 200ms\nupstreams:\n  - address: {}\n",
-            up.addr
-        ),
+        &TestConfig::new(&[up.addr])
+            .admin()
+            .fail_timeout(None)
+            .yaml(),
         Options::default(),
     );
     (p, up)

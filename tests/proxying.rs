@@ -12,7 +12,7 @@ const MIB: usize = 1024 * 1024;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_mib_payloads_arrive_intact_both_ways_at_once() {
     let up = FakeUpstream::start("echo").await;
-    let proxy = Proxy::start(config(&yaml(&[up.addr], ""))).await;
+    let proxy = Proxy::start(TestConfig::new(&[up.addr]).config()).await;
     let mut tasks = Vec::new();
     for k in 0..4 {
         let addr = proxy.addr;
@@ -72,7 +72,7 @@ async fn multi_mib_payloads_arrive_intact_both_ways_at_once() {
 async fn client_half_close_still_receives_the_whole_response() {
     let reply = 6 * MIB + 17;
     let up = FakeUpstream::start_mode("drain", Mode::Drain { reply }).await;
-    let proxy = Proxy::start(config(&yaml(&[up.addr], ""))).await;
+    let proxy = Proxy::start(TestConfig::new(&[up.addr]).config()).await;
     let mut c = Client::connect(proxy.addr).await;
     assert_eq!(c.upstream, "drain");
     let request = pattern(3 * MIB);
@@ -97,7 +97,7 @@ async fn idle_timeout_closes_only_connections_where_no_byte_moved() {
     let up = FakeUpstream::start("echo").await;
     // The busy client talks every 50 ms, a twentieth of the idle timeout,
     // so a loaded machine's scheduling delays cannot make it look idle.
-    let proxy = Proxy::start(config(&yaml(&[up.addr], "idle_timeout: 1s\n"))).await;
+    let proxy = Proxy::start(TestConfig::new(&[up.addr]).idle_timeout("1s").config()).await;
     // Before the connect: the proxy's idle clock starts when the upstream's
     // greeting passes, a moment before the client has read it.
     let started = tokio::time::Instant::now();
@@ -158,7 +158,7 @@ async fn one_way_traffic_keeps_a_watch_alive() {
     // timeouts; a tick is a twentieth of the timeout, so scheduling delays
     // on a loaded machine cannot make the watch look idle.
     let up = FakeUpstream::start_mode("watch", Mode::Ticker { ms: 50 }).await;
-    let proxy = Proxy::start(config(&yaml(&[up.addr], "idle_timeout: 1s\n"))).await;
+    let proxy = Proxy::start(TestConfig::new(&[up.addr]).idle_timeout("1s").config()).await;
     let mut c = Client::connect(proxy.addr).await;
     let started = tokio::time::Instant::now();
     let (mut ticks, mut max_gap, mut last) = (0, Duration::ZERO, started);
@@ -182,7 +182,12 @@ async fn one_way_traffic_keeps_a_watch_alive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_max_connections_new_clients_are_closed_old_ones_work() {
     let up = FakeUpstream::start("echo").await;
-    let proxy = Proxy::start(config(&yaml(&[up.addr], "max_connections: 2\n"))).await;
+    let proxy = Proxy::start(
+        TestConfig::new(&[up.addr])
+            .set("max_connections", 2)
+            .config(),
+    )
+    .await;
     let mut a = Client::connect(proxy.addr).await;
     let mut b = Client::connect(proxy.addr).await;
     assert!(
@@ -211,7 +216,7 @@ async fn beyond_max_connections_new_clients_are_closed_old_ones_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_close_propagates_to_client() {
     let up = FakeUpstream::start_mode("drain", Mode::Drain { reply: 10 }).await;
-    let proxy = Proxy::start(config(&yaml(&[up.addr], ""))).await;
+    let proxy = Proxy::start(TestConfig::new(&[up.addr]).config()).await;
     let mut c = Client::connect(proxy.addr).await;
     c.reader.get_mut().shutdown().await.unwrap();
     let mut rest = Vec::new();

@@ -92,10 +92,11 @@ fn hitless_restart_without_tcp_migrate_req_loses_at_most_the_race_window() {
 async fn restart_under_load() -> usize {
     let up = FakeUpstream::start("m").await;
     let cfg = |port: u16| {
-        format!(
-            "listen: 127.0.0.1:{port}\nworkers: 2\nadmin: \"\"\nshutdown_grace: 20s\nupstreams:\n  - address: {}\n",
-            up.addr
-        )
+        TestConfig::new(&[up.addr])
+            .set("listen", format!("127.0.0.1:{port}"))
+            .shutdown_grace("20s")
+            .fail_timeout(None)
+            .yaml()
     };
     let mut old = CplbProcess::spawn(&cfg(0), Options::default());
     let addr = old.addr;

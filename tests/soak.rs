@@ -288,17 +288,21 @@ fn usage(pid: u32) -> Usage {
 }
 
 fn cplb_yaml(masters: &[SocketAddr], idle: &str) -> String {
-    let mut y = format!(
-        "listen: 127.0.0.1:0\nworkers: 2\nadmin: \"\"\nshutdown_grace: 1s\nconnect_timeout: 1s\n\
-         idle_timeout: {idle}\nhash:\n  key: connection\nhealth_check:\n  mode: tcp\n  \
-         interval: 300ms\n  timeout: 300ms\n  rise: 2\n  fall: 2\nupstreams:\n"
-    );
-    for m in masters {
-        y.push_str(&format!(
-            "  - address: {m}\n    max_fails: 1\n    fail_timeout: 2s\n"
-        ));
-    }
-    y
+    TestConfig::new(masters)
+        .shutdown_grace("1s")
+        .set("connect_timeout", "1s")
+        .idle_timeout(idle)
+        .hash_key("connection")
+        .health_check(
+            HealthCheck::tcp()
+                .interval("300ms")
+                .timeout("300ms")
+                .rise(2)
+                .fall(2),
+        )
+        .fail_timeout(Some("2s"))
+        .each_upstream("max_fails", 1)
+        .yaml()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -313,7 +313,12 @@ async fn a_refused_reload_is_shown_until_a_good_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unresolved_name_shows_as_down_with_the_reason() {
     let up = FakeUpstream::start("m").await;
-    let yaml = yaml(&[up.addr], false) + "  - address: nowhere.invalid:6443\n";
+    // The name gets cplb's default fail_timeout.
+    let yaml = conf(&[up.addr], false)
+        .fail_timeout(None)
+        .upstream_set(up.addr, "fail_timeout", "60s")
+        .upstream_named("nowhere.invalid:6443")
+        .yaml();
     let p = CplbProcess::spawn(&yaml, Options::default());
     let admin = p.admin.unwrap().to_string();
     let (code, v) = status_json(&admin).await;

@@ -191,22 +191,9 @@ impl Blackhole {
     }
 }
 
-/// Builds a config from YAML with `{u0}`, `{u1}`... replaced by upstream addresses.
+/// Parses a config from YAML text (as if from `test.yaml`).
 pub fn config(yaml: &str) -> Config {
     Config::parse(yaml, std::path::Path::new("test.yaml")).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// YAML for a proxy on 127.0.0.1:0 in front of `upstreams`.
-pub fn yaml(upstreams: &[SocketAddr], extra: &str) -> String {
-    // A short drain grace: tests end with clients still open.
-    let mut y =
-        String::from("listen: 127.0.0.1:0\nworkers: 2\nadmin: \"\"\nshutdown_grace: 200ms\n");
-    y.push_str(extra);
-    y.push_str("\nupstreams:\n");
-    for u in upstreams {
-        y.push_str(&format!("  - address: {u}\n    fail_timeout: 60s\n"));
-    }
-    y
 }
 
 /// A proxy running in this process.

@@ -2,10 +2,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::DEADLINE;
 
@@ -180,23 +181,15 @@ impl CplbProcess {
 
     /// Waits for the process to exit; returns its exit code.
     pub fn wait_exit(&mut self) -> Option<i32> {
-        let end = std::time::Instant::now() + DEADLINE * 4;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                // The child is gone, so its stderr reaches EOF: wait for
-                // the reader to take in the last lines.
-                if let Some(r) = self.reader.take() {
-                    let _ = r.join();
-                }
-                return s.code();
-            }
-            assert!(
-                std::time::Instant::now() < end,
-                "cplb did not exit:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(10));
+        let Some(status) = wait_child(&mut self.child, DEADLINE * 4) else {
+            panic!("cplb did not exit:\n{}", self.logs());
+        };
+        // The child is gone, so its stderr reaches EOF: wait for the reader
+        // to take in the last lines.
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
         }
+        status.code()
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -218,4 +211,42 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key} in {line}"))
         + key.len();
     line[start..].split(' ').next().unwrap()
+}
+
+/// Waits until `child` exits, at most `deadline`: its status, or None
+/// after killing and reaping it. Blocks on a pidfd, which becomes readable
+/// when the process exits, so nothing polls `try_wait` in a loop.
+pub fn wait_child(child: &mut Child, deadline: Duration) -> Option<ExitStatus> {
+    let end = Instant::now() + deadline;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1;
+    // the pid is our unreaped child, so it cannot have been reused.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+    // SAFETY: the fd was just returned by pidfd_open and nothing else owns it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        let mut pfd = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // Round up so a sub-millisecond remainder still waits.
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        // SAFETY: `pfd` is one valid pollfd that outlives the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n > 0 {
+            return Some(child.wait().unwrap());
+        }
+        let err = std::io::Error::last_os_error();
+        if n < 0 && err.kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        assert!(n == 0, "poll on pidfd: {err}");
+        if left.is_zero() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+    }
 }

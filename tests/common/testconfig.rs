@@ -1,7 +1,6 @@
 //! A typed builder for test configs, instead of YAML strings edited with
 //! `.replace()`: `TestConfig::new(&upstreams).admin().idle_timeout("1s").yaml()`.
-//! The defaults are those of `common::yaml`: 127.0.0.1:0, two workers, no
-//! admin endpoint, a 200 ms drain grace (tests end with clients still
+//! Defaults: listen on 127.0.0.1:0, two workers, no admin endpoint, a 200 ms drain grace (tests end with clients still
 //! open), and `fail_timeout: 60s` per upstream.
 
 use std::net::SocketAddr;
@@ -13,10 +12,13 @@ pub struct TestConfig {
     settings: Vec<(String, String)>,
     hash: Option<(String, Option<String>)>,
     health_check: Option<HealthCheck>,
-    upstreams: Vec<SocketAddr>,
+    /// Upstream addresses as written: `ip:port`, or a name.
+    upstreams: Vec<String>,
     fail_timeout: Option<String>,
+    /// Settings of every upstream: (key, value).
+    each_upstream: Vec<(String, String)>,
     /// Settings of single upstreams: (address, key, value).
-    per_upstream: Vec<(SocketAddr, String, String)>,
+    per_upstream: Vec<(String, String, String)>,
 }
 
 impl TestConfig {
@@ -25,8 +27,9 @@ impl TestConfig {
             settings: vec![],
             hash: None,
             health_check: None,
-            upstreams: upstreams.to_vec(),
+            upstreams: upstreams.iter().map(|u| u.to_string()).collect(),
             fail_timeout: Some("60s".into()),
+            each_upstream: vec![],
             per_upstream: vec![],
         }
         .set("listen", "127.0.0.1:0")
@@ -49,6 +52,18 @@ impl TestConfig {
     pub fn unset(mut self, key: &str) -> TestConfig {
         self.settings.retain(|(k, _)| k != key);
         self
+    }
+
+    /// `listen` as a list of addresses, written as given (so also ones cplb
+    /// cannot bind, or `[::1]:port`).
+    pub fn listen(self, addrs: &[&str]) -> TestConfig {
+        let quoted: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+        self.set("listen", format!("[{}]", quoted.join(", ")))
+    }
+
+    /// The admin endpoint at `addr`; `""` turns it off.
+    pub fn admin_at(self, addr: &str) -> TestConfig {
+        self.set("admin", format!("\"{addr}\""))
     }
 
     /// The admin endpoint on 127.0.0.1, port chosen by the kernel.
@@ -90,7 +105,21 @@ impl TestConfig {
     /// A setting of one upstream (`weight`, `max_fails`, ...).
     pub fn upstream_set(mut self, addr: SocketAddr, key: &str, value: impl ToString) -> TestConfig {
         self.per_upstream
-            .push((addr, key.to_string(), value.to_string()));
+            .push((addr.to_string(), key.to_string(), value.to_string()));
+        self
+    }
+
+    /// One more upstream, by name (`host:port`, resolved by cplb).
+    pub fn upstream_named(mut self, name: &str) -> TestConfig {
+        self.upstreams.push(name.to_string());
+        self
+    }
+
+    /// A setting of every upstream (after `fail_timeout`, before those of
+    /// single upstreams).
+    pub fn each_upstream(mut self, key: &str, value: impl ToString) -> TestConfig {
+        self.each_upstream
+            .push((key.to_string(), value.to_string()));
         self
     }
 
@@ -118,6 +147,9 @@ impl TestConfig {
             y.push_str(&format!("  - address: {u}\n"));
             if let Some(d) = &self.fail_timeout {
                 y.push_str(&format!("    fail_timeout: {d}\n"));
+            }
+            for (k, v) in &self.each_upstream {
+                y.push_str(&format!("    {k}: {v}\n"));
             }
             for (_, k, v) in self.per_upstream.iter().filter(|(a, _, _)| a == u) {
                 y.push_str(&format!("    {k}: {v}\n"));
