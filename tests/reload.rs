@@ -360,7 +360,12 @@ async fn hundred_reloads_under_load_drop_nothing() {
         }));
     }
     for i in 0..100 {
-        std::fs::write(&path, if i % 2 == 0 { &set2 } else { &set1 }).unwrap();
+        // Written whole and renamed into place: an in-place write can be
+        // read half-done by the watcher's own reload, which then (rightly)
+        // refuses it; that race is not what this test is about.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, if i % 2 == 0 { &set2 } else { &set1 }).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
         let r = proxy.reload.reload().await.expect("valid reload");
         assert!(
             matches!(r, cplb::reload::Outcome::Applied(_)),
