@@ -79,7 +79,13 @@ fn row(u: &Upstream, now: f64) -> Vec<String> {
     vec![
         u.address.clone(),
         u.source.as_str().to_string(),
-        state.to_string(),
+        // Draining is not a health state, but it is why a healthy upstream
+        // gets no new connections: shown next to it.
+        if u.draining {
+            format!("{state} (draining)")
+        } else {
+            state.to_string()
+        },
         if u.usable { "yes" } else { "no" }.to_string(),
         format!("{} ago", age(now - u.since)),
         cut(&format!("{}: {}", u.changed_by, u.reason)),
