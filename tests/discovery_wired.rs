@@ -413,15 +413,27 @@ async fn a_kubeconfig_pointing_at_the_proxy_itself_does_not_deadlock() {
     let s = setup(2, &[0, 1]).await;
     let c = &s.c;
     // The proxy's own listen address, as on a node whose kubelet.conf
-    // names the local proxy; nothing listens there until the proxy does,
-    // and the proxy must not need itself to learn its upstreams.
+    // names the local proxy.
     let own = common::refused_addr();
     let kc = c.kubeconfig("self", &format!("https://{own}"), Auth::ClientCert);
-    let y = yaml(&[c.addr(0)], &discovery(&kc, &s.state, "5m"))
+    let off = yaml(&[c.addr(0)], "max_connections: 1\n")
         .replace("listen: 127.0.0.1:0", &format!("listen: {own}"));
-    let p = start(&y, &s.dir).await;
+    let p = start(&off, &s.dir).await;
     assert_eq!(p.addr, own);
+    // The local listener is saturated: one client holds the only slot, so
+    // anything dialling the proxy now is turned away.
+    let (_held, _) = through(&p, c).await;
+    let on = format!("{off}{}", discovery(&kc, &s.state, "5m"));
+    std::fs::write(s.dir.join("cplb.yaml"), &on).unwrap();
+    p.reload.reload().await.unwrap();
     wait_set(&p, &[(a(c, 0), "api", false), (a(c, 1), "api", false)]).await;
+    assert!(
+        p.scrape().get(
+            "cplb_client_connections_rejected_total",
+            &[("reason", "max_connections")]
+        ) == 0.0,
+        "discovery dialled the proxy itself"
+    );
     p.shutdown().await;
 }
 
