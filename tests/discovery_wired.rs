@@ -213,6 +213,18 @@ async fn follows_additions_and_a_removal_drains_then_closes() {
     )
     .await;
     let drained_at = std::time::Instant::now();
+    // /status (what `cplb status` prints) says so too.
+    let (_, _, body) = http(p.admin.unwrap(), "GET", "/status").await;
+    let status: cplb::status::model::Status = serde_json::from_str(&body).unwrap();
+    let gone = status
+        .upstreams
+        .iter()
+        .find(|u| u.address == a(c, 1))
+        .unwrap();
+    assert!(
+        gone.draining && gone.source == cplb::status::model::Source::Api,
+        "{body}"
+    );
     // Its open connection continues; new ones go elsewhere.
     let (status, body) = kept.get("/whoami").await.unwrap();
     assert_eq!(

@@ -159,6 +159,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_draining_upstream_says_so_in_the_state_column() {
+        use super::super::model::Source;
+        let u = Upstream {
+            address: "10.0.0.2:6443".into(),
+            source: Source::Api,
+            draining: true,
+            state: State::Up,
+            usable: true,
+            since: 0.0,
+            changed_by: "start".into(),
+            reason: "r".into(),
+            last_check: None,
+            active_connections: 1,
+            bytes_in: 0,
+            bytes_out: 0,
+        };
+        let r = row(&u, 10.0);
+        assert_eq!((r[1].as_str(), r[2].as_str()), ("api", "up (draining)"));
+    }
+
+    #[test]
     fn ages_and_sizes() {
         assert_eq!(age(5.9), "5s");
         assert_eq!(age(192.0), "3m12s");
