@@ -25,7 +25,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Prometheus reconnects per scrape after this; a stuck client is cut here.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
         let (stream, _) = tokio::select! {

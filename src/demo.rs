@@ -342,7 +342,7 @@ fn metric(m: &Metrics, name: &str, upstream: &str) -> f64 {
 }
 
 async fn wait(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = crate::shared::deadline(Instant::now(), limit);
+    let end = crate::clock::deadline(Instant::now(), limit);
     while !cond() {
         if Instant::now() >= end {
             return false;

@@ -1,85 +1,97 @@
 //! cplb, the control-plane load balancer: a node-local TCP proxy that gives
 //! kubelets and other node components one local address for the Kubernetes
-//! API servers.
+//! API servers. docs/architecture.md has the longer tour.
 //!
 //! # Modules
-//! - [`config`]: YAML in two stages, `raw` (serde) then validated types.
-//! - [`ring`]: nginx-identical ketama ring; pure code.
-//! - [`health`]: passive health (max_fails / fail_timeout) over atomics.
-//! - [`health_check`]: active probes (TLS `GET /readyz` or TCP), rise/fall.
-//! - [`upstream`]: per-upstream runtime state shared across snapshots.
-//! - [`snapshot`]: ring + upstreams + settings, published through one `ArcSwap`.
-//! - [`resolve`]: host name resolution with background retry.
-//! - [`logfmt`]: JSON log lines with real JSON values.
-//! - [`listener`]: SO_REUSEPORT sockets and the accept loop.
-//! - [`reuseport`]: names another process sharing a `listen` address.
-//! - [`workers`]: one single-threaded runtime per worker thread (data plane).
-//! - [`shared`]: state shared by every task of one proxy; the clock.
-//! - [`proxy`]: one client connection: upstream choice, connect, failover,
-//!   and closing it on eviction or at the end of the drain.
-//! - [`sockopt`]: TCP_NODELAY and keepalive (client side via the listener).
-//! - [`copy`]: the bidirectional byte copy (half-close, idle timeout).
-//! - [`pool`]: copy buffers lent only while bytes are in flight.
-//! - [`splice`]: zero-copy forwarding through pipes lent the same way.
-//! - [`metrics`]: Prometheus metrics in an owned registry; RAII gauge guards.
-//! - [`reload`]: one code path for every reload trigger; validate, then swap.
-//! - [`watch`]: watches the config file's directory (ConfigMap-safe).
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/upstreams`, `/status` (hyper).
-//! - [`status`]: `cplb status`, the `/status` document and its table.
-//! - [`server`]: start-up, `run`, and the drain on shutdown.
-//! - [`import`]: `cplb import-nginx`, nginx `stream` config to cplb YAML.
-//! - [`discovery`]: learns the API servers from EndpointSlices (not wired
-//!   into the server yet; `cplb discover` runs it alone).
-//! - [`standin`]: stand-in HTTPS API server (with an EndpointSlice API) and
-//!   client (demo and tests).
-//! - [`demo`]: `cplb demo`.
-//! - [`failback`]: pure fail-back policy: home, displaced, the scheduler.
-//! - [`simulate`]: `cplb simulate`, the cluster-scale fail-back simulation.
+//! Data plane (the path of a connection):
+//! - `listener`: SO_REUSEPORT sockets, the accept loop, `max_connections`.
+//! - `workers`: one single-threaded runtime per worker thread.
+//! - `proxy`: one client connection: upstream choice, connect, failover, close.
+//! - `copy`: the byte copy both ways; private `pool`, `splice`, `sockopt`.
+//! - `ring`: nginx-identical ketama ring; pure code.
+//!
+//! Shared state (read lock-free on the data plane):
+//! - `snapshot`: ring + upstreams + settings, published through one `ArcSwap`.
+//! - `upstream`: per-upstream runtime state that outlives snapshots.
+//! - `health`: passive (max_fails / fail_timeout) and active (rise/fall) state.
+//! - `shared`: what every task of one proxy shares (snapshot, metrics, clock).
+//! - `clock`: the monotonic clock of health state; the one wall-clock reader.
+//! - `metrics`: Prometheus metrics in an owned registry; one series table.
+//!
+//! Control plane (the start-up runtime; never on a connection's path):
+//! - `server`: start-up, `run`, and the drain on shutdown.
+//! - `config`: YAML in two stages, `raw` (serde) then validated types.
+//! - `reload`: one code path for every reload trigger; validate, then swap.
+//! - `watch`: watches the config file's directory (ConfigMap-safe).
+//! - `resolve`: host name resolution with background retry.
+//! - `discovery`: learns the API servers from EndpointSlices (kube-rs);
+//!   `cplb discover` runs it alone.
+//! - `probe`: active health check probes (TLS `GET /readyz` or TCP), probers.
+//! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/upstreams`, `/status`.
+//! - `reuseport`: names another process sharing a `listen` address.
+//! - `logfmt`: JSON log lines with real JSON values; error chains.
+//!
+//! Commands besides the proxy:
+//! - `status`: `cplb status`, the `/status` document and its table.
+//! - `import`: `cplb import-nginx`, nginx `stream` config to cplb YAML.
+//! - `failback`: the fail-back policy: home, displaced, the scheduler (pure).
+//! - `simulate`: `cplb simulate`, the cluster-scale fail-back simulation.
+//! - `demo`: `cplb demo`, three stand-in masters and two cplb nodes in-process.
+//! - `standin`: stand-in HTTPS API server and client (demo and tests).
+//!
+//! `demo` and `standin` are in the default build, not behind a feature: the
+//! README's first steps run `cplb demo` on the binary as shipped, and the
+//! integration tests use the same stand-in masters. They stay off the
+//! production path all the same: nothing in the proxy, reload or probe code
+//! refers to them; only `main.rs` (the `demo` subcommand) and unit tests
+//! do. They cost only binary size (rcgen, for the stand-in certificates).
 //!
 //! # Life of a connection
 //! 1. `listener::accept_loop`, on the worker thread that owns one of the
-//!    SO_REUSEPORT sockets, accepts and counts the client against
-//!    `max_connections` (`ClientSlot`); the connection's task stays on
-//!    that thread for its whole life.
-//! 2. `proxy::handle` loads the current `Snapshot` once and hashes the key
-//!    (`hash.key`: node id, client IP, or client ip:port).
+//!    SO_REUSEPORT sockets, accepts; `listener::dispatch` loads the current
+//!    `Snapshot` once, counts the client against its `max_connections`
+//!    (`ClientSlot`) and spawns the connection's task, which stays on that
+//!    thread for its whole life.
+//! 2. `proxy::handle` gets that snapshot and hashes the key (`hash.key`:
+//!    node id, client IP, or client ip:port).
 //! 3. `Ring::walk` yields distinct upstreams in ring order; usable ones are
 //!    tried first, each with `connect_timeout`; failures feed
 //!    `PassiveHealth`, which may mark the upstream down. If none connects,
 //!    the upstreams marked down are tried as a last resort.
-//! 4. `copy::proxy` moves bytes both ways (buffered, or spliced once bulk
-//!    data shows up) until both sides close or idleness; `proxy::handle`
+//! 4. `proxy::handle` drops the snapshot and keeps the upstream's state;
+//!    `copy::bidirectional` moves bytes both ways (buffered, or spliced once
+//!    bulk data shows up) until both sides close or idleness; `proxy::handle`
 //!    races it against eviction of the upstream and the end of the drain.
 
-pub mod admin;
+#![warn(unreachable_pub)]
+
+pub(crate) mod admin;
+pub(crate) mod clock;
 pub mod config;
-pub mod copy;
+pub(crate) mod copy;
 pub mod demo;
 pub mod discovery;
 pub mod failback;
-pub mod health;
-pub mod health_check;
+pub(crate) mod health;
 pub mod import;
-pub mod listener;
+pub(crate) mod listener;
 pub mod logfmt;
 pub mod metrics;
-pub mod pool;
-pub mod proxy;
+pub mod probe;
+pub(crate) mod proxy;
 pub mod reload;
-pub mod resolve;
-pub mod reuseport;
+pub(crate) mod resolve;
+pub(crate) mod reuseport;
 pub mod ring;
-pub mod server;
-pub mod shared;
+pub(crate) mod server;
+pub(crate) mod shared;
 pub mod simulate;
 pub mod snapshot;
-pub mod sockopt;
-pub mod splice;
 pub mod standin;
 pub mod status;
 pub mod upstream;
-pub mod watch;
-pub mod workers;
+pub(crate) mod watch;
+pub(crate) mod workers;
 
 pub use config::Config;
 pub use server::{Server, ServerError, run};

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::shared::Shared;
+use crate::shared::{Shared, Skipped};
 
 /// Which socket a [`ListenError`] is about, so an admin-port clash says
 /// "admin".
@@ -43,7 +43,7 @@ pub struct ListenError {
 
 /// Binds `workers` SO_REUSEPORT sockets on `addr`. With port 0, the first
 /// socket picks the port and the others join it.
-pub fn bind(
+pub(crate) fn bind(
     addr: SocketAddr,
     role: Role,
     workers: usize,
@@ -67,19 +67,12 @@ pub fn bind(
     Ok(out)
 }
 
-/// A `listen` address left unbound because it cannot exist on this node.
-#[derive(Debug, Clone)]
-pub struct Skipped {
-    pub addr: SocketAddr,
-    pub reason: &'static str,
-}
-
 /// Why a bind failure may be skipped rather than be fatal: only `[::1]`,
 /// only when the node has no usable IPv6 loopback (IPv6 disabled by
 /// sysctl, or no IPv6 in the kernel). No IPv6 client can exist then, so
 /// not listening there loses nothing; kubespray's own nginx-proxy adds
 /// `[::1]` only when IPv6 is enabled. Anything else stays fatal.
-pub fn skippable(e: &ListenError) -> Option<Skipped> {
+pub(crate) fn skippable(e: &ListenError) -> Option<Skipped> {
     let SocketAddr::V6(a) = e.addr else {
         return None;
     };
@@ -120,8 +113,8 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener>
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
-    // Inherited by every accepted client socket (see `sockopt`).
-    crate::sockopt::tune(&socket);
+    // Inherited by every accepted client socket (see `copy::sockopt`).
+    crate::copy::tune_socket(&socket);
     socket.bind(&addr.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(socket.into())
@@ -142,7 +135,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Accepts until `stop`, then takes in what is already queued (so closing
 /// the socket resets as few clients as possible) and returns.
-pub async fn accept_loop(
+pub(crate) async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     tracker: TaskTracker,

@@ -1,7 +1,7 @@
 //! JSON log lines whose field values are real JSON: numbers as numbers,
 //! lists as arrays. tracing-subscriber's own JSON format writes every
 //! `?value` as a string of Rust debug text, and `valuable` is unstable, so
-//! list-valued fields are wrapped in [`Json`] and this formatter embeds them.
+//! list-valued fields are wrapped in `Json` and this formatter embeds them.
 //!
 //! The line layout is tracing-subscriber's: `timestamp`, `level`, `fields`
 //! (with `message`), `target`.
@@ -23,9 +23,26 @@ thread_local! {
     static IS_JSON: Cell<bool> = const { Cell::new(false) };
 }
 
+/// An error and its causes, joined by ": " as anyhow's `{:#}` prints
+/// them: for the places that print an error without anyhow (logs,
+/// `/status`). Each message gives context only, so each cause shows once.
+pub struct Chain<'a>(pub &'a dyn std::error::Error);
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cur = self.0.source();
+        while let Some(e) = cur {
+            write!(f, ": {e}")?;
+            cur = e.source();
+        }
+        Ok(())
+    }
+}
+
 /// A field value logged as JSON: `tracing::info!(upstreams = ?Json(&list))`.
 /// Text logs show the compact JSON text; JSON logs embed the value.
-pub struct Json<T>(pub T);
+pub(crate) struct Json<T>(pub T);
 
 impl<T: serde::Serialize> fmt::Debug for Json<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -42,7 +59,7 @@ impl<T: serde::Serialize> fmt::Debug for Json<T> {
 
 /// Collects an event's fields as JSON values.
 #[derive(Default)]
-pub struct Fields(pub Map<String, Value>);
+pub(crate) struct Fields(pub Map<String, Value>);
 
 impl Fields {
     fn put(&mut self, field: &Field, v: Value) {

@@ -144,14 +144,14 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("cplb: {e}");
+            eprintln!("cplb: {}", cplb::logfmt::Chain(&e));
             if cli.check {
                 eprintln!("cplb: configuration file {} test failed", path.display());
             }
             return Ok(ExitCode::FAILURE);
         }
     };
-    if let Err(e) = cplb::health_check::prepare(&config) {
+    if let Err(e) = cplb::probe::prepare(&config) {
         eprintln!("cplb: {}: {e}", path.display());
         if cli.check {
             eprintln!("cplb: configuration file {} test failed", path.display());
@@ -168,14 +168,15 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             format!("{mode} every {}", humantime::format_duration(hc.interval))
         });
-        println!(
-            "cplb: configuration file {} test is successful ({n} upstream{}, listen {:?}, admin {admin}, active health checks {checks}, hash key {}, node id {:?})",
+        print_out(&format!(
+            "cplb: configuration file {} test is successful ({n} upstream{}, listen {:?}, admin {admin}, active health checks {checks}, hash key {}, node id {:?})\n",
             path.display(),
             if n == 1 { "" } else { "s" },
             config.listen,
             config.hash.key.as_str(),
             config.hash.node_id
-        );
+        ))
+        .context("could not write the result")?;
         return Ok(ExitCode::SUCCESS);
     }
     // The control plane (admin, reload, health checks); the proxying runs
@@ -262,24 +263,25 @@ fn import_nginx(file: &std::path::Path) -> anyhow::Result<ExitCode> {
             for w in &conversion.warnings {
                 eprintln!("cplb: warning: {w}");
             }
-            // `print!` would panic on a closed pipe (`… | head`).
-            use std::io::Write;
-            let mut out = std::io::stdout().lock();
-            match out
-                .write_all(conversion.yaml.as_bytes())
-                .and_then(|()| out.flush())
-            {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                    return Err(e).context("could not write the converted config");
-                }
-                _ => {}
-            }
+            print_out(&conversion.yaml).context("could not write the converted config")?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
             eprintln!("cplb: {}:{e}", file.display());
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+/// Writes `text` to standard output. `print!` would panic on a closed pipe
+/// (`cplb -t | head -0`); a reader that went away has read all it wanted,
+/// so that is not an error, as with `yes | head`.
+fn print_out(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
     }
 }
 

@@ -9,9 +9,26 @@ use prometheus::{
 };
 
 pub const FAILURE_REASONS: [&str; 5] = ["refused", "timeout", "reset", "resolve", "other"];
+/// `cplb_health_checks_total{reason}` of a probe that passed.
+pub const PROBE_REASON_NONE: &str = "none";
+
+/// `cplb_health_checks_total{reason}` of a failed probe, in
+/// `probe::ProbeError::reason_index` order;
+/// their series exist at 0 from the start.
+pub const PROBE_FAILURE_REASONS: [&str; 8] = [
+    "refused",
+    "connect",
+    "timeout",
+    "tls",
+    "io",
+    "http",
+    "status",
+    "unresolved",
+];
+
 /// `cplb_config_reloads_total{result}`; both exist at 0 from start-up so
 /// `increase(...) > 0` alerts have a series to watch.
-pub const RELOAD_RESULTS: [&str; 2] = ["success", "failure"];
+pub(crate) const RELOAD_RESULTS: [&str; 2] = ["success", "failure"];
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -172,8 +189,8 @@ impl Metrics {
             probes: counter_vec(
                 r,
                 "cplb_health_checks_total",
-                "Active health check probes, by upstream and result.",
-                &["upstream", "result"],
+                "Active health check probes, by upstream, result and reason (\"none\" for a success; refused, connect, timeout, tls, io, http, status, unresolved for a failure).",
+                &["upstream", "result", "reason"],
             )?,
             probe_duration: histogram(
                 r,
@@ -190,7 +207,9 @@ impl Metrics {
         })
     }
 
-    pub fn registry(&self) -> &Registry {
+    /// The owned registry, for parts that register their own metrics
+    /// (discovery).
+    pub(crate) fn registry(&self) -> &Registry {
         &self.registry
     }
 
@@ -214,50 +233,94 @@ impl Metrics {
         self.listen_skipped.with_label_values(&[address])
     }
 
+    /// The one list of an upstream's series: each family with the label
+    /// values that follow `upstream`. `upstream` creates every one of them
+    /// (at 0) and `forget_upstream` removes every one, so a series added
+    /// here is both initialised and forgotten; `UpstreamMetrics` only takes
+    /// handles on series of this list (a unit test checks that nothing is
+    /// left behind).
+    fn upstream_series(&self, mut each: impl FnMut(Family<'_>, &[&str])) {
+        use Family::{Counter, Gauge};
+        each(Counter(&self.connections_total), &[]);
+        each(Gauge(&self.connections_active), &[]);
+        each(Gauge(&self.upstream_up), &[]);
+        each(Counter(&self.state_changes), &[]);
+        for d in DIRECTIONS {
+            each(Counter(&self.bytes), &[d]);
+        }
+        for r in FAILURE_REASONS {
+            each(Counter(&self.connect_failures), &[r]);
+        }
+        for r in CLOSE_REASONS {
+            each(Counter(&self.connections_closed), &[r]);
+        }
+        each(Counter(&self.probes), &["success", PROBE_REASON_NONE]);
+        for r in PROBE_FAILURE_REASONS {
+            each(Counter(&self.probes), &["failure", r]);
+        }
+    }
+
+    /// Creates every series of `address` at 0 and resolves the handles the
+    /// proxy's path uses.
     pub fn upstream(&self, address: &str) -> UpstreamMetrics {
         let a = address;
+        self.upstream_series(|family, rest| {
+            let labels: Vec<&str> = std::iter::once(a).chain(rest.iter().copied()).collect();
+            match family {
+                Family::Counter(v) => drop(v.with_label_values(&labels)),
+                Family::Gauge(v) => drop(v.with_label_values(&labels)),
+            }
+        });
+        let [to_upstream, to_client] = DIRECTIONS;
+        let [upstream_down, shutdown, idle_timeout] = CLOSE_REASONS;
         UpstreamMetrics {
             connections_total: self.connections_total.with_label_values(&[a]),
             connections_active: self.connections_active.with_label_values(&[a]),
             up: self.upstream_up.with_label_values(&[a]),
             state_changes: self.state_changes.with_label_values(&[a]),
-            bytes_to_upstream: self.bytes.with_label_values(&[a, "to_upstream"]),
-            bytes_to_client: self.bytes.with_label_values(&[a, "to_client"]),
+            bytes_to_upstream: self.bytes.with_label_values(&[a, to_upstream]),
+            bytes_to_client: self.bytes.with_label_values(&[a, to_client]),
             failures: FAILURE_REASONS.map(|r| self.connect_failures.with_label_values(&[a, r])),
             closed_upstream_down: self
                 .connections_closed
-                .with_label_values(&[a, "upstream_down"]),
-            closed_shutdown: self.connections_closed.with_label_values(&[a, "shutdown"]),
+                .with_label_values(&[a, upstream_down]),
+            closed_shutdown: self.connections_closed.with_label_values(&[a, shutdown]),
             closed_idle: self
                 .connections_closed
-                .with_label_values(&[a, "idle_timeout"]),
-            probe_ok: self.probes.with_label_values(&[a, "success"]),
-            probe_fail: self.probes.with_label_values(&[a, "failure"]),
+                .with_label_values(&[a, idle_timeout]),
+            probe_ok: self
+                .probes
+                .with_label_values(&[a, "success", PROBE_REASON_NONE]),
+            probe_fail: PROBE_FAILURE_REASONS
+                .map(|r| self.probes.with_label_values(&[a, "failure", r])),
         }
     }
 
     /// Drops the series of an upstream a reload removed, so dashboards stop
     /// showing it. Its open connections keep their (now detached) handles.
     pub fn forget_upstream(&self, address: &str) {
-        let a = address;
-        let _ = self.connections_total.remove_label_values(&[a]);
-        let _ = self.connections_active.remove_label_values(&[a]);
-        let _ = self.upstream_up.remove_label_values(&[a]);
-        let _ = self.state_changes.remove_label_values(&[a]);
-        for d in ["to_upstream", "to_client"] {
-            let _ = self.bytes.remove_label_values(&[a, d]);
-        }
-        for r in FAILURE_REASONS {
-            let _ = self.connect_failures.remove_label_values(&[a, r]);
-        }
-        for r in ["upstream_down", "shutdown", "idle_timeout"] {
-            let _ = self.connections_closed.remove_label_values(&[a, r]);
-        }
-        for r in ["success", "failure"] {
-            let _ = self.probes.remove_label_values(&[a, r]);
-        }
+        self.upstream_series(|family, rest| {
+            let labels: Vec<&str> = std::iter::once(address)
+                .chain(rest.iter().copied())
+                .collect();
+            let _ = match family {
+                Family::Counter(v) => v.remove_label_values(&labels),
+                Family::Gauge(v) => v.remove_label_values(&labels),
+            };
+        });
     }
 }
+
+/// A metric family with an `upstream` label; see `Metrics::upstream_series`.
+enum Family<'a> {
+    Counter(&'a IntCounterVec),
+    Gauge(&'a IntGaugeVec),
+}
+
+/// `cplb_bytes_total{direction}`.
+const DIRECTIONS: [&str; 2] = ["to_upstream", "to_client"];
+/// `cplb_connections_closed_total{reason}`: closed by cplb, and why.
+const CLOSE_REASONS: [&str; 3] = ["upstream_down", "shutdown", "idle_timeout"];
 
 /// `cplb_client_connections_rejected_total`, one handle per reason.
 #[derive(Clone)]
@@ -291,10 +354,17 @@ pub struct UpstreamMetrics {
     pub closed_shutdown: IntCounter,
     pub closed_idle: IntCounter,
     pub probe_ok: IntCounter,
-    pub probe_fail: IntCounter,
+    /// By `probe::FAILURE_REASONS` index.
+    probe_fail: [IntCounter; PROBE_FAILURE_REASONS.len()],
 }
 
 impl UpstreamMetrics {
+    /// `cplb_health_checks_total{result="failure"}` for a
+    /// `ProbeError::reason_index`.
+    pub(crate) fn probe_failure(&self, reason_index: usize) -> &IntCounter {
+        &self.probe_fail[reason_index]
+    }
+
     pub fn failure(&self, reason: FailureReason) -> &IntCounter {
         &self.failures[reason as usize]
     }
@@ -318,10 +388,10 @@ impl FailureReason {
 
 /// Holds a gauge up for as long as it lives: every path that ends a
 /// connection, errors and panics included, gives the count back.
-pub struct GaugeGuard(IntGauge);
+pub(crate) struct GaugeGuard(IntGauge);
 
 impl GaugeGuard {
-    pub fn new(g: &IntGauge) -> GaugeGuard {
+    pub(crate) fn new(g: &IntGauge) -> GaugeGuard {
         g.inc();
         GaugeGuard(g.clone())
     }
@@ -330,5 +400,39 @@ impl GaugeGuard {
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A series added to `upstream` but not to `upstream_series` would
+    /// survive `forget_upstream` and show a removed upstream for ever.
+    #[test]
+    fn forget_upstream_leaves_no_series_of_that_upstream() {
+        let m = Metrics::new(Registry::new()).unwrap();
+        let gone = "10.0.0.1:6443";
+        let kept = "10.0.0.2:6443";
+        let handles = m.upstream(gone);
+        let _kept = m.upstream(kept);
+        // Touch every handle, as traffic would.
+        handles.connections_total.inc();
+        handles.probe_ok.inc();
+        handles.failure(FailureReason::Refused).inc();
+        let before = m.render();
+        let label = format!("upstream=\"{gone}\"");
+        let count = |text: &str, l: &str| text.lines().filter(|x| x.contains(l)).count();
+        println!(
+            "series of {gone} before forget_upstream: {}",
+            count(&before, &label)
+        );
+        assert!(count(&before, &label) >= 20, "{before}");
+        m.forget_upstream(gone);
+        let after = m.render();
+        let left: Vec<&str> = after.lines().filter(|l| l.contains(&label)).collect();
+        assert!(left.is_empty(), "left behind: {left:#?}");
+        let kept_label = format!("upstream=\"{kept}\"");
+        assert_eq!(count(&after, &kept_label), count(&before, &kept_label));
     }
 }

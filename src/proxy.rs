@@ -1,5 +1,5 @@
 //! One client connection: pick upstreams in ring order, connect with
-//! failover, then hand both sockets to `copy::proxy` until either side ends,
+//! failover, then hand both sockets to `copy::bidirectional` until either side ends,
 //! the upstream is evicted, or shutdown forces the close.
 
 use std::io;
@@ -10,15 +10,19 @@ use std::sync::atomic::Ordering;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
-use crate::copy::{self, Outcome};
+use crate::copy::{self, CopyEnd};
 use crate::health::Admission;
 use crate::metrics::{FailureReason, GaugeGuard};
 use crate::shared::Shared;
 use crate::snapshot::{Snapshot, Upstream};
-use crate::sockopt;
 
 /// `snapshot` is the one the accept loop checked `max_connections` against.
-pub async fn handle(shared: &Shared, snapshot: Arc<Snapshot>, client: TcpStream, peer: SocketAddr) {
+pub(crate) async fn handle(
+    shared: &Shared,
+    snapshot: Arc<Snapshot>,
+    client: TcpStream,
+    peer: SocketAddr,
+) {
     let hash = snapshot.key_hash(peer);
     let Some((index, upstream)) = connect_any(shared, &snapshot, hash).await else {
         shared.metrics.rejected.no_upstream.inc();
@@ -47,7 +51,7 @@ pub async fn handle(shared: &Shared, snapshot: Arc<Snapshot>, client: TcpStream,
         // Removed by discovery while this connection was being set up.
         return;
     }
-    let copy = copy::proxy(
+    let copy = copy::bidirectional(
         &client,
         &upstream,
         idle_timeout,
@@ -56,8 +60,8 @@ pub async fn handle(shared: &Shared, snapshot: Arc<Snapshot>, client: TcpStream,
     );
     tokio::select! {
         (result, totals) = copy => match result {
-            Ok(Outcome::Closed) => tracing::debug!(%peer, upstream = %state.address, bytes_to_upstream = totals.to_upstream, bytes_to_client = totals.to_client, "connection closed"),
-            Ok(Outcome::IdleTimeout) => {
+            Ok(CopyEnd::Closed) => tracing::debug!(%peer, upstream = %state.address, bytes_to_upstream = totals.to_upstream, bytes_to_client = totals.to_client, "connection closed"),
+            Ok(CopyEnd::IdleTimeout) => {
                 m.closed_idle.inc();
                 tracing::debug!(%peer, upstream = %state.address, bytes_to_upstream = totals.to_upstream, bytes_to_client = totals.to_client, "idle timeout");
             }
@@ -138,7 +142,7 @@ async fn connect_any(shared: &Shared, snap: &Snapshot, hash: u32) -> Option<(usi
 async fn try_connect(shared: &Shared, snap: &Snapshot, up: &Upstream) -> Option<TcpStream> {
     let state = &up.state;
     let start = Instant::now();
-    let deadline = crate::shared::deadline(start, snap.settings.connect_timeout);
+    let deadline = crate::clock::deadline(start, snap.settings.connect_timeout);
     let mut reason = FailureReason::Resolve;
     for addr in state.addrs().iter() {
         let socket = match addr {
@@ -188,7 +192,7 @@ async fn connect_one(
 ) -> Result<TcpStream, FailureReason> {
     match tokio::time::timeout_at(deadline, socket.connect(addr)).await {
         Ok(Ok(stream)) => {
-            sockopt::tune(&stream);
+            copy::tune_socket(&stream);
             Ok(stream)
         }
         Ok(Err(e)) => Err(classify(&e)),

@@ -9,10 +9,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::discovery::run::Wiring;
-use crate::health_check::{HealthChecker, ProbeSettings};
-use crate::logfmt::Json;
+use crate::logfmt::{Chain, Json};
+use crate::probe::{ProbeSettings, Probers};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 use crate::upstream::StateTable;
@@ -29,7 +30,7 @@ pub enum ReloadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Tls(#[from] crate::health_check::TlsError),
+    Tls(#[from] crate::probe::TlsError),
     #[error("the proxy is shutting down")]
     Stopped,
 }
@@ -56,7 +57,7 @@ pub struct Changes {
 }
 
 /// The global settings that differ between two configs, by field name.
-pub fn changed_settings(old: &Config, new: &Config) -> Vec<&'static str> {
+pub(crate) fn changed_settings(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut out = Vec::new();
     let mut check = |changed: bool, name| {
         if changed {
@@ -145,12 +146,12 @@ impl ReloadHandle {
 }
 
 /// Owns the running config and the upstream state table.
-pub struct Reloader {
+pub(crate) struct Reloader {
     shared: Arc<Shared>,
     config: Config,
     table: StateTable,
     rx: mpsc::Receiver<Trigger>,
-    checker: HealthChecker,
+    checker: Probers,
     /// The last refused text: unforced events that see it again stay quiet
     /// instead of logging and counting the same refusal over and over.
     refused_text: Option<String>,
@@ -165,7 +166,7 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(
+    pub(crate) fn new(
         shared: Arc<Shared>,
         config: Config,
         table: StateTable,
@@ -174,7 +175,7 @@ impl Reloader {
     ) -> (Reloader, ReloadHandle) {
         let (tx, rx) = mpsc::channel(16);
         let r = Reloader {
-            checker: HealthChecker::new(shared.clone()),
+            checker: Probers::new(shared.clone()),
             refused_text: None,
             refusing: false,
             initial_checks: checks,
@@ -188,7 +189,7 @@ impl Reloader {
         (r, ReloadHandle { tx })
     }
 
-    pub async fn run(mut self, stop: CancellationToken) {
+    pub(crate) async fn run(mut self, stop: CancellationToken) {
         let snapshot = self.shared.snapshot.load_full();
         self.checks = self.initial_checks.take();
         self.checker.apply(self.checks.clone(), &snapshot);
@@ -265,7 +266,7 @@ impl Reloader {
                     .last_load
                     .store(Arc::new(crate::status::LoadRecord::reload(
                         Some(path.clone()),
-                        crate::server::unix_now(),
+                        Clock::unix_now(),
                         None,
                     )));
                 tracing::info!(file = %path.display(), "config file is valid again: its content is the running config");
@@ -295,7 +296,7 @@ impl Reloader {
 
         // Certificate files are re-read on every reload; a bad one refuses
         // the whole config, before anything is swapped.
-        let checks = match crate::health_check::prepare(&new) {
+        let checks = match crate::probe::prepare(&new) {
             Ok(c) => c,
             Err(e) => {
                 self.refused(&e);
@@ -307,7 +308,7 @@ impl Reloader {
         self.disc.reconfigure(&self.config, &new);
         let entries = self.disc.entries(&new);
         let built = Snapshot::build_with(&new, &entries, &mut self.table, m);
-        crate::server::resolve_upstreams(&built.snapshot, &built.added, true).await;
+        crate::resolve::resolve_upstreams(&built.snapshot, &built.added, true).await;
         let snapshot = Arc::new(built.snapshot);
         self.shared.snapshot.store(snapshot.clone());
         self.checks = checks.clone();
@@ -319,13 +320,12 @@ impl Reloader {
         m.reload("success").inc();
         self.refusing = false;
         m.last_reload_successful.set(1);
-        m.last_reload_success_timestamp
-            .set(crate::server::unix_now());
+        m.last_reload_success_timestamp.set(Clock::unix_now());
         self.shared
             .last_load
             .store(Arc::new(crate::status::LoadRecord::reload(
                 Some(path.clone()),
-                crate::server::unix_now(),
+                Clock::unix_now(),
                 None,
             )));
         let nothing = changes.added.is_empty()
@@ -359,7 +359,7 @@ impl Reloader {
         let m = &self.shared.metrics;
         let entries = self.disc.entries(&self.config);
         let built = Snapshot::build_with(&self.config, &entries, &mut self.table, m);
-        crate::server::resolve_upstreams(&built.snapshot, &built.added, false).await;
+        crate::resolve::resolve_upstreams(&built.snapshot, &built.added, false).await;
         let snapshot = Arc::new(built.snapshot);
         self.shared.snapshot.store(snapshot.clone());
         self.checker.apply(self.checks.clone(), &snapshot);
@@ -370,7 +370,7 @@ impl Reloader {
         self.disc.published(&snapshot).await;
     }
 
-    fn refused(&mut self, e: &dyn std::fmt::Display) {
+    fn refused(&mut self, e: &dyn std::error::Error) {
         self.refusing = true;
         let m = &self.shared.metrics;
         m.reload("failure").inc();
@@ -379,10 +379,10 @@ impl Reloader {
             .last_load
             .store(Arc::new(crate::status::LoadRecord::reload(
                 self.config.source.clone(),
-                crate::server::unix_now(),
-                Some(e.to_string()),
+                Clock::unix_now(),
+                Some(Chain(e).to_string()),
             )));
-        tracing::error!(error = %e, "config reload refused; the running config stays in force");
+        tracing::error!(error = %Chain(e), "config reload refused; the running config stays in force");
     }
 
     fn diff(&self, new: &Config, restart_needed: Vec<&'static str>) -> Changes {

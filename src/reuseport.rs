@@ -19,7 +19,7 @@ const HANDOVER_FROM: [&str; 2] = ["cplb", "nginx"];
 const MAX_NAMED: usize = 8;
 
 /// Logs one line when a socket other than `ours` listens on `addr`.
-pub fn report(addr: SocketAddr, ours: &[std::net::TcpListener]) {
+pub(crate) fn report(addr: SocketAddr, ours: &[std::net::TcpListener]) {
     let ours: BTreeSet<u64> = ours
         .iter()
         .filter_map(|l| socket_inode(&format!("/proc/self/fd/{}", l.as_raw_fd())))

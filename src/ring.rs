@@ -10,7 +10,7 @@
 //! values are dropped. Lookup: the first point >= crc32(key), wrapping.
 
 /// Servers a ring can hold; `Walk` tracks visited servers in one `u128`.
-pub const MAX_SERVERS: usize = 128;
+pub(crate) const MAX_SERVERS: usize = 128;
 const POINTS_PER_WEIGHT: u32 = 160;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,11 +88,8 @@ impl Ring {
         }
     }
 
-    pub fn servers(&self) -> usize {
-        self.servers
-    }
-
-    pub fn points(&self) -> usize {
+    #[cfg(test)]
+    fn points(&self) -> usize {
         self.points.len()
     }
 
@@ -270,6 +267,37 @@ mod tests {
             }
         }
         assert!(moved > 0);
+    }
+
+    #[test]
+    fn key_hash_is_zlib_crc32() {
+        // The CRC-32/ISO-HDLC check value, the one zlib and nginx compute.
+        assert_eq!(hash_key(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn lookup_starts_at_the_first_point_at_or_above_the_hash() {
+        let ring = reference();
+        let n = ring.points.len();
+        for (i, p) in ring.points.iter().enumerate() {
+            // A hash equal to a point's belongs to that point ...
+            assert_eq!(ring.start(p.hash), i);
+            // ... one above it to the next point, wrapping past the last.
+            if p.hash < u32::MAX {
+                assert_eq!(ring.start(p.hash + 1), (i + 1) % n);
+            }
+        }
+        assert_eq!(ring.start(0), 0);
+    }
+
+    #[test]
+    fn a_server_without_points_ends_the_walk() {
+        // Weight 0 gives a server no points: the walk must still end, after
+        // yielding the servers that have points, without indexing past them.
+        let ring = Ring::new([("a:1", 0), ("b:1", 1)]);
+        assert_eq!(ring.walk(7).collect::<Vec<_>>(), vec![1]);
+        let none = Ring::new([("a:1", 0)]);
+        assert_eq!(none.first(7), None);
     }
 
     #[test]

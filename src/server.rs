@@ -6,33 +6,32 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::listener::{self, ListenError, Role};
 use crate::logfmt::Json;
 use crate::metrics::Metrics;
 use crate::reload::{ReloadHandle, Reloader};
 use crate::resolve;
-use crate::shared::{Clock, Shared};
+use crate::shared::Shared;
 use crate::snapshot::Snapshot;
-use crate::upstream::{StateTable, UpstreamState};
+use crate::upstream::StateTable;
 use crate::workers::Workers;
 
 /// How long start-up waits for names to resolve before serving anyway.
-const STARTUP_RESOLVE_LIMIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
     Listen(#[from] ListenError),
     #[error(transparent)]
-    Tls(#[from] crate::health_check::TlsError),
+    Tls(#[from] crate::probe::TlsError),
     // Context only: the cause is the source, printed once by the chain.
     #[error("could not start the worker threads")]
     Workers(#[source] std::io::Error),
@@ -59,7 +58,7 @@ impl Server {
         registry: prometheus::Registry,
     ) -> Result<Server, ServerError> {
         let metrics = Metrics::new(registry)?;
-        let checks = crate::health_check::prepare(&config)?;
+        let checks = crate::probe::prepare(&config)?;
         let (listeners, local_addrs, skipped) = bind_listen(&config, &metrics)?;
         let (admin, admin_addr) = match config.admin {
             None => (None, None),
@@ -76,8 +75,8 @@ impl Server {
         let mut table = StateTable::default();
         let built = Snapshot::build_with(&config, &wiring.entries(&config), &mut table, &metrics);
         wiring.count(&built.snapshot);
-        resolve_upstreams(&built.snapshot, &built.added, false).await;
-        metrics.last_reload_success_timestamp.set(unix_now());
+        resolve::resolve_upstreams(&built.snapshot, &built.added, false).await;
+        metrics.last_reload_success_timestamp.set(Clock::unix_now());
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(built.snapshot),
             metrics,
@@ -91,7 +90,7 @@ impl Server {
             skipped_listen: skipped,
             last_load: ArcSwap::from_pointee(crate::status::LoadRecord::startup(
                 config.source.clone(),
-                unix_now(),
+                Clock::unix_now(),
             )),
         });
         let (reloader, reload) =
@@ -212,7 +211,7 @@ impl Server {
 type Bound = (
     Vec<std::net::TcpListener>,
     Vec<SocketAddr>,
-    Vec<listener::Skipped>,
+    Vec<crate::shared::Skipped>,
 );
 
 /// Binds every `listen` address. A loopback IPv6 address on a node without
@@ -278,46 +277,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .await
 }
 
-/// Resolves upstreams concurrently, bounded in time. New ones that do not
-/// resolve keep retrying in the background. With `all`, kept host names are
-/// looked up again too (a reload picks up DNS changes); a failed lookup
-/// keeps their last good addresses, and an unresolved kept one already has
-/// its retry task.
-pub(crate) async fn resolve_upstreams(
-    snapshot: &Snapshot,
-    added: &[Arc<UpstreamState>],
-    all: bool,
-) {
-    let mut set = tokio::task::JoinSet::new();
-    for up in snapshot.upstreams.iter() {
-        let is_new = added.iter().any(|a| Arc::ptr_eq(a, &up.state));
-        let is_name = up.config.host.parse::<std::net::IpAddr>().is_err();
-        let wanted = is_new || (all && is_name);
-        if !wanted {
-            continue;
-        }
-        let state = up.state.clone();
-        let (host, port) = (up.config.host.clone(), up.config.port);
-        set.spawn(async move {
-            if !resolve::resolve_once(&state, &host, port, STARTUP_RESOLVE_LIMIT).await && is_new {
-                resolve::spawn_retry(&state, host, port);
-            }
-        });
-    }
-    while set.join_next().await.is_some() {}
-}
-
-pub(crate) fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health_check::TlsError;
+    use crate::probe::TlsError;
     use std::error::Error;
 
     /// What `main` prints (anyhow's `{:#}`): every message of the chain,
@@ -359,11 +322,37 @@ mod tests {
             Box::new(crate::demo::DemoError::Io(os())),
             Box::new(crate::standin::StandinError::Listen { addr, source: os() }),
             Box::new(crate::standin::client::ClientError::Io(os())),
+            Box::new(crate::config::ConfigError::Read {
+                path: "/etc/cplb/cplb.yaml".into(),
+                source: os(),
+            }),
+            Box::new(crate::reload::ReloadError::Config(
+                crate::config::ConfigError::Read {
+                    path: "/etc/cplb/cplb.yaml".into(),
+                    source: os(),
+                },
+            )),
+            Box::new(crate::demo::DemoError::Config(
+                crate::config::ConfigError::Read {
+                    path: "/etc/cplb/cplb.yaml".into(),
+                    source: os(),
+                },
+            )),
         ];
         for e in cases {
             let all = chain(&*e);
             assert!(all.matches("os error 98").count() <= 1, "{all}");
         }
+        let read = crate::config::ConfigError::Read {
+            path: "/etc/cplb/cplb.yaml".into(),
+            source: os(),
+        };
+        assert_eq!(
+            chain(&read),
+            "could not read /etc/cplb/cplb.yaml: Address already in use (os error 98)"
+        );
+        // What logs and `/status` print without anyhow: the same chain.
+        assert_eq!(crate::logfmt::Chain(&read).to_string(), chain(&read));
         let all = chain(&ServerError::from(listen(Role::Admin)));
         assert_eq!(
             all,

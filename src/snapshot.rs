@@ -25,7 +25,7 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     pub policy: Policy,
     pub state: Arc<UpstreamState>,
-    pub source: Source,
+    pub(crate) source: Source,
     /// Gone from the API, kept until `discovery.remove_after`: it stays in
     /// the ring (so its return is no churn) but gets new connections only
     /// as a last resort.
@@ -62,7 +62,7 @@ impl Snapshot {
 
     /// The settings of `config` with the upstreams `entries` (discovery
     /// decides them when it is on).
-    pub fn build_with(
+    pub(crate) fn build_with(
         config: &Config,
         entries: &[Entry],
         table: &mut StateTable,
@@ -86,7 +86,7 @@ impl Snapshot {
                     config: u.clone(),
                     policy: Policy {
                         max_fails: u.max_fails,
-                        fail_timeout_ms: crate::shared::millis(u.fail_timeout),
+                        fail_timeout_ms: crate::clock::millis(u.fail_timeout),
                     },
                     state,
                     source: e.source,
@@ -119,7 +119,7 @@ impl Snapshot {
 
     /// The ring lookup hash for a client, per `hash.key`. Formats into a
     /// stack buffer: no allocation per connection.
-    pub fn key_hash(&self, peer: SocketAddr) -> u32 {
+    pub(crate) fn key_hash(&self, peer: SocketAddr) -> u32 {
         use std::io::Write;
         let mut buf = [0u8; 64];
         let mut cur = std::io::Cursor::new(&mut buf[..]);
@@ -138,7 +138,7 @@ impl Snapshot {
     /// Sets every `cplb_upstream_up` to `usable` as `/upstreams` reports
     /// it. Called at scrape time: a passive mark lapses after
     /// `fail_timeout` without any event that could update the gauge.
-    pub fn refresh_up_gauges(&self, now_ms: u64) {
+    pub(crate) fn refresh_up_gauges(&self, now_ms: u64) {
         for u in &self.upstreams {
             let usable = u.state.is_usable(u.policy, now_ms);
             u.state.metrics.up.set(usable as i64);
@@ -146,7 +146,7 @@ impl Snapshot {
     }
 
     /// True if at least one upstream can take new connections now.
-    pub fn any_usable(&self, now_ms: u64) -> bool {
+    pub(crate) fn any_usable(&self, now_ms: u64) -> bool {
         self.upstreams
             .iter()
             .any(|u| u.state.is_usable(u.policy, now_ms))

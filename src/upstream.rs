@@ -4,14 +4,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Acquire, Release};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
-use crate::health::{PassiveHealth, Policy, Transition};
-use crate::health_check::Hysteresis;
+use crate::health::{ActiveHealth, PassiveHealth, Policy, Transition};
 use crate::metrics::{Metrics, UpstreamMetrics};
 
 pub struct UpstreamState {
@@ -36,12 +36,12 @@ pub struct UpstreamState {
     last_change: ArcSwap<Change>,
     /// Name resolution's log throttle. Only the resolver takes the lock,
     /// never the proxy's path.
-    pub resolve_log: std::sync::Mutex<crate::resolve::ResolveLog>,
+    pub resolve_log: std::sync::Mutex<crate::resolve::throttle::ResolveLog>,
 }
 
 /// Which part of cplb changed an upstream's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChangeCause {
+pub(crate) enum ChangeCause {
     /// The initial state, before any connection or probe.
     Start,
     /// Connect failures or successes (`max_fails` / `fail_timeout`).
@@ -51,7 +51,7 @@ pub enum ChangeCause {
 }
 
 impl ChangeCause {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ChangeCause::Start => "start",
             ChangeCause::Passive => "passive",
@@ -62,94 +62,11 @@ impl ChangeCause {
 
 /// One state transition of an upstream.
 #[derive(Debug, Clone)]
-pub struct Change {
+pub(crate) struct Change {
     /// `Clock` milliseconds.
     pub at_ms: u64,
     pub cause: ChangeCause,
     pub reason: String,
-}
-
-/// The result of the latest active probe.
-#[derive(Debug, Clone)]
-pub struct ProbeResult {
-    /// `Clock` milliseconds.
-    pub at_ms: u64,
-    pub ok: bool,
-    /// Why it failed; `None` when it passed.
-    pub error: Option<String>,
-}
-
-/// The active health check's verdict, written by the prober task. The
-/// rise/fall counters live here (not in the prober) so that a prober
-/// restarted by a reload keeps its progress.
-#[derive(Debug)]
-pub struct ActiveHealth {
-    up: AtomicBool,
-    since: AtomicU64,
-    hysteresis: Mutex<Hysteresis>,
-    /// Written by the prober once per probe, read by the admin endpoint.
-    last: ArcSwapOption<ProbeResult>,
-}
-
-impl Default for ActiveHealth {
-    // Optimistic at start, like HAProxy: traffic flows before the first probe.
-    fn default() -> Self {
-        ActiveHealth {
-            up: AtomicBool::new(true),
-            since: AtomicU64::new(0),
-            hysteresis: Mutex::new(Hysteresis::new(true)),
-            last: ArcSwapOption::empty(),
-        }
-    }
-}
-
-impl ActiveHealth {
-    pub fn is_up(&self) -> bool {
-        self.up.load(Acquire)
-    }
-
-    pub fn since_ms(&self) -> u64 {
-        self.since.load(Relaxed)
-    }
-
-    /// Feeds one probe result through rise/fall; the new state if it
-    /// flipped. Only the prober calls this, once per interval: the lock is
-    /// never contended and never on the proxy's path.
-    pub fn record(&self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
-        let mut h = self.hysteresis.lock().unwrap_or_else(|p| p.into_inner());
-        h.up = self.is_up();
-        h.record(ok, rise, fall)
-    }
-
-    /// The latest probe's result; `None` before the first probe or while
-    /// active checks are off.
-    pub fn last_result(&self) -> Option<Arc<ProbeResult>> {
-        self.last.load_full()
-    }
-
-    /// Keeps a probe's result for `cplb status`.
-    pub fn note_result(&self, at_ms: u64, result: &Result<(), String>) {
-        self.last.store(Some(Arc::new(ProbeResult {
-            at_ms,
-            ok: result.is_ok(),
-            error: result.as_ref().err().cloned(),
-        })));
-    }
-
-    /// Active checks were turned off: no result is current any more.
-    pub fn clear_result(&self) {
-        self.last.store(None);
-    }
-
-    /// Returns true if this changed the state.
-    pub fn set(&self, up: bool, now: u64) -> bool {
-        if self.up.swap(up, AcqRel) != up {
-            self.since.store(now, Release);
-            true
-        } else {
-            false
-        }
-    }
 }
 
 impl UpstreamState {
@@ -186,7 +103,7 @@ impl UpstreamState {
     }
 
     /// The last transition, for `cplb status`.
-    pub fn last_change(&self) -> Arc<Change> {
+    pub(crate) fn last_change(&self) -> Arc<Change> {
         self.last_change.load_full()
     }
 
@@ -198,20 +115,20 @@ impl UpstreamState {
         }));
     }
 
-    pub fn addrs(&self) -> Arc<Vec<SocketAddr>> {
+    pub(crate) fn addrs(&self) -> Arc<Vec<SocketAddr>> {
         self.addrs.load_full()
     }
 
-    pub fn set_addrs(&self, addrs: Vec<SocketAddr>) {
+    pub(crate) fn set_addrs(&self, addrs: Vec<SocketAddr>) {
         self.addrs.store(Arc::new(addrs));
     }
 
-    pub fn is_resolved(&self) -> bool {
+    pub(crate) fn is_resolved(&self) -> bool {
         !self.addrs.load().is_empty()
     }
 
     /// Usable for new connections: both checks allow it, and it has an address.
-    pub fn is_usable(&self, policy: Policy, now: u64) -> bool {
+    pub(crate) fn is_usable(&self, policy: Policy, now: u64) -> bool {
         self.active.is_up() && self.passive.is_usable(policy, now) && self.is_resolved()
     }
 
@@ -225,7 +142,7 @@ impl UpstreamState {
 
     /// Logs and counts a passive-health transition: once per transition,
     /// never once per failure. `policy` only adds context to the log.
-    pub fn passive_transition(&self, t: Transition, reason: &str, policy: Option<Policy>) {
+    pub(crate) fn passive_transition(&self, t: Transition, reason: &str, policy: Option<Policy>) {
         self.metrics.state_changes.inc();
         self.refresh_up_gauge();
         let why = match t {
@@ -248,7 +165,7 @@ impl UpstreamState {
     }
 
     /// Records the active check's verdict; true if it changed.
-    pub fn set_active(&self, up: bool, now: u64, detail: &str) -> bool {
+    pub(crate) fn set_active(&self, up: bool, now: u64, detail: &str) -> bool {
         if !self.active.set(up, now) {
             return false;
         }
@@ -272,7 +189,7 @@ pub struct StateTable {
 
 impl StateTable {
     /// The state for `address`, created (and reported as new) if absent.
-    pub fn get_or_create(
+    pub(crate) fn get_or_create(
         &mut self,
         address: &str,
         metrics: &Metrics,
@@ -286,7 +203,7 @@ impl StateTable {
     }
 
     /// Drops every state whose address is not in `keep`; returns them.
-    pub fn retain(&mut self, keep: &[&str]) -> Vec<Arc<UpstreamState>> {
+    pub(crate) fn retain(&mut self, keep: &[&str]) -> Vec<Arc<UpstreamState>> {
         let gone: Vec<String> = self
             .states
             .keys()

@@ -18,7 +18,7 @@ const RETRY: Duration = Duration::from_secs(2);
 
 /// Runs until `stop`. If the watcher cannot start or fails (inotify limits,
 /// the directory removed), SIGHUP keeps working and the watcher is retried.
-pub async fn run(path: PathBuf, handle: ReloadHandle, stop: CancellationToken) {
+pub(crate) async fn run(path: PathBuf, handle: ReloadHandle, stop: CancellationToken) {
     let mut failing = false;
     loop {
         // Recomputed each time: a ConfigMap swap moves the symlink target.

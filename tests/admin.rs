@@ -6,14 +6,10 @@ mod common;
 use common::*;
 use tokio::io::AsyncWriteExt;
 
-fn admin_yaml(ups: &[std::net::SocketAddr], extra: &str) -> String {
-    yaml(ups, extra).replace("admin: \"\"\n", "admin: 127.0.0.1:0\n")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_codes_and_content_types() {
     let up = FakeUpstream::start("m").await;
-    let proxy = Proxy::start(config(&admin_yaml(&[up.addr], ""))).await;
+    let proxy = Proxy::start(TestConfig::new(&[up.addr]).admin().config()).await;
     let a = proxy.admin.expect("admin enabled");
     let (st, head, body) = http(a, "GET", "/healthz").await;
     assert_eq!((st, body.as_str()), (200, "ok\n"));
@@ -38,7 +34,7 @@ async fn status_codes_and_content_types() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_503_with_a_reason_when_no_upstream_is_usable() {
     let dead = refused_addr();
-    let proxy = Proxy::start(config(&admin_yaml(&[dead], ""))).await;
+    let proxy = Proxy::start(TestConfig::new(&[dead]).admin().config()).await;
     let a = proxy.admin.unwrap();
     assert_eq!(
         http(a, "GET", "/readyz").await.0,
@@ -64,10 +60,12 @@ async fn readyz_is_503_with_a_reason_when_no_upstream_is_usable() {
 async fn upstreams_json_reports_state_traffic_and_resolution() {
     let up = FakeUpstream::start("m").await;
     let dead = refused_addr();
-    let proxy = Proxy::start(config(&admin_yaml(
-        &[up.addr, dead],
-        "hash:\n  key: connection\n",
-    )))
+    let proxy = Proxy::start(
+        TestConfig::new(&[up.addr, dead])
+            .admin()
+            .hash_key("connection")
+            .config(),
+    )
     .await;
     // Enough connections that the dead one is tried (and marked down).
     for _ in 0..10 {
@@ -125,10 +123,13 @@ async fn upstreams_json_reports_state_traffic_and_resolution() {
 async fn metrics_after_known_traffic() {
     let up = FakeUpstream::start("m").await;
     let dead = refused_addr();
-    let proxy = Proxy::start(config(&admin_yaml(
-        &[up.addr, dead],
-        "hash:\n  key: connection\nmax_connections: 3\n",
-    )))
+    let proxy = Proxy::start(
+        TestConfig::new(&[up.addr, dead])
+            .admin()
+            .hash_key("connection")
+            .set("max_connections", 3)
+            .config(),
+    )
     .await;
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -232,7 +233,7 @@ async fn metrics_after_known_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_admin_clients_do_not_stall_the_proxy_or_the_probes() {
     let up = FakeUpstream::start("m").await;
-    let proxy = Proxy::start(config(&admin_yaml(&[up.addr], ""))).await;
+    let proxy = Proxy::start(TestConfig::new(&[up.addr]).admin().config()).await;
     let a = proxy.admin.unwrap();
     // Twenty clients that send half a request line and then nothing.
     let mut slow = Vec::new();
@@ -276,8 +277,15 @@ fn upstream_series(u: &str) -> Vec<(&'static str, Vec<(&'static str, String)>)> 
             vec![("reason", r.to_string())],
         ));
     }
-    for r in ["success", "failure"] {
-        v.push(("cplb_health_checks_total", vec![("result", r.to_string())]));
+    v.push((
+        "cplb_health_checks_total",
+        vec![("result", "success".into()), ("reason", "none".into())],
+    ));
+    for r in cplb::metrics::PROBE_FAILURE_REASONS {
+        v.push((
+            "cplb_health_checks_total",
+            vec![("result", "failure".into()), ("reason", r.to_string())],
+        ));
     }
     for (_, labels) in &mut v {
         labels.push(("upstream", u.to_string()));
@@ -298,7 +306,7 @@ async fn known_label_values_exist_at_zero_from_start_up() {
     );
     let dir = process::temp_dir("zero");
     let path = dir.join("cplb.yaml");
-    std::fs::write(&path, admin_yaml(&[a.addr], "")).unwrap();
+    std::fs::write(&path, TestConfig::new(&[a.addr]).admin().yaml()).unwrap();
     let proxy = Proxy::start(cplb::Config::load(&path).unwrap()).await;
     let (st, _, body) = http(proxy.admin.unwrap(), "GET", "/metrics").await;
     assert_eq!(st, 200);
@@ -321,7 +329,7 @@ async fn known_label_values_exist_at_zero_from_start_up() {
     println!("{} series at 0 on the first scrape", want.len());
 
     // An upstream added by a reload has its series from that moment.
-    std::fs::write(&path, admin_yaml(&[a.addr, b.addr], "")).unwrap();
+    std::fs::write(&path, TestConfig::new(&[a.addr, b.addr]).admin().yaml()).unwrap();
     proxy.reload.reload().await.unwrap();
     let (_, _, body) = http(proxy.admin.unwrap(), "GET", "/metrics").await;
     let s = metrics::Scrape::parse(&body);

@@ -111,3 +111,39 @@ fn demo_into_a_closed_pipe_exits_zero_quietly() {
         "{stderr}"
     );
 }
+
+/// `cplb -t | head -0` and `cplb import-nginx … | head -0`: the reader is
+/// gone before cplb writes. cplb must not panic (`println!` would) and
+/// exits as it would into an open pipe.
+#[test]
+fn check_and_import_into_a_closed_pipe_do_not_panic() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let minimal = fixtures.join("config/valid/minimal.yaml");
+    let minimal = minimal.to_str().unwrap();
+    for args in [&["-t", "-c", minimal][..], &["import-nginx", "-"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        // Closed before cplb starts: its first write meets EPIPE.
+        drop(reader);
+        let mut child = cplb()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"stream {\n upstream m { server 10.0.0.7:6443; }\n server { listen 127.0.0.1:6443; proxy_pass m; }\n}\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        println!(
+            "{args:?} into a closed pipe: {}, stderr {stderr:?}",
+            out.status
+        );
+        assert!(out.status.success(), "{args:?}: {}: {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

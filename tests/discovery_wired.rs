@@ -215,14 +215,16 @@ async fn follows_additions_and_a_removal_drains_then_closes() {
     let drained_at = std::time::Instant::now();
     // /status (what `cplb status` prints) says so too.
     let (_, _, body) = http(p.admin.unwrap(), "GET", "/status").await;
-    let status: cplb::status::model::Status = serde_json::from_str(&body).unwrap();
-    let gone = status
-        .upstreams
+    let status: Value = serde_json::from_str(&body).unwrap();
+    let gone = status["upstreams"]
+        .as_array()
+        .unwrap()
         .iter()
-        .find(|u| u.address == a(c, 1))
+        .find(|u| u["address"] == a(c, 1))
         .unwrap();
-    assert!(
-        gone.draining && gone.source == cplb::status::model::Source::Api,
+    assert_eq!(
+        (&gone["source"], &gone["draining"]),
+        (&Value::from("api"), &Value::from(true)),
         "{body}"
     );
     // Its open connection continues; new ones go elsewhere.

@@ -17,11 +17,9 @@ fn walk_order(addrs: &[SocketAddr]) -> Vec<usize> {
     ring.walk(hash_key(NODE.as_bytes())).collect()
 }
 
-fn node_yaml(addrs: &[SocketAddr], extra: &str) -> String {
-    yaml(
-        addrs,
-        &format!("hash:\n  key: node\n  node_id: {NODE}\n{extra}"),
-    )
+/// `hash.key: node` with node id `NODE`.
+fn node_conf(addrs: &[SocketAddr]) -> TestConfig {
+    TestConfig::new(addrs).node_id(NODE)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,7 +30,7 @@ async fn refused_master_fails_over_within_the_same_client_connect() {
     let second = addrs[walk_order(&addrs)[1]];
     let second_name = if second == b.addr { "b" } else { "c" };
 
-    let proxy = Proxy::start(config(&node_yaml(&addrs, ""))).await;
+    let proxy = Proxy::start(node_conf(&addrs).config()).await;
     for i in 0..5 {
         let mut cl = Client::connect(proxy.addr).await;
         assert_eq!(
@@ -168,7 +166,7 @@ async fn marked_down_master_is_tried_again_after_fail_timeout_and_recovers() {
 async fn all_masters_down_still_tries_them_all_as_last_resort() {
     let d1 = refused_addr();
     let d2 = refused_addr();
-    let proxy = Proxy::start(config(&node_yaml(&[d1, d2], ""))).await;
+    let proxy = Proxy::start(node_conf(&[d1, d2]).config()).await;
     // Both refuse: the client is closed, and both are marked down.
     assert!(Client::connect_from(None, proxy.addr).await.is_none());
     let s = proxy.scrape();
@@ -213,7 +211,7 @@ async fn all_masters_down_still_tries_them_all_as_last_resort() {
 async fn next_upstream_tries_limits_failover() {
     let b = FakeUpstream::start("b").await;
     let (_dead, addrs) = dead_first(&[b.addr]);
-    let proxy = Proxy::start(config(&node_yaml(&addrs, "next_upstream_tries: 1\n"))).await;
+    let proxy = Proxy::start(node_conf(&addrs).set("next_upstream_tries", 1).config()).await;
     assert!(
         Client::connect_from(None, proxy.addr).await.is_none(),
         "one try: the refused master is the only one tried"

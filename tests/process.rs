@@ -7,17 +7,18 @@ use std::time::Duration;
 use common::process::*;
 use common::*;
 
-fn yaml_for(up: std::net::SocketAddr, extra: &str) -> String {
-    format!(
-        "listen: 127.0.0.1:0\nworkers: 2\nadmin: \"\"\n{extra}\nupstreams:\n  - address: {up}\n"
-    )
+/// One upstream, cplb's defaults for `fail_timeout` and `shutdown_grace`.
+fn conf(up: std::net::SocketAddr) -> TestConfig {
+    TestConfig::new(&[up])
+        .fail_timeout(None)
+        .unset("shutdown_grace")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_accepting_drains_then_exits_zero() {
     let up = FakeUpstream::start("m").await;
     let mut p = CplbProcess::spawn(
-        &yaml_for(up.addr, "shutdown_grace: 30s"),
+        &conf(up.addr).shutdown_grace("30s").yaml(),
         Options::default(),
     );
     let mut c = Client::connect(p.addr).await;
@@ -38,7 +39,7 @@ async fn sigterm_stops_accepting_drains_then_exits_zero() {
 async fn drain_grace_over_closes_connections_and_exits_zero() {
     let up = FakeUpstream::start("m").await;
     let mut p = CplbProcess::spawn(
-        &yaml_for(up.addr, "shutdown_grace: 300ms"),
+        &conf(up.addr).shutdown_grace("300ms").yaml(),
         Options::default(),
     );
     let mut c = Client::connect(p.addr).await;
@@ -56,7 +57,7 @@ async fn drain_grace_over_closes_connections_and_exits_zero() {
 async fn second_sigterm_exits_at_once() {
     let up = FakeUpstream::start("m").await;
     let mut p = CplbProcess::spawn(
-        &yaml_for(up.addr, "shutdown_grace: 60s"),
+        &conf(up.addr).shutdown_grace("60s").yaml(),
         Options::default(),
     );
     let mut c = Client::connect(p.addr).await;
@@ -76,7 +77,7 @@ async fn running_out_of_file_descriptors_slows_down_but_never_kills() {
     let up = FakeUpstream::start("m").await;
     // 48 descriptors: a few for the runtime, then 2 per proxied connection.
     let mut p = CplbProcess::spawn(
-        &yaml_for(up.addr, ""),
+        &conf(up.addr).yaml(),
         Options {
             nofile: Some(48),
             ..Default::default()
@@ -92,19 +93,10 @@ async fn running_out_of_file_descriptors_slows_down_but_never_kills() {
     assert!(p.is_running());
     // Let everything go; the queued clients are then served and new ones work.
     drop(held);
-    let end = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(mut c) = Client::connect_from(None, p.addr).await {
-            c.ping("recovered").await;
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "never recovered:\n{}",
-            p.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut c = eventually(DEADLINE, async || Client::connect_from(None, p.addr).await)
+        .await
+        .unwrap_or_else(|_| panic!("never recovered:\n{}", p.logs()));
+    c.ping("recovered").await;
     // The episode ends after a quiet second of successful accepts.
     let end = tokio::time::Instant::now() + DEADLINE;
     while p.count_logs("accepting connections again") == 0 {

@@ -269,35 +269,20 @@ async fn a_real_prometheus_scrapes_cplb_and_loads_the_rules() {
     // Prometheus starts, scrapes every second: bounded, but not tight.
     let deadline = Duration::from_secs(60);
     let value = |r: &serde_json::Value| r["value"][1].as_str().unwrap_or("").to_string();
-    let up_series = loop {
-        if let Some(r) = prom.query("up") {
-            if let Some(s) = r.iter().find(|s| value(s) == "1") {
-                break s.clone();
-            }
-        }
-        assert!(
-            started.elapsed() < deadline,
-            "no up == 1 within {deadline:?}:\n{}",
-            prom.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let up_series = eventually(deadline, async || {
+        let r = prom.query("up")?;
+        r.iter().find(|s| value(s) == "1").cloned()
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no up == 1 within {deadline:?}:\n{}", prom.log()));
     println!("up == 1 after {:?}: {up_series}", started.elapsed());
     assert_eq!(up_series["metric"]["instance"], admin.to_string());
     assert_eq!(up_series["metric"]["job"], "cplb");
-    let series = loop {
-        if let Some(r) = prom.query("cplb_upstream_up") {
-            if !r.is_empty() {
-                break r;
-            }
-        }
-        assert!(
-            started.elapsed() < deadline,
-            "no cplb_upstream_up:\n{}",
-            prom.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let series = eventually(deadline, async || {
+        prom.query("cplb_upstream_up").filter(|r| !r.is_empty())
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no cplb_upstream_up:\n{}", prom.log()));
     println!("cplb_upstream_up: {series:?}");
     assert_eq!(series.len(), 1);
     assert_eq!(series[0]["metric"]["upstream"], up.addr.to_string());

@@ -98,9 +98,11 @@ async fn idle_timeout_closes_only_connections_where_no_byte_moved() {
     // The busy client talks every 50 ms, a twentieth of the idle timeout,
     // so a loaded machine's scheduling delays cannot make it look idle.
     let proxy = Proxy::start(config(&yaml(&[up.addr], "idle_timeout: 1s\n"))).await;
+    // Before the connect: the proxy's idle clock starts when the upstream's
+    // greeting passes, a moment before the client has read it.
+    let started = tokio::time::Instant::now();
     let mut idle = Client::connect(proxy.addr).await;
     let mut busy = Client::connect(proxy.addr).await;
-    let started = tokio::time::Instant::now();
     let mut idle_read = Box::pin(async move {
         let mut buf = [0u8; 1];
         let n = idle.reader.read(&mut buf).await.unwrap_or(0);

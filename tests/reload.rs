@@ -12,14 +12,9 @@ use std::time::Duration;
 use common::process::*;
 use common::*;
 
-fn file_yaml(ups: &[SocketAddr], extra: &str) -> String {
-    let mut y = format!(
-        "listen: 127.0.0.1:0\nworkers: 2\nadmin: 127.0.0.1:0\nshutdown_grace: 200ms\nhash:\n  key: connection\n{extra}\nupstreams:\n"
-    );
-    for u in ups {
-        y.push_str(&format!("  - address: {u}\n    fail_timeout: 60s\n"));
-    }
-    y
+/// A proxy with the admin endpoint and `hash.key: connection`.
+fn file_conf(ups: &[SocketAddr]) -> TestConfig {
+    TestConfig::new(ups).admin().hash_key("connection")
 }
 
 async fn start_from_file(path: &Path) -> Proxy {
@@ -28,23 +23,17 @@ async fn start_from_file(path: &Path) -> Proxy {
 
 /// Connects until every connection lands on `name` (the new set applied).
 async fn wait_for_upstream(proxy: &Proxy, name: &str) {
-    let end = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    eventually(DEADLINE, async || {
         let mut all = true;
         for _ in 0..6 {
             if Client::connect(proxy.addr).await.upstream != name {
                 all = false;
             }
         }
-        if all {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "reload to {name} never applied"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        all.then_some(())
+    })
+    .await
+    .unwrap_or_else(|_| panic!("reload to {name} never applied"));
 }
 
 fn reloads(p: &Proxy, result: &str) -> f64 {
@@ -60,11 +49,11 @@ async fn in_place_write_is_applied() {
     );
     let dir = temp_dir("inplace");
     let path = dir.join("cplb.yaml");
-    std::fs::write(&path, file_yaml(&[a.addr], "")).unwrap();
+    std::fs::write(&path, file_conf(&[a.addr]).yaml()).unwrap();
     let proxy = start_from_file(&path).await;
     assert_eq!(Client::connect(proxy.addr).await.upstream, "a");
     // Truncate and write the same inode, as `echo > file` does.
-    std::fs::write(&path, file_yaml(&[b.addr], "")).unwrap();
+    std::fs::write(&path, file_conf(&[b.addr]).yaml()).unwrap();
     wait_for_upstream(&proxy, "b").await;
     assert_eq!(
         reloads(&proxy, "success"),
@@ -82,10 +71,10 @@ async fn editor_write_temp_and_rename_is_applied() {
     );
     let dir = temp_dir("rename");
     let path = dir.join("cplb.yaml");
-    std::fs::write(&path, file_yaml(&[a.addr], "")).unwrap();
+    std::fs::write(&path, file_conf(&[a.addr]).yaml()).unwrap();
     let proxy = start_from_file(&path).await;
     let tmp = dir.join(".cplb.yaml.swp");
-    std::fs::write(&tmp, file_yaml(&[b.addr], "")).unwrap();
+    std::fs::write(&tmp, file_conf(&[b.addr]).yaml()).unwrap();
     std::fs::rename(&tmp, &path).unwrap();
     wait_for_upstream(&proxy, "b").await;
     proxy.shutdown().await;
@@ -99,14 +88,14 @@ async fn delete_and_recreate_is_applied() {
     );
     let dir = temp_dir("recreate");
     let path = dir.join("cplb.yaml");
-    std::fs::write(&path, file_yaml(&[a.addr], "")).unwrap();
+    std::fs::write(&path, file_conf(&[a.addr]).yaml()).unwrap();
     let proxy = start_from_file(&path).await;
     std::fs::remove_file(&path).unwrap();
     // While missing, the old config keeps serving.
     let mut c = Client::connect(proxy.addr).await;
     c.ping("still here").await;
     assert_eq!(c.upstream, "a");
-    std::fs::write(&path, file_yaml(&[b.addr], "")).unwrap();
+    std::fs::write(&path, file_conf(&[b.addr]).yaml()).unwrap();
     wait_for_upstream(&proxy, "b").await;
     proxy.shutdown().await;
 }
@@ -132,7 +121,7 @@ async fn kubernetes_configmap_data_swap_is_applied() {
         FakeUpstream::start("b").await,
     );
     let dir = temp_dir("configmap");
-    configmap_publish(&dir, "2026_11_24_10_00_00.1", &file_yaml(&[a.addr], ""));
+    configmap_publish(&dir, "2026_11_24_10_00_00.1", &file_conf(&[a.addr]).yaml());
     let path: PathBuf = dir.join("cplb.yaml");
     assert!(
         std::fs::symlink_metadata(&path)
@@ -142,7 +131,7 @@ async fn kubernetes_configmap_data_swap_is_applied() {
     );
     let proxy = start_from_file(&path).await;
     assert_eq!(Client::connect(proxy.addr).await.upstream, "a");
-    configmap_publish(&dir, "2026_11_24_10_01_00.2", &file_yaml(&[b.addr], ""));
+    configmap_publish(&dir, "2026_11_24_10_01_00.2", &file_conf(&[b.addr]).yaml());
     std::fs::remove_dir_all(dir.join("..2026_11_24_10_00_00.1")).unwrap();
     wait_for_upstream(&proxy, "b").await;
     assert_eq!(
@@ -169,7 +158,7 @@ fn spawn_debug(path: &Path) -> CplbProcess {
 }
 
 fn proc_yaml(ups: &[SocketAddr]) -> String {
-    file_yaml(ups, "").replace("admin: 127.0.0.1:0\n", "admin: \"\"\n")
+    file_conf(ups).set("admin", "\"\"").yaml()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,7 +203,7 @@ async fn invalid_config_is_refused_and_the_old_one_keeps_serving() {
     let a = FakeUpstream::start("a").await;
     let dir = temp_dir("invalid");
     let path = dir.join("cplb.yaml");
-    std::fs::write(&path, file_yaml(&[a.addr], "")).unwrap();
+    std::fs::write(&path, file_conf(&[a.addr]).yaml()).unwrap();
     let proxy = start_from_file(&path).await;
     std::fs::write(&path, "upstreams:\n  - address: a:1\n    weight: 0\n").unwrap();
     wait_until("refusal counted", || reloads(&proxy, "failure") == 1.0).await;
@@ -231,7 +220,7 @@ async fn invalid_config_is_refused_and_the_old_one_keeps_serving() {
         "{err}"
     );
     // Fixing the file recovers.
-    std::fs::write(&path, file_yaml(&[a.addr], "idle_timeout: 5m\n")).unwrap();
+    std::fs::write(&path, file_conf(&[a.addr]).idle_timeout("5m").yaml()).unwrap();
     wait_until("fixed config applied", || {
         proxy
             .scrape()
@@ -251,7 +240,7 @@ async fn health_state_survives_reload_and_removed_upstreams_keep_their_connectio
     let dead = refused_addr();
     let dir = temp_dir("state");
     let path = dir.join("cplb.yaml");
-    std::fs::write(&path, file_yaml(&[a.addr, b.addr, dead], "")).unwrap();
+    std::fs::write(&path, file_conf(&[a.addr, b.addr, dead]).yaml()).unwrap();
     let proxy = start_from_file(&path).await;
     let mut on_a = None;
     for _ in 0..30 {
@@ -267,11 +256,9 @@ async fn health_state_survives_reload_and_removed_upstreams_keep_their_connectio
         0.0
     );
     // Remove a, keep b and the dead one (with a new weight).
-    let new = file_yaml(&[b.addr, dead], "").replacen(
-        &format!("address: {dead}\n"),
-        &format!("address: {dead}\n    weight: 3\n"),
-        1,
-    );
+    let new = file_conf(&[b.addr, dead])
+        .upstream_set(dead, "weight", 3)
+        .yaml();
     std::fs::write(&path, new).unwrap();
     wait_for_upstream(&proxy, "b").await;
     let s = proxy.scrape();
@@ -301,9 +288,9 @@ async fn restart_only_fields_are_kept_and_the_rest_applies() {
     );
     let dir = temp_dir("restart");
     let path = dir.join("cplb.yaml");
-    std::fs::write(&path, file_yaml(&[a.addr], "")).unwrap();
+    std::fs::write(&path, file_conf(&[a.addr]).yaml()).unwrap();
     let proxy = start_from_file(&path).await;
-    let changed = file_yaml(&[b.addr], "backlog: 100\n").replace("workers: 2", "workers: 3");
+    let changed = file_conf(&[b.addr]).set("backlog", 100).workers(3).yaml();
     std::fs::write(&path, changed).unwrap();
     let outcome = proxy.reload.reload().await.unwrap();
     match outcome {
@@ -327,8 +314,8 @@ async fn hundred_reloads_under_load_drop_nothing() {
         FakeUpstream::start("b").await,
         FakeUpstream::start("c").await,
     ];
-    let set1 = file_yaml(&[ups[0].addr, ups[1].addr], "");
-    let set2 = file_yaml(&[ups[1].addr, ups[2].addr], "");
+    let set1 = file_conf(&[ups[0].addr, ups[1].addr]).yaml();
+    let set2 = file_conf(&[ups[1].addr, ups[2].addr]).yaml();
     let dir = temp_dir("soak");
     let path = dir.join("cplb.yaml");
     std::fs::write(&path, &set1).unwrap();
@@ -445,13 +432,9 @@ async fn reloaded_shutdown_grace_is_the_one_the_drain_uses() {
     let a = FakeUpstream::start("a").await;
     let dir = temp_dir("grace");
     let path = dir.join("cplb.yaml");
-    std::fs::write(
-        &path,
-        file_yaml(&[a.addr], "").replace("shutdown_grace: 200ms", "shutdown_grace: 60s"),
-    )
-    .unwrap();
+    std::fs::write(&path, file_conf(&[a.addr]).shutdown_grace("60s").yaml()).unwrap();
     let proxy = start_from_file(&path).await;
-    std::fs::write(&path, file_yaml(&[a.addr], "")).unwrap(); // grace 200ms
+    std::fs::write(&path, file_conf(&[a.addr]).yaml()).unwrap(); // grace 200ms
     proxy.reload.reload().await.unwrap();
     let mut c = Client::connect(proxy.addr).await;
     c.ping("held open").await;
@@ -465,7 +448,7 @@ async fn unrelated_files_beside_the_config_trigger_nothing() {
     let a = FakeUpstream::start("a").await;
     let dir = temp_dir("noise");
     let path = dir.join("cplb.yaml");
-    std::fs::write(&path, file_yaml(&[a.addr], "")).unwrap();
+    std::fs::write(&path, file_conf(&[a.addr]).yaml()).unwrap();
     let proxy = start_from_file(&path).await;
     std::fs::write(&path, "upstreams: []\n").unwrap();
     wait_until("refused once", || reloads(&proxy, "failure") == 1.0).await;
@@ -478,7 +461,7 @@ async fn unrelated_files_beside_the_config_trigger_nothing() {
     std::fs::write(&path, "upstreams: []\n").unwrap();
     // A real fix afterwards proves the watcher was alive all along.
     let b = FakeUpstream::start("b").await;
-    std::fs::write(&path, file_yaml(&[b.addr], "")).unwrap();
+    std::fs::write(&path, file_conf(&[b.addr]).yaml()).unwrap();
     wait_for_upstream(&proxy, "b").await;
     assert_eq!(
         reloads(&proxy, "failure"),
@@ -493,7 +476,7 @@ async fn undoing_a_bad_edit_clears_the_failed_reload_gauge() {
     let a = FakeUpstream::start("a").await;
     let dir = temp_dir("undo");
     let path = dir.join("cplb.yaml");
-    let good = file_yaml(&[a.addr], "");
+    let good = file_conf(&[a.addr]).yaml();
     std::fs::write(&path, &good).unwrap();
     let proxy = start_from_file(&path).await;
     let gauge = |p: &Proxy| p.scrape().get("cplb_config_last_reload_successful", &[]);
@@ -513,7 +496,7 @@ async fn undoing_a_bad_edit_clears_the_failed_reload_gauge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undoing_a_bad_edit_logs_that_the_file_is_valid_again() {
     let a = FakeUpstream::start("a").await;
-    let good = file_yaml(&[a.addr], "").replace("admin: 127.0.0.1:0\n", "admin: \"\"\n");
+    let good = file_conf(&[a.addr]).set("admin", "\"\"").yaml();
     let mut p = CplbProcess::spawn(&good, Options::default());
     std::fs::write(&p.config_path, "upstreams: []\n").unwrap();
     p.wait_for_log("config reload refused");

@@ -192,7 +192,11 @@ async fn shipped_checks_take_a_master_whose_readyz_fails_out() {
             masters[0].requests() >= 2
                 && proxy.scrape().get(
                     "cplb_health_checks_total",
-                    &[("upstream", &first.to_string()), ("result", "success")],
+                    &[
+                        ("upstream", &first.to_string()),
+                        ("result", "success"),
+                        ("reason", "none"),
+                    ],
                 ) >= 2.0
         })
         .await;

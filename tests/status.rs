@@ -5,7 +5,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use common::process::*;
 use common::*;
@@ -39,18 +38,18 @@ async fn status_json(admin: &str) -> (i32, Value) {
 
 /// Polls `cplb status --output json` until `cond` holds; returns that answer.
 async fn json_until(admin: &str, what: &str, cond: impl Fn(i32, &Value) -> bool) -> (i32, Value) {
-    let end = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    let mut last = None;
+    eventually(DEADLINE, async || {
         let (code, v) = status_json(admin).await;
-        if cond(code, &v) {
-            return (code, v);
-        }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "timed out waiting for: {what}; last answer (exit {code}): {v:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let done = cond(code, &v);
+        last = Some((code, v));
+        done.then(|| last.clone()).flatten()
+    })
+    .await
+    .unwrap_or_else(|_| {
+        let (code, v) = last.clone().unwrap_or((-1, Value::Null));
+        panic!("timed out waiting for: {what}; last answer (exit {code}): {v:#}")
+    })
 }
 
 fn upstream(v: &Value, addr: SocketAddr) -> &Value {
@@ -78,17 +77,21 @@ fn cells(row: &str) -> Vec<&str> {
 }
 
 fn yaml(ups: &[SocketAddr], checks: bool) -> String {
-    let mut y = String::from(
-        "listen: 127.0.0.1:0\nworkers: 2\nadmin: 127.0.0.1:0\nshutdown_grace: 200ms\n",
-    );
-    if checks {
-        y.push_str("health_check:\n  mode: tcp\n  interval: 100ms\n  timeout: 500ms\n  rise: 1\n  fall: 1\n");
+    conf(ups, checks).yaml()
+}
+
+fn conf(ups: &[SocketAddr], checks: bool) -> TestConfig {
+    let c = TestConfig::new(ups).admin();
+    if !checks {
+        return c;
     }
-    y.push_str("upstreams:\n");
-    for u in ups {
-        y.push_str(&format!("  - address: {u}\n    fail_timeout: 60s\n"));
-    }
-    y
+    c.health_check(
+        HealthCheck::tcp()
+            .interval("100ms")
+            .timeout("500ms")
+            .rise(1)
+            .fall(1),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,10 +259,10 @@ async fn unreachable_admin_exits_three_with_a_clear_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_reload_is_shown_until_a_good_one() {
     let up = FakeUpstream::start("m").await;
-    let good = yaml(&[up.addr], false);
-    let mut p = CplbProcess::spawn(&good, Options::default());
+    let good = conf(&[up.addr], false);
+    let mut p = CplbProcess::spawn(&good.yaml(), Options::default());
     let admin = p.admin.unwrap().to_string();
-    std::fs::write(&p.config_path, good.replace("workers: 2", "workers: nope")).unwrap();
+    std::fs::write(&p.config_path, good.clone().set("workers", "nope").yaml()).unwrap();
     p.signal(libc::SIGHUP);
     let (code, v) = json_until(&admin, "refused reload", |_, v| {
         v["last_load"]["result"] == "failure"
@@ -277,11 +280,8 @@ async fn a_refused_reload_is_shown_until_a_good_one() {
         "{table}"
     );
 
-    std::fs::write(
-        &p.config_path,
-        good.replace("fail_timeout: 60s", "fail_timeout: 30s"),
-    )
-    .unwrap();
+    let running = good.fail_timeout(Some("30s"));
+    std::fs::write(&p.config_path, running.yaml()).unwrap();
     p.signal(libc::SIGHUP);
     let (_, v) = json_until(&admin, "good reload", |_, v| {
         v["last_load"]["result"] == "success"
@@ -293,17 +293,16 @@ async fn a_refused_reload_is_shown_until_a_good_one() {
 
     // A refused edit undone by hand: the file equals the running config
     // again, and the watcher's event clears the refusal.
-    let running = good.replace("fail_timeout: 60s", "fail_timeout: 30s");
     std::fs::write(
         &p.config_path,
-        running.replace("workers: 2", "workers: nope"),
+        running.clone().set("workers", "nope").yaml(),
     )
     .unwrap();
     json_until(&admin, "second refusal", |_, v| {
         v["last_load"]["result"] == "failure"
     })
     .await;
-    std::fs::write(&p.config_path, &running).unwrap();
+    std::fs::write(&p.config_path, running.yaml()).unwrap();
     let (_, v) = json_until(&admin, "refusal cleared by the undo", |_, v| {
         v["last_load"]["result"] == "success"
     })

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 /// so `cplb --check` and a refused reload read like `nginx -t`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("could not read {path}: {source}")]
+    #[error("could not read {path}")]
     Read {
         path: PathBuf,
         #[source]

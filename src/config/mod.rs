@@ -3,7 +3,7 @@
 
 mod error;
 mod nulls;
-pub mod raw;
+pub(crate) mod raw;
 mod validate;
 
 use std::net::SocketAddr;
@@ -11,13 +11,12 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use error::ConfigError;
-pub use validate::resolve_node_id;
+pub(crate) use error::ConfigError;
 
 /// Most upstreams a ring holds (see `ring::MAX_SERVERS`); an API server
 /// fleet is a handful of machines, so this is never the limit in practice.
-pub const MAX_UPSTREAMS: usize = crate::ring::MAX_SERVERS;
-pub const MAX_WEIGHT: u32 = 1000;
+pub(crate) const MAX_UPSTREAMS: usize = crate::ring::MAX_SERVERS;
+pub(crate) const MAX_WEIGHT: u32 = 1000;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {

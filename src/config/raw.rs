@@ -8,7 +8,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(crate) struct RawConfig {
     #[serde(default = "defaults::listen")]
     pub listen: Listen,
     #[serde(default)]
@@ -38,7 +38,7 @@ pub struct RawConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawHash {
+pub(crate) struct RawHash {
     #[serde(default = "defaults::hash_key")]
     pub key: String,
     #[serde(default)]
@@ -56,7 +56,7 @@ impl Default for RawHash {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawUpstream {
+pub(crate) struct RawUpstream {
     pub address: String,
     #[serde(default = "defaults::weight")]
     pub weight: i64,
@@ -68,7 +68,7 @@ pub struct RawUpstream {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawHealthCheck {
+pub(crate) struct RawHealthCheck {
     #[serde(default = "defaults::hc_interval", with = "humantime_serde")]
     pub interval: Duration,
     #[serde(default = "defaults::hc_timeout", with = "humantime_serde")]
@@ -89,7 +89,7 @@ pub struct RawHealthCheck {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTls {
+pub(crate) struct RawTls {
     #[serde(default)]
     pub ca_file: String,
     #[serde(default)]
@@ -106,7 +106,7 @@ pub struct RawTls {
 /// instead of `#[serde(untagged)]`, because untagged enums lose the error
 /// message ("data did not match any variant").
 #[derive(Debug)]
-pub struct Listen(pub Vec<String>);
+pub(crate) struct Listen(pub Vec<String>);
 
 impl<'de> Deserialize<'de> for Listen {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -132,65 +132,65 @@ impl<'de> Deserialize<'de> for Listen {
 }
 
 /// Defaults are nginx's where nginx has one (see README, "Configuration").
-pub mod defaults {
+pub(crate) mod defaults {
     use super::Listen;
     use std::time::Duration;
 
-    pub fn listen() -> Listen {
+    pub(crate) fn listen() -> Listen {
         Listen(vec!["127.0.0.1:8443".into()])
     }
     /// nginx's NGX_LISTEN_BACKLOG on Linux.
-    pub fn backlog() -> u64 {
+    pub(crate) fn backlog() -> u64 {
         511
     }
-    pub fn max_connections() -> u64 {
+    pub(crate) fn max_connections() -> u64 {
         20_000
     }
     /// nginx proxy_connect_timeout default.
-    pub fn connect_timeout() -> Duration {
+    pub(crate) fn connect_timeout() -> Duration {
         Duration::from_secs(60)
     }
     /// nginx proxy_timeout default.
-    pub fn idle_timeout() -> Duration {
+    pub(crate) fn idle_timeout() -> Duration {
         Duration::from_secs(600)
     }
-    pub fn shutdown_grace() -> Duration {
+    pub(crate) fn shutdown_grace() -> Duration {
         Duration::from_secs(30)
     }
-    pub fn hash_key() -> String {
+    pub(crate) fn hash_key() -> String {
         "node".into()
     }
-    pub fn admin() -> String {
+    pub(crate) fn admin() -> String {
         "127.0.0.1:8081".into()
     }
-    pub fn weight() -> i64 {
+    pub(crate) fn weight() -> i64 {
         1
     }
-    pub fn max_fails() -> u64 {
+    pub(crate) fn max_fails() -> u64 {
         1
     }
-    pub fn fail_timeout() -> Duration {
+    pub(crate) fn fail_timeout() -> Duration {
         Duration::from_secs(10)
     }
-    pub fn hc_interval() -> Duration {
+    pub(crate) fn hc_interval() -> Duration {
         Duration::from_secs(2)
     }
-    pub fn hc_timeout() -> Duration {
+    pub(crate) fn hc_timeout() -> Duration {
         Duration::from_secs(1)
     }
-    pub fn hc_rise() -> u64 {
+    pub(crate) fn hc_rise() -> u64 {
         2
     }
-    pub fn hc_fall() -> u64 {
+    pub(crate) fn hc_fall() -> u64 {
         3
     }
-    pub fn hc_mode() -> String {
+    pub(crate) fn hc_mode() -> String {
         "https".into()
     }
-    pub fn hc_path() -> String {
+    pub(crate) fn hc_path() -> String {
         "/readyz".into()
     }
-    pub fn close_on_down() -> bool {
+    pub(crate) fn close_on_down() -> bool {
         true
     }
 }

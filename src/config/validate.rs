@@ -49,10 +49,10 @@ impl Ctx<'_> {
 }
 
 /// The upper bound for timeouts and windows.
-pub const DAY: Duration = Duration::from_secs(86_400);
+pub(super) const DAY: Duration = Duration::from_secs(86_400);
 /// The upper bound for `idle_timeout`: a watch may stay quiet for long, but
 /// no configured duration exceeds a year.
-pub const YEAR: Duration = Duration::from_secs(365 * 86_400);
+pub(super) const YEAR: Duration = Duration::from_secs(365 * 86_400);
 
 pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     let cx = Ctx { path };
@@ -393,7 +393,7 @@ fn health_check(cx: &Ctx, hc: &RawHealthCheck) -> Result<HealthCheckConfig, Conf
 
 /// The node identity for `hash.key: node`: the configured value, else
 /// `$NODE_NAME` (the Downward API convention), else the hostname.
-pub fn resolve_node_id(configured: &str) -> String {
+pub(crate) fn resolve_node_id(configured: &str) -> String {
     if !configured.trim().is_empty() {
         return configured.trim().to_string();
     }

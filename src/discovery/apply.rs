@@ -18,22 +18,22 @@ use crate::status::model::Source;
 
 /// One member of the applied set.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Member {
-    pub source: Source,
+pub(crate) struct Member {
+    pub(crate) source: Source,
     /// Since when it is draining; `None` while listed.
-    pub draining_since: Option<Instant>,
+    pub(crate) draining_since: Option<Instant>,
 }
 
 /// One upstream of the set, ready for a snapshot.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
-    pub config: UpstreamConfig,
-    pub source: Source,
-    pub draining: bool,
+pub(crate) struct Entry {
+    pub(crate) config: UpstreamConfig,
+    pub(crate) source: Source,
+    pub(crate) draining: bool,
 }
 
 #[derive(Debug, Default)]
-pub struct Applied {
+pub(crate) struct Applied {
     members: BTreeMap<String, Member>,
     /// Static seeds carry their own settings (a seed may be a host name).
     seeds: Vec<UpstreamConfig>,
@@ -41,7 +41,7 @@ pub struct Applied {
 
 impl Applied {
     /// The seed list: the config's static upstreams.
-    pub fn seed(config: &Config) -> Applied {
+    pub(crate) fn seed(config: &Config) -> Applied {
         let members = config
             .upstreams
             .iter()
@@ -54,7 +54,7 @@ impl Applied {
     }
 
     /// The state file's list (already validated: non-empty, `ip:port`).
-    pub fn from_state(config: &Config, addresses: &[String]) -> Applied {
+    pub(crate) fn from_state(config: &Config, addresses: &[String]) -> Applied {
         Applied {
             members: addresses
                 .iter()
@@ -66,19 +66,19 @@ impl Applied {
 
     /// A reload changed the static list: seeds still applied take their
     /// new settings.
-    pub fn set_seeds(&mut self, config: &Config) {
+    pub(crate) fn set_seeds(&mut self, config: &Config) {
         self.seeds = config.upstreams.clone();
     }
 
     /// True while nothing but the seeds is applied (neither the state file
     /// nor the API has contributed): a reload's new seeds replace them.
-    pub fn only_seeds(&self) -> bool {
+    pub(crate) fn only_seeds(&self) -> bool {
         self.members.values().all(|m| m.source == Source::Static)
     }
 
     /// Applies a list from the API. Returns whether the set changed. An
     /// empty list changes nothing (the watcher refuses it too).
-    pub fn discovered(&mut self, addresses: &[String], now: Instant) -> bool {
+    pub(crate) fn discovered(&mut self, addresses: &[String], now: Instant) -> bool {
         if addresses.is_empty() {
             return false;
         }
@@ -108,7 +108,7 @@ impl Applied {
 
     /// Removes members that have drained for `remove_after`; returns their
     /// addresses.
-    pub fn expire(&mut self, now: Instant, remove_after: Duration) -> Vec<String> {
+    pub(crate) fn expire(&mut self, now: Instant, remove_after: Duration) -> Vec<String> {
         let gone: Vec<String> = self
             .members
             .iter()
@@ -125,16 +125,16 @@ impl Applied {
     }
 
     /// When the next draining member is due for removal.
-    pub fn next_expiry(&self, remove_after: Duration) -> Option<Instant> {
+    pub(crate) fn next_expiry(&self, remove_after: Duration) -> Option<Instant> {
         self.members
             .values()
             .filter_map(|m| m.draining_since)
             .min()
-            .map(|t| crate::shared::deadline(t, remove_after))
+            .map(|t| crate::clock::deadline(t, remove_after))
     }
 
     /// Listed (not draining) addresses, sorted: what the state file keeps.
-    pub fn listed(&self) -> Vec<String> {
+    pub(crate) fn listed(&self) -> Vec<String> {
         self.members
             .iter()
             .filter(|(_, m)| m.draining_since.is_none())
@@ -142,14 +142,14 @@ impl Applied {
             .collect()
     }
 
-    pub fn members(&self) -> &BTreeMap<String, Member> {
+    pub(crate) fn members(&self) -> &BTreeMap<String, Member> {
         &self.members
     }
 
     /// The upstreams to build a snapshot from, in address order (the ring
     /// does not depend on order). Seeds keep their configured settings;
     /// the others get `discovery.upstream`.
-    pub fn entries(&self, d: &DiscoveryConfig) -> Vec<Entry> {
+    pub(crate) fn entries(&self, d: &DiscoveryConfig) -> Vec<Entry> {
         self.members
             .iter()
             .filter_map(|(addr, m)| {
@@ -189,7 +189,7 @@ fn discovered_upstream(addr: &str, d: &DiscoveryConfig) -> Option<UpstreamConfig
 }
 
 /// The static upstreams as entries: discovery off.
-pub fn static_entries(config: &Config) -> Vec<Entry> {
+pub(crate) fn static_entries(config: &Config) -> Vec<Entry> {
     config
         .upstreams
         .iter()

@@ -14,14 +14,14 @@ use super::Stats;
 use super::client::Reason;
 use crate::status::model::Source;
 
-pub const SOURCES: [Source; 3] = [Source::Static, Source::State, Source::Api];
+pub(crate) const SOURCES: [Source; 3] = [Source::Static, Source::State, Source::Api];
 
 #[derive(Clone)]
-pub struct DiscoveryMetrics {
+pub(crate) struct DiscoveryMetrics {
     /// `cplb_upstreams{source}`: set by whoever applies a set.
-    pub upstreams: IntGaugeVec,
-    pub state_file_write_failures: IntCounter,
-    pub stats: Arc<Stats>,
+    pub(crate) upstreams: IntGaugeVec,
+    pub(crate) state_file_write_failures: IntCounter,
+    pub(crate) stats: Arc<Stats>,
 }
 
 struct FromStats {
@@ -63,7 +63,7 @@ fn catch_up(c: &IntCounter, total: u64) {
 }
 
 impl DiscoveryMetrics {
-    pub fn new(r: &Registry) -> prometheus::Result<DiscoveryMetrics> {
+    pub(crate) fn new(r: &Registry) -> prometheus::Result<DiscoveryMetrics> {
         let stats = Arc::new(Stats::default());
         let errors = IntCounterVec::new(
             Opts::new(
@@ -111,7 +111,7 @@ impl DiscoveryMetrics {
     }
 
     /// Sets `cplb_upstreams{source}` from a snapshot.
-    pub fn count(&self, snapshot: &crate::snapshot::Snapshot) {
+    pub(crate) fn count(&self, snapshot: &crate::snapshot::Snapshot) {
         for s in SOURCES {
             let n = snapshot.upstreams.iter().filter(|u| u.source == s).count();
             self.upstreams

@@ -7,12 +7,12 @@
 //! ready `ip:port` addresses and publishes them debounced ([`watcher`],
 //! [`fold`]), and the state file ([`state`]). See docs/discovery.md.
 
-pub mod apply;
+pub(crate) mod apply;
 pub mod client;
 pub mod config;
 pub mod fold;
-pub mod metrics;
-pub mod run;
+pub(crate) mod metrics;
+pub(crate) mod run;
 pub mod state;
 pub mod watcher;
 

@@ -20,7 +20,7 @@ use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 use crate::status::model::Source;
 
-pub struct Wiring {
+pub(crate) struct Wiring {
     metrics: DiscoveryMetrics,
     active: Option<Active>,
     /// Known once the reloader runs; the watcher starts then.
@@ -47,7 +47,7 @@ impl Drop for Watcher {
 }
 
 /// What woke the reloader.
-pub enum Event {
+pub(crate) enum Event {
     Discovered(Discovered),
     /// A draining upstream's `remove_after` is over.
     Expiry,
@@ -56,7 +56,7 @@ pub enum Event {
 impl Wiring {
     /// At start-up: with discovery on, the state file (if valid and for
     /// this service) is the initial set, else the static seeds.
-    pub fn new(config: &Config, metrics: DiscoveryMetrics) -> Wiring {
+    pub(crate) fn new(config: &Config, metrics: DiscoveryMetrics) -> Wiring {
         Wiring {
             active: config.discovery.as_ref().map(|d| Active::new(config, d)),
             metrics,
@@ -65,7 +65,7 @@ impl Wiring {
     }
 
     /// The upstreams a snapshot of `config` gets now.
-    pub fn entries(&self, config: &Config) -> Vec<Entry> {
+    pub(crate) fn entries(&self, config: &Config) -> Vec<Entry> {
         match &self.active {
             Some(a) => a.applied.entries(&a.config),
             None => static_entries(config),
@@ -73,7 +73,7 @@ impl Wiring {
     }
 
     /// Starts the watcher (the reloader calls this when it begins to run).
-    pub fn start(&mut self, shared: Arc<Shared>) {
+    pub(crate) fn start(&mut self, shared: Arc<Shared>) {
         self.shared = Some(shared);
         self.spawn();
     }
@@ -102,7 +102,7 @@ impl Wiring {
 
     /// Waits for a discovered list or a drain expiry; never returns while
     /// discovery is off. Cancel-safe.
-    pub async fn next(&mut self) -> Event {
+    pub(crate) async fn next(&mut self) -> Event {
         let Some(a) = &mut self.active else {
             return pending().await;
         };
@@ -134,7 +134,7 @@ impl Wiring {
     }
 
     /// Applies an event to the set. True if a new snapshot is needed.
-    pub fn handle(&mut self, ev: Event) -> bool {
+    pub(crate) fn handle(&mut self, ev: Event) -> bool {
         let Some(a) = &mut self.active else {
             return false;
         };
@@ -175,7 +175,7 @@ impl Wiring {
     /// A reload changed the config from `old` to `new`: turn discovery on
     /// or off, restart the watcher when its settings changed, and let new
     /// seeds replace old ones while nothing else is known.
-    pub fn reconfigure(&mut self, old: &Config, new: &Config) {
+    pub(crate) fn reconfigure(&mut self, old: &Config, new: &Config) {
         match (&mut self.active, &new.discovery) {
             (None, None) => {}
             (Some(_), None) => {
@@ -205,7 +205,7 @@ impl Wiring {
 
     /// After a snapshot was published: metrics, and the state file when
     /// the listed set changed since the last write.
-    pub async fn published(&mut self, snapshot: &Snapshot) {
+    pub(crate) async fn published(&mut self, snapshot: &Snapshot) {
         self.metrics.count(snapshot);
         let Some(a) = &mut self.active else { return };
         let from_api = a
@@ -241,7 +241,7 @@ impl Wiring {
     }
 
     /// The upstreams' count by source, for the first snapshot.
-    pub fn count(&self, snapshot: &Snapshot) {
+    pub(crate) fn count(&self, snapshot: &Snapshot) {
         self.metrics.count(snapshot);
     }
 }

@@ -34,16 +34,16 @@ impl Default for RawFailback {
 /// Defaults chosen from `cplb simulate` (docs/failback.md).
 mod defaults {
     use std::time::Duration;
-    pub fn enabled() -> bool {
+    pub(super) fn enabled() -> bool {
         true
     }
-    pub fn settle() -> Duration {
+    pub(super) fn settle() -> Duration {
         Duration::from_secs(30)
     }
-    pub fn spread() -> Duration {
+    pub(super) fn spread() -> Duration {
         Duration::from_secs(120)
     }
-    pub fn max_per_second() -> u64 {
+    pub(super) fn max_per_second() -> u64 {
         2
     }
 }

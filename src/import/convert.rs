@@ -41,7 +41,7 @@ enum WorkerProcesses {
     Count(u64),
 }
 
-pub fn convert(top: &[Directive]) -> Result<Conversion, ImportError> {
+pub(super) fn convert(top: &[Directive]) -> Result<Conversion, ImportError> {
     let mut cx = Cx::default();
     let mut plan = Plan::default();
     let mut stream: Option<&Directive> = None;

@@ -18,7 +18,7 @@ fn unit_ms(unit: &str) -> Option<u64> {
 }
 
 /// The humantime text for an nginx time value, or `None` if it is not one.
-pub fn to_humantime(text: &str) -> Option<String> {
+pub(super) fn to_humantime(text: &str) -> Option<String> {
     let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
     if compact.is_empty() {
         return None;

@@ -6,27 +6,27 @@ use std::fmt::Write;
 
 /// One scalar setting and the comment lines written above it.
 #[derive(Debug, Default, Clone)]
-pub struct Value {
+pub(super) struct Value {
     pub text: String,
     pub comment: Vec<String>,
 }
 
 impl Value {
-    pub fn new(text: impl Into<String>) -> Value {
+    pub(super) fn new(text: impl Into<String>) -> Value {
         Value {
             text: text.into(),
             comment: Vec::new(),
         }
     }
 
-    pub fn with_comment(mut self, lines: &[&str]) -> Value {
+    pub(super) fn with_comment(mut self, lines: &[&str]) -> Value {
         self.comment.extend(lines.iter().map(|l| l.to_string()));
         self
     }
 }
 
 #[derive(Debug, Default, Clone)]
-pub struct Server {
+pub(super) struct Server {
     pub address: String,
     pub weight: Option<u64>,
     pub max_fails: Option<u64>,
@@ -37,7 +37,7 @@ pub struct Server {
 /// Everything `convert` decided; `None` means "nginx did not set it", and
 /// the key is left out because cplb's defaults are nginx's.
 #[derive(Debug, Default, Clone)]
-pub struct Plan {
+pub(super) struct Plan {
     pub listen: Vec<String>,
     pub listen_comment: Vec<String>,
     pub workers: Option<Value>,
@@ -54,9 +54,9 @@ pub struct Plan {
 
 /// nginx's health endpoint was an http server on 8081; cplb's admin
 /// endpoint answers there, so probes written for nginx-proxy keep working.
-pub const ADMIN: &str = "127.0.0.1:8081";
+pub(super) const ADMIN: &str = "127.0.0.1:8081";
 
-pub fn yaml(plan: &Plan) -> String {
+pub(super) fn yaml(plan: &Plan) -> String {
     let mut out = String::new();
     comment(
         &mut out,

@@ -5,7 +5,7 @@
 use super::ImportError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
+pub(super) enum Kind {
     Word(String),
     Semicolon,
     Open,
@@ -13,12 +13,12 @@ pub enum Kind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Token {
+pub(super) struct Token {
     pub kind: Kind,
     pub line: usize,
 }
 
-pub fn tokenize(text: &str) -> Result<Vec<Token>, ImportError> {
+pub(super) fn tokenize(text: &str) -> Result<Vec<Token>, ImportError> {
     let mut out = Vec::new();
     let mut line = 1;
     let mut chars = text.chars().peekable();

@@ -5,7 +5,7 @@ use super::ImportError;
 use super::lexer::{Kind, Token};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Directive {
+pub(super) struct Directive {
     pub name: String,
     pub args: Vec<String>,
     pub line: usize,
@@ -16,9 +16,9 @@ pub struct Directive {
 /// Deepest block nesting accepted. A real stream config nests three deep
 /// (`stream { upstream { } }`); the cap keeps the recursion (here, in
 /// `convert` and in dropping the tree) far from the stack's end on any input.
-pub const MAX_DEPTH: usize = 100;
+pub(super) const MAX_DEPTH: usize = 100;
 
-pub fn parse(tokens: &[Token]) -> Result<Vec<Directive>, ImportError> {
+pub(super) fn parse(tokens: &[Token]) -> Result<Vec<Directive>, ImportError> {
     let mut pos = 0;
     let out = parse_block(tokens, &mut pos, None, 0)?;
     Ok(out)

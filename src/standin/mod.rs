@@ -58,7 +58,7 @@ pub struct ApiServer {
     accept: Option<tokio::task::JoinHandle<()>>,
 }
 
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -118,10 +118,6 @@ impl ApiServer {
             stop,
             accept: Some(accept),
         })
-    }
-
-    pub fn name(&self) -> &str {
-        &self.state.name
     }
 
     /// Switches `/readyz` between 200 and 503 (like etcd being lost).

@@ -13,7 +13,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_RESPONSE: u64 = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
-pub enum StatusError {
+pub(crate) enum StatusError {
     #[error("'{0}' is not a host:port address of cplb's admin endpoint")]
     Address(String),
     #[error(
@@ -45,7 +45,7 @@ pub enum StatusError {
 }
 
 /// GETs `http://{admin}/status` and parses it.
-pub fn fetch(admin: &str) -> Result<Status, StatusError> {
+pub(crate) fn fetch(admin: &str) -> Result<Status, StatusError> {
     let addrs: Vec<SocketAddr> = admin
         .to_socket_addrs()
         .map_err(|_| StatusError::Address(admin.to_string()))?

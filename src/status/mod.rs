@@ -1,31 +1,30 @@
 //! `cplb status`: one table of the upstreams, read from a running cplb's
 //! admin endpoint (`/status`), for operators and for probes.
 //!
-//! - [`model`]: the `/status` document, built by `collect` for `admin`
+//! - `model`: the `/status` document, built by `collect` for `admin`
 //!   and read back here.
 //! - `client`: a bounded HTTP/1.1 GET, no async runtime needed.
 //! - `render`: the table.
 //!
 //! Exit codes, so the command can be a probe or a script check:
-//! [`EXIT_OK`] when at least one upstream is usable, [`EXIT_NO_USABLE`] when
-//! cplb answers but no upstream is usable, [`EXIT_UNREACHABLE`] when cplb
+//! `EXIT_OK` when at least one upstream is usable, `EXIT_NO_USABLE` when
+//! cplb answers but no upstream is usable, `EXIT_UNREACHABLE` when cplb
 //! cannot be reached or its answer is not understood. (2 stays clap's
 //! code for a usage error.)
 
 mod client;
 pub(crate) mod collect;
-pub mod model;
+pub(crate) mod model;
 mod render;
 
 use std::io::Write;
 use std::path::PathBuf;
 
-pub use client::{StatusError, fetch};
-pub use model::Status;
+pub(crate) use client::fetch;
 
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_NO_USABLE: u8 = 1;
-pub const EXIT_UNREACHABLE: u8 = 3;
+pub(crate) const EXIT_OK: u8 = 0;
+pub(crate) const EXIT_NO_USABLE: u8 = 1;
+pub(crate) const EXIT_UNREACHABLE: u8 = 3;
 
 /// `--output`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +37,7 @@ pub enum Output {
 /// `/status`. Written on start-up and on each reload (rare), never on the
 /// proxy's path.
 #[derive(Debug, Clone)]
-pub struct LoadRecord {
+pub(crate) struct LoadRecord {
     pub file: Option<PathBuf>,
     /// Unix seconds.
     pub at: f64,
@@ -48,7 +47,7 @@ pub struct LoadRecord {
 }
 
 impl LoadRecord {
-    pub fn startup(file: Option<PathBuf>, at: f64) -> LoadRecord {
+    pub(crate) fn startup(file: Option<PathBuf>, at: f64) -> LoadRecord {
         LoadRecord {
             file,
             at,
@@ -58,7 +57,7 @@ impl LoadRecord {
         }
     }
 
-    pub fn reload(file: Option<PathBuf>, at: f64, error: Option<String>) -> LoadRecord {
+    pub(crate) fn reload(file: Option<PathBuf>, at: f64, error: Option<String>) -> LoadRecord {
         LoadRecord {
             file,
             at,
@@ -89,7 +88,7 @@ pub fn run(admin: &str, output: Output, out: &mut dyn Write, err: &mut dyn Write
             return EXIT_UNREACHABLE;
         }
     };
-    let now = crate::server::unix_now();
+    let now = crate::clock::Clock::unix_now();
     let written = match output {
         Output::Table => out.write_all(render::table(&status, admin, now).as_bytes()),
         Output::Json => serde_json::to_string_pretty(&status)

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Status {
+pub(crate) struct Status {
     pub version: String,
     /// The config file cplb runs from; `None` when started without one.
     pub config_file: Option<String>,
@@ -15,14 +15,14 @@ pub struct Status {
 }
 
 impl Status {
-    pub fn usable_upstreams(&self) -> usize {
+    pub(crate) fn usable_upstreams(&self) -> usize {
         self.upstreams.iter().filter(|u| u.usable).count()
     }
 }
 
 /// The last load of the config file: at start-up or a reload.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Load {
+pub(crate) struct Load {
     pub time: f64,
     pub kind: LoadKind,
     pub result: LoadResult,
@@ -32,14 +32,14 @@ pub struct Load {
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum LoadKind {
+pub(crate) enum LoadKind {
     Startup,
     Reload,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum LoadResult {
+pub(crate) enum LoadResult {
     Success,
     Failure,
 }
@@ -48,14 +48,14 @@ pub enum LoadResult {
 /// discovery is on), discovery's state file, or the API.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum Source {
+pub(crate) enum Source {
     Static,
     State,
     Api,
 }
 
 impl Source {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Source::Static => "static",
             Source::State => "state",
@@ -66,13 +66,13 @@ impl Source {
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum State {
+pub(crate) enum State {
     Up,
     Down,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub address: String,
     pub source: Source,
     /// Gone from the API, kept until `remove_after`: new connections only
@@ -103,7 +103,7 @@ pub struct Upstream {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Check {
+pub(crate) struct Check {
     pub time: f64,
     pub ok: bool,
     pub error: Option<String>,

@@ -8,6 +8,10 @@ pub mod process;
 pub mod promql;
 pub mod require;
 pub mod shipped;
+pub mod testconfig;
+
+#[allow(unused_imports)] // Not every test file builds configs.
+pub use testconfig::{HealthCheck, TestConfig};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -335,14 +339,32 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String, S
     (status, head.to_string(), body.to_string())
 }
 
+/// The deadline passed before `eventually`'s probe answered.
+#[derive(Debug)]
+pub struct TimedOut(pub Duration);
+
+/// Polls the async `probe` every 20 ms until it answers `Some(value)`, and
+/// returns that value; `Err(TimedOut)` once `deadline` has passed, so the
+/// caller's panic can add its own context (logs, the last answer).
+pub async fn eventually<T>(
+    deadline: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> Result<T, TimedOut> {
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = probe().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= end {
+            return Err(TimedOut(deadline));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls `cond` until it holds or the deadline passes.
 pub async fn wait_until<F: FnMut() -> bool>(what: &str, mut cond: F) {
-    let end = tokio::time::Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < end,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(DEADLINE, async || cond().then_some(()))
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for: {what}"));
 }

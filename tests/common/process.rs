@@ -94,6 +94,7 @@ impl CplbProcess {
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
             let f = &v["fields"];
             p.addr = f["listen"][0].as_str().unwrap().parse().unwrap();
+            // An address, or "disabled".
             p.admin = f["admin"].as_str().and_then(|a| a.parse().ok());
             return p;
         }
@@ -105,11 +106,8 @@ impl CplbProcess {
             .trim_matches('"')
             .parse()
             .unwrap();
-        if line.contains("admin=") && !line.contains("admin=None") {
-            let a = field(&line, "admin=");
-            let a = a.trim_start_matches("Some(").trim_end_matches(')');
-            p.admin = a.parse().ok();
-        }
+        // An address, or "disabled".
+        p.admin = field(&line, "admin=").parse().ok();
         p
     }
 

@@ -16,7 +16,7 @@ pub struct Policy {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub(crate) enum Admission {
     Usable,
     /// Marked down, but its `fail_timeout` has passed: this caller may try
     /// it. Only one caller per `fail_timeout` gets a trial.
@@ -25,7 +25,7 @@ pub enum Admission {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transition {
+pub(crate) enum Transition {
     MarkedDown,
     MarkedUp,
 }
@@ -41,28 +41,28 @@ pub struct PassiveHealth {
 }
 
 impl PassiveHealth {
-    pub fn is_down(&self) -> bool {
+    pub(crate) fn is_down(&self) -> bool {
         self.down_until.load(Relaxed) != 0
     }
 
-    pub fn since_ms(&self) -> u64 {
+    pub(crate) fn since_ms(&self) -> u64 {
         self.since.load(Relaxed)
     }
 
     /// Failures counted in the current window.
-    pub fn recent_failures(&self) -> u32 {
+    pub(crate) fn recent_failures(&self) -> u32 {
         self.fails.load(Relaxed)
     }
 
     /// Whether this upstream may be used now, without side effects.
-    pub fn is_usable(&self, policy: Policy, now: u64) -> bool {
+    pub(crate) fn is_usable(&self, policy: Policy, now: u64) -> bool {
         let until = self.down_until.load(Acquire);
         policy.max_fails == 0 || until == 0 || now >= until
     }
 
     /// Asks to use this upstream now. Granting a trial pushes the next trial
     /// `fail_timeout` away, so a dead upstream costs one connect per window.
-    pub fn admit(&self, policy: Policy, now: u64) -> Admission {
+    pub(crate) fn admit(&self, policy: Policy, now: u64) -> Admission {
         if policy.max_fails == 0 {
             return Admission::Usable;
         }
@@ -85,7 +85,7 @@ impl PassiveHealth {
 
     /// Records a failed connect. Returns `MarkedDown` on the failure that
     /// reaches `max_fails` within `fail_timeout`.
-    pub fn on_failure(&self, policy: Policy, now: u64) -> Option<Transition> {
+    pub(crate) fn on_failure(&self, policy: Policy, now: u64) -> Option<Transition> {
         if policy.max_fails == 0 {
             return None;
         }
@@ -118,7 +118,7 @@ impl PassiveHealth {
     }
 
     /// Records a successful connect; brings a down upstream back up.
-    pub fn on_success(&self, now: u64) -> Option<Transition> {
+    pub(crate) fn on_success(&self, now: u64) -> Option<Transition> {
         if self.fails.load(Relaxed) != 0 {
             self.fails.store(0, Release);
         }

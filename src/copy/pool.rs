@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 
-pub const BUF_SIZE: usize = 32 * 1024;
+pub(super) const BUF_SIZE: usize = 32 * 1024;
 /// Per worker thread; beyond it, returned buffers are freed.
 const KEEP: usize = 64;
 
@@ -12,12 +12,12 @@ thread_local! {
     static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
 }
 
-pub fn take() -> Box<[u8]> {
+pub(super) fn take() -> Box<[u8]> {
     FREE.with(|f| f.borrow_mut().pop())
         .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
 }
 
-pub fn give(buf: Box<[u8]>) {
+pub(super) fn give(buf: Box<[u8]>) {
     FREE.with(|f| {
         let mut f = f.borrow_mut();
         if f.len() < KEEP {

@@ -11,7 +11,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -20,11 +20,19 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::pool;
-use crate::splice::Pipe;
+mod pool;
+mod sockopt;
+mod splice;
 
+use splice::Pipe;
+
+/// TCP_NODELAY and keepalive, for the listener (inherited by accepted
+/// client sockets) and each upstream socket; see `sockopt`.
+pub(crate) use sockopt::tune as tune_socket;
+
+/// Why a copy ended, when it ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum CopyEnd {
     /// Both sides finished their writes and reads.
     Closed,
     /// Neither side moved a byte for `idle_timeout`.
@@ -32,7 +40,7 @@ pub enum Outcome {
 }
 
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Totals {
+pub(crate) struct Totals {
     pub to_upstream: u64,
     pub to_client: u64,
 }
@@ -46,7 +54,6 @@ struct Half {
     /// Bulk seen: forward with splice from now on.
     splice: bool,
     pipe: Option<Pipe>,
-    in_pipe: usize,
     eof: bool,
     done: bool,
     total: u64,
@@ -84,15 +91,12 @@ impl Half {
                     pool::give(buf);
                 }
             }
-            if let Some(pipe) = &self.pipe {
-                let fd = to.as_raw_fd();
-                while self.in_pipe > 0 {
+            if let Some(pipe) = &mut self.pipe {
+                while pipe.len() > 0 {
                     ready!(to.poll_write_ready(cx))?;
-                    let len = self.in_pipe;
-                    match to.try_io(Interest::WRITABLE, || pipe.drain_to(fd, len)) {
+                    match to.try_io(Interest::WRITABLE, || pipe.drain_to(to.as_fd())) {
                         Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                         Ok(n) => {
-                            self.in_pipe -= n;
                             self.total += n as u64;
                             counter.inc_by(n as u64);
                             *progressed = true;
@@ -119,16 +123,14 @@ impl Half {
             ready!(from.poll_read_ready(cx))?;
             if self.splice {
                 // Out of descriptors for a pipe: this read goes buffered.
-                if let Some(pipe) = Pipe::take() {
-                    let fd = from.as_raw_fd();
-                    match from.try_io(Interest::READABLE, || pipe.fill_from(fd)) {
+                if let Some(mut pipe) = Pipe::take() {
+                    match from.try_io(Interest::READABLE, || pipe.fill_from(from.as_fd())) {
                         Ok(0) => {
                             pipe.give();
                             self.eof = true;
                         }
-                        Ok(n) => {
+                        Ok(_) => {
                             self.pipe = Some(pipe);
-                            self.in_pipe = n;
                             *progressed = true;
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => pipe.give(),
@@ -183,13 +185,13 @@ fn clear_read_readiness(stream: &TcpStream) {
 }
 
 /// Copies both ways until both sides have closed, an error, or idleness.
-pub async fn proxy(
+pub(crate) async fn bidirectional(
     client: &TcpStream,
     upstream: &TcpStream,
     idle_timeout: Duration,
     to_upstream: &IntCounter,
     to_client: &IntCounter,
-) -> (io::Result<Outcome>, Totals) {
+) -> (io::Result<CopyEnd>, Totals) {
     let mut up = Half::default();
     let mut down = Half::default();
     let mut last = Instant::now();
@@ -210,7 +212,7 @@ pub async fn proxy(
         let b = down.poll(cx, upstream, client, to_client, &mut progressed, up.done);
         match (a, b) {
             (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
-            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(Ok(Outcome::Closed)),
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(Ok(CopyEnd::Closed)),
             _ => {}
         }
         if progressed {
@@ -218,9 +220,9 @@ pub async fn proxy(
         }
         loop {
             ready!(sleep.as_mut().poll(cx));
-            let deadline = crate::shared::deadline(last, idle_timeout);
+            let deadline = crate::clock::deadline(last, idle_timeout);
             if Instant::now() >= deadline {
-                return Poll::Ready(Ok(Outcome::IdleTimeout));
+                return Poll::Ready(Ok(CopyEnd::IdleTimeout));
             }
             sleep.as_mut().reset(deadline);
         }
@@ -230,11 +232,9 @@ pub async fn proxy(
         if let Some(buf) = half.buf.take() {
             pool::give(buf);
         }
-        // A pipe still holding bytes is closed, not reused.
+        // A pipe still holding bytes is closed by `give`, not reused.
         if let Some(pipe) = half.pipe.take() {
-            if half.in_pipe == 0 {
-                pipe.give();
-            }
+            pipe.give();
         }
     }
     let totals = Totals {

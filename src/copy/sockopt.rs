@@ -18,7 +18,7 @@ const KEEPALIVE_RETRIES: u32 = 3;
 
 /// Sets the options on a listening socket (inherited by accepted sockets)
 /// or on a connected upstream socket.
-pub fn tune<'a>(socket: impl Into<SockRef<'a>>) {
+pub(crate) fn tune<'a>(socket: impl Into<SockRef<'a>>) {
     let s: SockRef<'a> = socket.into();
     let _ = s.set_tcp_nodelay(true);
     let ka = TcpKeepalive::new()

@@ -62,7 +62,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-pub fn client_config(tls: &TlsConfig) -> Result<Arc<ClientConfig>, TlsError> {
+pub(crate) fn client_config(tls: &TlsConfig) -> Result<Arc<ClientConfig>, TlsError> {
     let builder =
         ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let builder = if tls.insecure_skip_verify {
@@ -100,7 +100,7 @@ pub fn client_config(tls: &TlsConfig) -> Result<Arc<ClientConfig>, TlsError> {
 /// whose certificate is a self-signed CA (`CA:TRUE`) serving as its own
 /// certificate. kubectl (Go) accepts that; rustls, like browsers, refuses a
 /// CA as an end-entity certificate, and the check stays strict.
-pub fn handshake_error(e: &std::io::Error) -> String {
+pub(crate) fn handshake_error(e: &std::io::Error) -> String {
     use rustls::{CertificateError, Error};
     let ca_as_leaf = e
         .get_ref()
@@ -122,7 +122,7 @@ pub fn handshake_error(e: &std::io::Error) -> String {
     format!("TLS handshake: {e}")
 }
 
-pub fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
+pub(crate) fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
     ServerName::try_from(name.to_string()).map_err(|_| TlsError::ServerName(name.to_string()))
 }
 

@@ -1,13 +1,16 @@
-//! Active health checks: one prober task per upstream, on its own timer
+//! The probes behind active health checks: their I/O (`io`, `tls`) and the
+//! prober tasks' lifecycle. One prober task per upstream, on its own timer
 //! (with jitter so nodes do not probe in lockstep), each probe bounded by
 //! `timeout`, so a hanging upstream delays nothing but its own prober.
-//! Verdicts pass through rise/fall hysteresis into `UpstreamState::active`;
+//! Results feed `health::ActiveHealth` (rise/fall) in the upstream's state;
 //! a fall with `close_on_down` evicts the upstream's proxied connections,
 //! unless no other upstream is usable.
 
-mod hysteresis;
-mod probe;
-pub mod tls;
+mod error;
+mod io;
+pub(crate) mod tls;
+
+pub use error::ProbeError;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,9 +20,9 @@ use rustls::ClientConfig;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use hysteresis::Hysteresis;
-pub use tls::TlsError;
+pub(crate) use tls::TlsError;
 
+use crate::clock::Clock;
 use crate::config::{CheckMode, Config};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
@@ -71,14 +74,14 @@ pub fn prepare(config: &Config) -> Result<Option<Arc<ProbeSettings>>, TlsError> 
 }
 
 /// Owns the prober tasks; told about every applied snapshot.
-pub struct HealthChecker {
+pub(crate) struct Probers {
     shared: Arc<Shared>,
     probers: HashMap<String, CancellationToken>,
 }
 
-impl HealthChecker {
-    pub fn new(shared: Arc<Shared>) -> HealthChecker {
-        HealthChecker {
+impl Probers {
+    pub(crate) fn new(shared: Arc<Shared>) -> Probers {
+        Probers {
             shared,
             probers: HashMap::new(),
         }
@@ -86,7 +89,7 @@ impl HealthChecker {
 
     /// Restarts probers for the new snapshot. Hysteresis counters live in
     /// the upstream state, so a restart loses no progress.
-    pub fn apply(&mut self, settings: Option<Arc<ProbeSettings>>, snapshot: &Snapshot) {
+    pub(crate) fn apply(&mut self, settings: Option<Arc<ProbeSettings>>, snapshot: &Snapshot) {
         for (_, stop) in self.probers.drain() {
             stop.cancel();
         }
@@ -112,14 +115,14 @@ impl HealthChecker {
         }
     }
 
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         for (_, stop) in self.probers.drain() {
             stop.cancel();
         }
     }
 }
 
-impl Drop for HealthChecker {
+impl Drop for Probers {
     fn drop(&mut self) {
         self.stop();
     }
@@ -149,11 +152,8 @@ async fn prober(
     stop: CancellationToken,
 ) {
     let mut seed = crc32fast::hash(state.address.as_bytes()) as u64
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            // Only a seed: truncating the nanoseconds is fine.
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
+        // Only a seed: the bits of the time as a float mix well enough.
+        ^ Clock::unix_now().to_bits()
         | 1;
     // The first probe soon, spread over a tenth of the interval.
     let mut delay = (settings.interval / 10).min(jittered(settings.interval, &mut seed) / 10);
@@ -167,7 +167,7 @@ async fn prober(
         let result = tokio::select! {
             _ = stop.cancelled() => return,
             r = tokio::time::timeout(settings.timeout, probe_once(&state, &settings, &default_name)) => {
-                r.unwrap_or_else(|_| Err(format!("no answer within {:?}", settings.timeout)))
+                r.unwrap_or(Err(ProbeError::Timeout(settings.timeout)))
             }
         };
         shared
@@ -185,19 +185,24 @@ async fn prober(
                 state.passive_transition(t, "health check passed", None);
             }
         } else {
-            state.metrics.probe_fail.inc();
+            if let Err(e) = &result {
+                state.metrics.probe_failure(e.reason_index()).inc();
+            }
         }
         let flipped = state.active.record(ok, settings.rise, settings.fall);
         match (&result, flipped) {
             (_, Some(up)) => {
-                let detail = result.as_ref().err().map_or("checks pass", String::as_str);
-                state.set_active(up, shared.clock.now_ms(), detail);
+                let detail = result
+                    .as_ref()
+                    .err()
+                    .map_or_else(|| "checks pass".to_string(), ToString::to_string);
+                state.set_active(up, shared.clock.now_ms(), &detail);
                 if !up && settings.close_on_down {
                     evict(&shared, &state);
                 }
             }
             (Err(e), None) => {
-                tracing::debug!(upstream = %state.address, error = %e, "health check failed")
+                tracing::debug!(upstream = %state.address, error = %e, reason = e.reason(), "health check failed")
             }
             (Ok(()), None) => {}
         }
@@ -208,16 +213,16 @@ async fn probe_once(
     state: &UpstreamState,
     settings: &ProbeSettings,
     default_name: &Option<rustls::pki_types::ServerName<'static>>,
-) -> Result<(), String> {
-    let addr = *state.addrs().first().ok_or("not resolved")?;
+) -> Result<(), ProbeError> {
+    let addr = *state.addrs().first().ok_or(ProbeError::Unresolved)?;
     match &settings.tls {
-        None => probe::tcp(addr).await,
+        None => io::tcp(addr).await,
         Some((client, name)) => {
             let name = name
                 .clone()
                 .or_else(|| default_name.clone())
-                .ok_or("no TLS server name")?;
-            probe::https(addr, client.clone(), name, &settings.path).await
+                .ok_or_else(|| ProbeError::Tls("no TLS server name".into()))?;
+            io::https(addr, client.clone(), name, &settings.path).await
         }
     }
 }

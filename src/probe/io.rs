@@ -10,25 +10,27 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::ProbeError;
+
 /// Longest response head read looking for the status line.
 const MAX_HEAD: usize = 4096;
 
-pub async fn tcp(addr: SocketAddr) -> Result<(), String> {
+pub(super) async fn tcp(addr: SocketAddr) -> Result<(), ProbeError> {
     TcpStream::connect(addr)
         .await
         .map(drop)
-        .map_err(|e| format!("connect: {e}"))
+        .map_err(ProbeError::connect)
 }
 
-pub async fn https(
+pub(super) async fn https(
     addr: SocketAddr,
     tls: Arc<ClientConfig>,
     name: ServerName<'static>,
     path: &str,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     let tcp = TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(ProbeError::connect)?;
     let _ = tcp.set_nodelay(true);
     let host = match &name {
         ServerName::DnsName(d) => d.as_ref().to_string(),
@@ -38,7 +40,7 @@ pub async fn https(
     let mut stream = TlsConnector::from(tls)
         .connect(name, tcp)
         .await
-        .map_err(|e| super::tls::handshake_error(&e))?;
+        .map_err(|e| ProbeError::Tls(super::tls::handshake_error(&e)))?;
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: cplb-health-check/{}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
         env!("CARGO_PKG_VERSION")
@@ -46,16 +48,22 @@ pub async fn https(
     stream
         .write_all(req.as_bytes())
         .await
-        .map_err(|e| format!("send request: {e}"))?;
+        .map_err(|error| ProbeError::Io {
+            step: "send request",
+            error,
+        })?;
     let mut head = Vec::with_capacity(256);
     let mut buf = [0u8; 512];
     while !head.contains(&b'\n') {
         let n = stream
             .read(&mut buf)
             .await
-            .map_err(|e| format!("read response: {e}"))?;
+            .map_err(|error| ProbeError::Io {
+                step: "read response",
+                error,
+            })?;
         if n == 0 || head.len() > MAX_HEAD {
-            return Err("no HTTP status line in response".into());
+            return Err(ProbeError::Http("no HTTP status line in response"));
         }
         head.extend_from_slice(&buf[..n]);
     }
@@ -64,11 +72,14 @@ pub async fn https(
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| "malformed HTTP status line".to_string())?;
+        .ok_or(ProbeError::Http("malformed HTTP status line"))?;
     if status == 200 {
         Ok(())
     } else {
-        Err(format!("{path} answered {status}"))
+        Err(ProbeError::Status {
+            path: path.to_string(),
+            status,
+        })
     }
 }
 
@@ -123,7 +134,8 @@ mod tests {
         let name = ServerName::try_from("localhost").unwrap();
         let err = super::https(addr, client, name, "/readyz")
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         let _ = std::fs::remove_dir_all(&dir);
         println!("{err}");
         assert!(
