@@ -140,6 +140,38 @@ mod tests {
     };
 
     #[test]
+    fn recent_failures_counts_the_window() {
+        let h = PassiveHealth::default();
+        assert_eq!(h.recent_failures(), 0);
+        h.on_failure(P, 0);
+        h.on_failure(P, 10);
+        assert_eq!(h.recent_failures(), 2);
+    }
+
+    #[test]
+    fn usable_follows_the_mark_and_its_timeout() {
+        let h = PassiveHealth::default();
+        assert!(h.is_usable(P, 0), "a fresh upstream is usable");
+        h.on_failure(P, 0);
+        h.on_failure(P, 1);
+        assert!(!h.is_usable(P, 2), "marked down within fail_timeout");
+        assert!(
+            h.is_usable(P, 1 + 3000),
+            "usable again once fail_timeout passed"
+        );
+        let off = Policy { max_fails: 0, ..P };
+        assert!(h.is_usable(off, 2), "max_fails 0 ignores the mark");
+    }
+
+    #[test]
+    fn a_failure_exactly_fail_timeout_later_is_in_the_same_window() {
+        // nginx: a failure at most fail_timeout after the window opened counts.
+        let h = PassiveHealth::default();
+        assert_eq!(h.on_failure(P, 0), None);
+        assert_eq!(h.on_failure(P, 3000), Some(Transition::MarkedDown));
+    }
+
+    #[test]
     fn max_fails_within_window_marks_down() {
         let h = PassiveHealth::default();
         assert_eq!(h.on_failure(P, 100), None);
