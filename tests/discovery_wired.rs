@@ -469,6 +469,8 @@ async fn a_wrong_ca_is_a_clear_error_and_the_static_list_keeps_serving() {
     let line = proc.wait_for_log("discovery failed");
     assert!(line.contains("UnknownIssuer"), "{line}");
     assert!(line.contains(&a(c, 0)), "names the master: {line}");
+    // One warning from cplb, not kube's own error line per request.
+    assert_eq!(proc.count_logs("kube_client"), 0, "{}", proc.logs());
     let admin = proc.admin.unwrap();
     let (status, _, body) = http(admin, "GET", "/upstreams").await;
     assert_eq!(status, 200);
