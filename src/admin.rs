@@ -170,6 +170,8 @@ fn upstreams_json(shared: &Shared) -> String {
             serde_json::json!({
                 "address": u.config.address,
                 "resolved": s.addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "source": u.source.as_str(),
+                "draining": u.draining,
                 "weight": u.config.weight.get(),
                 "state": if passive_up && active_up { "up" } else { "down" },
                 "since": clock.to_unix_secs(since),

@@ -343,8 +343,17 @@ fn reload_on_sighup(handle: cplb::reload::ReloadHandle) -> anyhow::Result<()> {
 
 fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter =
+    let mut filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // kube logs every failed request at ERROR; discovery logs its failures
+    // itself, once per transition. Unless RUST_LOG asks for kube by name.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("kube")) {
+        for d in ["kube_client=off", "kube_runtime=off"] {
+            if let Ok(d) = d.parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

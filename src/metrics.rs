@@ -207,6 +207,12 @@ impl Metrics {
         })
     }
 
+    /// The owned registry, for parts that register their own metrics
+    /// (discovery).
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Prometheus text exposition of everything registered.
     pub fn render(&self) -> String {
         use prometheus::Encoder;

@@ -44,6 +44,13 @@ pub(crate) async fn handle(
     let evicted = state.evict.notified();
     tokio::pin!(evicted);
     evicted.as_mut().enable();
+    let retired = state.retire.notified();
+    tokio::pin!(retired);
+    retired.as_mut().enable();
+    if state.is_retired() {
+        // Removed by discovery while this connection was being set up.
+        return;
+    }
     let copy = copy::bidirectional(
         &client,
         &upstream,
@@ -63,6 +70,9 @@ pub(crate) async fn handle(
         _ = &mut evicted, if close_on_down => {
             m.closed_upstream_down.inc();
             tracing::debug!(%peer, upstream = %state.address, "closing: upstream marked down");
+        }
+        _ = &mut retired => {
+            tracing::debug!(%peer, upstream = %state.address, "closing: upstream removed by discovery");
         }
         _ = shared.force_close.cancelled() => {
             m.closed_shutdown.inc();
@@ -87,7 +97,10 @@ async fn connect_any(shared: &Shared, snap: &Snapshot, hash: u32) -> Option<(usi
             continue;
         }
         let now = shared.clock.now_ms();
-        if !up.state.active.is_up() || up.state.passive.admit(up.policy, now) == Admission::Unusable
+        // A draining upstream is left for the last-resort pass.
+        if up.draining
+            || !up.state.active.is_up()
+            || up.state.passive.admit(up.policy, now) == Admission::Unusable
         {
             skipped |= 1 << i;
             continue;

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
+use crate::discovery::run::Wiring;
 use crate::logfmt::{Chain, Json};
 use crate::probe::{ProbeSettings, Probers};
 use crate::shared::Shared;
@@ -79,6 +80,7 @@ pub(crate) fn changed_settings(old: &Config, new: &Config) -> Vec<&'static str> 
     check(old.shutdown_grace != new.shutdown_grace, "shutdown_grace");
     check(old.hash.key != new.hash.key, "hash.key");
     check(old.hash.node_id != new.hash.node_id, "hash.node_id");
+    check(old.discovery != new.discovery, "discovery");
     match (&old.health_check, &new.health_check) {
         (Some(a), Some(b)) => {
             check(a.interval != b.interval, "health_check.interval");
@@ -157,6 +159,10 @@ pub(crate) struct Reloader {
     refusing: bool,
     /// Prepared at start-up, handed to the checker when `run` begins.
     initial_checks: Option<Arc<ProbeSettings>>,
+    /// The checks in force, re-applied when discovery changes the set.
+    checks: Option<Arc<ProbeSettings>>,
+    /// Discovery: decides the upstream list while it is on.
+    disc: Wiring,
 }
 
 impl Reloader {
@@ -165,6 +171,7 @@ impl Reloader {
         config: Config,
         table: StateTable,
         checks: Option<Arc<ProbeSettings>>,
+        disc: Wiring,
     ) -> (Reloader, ReloadHandle) {
         let (tx, rx) = mpsc::channel(16);
         let r = Reloader {
@@ -172,6 +179,8 @@ impl Reloader {
             refused_text: None,
             refusing: false,
             initial_checks: checks,
+            checks: None,
+            disc,
             shared,
             config,
             table,
@@ -182,11 +191,19 @@ impl Reloader {
 
     pub(crate) async fn run(mut self, stop: CancellationToken) {
         let snapshot = self.shared.snapshot.load_full();
-        self.checker.apply(self.initial_checks.take(), &snapshot);
+        self.checks = self.initial_checks.take();
+        self.checker.apply(self.checks.clone(), &snapshot);
+        self.disc.start(self.shared.clone());
         loop {
             let trigger = tokio::select! {
                 _ = stop.cancelled() => return,
                 t = self.rx.recv() => match t { Some(t) => t, None => return },
+                ev = self.disc.next() => {
+                    if self.disc.handle(ev) {
+                        self.rebuild().await;
+                    }
+                    continue;
+                }
             };
             match trigger {
                 Trigger::FileChanged => match self.debounce().await {
@@ -288,14 +305,18 @@ impl Reloader {
         };
         self.refused_text = None;
         let changes = self.diff(&new, restart_needed);
-        let built = Snapshot::build(&new, &mut self.table, m);
+        self.disc.reconfigure(&self.config, &new);
+        let entries = self.disc.entries(&new);
+        let built = Snapshot::build_with(&new, &entries, &mut self.table, m);
         crate::resolve::resolve_upstreams(&built.snapshot, &built.added, true).await;
         let snapshot = Arc::new(built.snapshot);
         self.shared.snapshot.store(snapshot.clone());
+        self.checks = checks.clone();
         self.checker.apply(checks, &snapshot);
         for gone in &built.removed {
             m.forget_upstream(&gone.address);
         }
+        self.disc.published(&snapshot).await;
         m.reload("success").inc();
         self.refusing = false;
         m.last_reload_successful.set(1);
@@ -329,6 +350,24 @@ impl Reloader {
         }
         self.config = new;
         Ok(Outcome::Applied(changes))
+    }
+
+    /// Discovery changed the set: the same path as a reload, with the
+    /// running config. Upstreams it removed (drained for `remove_after`)
+    /// close their remaining connections.
+    async fn rebuild(&mut self) {
+        let m = &self.shared.metrics;
+        let entries = self.disc.entries(&self.config);
+        let built = Snapshot::build_with(&self.config, &entries, &mut self.table, m);
+        crate::resolve::resolve_upstreams(&built.snapshot, &built.added, false).await;
+        let snapshot = Arc::new(built.snapshot);
+        self.shared.snapshot.store(snapshot.clone());
+        self.checker.apply(self.checks.clone(), &snapshot);
+        for gone in &built.removed {
+            gone.retire();
+            m.forget_upstream(&gone.address);
+        }
+        self.disc.published(&snapshot).await;
     }
 
     fn refused(&mut self, e: &dyn std::error::Error) {

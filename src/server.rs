@@ -68,8 +68,13 @@ impl Server {
                 (Some(l), Some(local))
             }
         };
+        let wiring = crate::discovery::run::Wiring::new(
+            &config,
+            crate::discovery::metrics::DiscoveryMetrics::new(metrics.registry())?,
+        );
         let mut table = StateTable::default();
-        let built = Snapshot::build(&config, &mut table, &metrics);
+        let built = Snapshot::build_with(&config, &wiring.entries(&config), &mut table, &metrics);
+        wiring.count(&built.snapshot);
         resolve::resolve_upstreams(&built.snapshot, &built.added, false).await;
         metrics.last_reload_success_timestamp.set(Clock::unix_now());
         let shared = Arc::new(Shared {
@@ -88,7 +93,8 @@ impl Server {
                 Clock::unix_now(),
             )),
         });
-        let (reloader, reload) = Reloader::new(shared.clone(), config.clone(), table, checks);
+        let (reloader, reload) =
+            Reloader::new(shared.clone(), config.clone(), table, checks, wiring);
         Ok(Server {
             config,
             shared,

@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, HashKey, UpstreamConfig};
+use crate::discovery::apply::{Entry, static_entries};
 use crate::health::Policy;
 use crate::metrics::Metrics;
 use crate::ring::{self, Ring};
+use crate::status::model::Source;
 use crate::upstream::{StateTable, UpstreamState};
 
 pub struct Snapshot {
@@ -23,6 +25,11 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     pub policy: Policy,
     pub state: Arc<UpstreamState>,
+    pub(crate) source: Source,
+    /// Gone from the API, kept until `discovery.remove_after`: it stays in
+    /// the ring (so its return is no churn) but gets new connections only
+    /// as a last resort.
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -48,18 +55,29 @@ pub struct Built {
 }
 
 impl Snapshot {
+    /// The config's static upstreams (discovery off).
     pub fn build(config: &Config, table: &mut StateTable, metrics: &Metrics) -> Built {
+        Self::build_with(config, &static_entries(config), table, metrics)
+    }
+
+    /// The settings of `config` with the upstreams `entries` (discovery
+    /// decides them when it is on).
+    pub(crate) fn build_with(
+        config: &Config,
+        entries: &[Entry],
+        table: &mut StateTable,
+        metrics: &Metrics,
+    ) -> Built {
         let ring = Ring::new(
-            config
-                .upstreams
+            entries
                 .iter()
-                .map(|u| (u.address.as_str(), u.weight.get())),
+                .map(|e| (e.config.address.as_str(), e.config.weight.get())),
         );
         let mut added = Vec::new();
-        let upstreams = config
-            .upstreams
+        let upstreams = entries
             .iter()
-            .map(|u| {
+            .map(|e| {
+                let u = &e.config;
                 let (state, new) = table.get_or_create(&u.address, metrics);
                 if new {
                     added.push(state.clone());
@@ -71,19 +89,17 @@ impl Snapshot {
                         fail_timeout_ms: crate::clock::millis(u.fail_timeout),
                     },
                     state,
+                    source: e.source,
+                    draining: e.draining,
                 }
             })
             .collect();
-        let keep: Vec<&str> = config
-            .upstreams
-            .iter()
-            .map(|u| u.address.as_str())
-            .collect();
+        let keep: Vec<&str> = entries.iter().map(|e| e.config.address.as_str()).collect();
         let removed = table.retain(&keep);
         let settings = Settings {
             connect_timeout: config.connect_timeout,
             idle_timeout: config.idle_timeout,
-            tries: config.next_upstream_tries.get(),
+            tries: config.next_upstream_tries.get().min(entries.len()).max(1),
             key: config.hash.key,
             node_hash: ring::hash_key(config.hash.node_id.as_bytes()),
             max_connections: config.max_connections.get(),

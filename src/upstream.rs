@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Acquire, Release};
 
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
@@ -23,6 +25,11 @@ pub struct UpstreamState {
     /// Woken when the active check marks this upstream down, so proxied
     /// connections to it close (`health_check.close_on_down`).
     pub evict: Notify,
+    /// Woken once, when discovery removes this upstream after
+    /// `remove_after`: its remaining connections close whatever
+    /// `close_on_down` says (a decommissioned master must not keep clients).
+    pub retire: Notify,
+    retired: AtomicBool,
     /// The last transition and why, for `cplb status`. Written only on a
     /// transition (rare), read only by the admin endpoint: an `ArcSwap`
     /// keeps the writer lock-free and the proxy's path never touches it.
@@ -73,6 +80,8 @@ impl UpstreamState {
             addrs: ArcSwap::from_pointee(Vec::new()),
             metrics: m,
             evict: Notify::new(),
+            retire: Notify::new(),
+            retired: AtomicBool::new(false),
             last_change: ArcSwap::from_pointee(Change {
                 at_ms: 0,
                 cause: ChangeCause::Start,
@@ -80,6 +89,17 @@ impl UpstreamState {
             }),
             resolve_log: Default::default(),
         }
+    }
+
+    /// Closes the connections still open to this upstream (discovery
+    /// removed it). A connection that registers after this sees `is_retired`.
+    pub fn retire(&self) {
+        self.retired.store(true, Release);
+        self.retire.notify_waiters();
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Acquire)
     }
 
     /// The last transition, for `cplb status`.

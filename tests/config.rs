@@ -75,11 +75,12 @@ fn defaults_are_nginx_defaults() {
     assert_eq!(c.backlog.get(), 511, "NGX_LISTEN_BACKLOG");
     assert_eq!(c.listen, vec!["127.0.0.1:8443".parse().unwrap()]);
     assert_eq!(c.hash.key, cplb::config::HashKey::Node);
-    assert_eq!(
-        c.next_upstream_tries.get(),
-        1,
-        "0 means every upstream once"
-    );
+    // 0 means every upstream once: the snapshot caps it at the running
+    // set, which discovery can grow past the configured list.
+    assert_eq!(c.next_upstream_tries.get(), usize::MAX);
+    let m = cplb::metrics::Metrics::new(prometheus::Registry::new()).unwrap();
+    let built = cplb::snapshot::Snapshot::build(&c, &mut Default::default(), &m);
+    assert_eq!(built.snapshot.settings.tries, 1);
     assert_eq!(c.admin, Some("127.0.0.1:8081".parse().unwrap()));
 }
 

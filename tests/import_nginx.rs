@@ -571,3 +571,24 @@ fn binary_refuses_deep_nesting_without_aborting() {
         )
     );
 }
+
+#[test]
+fn a_commented_discovery_section_is_offered() {
+    let c = converted("reference.conf");
+    assert!(c.yaml.contains("\n# discovery:\n"), "{}", c.yaml);
+    // Commented out, the config is static only.
+    assert!(config(&c).discovery.is_none());
+    // Uncommented as printed, it is a valid section with the values.
+    let (head, tail) = c.yaml.split_once("# discovery:\n").unwrap();
+    let uncommented: String = tail
+        .lines()
+        .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l)))
+        .collect();
+    let text = format!("{head}discovery:\n{uncommented}");
+    let on = cplb::Config::parse(&text, std::path::Path::new("imported.yaml"))
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let d = on.discovery.expect("discovery on");
+    assert_eq!(d.kubeconfig, PathBuf::from("/etc/kubernetes/kubelet.conf"));
+    assert_eq!(d.service_ref(), "default/kubernetes");
+    assert_eq!(d.remove_after, std::time::Duration::from_secs(300));
+}

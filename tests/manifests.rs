@@ -298,6 +298,29 @@ fn pods_have_what_a_node_local_proxy_needs() {
             let containers = spec["containers"].as_sequence().expect("containers");
             assert_eq!(containers.len(), 1, "{file}");
             let c = &containers[0];
+            // What discovery needs: the kubelet's kubeconfig and PKI
+            // read-only, /var/lib/cplb writable and created if missing.
+            for (path, read_only, kind) in [
+                ("/etc/kubernetes/kubelet.conf", true, "File"),
+                ("/var/lib/kubelet/pki", true, "Directory"),
+                ("/var/lib/cplb", false, "DirectoryOrCreate"),
+            ] {
+                let m = c["volumeMounts"]
+                    .as_sequence()
+                    .and_then(|ms| ms.iter().find(|m| m["mountPath"] == path))
+                    .unwrap_or_else(|| panic!("{file}: {path} is mounted"));
+                assert_eq!(
+                    m["readOnly"].as_bool().unwrap_or(false),
+                    read_only,
+                    "{file}: {path}"
+                );
+                let v = spec["volumes"]
+                    .as_sequence()
+                    .and_then(|vs| vs.iter().find(|v| v["name"] == m["name"]))
+                    .unwrap_or_else(|| panic!("{file}: the volume for {path}"));
+                assert_eq!(v["hostPath"]["path"], path, "{file}");
+                assert_eq!(v["hostPath"]["type"], kind, "{file}: {path}");
+            }
             let args: Vec<&str> = c["args"]
                 .as_sequence()
                 .expect("args")

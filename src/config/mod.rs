@@ -31,14 +31,17 @@ pub struct Config {
     pub max_connections: NonZeroUsize,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
-    /// Upstreams tried per client connection; already resolved from 0 = "all".
+    /// Upstreams tried per client connection; 0 ("all") is `usize::MAX`.
+    /// The snapshot caps it at the size of the running set, which
+    /// discovery may make larger than `upstreams`.
     pub next_upstream_tries: NonZeroUsize,
     pub shutdown_grace: Duration,
     pub hash: HashConfig,
     pub admin: Option<SocketAddr>,
     pub health_check: Option<HealthCheckConfig>,
     pub upstreams: Vec<UpstreamConfig>,
-    /// `None`: static upstreams only (not yet acted on; see docs/discovery.md).
+    /// `None`: static upstreams only. With it, `upstreams` is the seed list
+    /// (see docs/discovery.md).
     pub discovery: Option<crate::discovery::DiscoveryConfig>,
 }
 

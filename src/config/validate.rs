@@ -163,12 +163,13 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         upstreams.push(up);
     }
 
+    // 0 is "every upstream": capped by the snapshot at the size of the
+    // running set, which discovery may make larger than this list.
     let next_upstream_tries = match raw.next_upstream_tries {
-        0 => upstreams.len(),
-        n => (n as usize).min(upstreams.len()),
+        0 => usize::MAX,
+        n => usize::try_from(n).unwrap_or(usize::MAX),
     };
-    let next_upstream_tries =
-        NonZeroUsize::new(next_upstream_tries).expect("upstreams is not empty");
+    let next_upstream_tries = NonZeroUsize::new(next_upstream_tries).unwrap_or(NonZeroUsize::MIN);
 
     let health_check = raw
         .health_check

@@ -1,14 +1,18 @@
 //! Discovery: cplb learns the API servers from the cluster's own
-//! EndpointSlices (issue 11). This module is the foundation and is not yet
-//! wired into the server: the `discovery:` config section
+//! EndpointSlices (issue 11). The reloader runs it through [`run::Wiring`],
+//! which keeps the applied set ([`apply`]) and its metrics ([`metrics`]);
+//! underneath: the `discovery:` config section
 //! ([`config`]), the kube client that dials an upstream directly and never
 //! the kubeconfig's server ([`client`]), the watcher that folds slices into
 //! ready `ip:port` addresses and publishes them debounced ([`watcher`],
 //! [`fold`]), and the state file ([`state`]). See docs/discovery.md.
 
+pub(crate) mod apply;
 pub mod client;
 pub mod config;
 pub mod fold;
+pub(crate) mod metrics;
+pub(crate) mod run;
 pub mod state;
 pub mod watcher;
 

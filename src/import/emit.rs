@@ -116,8 +116,23 @@ pub(super) fn yaml(plan: &Plan) -> String {
             let _ = writeln!(out, "    fail_timeout: {}", scalar(t));
         }
     }
+    out.push_str(DISCOVERY);
     out
 }
+
+/// nginx has no equivalent: offered commented out, with its defaults.
+const DISCOVERY: &str = "\
+# Discovery: learn the masters from the cluster's EndpointSlices; the list
+# above becomes the seed. Needs config/kubernetes/rbac.yaml; see
+# docs/discovery.md.
+# discovery:
+#   kubeconfig: /etc/kubernetes/kubelet.conf
+#   service: default/kubernetes
+#   port_name: https
+#   tls_server_name: kubernetes
+#   state_file: /var/lib/cplb/upstreams.json
+#   remove_after: 5m
+";
 
 fn comment(out: &mut String, indent: &str, lines: &[String]) {
     for l in lines {

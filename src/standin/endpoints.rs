@@ -64,6 +64,9 @@ struct Counts {
     lists: AtomicUsize,
     watches: AtomicUsize,
     gone: AtomicUsize,
+    /// The API answers 500 to everything (an outage while the masters'
+    /// TCP ports still accept).
+    api_down: std::sync::atomic::AtomicBool,
 }
 
 impl EndpointStore {
@@ -162,6 +165,19 @@ impl EndpointStore {
 
     pub fn delete_slice(&self, namespace: &str, name: &str) {
         delete(&mut self.lock(), &format!("{namespace}/{name}"));
+    }
+
+    /// Takes the API down (every API request gets 500 and open watches
+    /// end) or brings it back; `/whoami` and `/readyz` are unaffected.
+    pub fn set_api_down(&self, down: bool) {
+        self.counts.api_down.store(down, Ordering::SeqCst);
+        if down {
+            drop(std::mem::take(&mut self.lock().watches));
+        }
+    }
+
+    pub(crate) fn api_down(&self) -> bool {
+        self.counts.api_down.load(Ordering::SeqCst)
     }
 
     /// Loses history, as etcd compaction does, and ends the open watches

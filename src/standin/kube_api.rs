@@ -91,6 +91,15 @@ pub fn serve<B>(
     if !is_api {
         return None;
     }
+    if api.store.api_down() {
+        return Some(failure(
+            // As kube-apiserver with its etcd gone; not 503, which kube's
+            // client retries by itself for a long while.
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "etcdserver: request timed out (the stand-in API is down)",
+        ));
+    }
     if !authenticated && !token_ok(api, req) {
         return Some(failure(
             StatusCode::UNAUTHORIZED,

@@ -1,6 +1,6 @@
 //! The server side of `/status`: the document built from the live state.
 
-use super::model::{Check, Load, Source, State, Status, Upstream};
+use super::model::{Check, Load, State, Status, Upstream};
 use crate::shared::Shared;
 
 pub(crate) fn collect(shared: &Shared) -> Status {
@@ -27,7 +27,8 @@ pub(crate) fn collect(shared: &Shared) -> Status {
             };
             Upstream {
                 address: u.config.address.clone(),
-                source: Source::Static,
+                source: u.source,
+                draining: u.draining,
                 state: if up { State::Up } else { State::Down },
                 usable: s.is_usable(u.policy, now),
                 since: clock.to_unix_secs(change.at_ms),

@@ -44,18 +44,22 @@ pub(crate) enum LoadResult {
     Failure,
 }
 
-/// Where an upstream came from. Only the config file today; discovery
-/// adds its own sources.
+/// Where an upstream came from: the config file (the seed list when
+/// discovery is on), discovery's state file, or the API.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Source {
     Static,
+    State,
+    Api,
 }
 
 impl Source {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Source::Static => "static",
+            Source::State => "state",
+            Source::Api => "api",
         }
     }
 }
@@ -71,6 +75,10 @@ pub(crate) enum State {
 pub(crate) struct Upstream {
     pub address: String,
     pub source: Source,
+    /// Gone from the API, kept until `remove_after`: new connections only
+    /// as a last resort, open ones continue.
+    #[serde(default)]
+    pub draining: bool,
     /// Down when either the passive or the active check has marked it down,
     /// or while its name has no address.
     pub state: State,

@@ -79,7 +79,13 @@ fn row(u: &Upstream, now: f64) -> Vec<String> {
     vec![
         u.address.clone(),
         u.source.as_str().to_string(),
-        state.to_string(),
+        // Draining is not a health state, but it is why a healthy upstream
+        // gets no new connections: shown next to it.
+        if u.draining {
+            format!("{state} (draining)")
+        } else {
+            state.to_string()
+        },
         if u.usable { "yes" } else { "no" }.to_string(),
         format!("{} ago", age(now - u.since)),
         cut(&format!("{}: {}", u.changed_by, u.reason)),
@@ -151,6 +157,27 @@ fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_draining_upstream_says_so_in_the_state_column() {
+        use super::super::model::Source;
+        let u = Upstream {
+            address: "10.0.0.2:6443".into(),
+            source: Source::Api,
+            draining: true,
+            state: State::Up,
+            usable: true,
+            since: 0.0,
+            changed_by: "start".into(),
+            reason: "r".into(),
+            last_check: None,
+            active_connections: 1,
+            bytes_in: 0,
+            bytes_out: 0,
+        };
+        let r = row(&u, 10.0);
+        assert_eq!((r[1].as_str(), r[2].as_str()), ("api", "up (draining)"));
+    }
 
     #[test]
     fn ages_and_sizes() {

@@ -1,0 +1,528 @@
+//! Discovery wired into the proxy, against stand-in masters over real TLS
+//! on 127.0.0.2 and up (sharing one port, as real masters share 6443):
+//! cplb starts from one seed and learns the rest, follows the API, drains
+//! removed masters and closes their connections after `remove_after`,
+//! survives flaps, empty lists, API failures, a corrupt state file and a
+//! kubeconfig that points at itself, and restarts from its state file.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use common::cluster::{Auth, Cluster};
+use common::process::{CplbProcess, Options};
+use common::{Proxy, http, wait_until};
+use cplb::config::Config;
+use cplb::standin::client::ApiClient;
+use serde_json::Value;
+
+/// The `discovery:` section for `kubeconfig`, state file `state`.
+fn discovery(kubeconfig: &Path, state: &Path, remove_after: &str) -> String {
+    format!(
+        "discovery:\n  kubeconfig: {}\n  state_file: {}\n  remove_after: {remove_after}\n  upstream:\n    fail_timeout: 60s\n",
+        kubeconfig.display(),
+        state.display()
+    )
+}
+
+/// A proxy on 127.0.0.1:0 with an admin listener, seeds `seeds`, and
+/// `extra` (a discovery section, the hash key...).
+fn yaml(seeds: &[SocketAddr], extra: &str) -> String {
+    common::yaml(seeds, extra).replace("admin: \"\"", "admin: 127.0.0.1:0")
+}
+
+async fn start(yaml: &str, dir: &Path) -> Proxy {
+    let path = dir.join("cplb.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    Proxy::start(Config::load(&path).unwrap_or_else(|e| panic!("{e}"))).await
+}
+
+/// `/upstreams`, as JSON.
+async fn upstreams(p: &Proxy) -> Vec<Value> {
+    let (status, _, body) = http(p.admin.unwrap(), "GET", "/upstreams").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// (address, source, draining) of every upstream, sorted by address.
+async fn set(p: &Proxy) -> Vec<(String, String, bool)> {
+    let mut v: Vec<_> = upstreams(p)
+        .await
+        .iter()
+        .map(|u| {
+            (
+                u["address"].as_str().unwrap().to_string(),
+                u["source"].as_str().unwrap().to_string(),
+                u["draining"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+async fn wait_set(p: &Proxy, want: &[(String, &str, bool)]) {
+    let want: Vec<(String, String, bool)> = want
+        .iter()
+        .map(|(a, s, d)| (a.clone(), s.to_string(), *d))
+        .collect();
+    let end = tokio::time::Instant::now() + common::DEADLINE;
+    loop {
+        let got = set(p).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out: upstreams are {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn a(c: &Cluster, i: usize) -> String {
+    c.addr(i).to_string()
+}
+
+/// An HTTPS connection through the proxy and the master's name behind it.
+async fn through(p: &Proxy, c: &Cluster) -> (ApiClient, String) {
+    let mut client = ApiClient::connect(p.addr, &c.pki, None).await.unwrap();
+    let (status, body) = client.get("/whoami").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let name = body.split_whitespace().next().unwrap_or("").to_string();
+    (client, name)
+}
+
+/// A connection that landed on `name` (with `hash.key: connection`, each
+/// connection hashes differently).
+async fn through_to(p: &Proxy, c: &Cluster, name: &str) -> ApiClient {
+    for _ in 0..200 {
+        let (client, got) = through(p, c).await;
+        if got == name {
+            return client;
+        }
+    }
+    panic!("no connection reached {name}");
+}
+
+fn state_addresses(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let mut out: Vec<String> = v["addresses"]
+        .as_array()
+        .map(|a| a.iter().map(|x| x.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+fn closed_server() -> String {
+    format!("https://{}", common::refused_addr())
+}
+
+struct Setup {
+    c: Cluster,
+    dir: PathBuf,
+    state: PathBuf,
+}
+
+async fn setup(n: usize, listed: &[usize]) -> Setup {
+    let c = Cluster::start(n).await;
+    c.list(listed);
+    let dir = c.dir.join("proxy");
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("upstreams.json");
+    Setup { c, dir, state }
+}
+
+#[tokio::test]
+async fn starts_with_one_seed_and_learns_the_rest() {
+    let mut s = setup(3, &[0, 1, 2]).await;
+    let c = &s.c;
+    let kc = c.kubeconfig("cert", &closed_server(), Auth::ClientCert);
+    let p = start(&yaml(&[c.addr(0)], &discovery(&kc, &s.state, "5m")), &s.dir).await;
+    let m = p.scrape();
+    // Known labels exist from the start, at 0.
+    assert_eq!(m.get("cplb_upstreams", &[("source", "static")]), 1.0);
+    assert_eq!(m.get("cplb_upstreams", &[("source", "state")]), 0.0);
+    assert_eq!(
+        m.get("cplb_discovery_errors_total", &[("reason", "empty")]),
+        0.0
+    );
+    assert_eq!(
+        m.get("cplb_discovery_state_file_write_failures_total", &[]),
+        0.0
+    );
+    wait_set(
+        &p,
+        &[
+            (a(c, 0), "api", false),
+            (a(c, 1), "api", false),
+            (a(c, 2), "api", false),
+        ],
+    )
+    .await;
+    let m = p.scrape();
+    assert_eq!(m.get("cplb_upstreams", &[("source", "api")]), 3.0);
+    assert_eq!(m.get("cplb_upstreams", &[("source", "static")]), 0.0);
+    assert!(m.get("cplb_discovery_watch_events_total", &[]) >= 1.0);
+    assert!(m.get("cplb_discovery_last_sync_timestamp_seconds", &[]) > 1.0e9);
+    wait_until("the state file lists the three masters", || {
+        state_addresses(&s.state) == vec![a(c, 0), a(c, 1), a(c, 2)]
+    })
+    .await;
+    // The seed is gone: connections reach the learned masters.
+    s.c.masters[0].stop().await;
+    let (_conn, name) = through(&p, &s.c).await;
+    assert!(name == "master-2" || name == "master-3", "{name}");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn follows_additions_and_a_removal_drains_then_closes() {
+    let s = setup(3, &[0, 1]).await;
+    let c = &s.c;
+    let kc = c.kubeconfig("cert", &closed_server(), Auth::ClientCert);
+    let extra = format!(
+        "hash:\n  key: connection\n{}",
+        discovery(&kc, &s.state, "2s")
+    );
+    let p = start(&yaml(&[c.addr(0)], &extra), &s.dir).await;
+    wait_set(&p, &[(a(c, 0), "api", false), (a(c, 1), "api", false)]).await;
+    // An addition applies at once.
+    c.list(&[0, 1, 2]);
+    wait_set(
+        &p,
+        &[
+            (a(c, 0), "api", false),
+            (a(c, 1), "api", false),
+            (a(c, 2), "api", false),
+        ],
+    )
+    .await;
+    let mut kept = through_to(&p, c, "master-2").await;
+    c.list(&[0, 2]);
+    wait_set(
+        &p,
+        &[
+            (a(c, 0), "api", false),
+            (a(c, 1), "api", true),
+            (a(c, 2), "api", false),
+        ],
+    )
+    .await;
+    let drained_at = std::time::Instant::now();
+    // /status (what `cplb status` prints) says so too.
+    let (_, _, body) = http(p.admin.unwrap(), "GET", "/status").await;
+    let status: Value = serde_json::from_str(&body).unwrap();
+    let gone = status["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["address"] == a(c, 1))
+        .unwrap();
+    assert_eq!(
+        (&gone["source"], &gone["draining"]),
+        (&Value::from("api"), &Value::from(true)),
+        "{body}"
+    );
+    // Its open connection continues; new ones go elsewhere.
+    let (status, body) = kept.get("/whoami").await.unwrap();
+    assert_eq!(
+        (status, body.split_whitespace().next()),
+        (200, Some("master-2"))
+    );
+    for _ in 0..20 {
+        let (_c, name) = through(&p, c).await;
+        assert_ne!(name, "master-2", "a draining master got a new connection");
+    }
+    // After remove_after it is removed and its connection closed.
+    tokio::time::timeout(common::DEADLINE, kept.closed())
+        .await
+        .expect("the connection to the removed master is closed");
+    let closed_after = drained_at.elapsed();
+    eprintln!("closed {closed_after:?} after draining began (remove_after 2s)");
+    assert!(closed_after >= std::time::Duration::from_millis(1500));
+    wait_set(&p, &[(a(c, 0), "api", false), (a(c, 2), "api", false)]).await;
+    wait_until("the state file follows", || {
+        state_addresses(&s.state) == vec![a(c, 0), a(c, 2)]
+    })
+    .await;
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_flap_within_remove_after_causes_no_churn() {
+    let s = setup(2, &[0, 1]).await;
+    let c = &s.c;
+    let kc = c.kubeconfig("cert", &closed_server(), Auth::ClientCert);
+    let extra = format!(
+        "hash:\n  key: connection\n{}",
+        discovery(&kc, &s.state, "1m")
+    );
+    let p = start(&yaml(&[c.addr(0)], &extra), &s.dir).await;
+    wait_set(&p, &[(a(c, 0), "api", false), (a(c, 1), "api", false)]).await;
+    let mut kept = through_to(&p, c, "master-2").await;
+    let total = |p: &Proxy| {
+        p.scrape()
+            .get("cplb_connections_total", &[("upstream", &a(c, 1))])
+    };
+    let before = total(&p);
+    c.list(&[0]);
+    wait_set(&p, &[(a(c, 0), "api", false), (a(c, 1), "api", true)]).await;
+    c.list(&[0, 1]);
+    wait_set(&p, &[(a(c, 0), "api", false), (a(c, 1), "api", false)]).await;
+    // Same connection, same upstream state (its counters kept).
+    assert!(!kept.is_closed());
+    let (status, body) = kept.get("/whoami").await.unwrap();
+    assert_eq!(
+        (status, body.split_whitespace().next()),
+        (200, Some("master-2"))
+    );
+    assert_eq!(total(&p), before, "the upstream's counters were reset");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_empty_list_is_refused_and_the_set_stays() {
+    let s = setup(2, &[0, 1]).await;
+    let c = &s.c;
+    let kc = c.kubeconfig("cert", &closed_server(), Auth::ClientCert);
+    let p = start(&yaml(&[c.addr(0)], &discovery(&kc, &s.state, "1s")), &s.dir).await;
+    wait_set(&p, &[(a(c, 0), "api", false), (a(c, 1), "api", false)]).await;
+    c.store.set_masters(&[]);
+    wait_until("the empty list is refused", || {
+        p.scrape()
+            .get("cplb_discovery_errors_total", &[("reason", "empty")])
+            >= 1.0
+    })
+    .await;
+    // Longer than remove_after: nothing drained or removed.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        set(&p).await,
+        vec![
+            (a(c, 0), "api".into(), false),
+            (a(c, 1), "api".into(), false)
+        ]
+    );
+    assert_eq!(state_addresses(&s.state), vec![a(c, 0), a(c, 1)]);
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_the_api_failing_cplb_keeps_serving() {
+    let s = setup(2, &[0, 1]).await;
+    let c = &s.c;
+    let kc = c.kubeconfig("cert", &closed_server(), Auth::ClientCert);
+    let p = start(&yaml(&[c.addr(0)], &discovery(&kc, &s.state, "1s")), &s.dir).await;
+    wait_set(&p, &[(a(c, 0), "api", false), (a(c, 1), "api", false)]).await;
+    // The API answers 500 on every master; their TCP ports still work.
+    c.store.set_api_down(true);
+    wait_until("discovery fails on every master", || {
+        p.scrape()
+            .get("cplb_discovery_errors_total", &[("reason", "api")])
+            >= 2.0
+    })
+    .await;
+    // Longer than remove_after: nothing drains.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (status, _, body) = http(p.admin.unwrap(), "GET", "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    for u in upstreams(&p).await {
+        assert_eq!(
+            u["state"], "up",
+            "discovery failures marked an upstream down: {u}"
+        );
+        assert_eq!(u["draining"], false);
+    }
+    let (_conn, name) = through(&p, c).await;
+    assert!(name.starts_with("master-"), "{name}");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restart_with_the_api_unreachable_uses_the_state_file() {
+    let s = setup(3, &[1, 2]).await;
+    let c = &s.c;
+    let kc = c.kubeconfig("cert", &closed_server(), Auth::ClientCert);
+    // First run: learns masters 2 and 3, which are not in the seed.
+    let p = start(&yaml(&[c.addr(0)], &discovery(&kc, &s.state, "5m")), &s.dir).await;
+    wait_until("the state file is written", || {
+        state_addresses(&s.state) == vec![a(c, 1), a(c, 2)]
+    })
+    .await;
+    p.shutdown().await;
+    // Second run: the API is unreachable (its CA is not trusted any more)
+    // and the seed is a master that is gone for good.
+    let other = cplb::standin::pki::Pki::new("another CA").unwrap();
+    let bad = c.kubeconfig_with(
+        "wrong-ca",
+        &closed_server(),
+        &other.ca_pem(),
+        Auth::ClientCert,
+    );
+    let seed = common::refused_addr();
+    let p = start(&yaml(&[seed], &discovery(&bad, &s.state, "5m")), &s.dir).await;
+    assert_eq!(
+        set(&p).await,
+        vec![
+            (a(c, 1), "state".into(), false),
+            (a(c, 2), "state".into(), false)
+        ]
+    );
+    assert_eq!(
+        p.scrape().get("cplb_upstreams", &[("source", "state")]),
+        2.0
+    );
+    let (_conn, name) = through(&p, c).await;
+    assert!(name == "master-2" || name == "master-3", "{name}");
+    wait_until("discovery's TLS failure is counted", || {
+        p.scrape()
+            .get("cplb_discovery_errors_total", &[("reason", "tls")])
+            >= 1.0
+    })
+    .await;
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_corrupt_state_file_is_survived() {
+    let s = setup(2, &[0, 1]).await;
+    let c = &s.c;
+    std::fs::write(&s.state, "{\"service\": \"default/kubernetes\", \"addr").unwrap();
+    let kc = c.kubeconfig("cert", &closed_server(), Auth::ClientCert);
+    let p = start(&yaml(&[c.addr(0)], &discovery(&kc, &s.state, "5m")), &s.dir).await;
+    assert_eq!(set(&p).await, vec![(a(c, 0), "static".into(), false)]);
+    wait_set(&p, &[(a(c, 0), "api", false), (a(c, 1), "api", false)]).await;
+    wait_until("a valid state file replaces the corrupt one", || {
+        state_addresses(&s.state) == vec![a(c, 0), a(c, 1)]
+    })
+    .await;
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_state_file_write_failure_is_counted_and_the_set_applied() {
+    let s = setup(2, &[0, 1]).await;
+    let c = &s.c;
+    // A directory where the file should be: rename onto it fails.
+    std::fs::create_dir_all(&s.state).unwrap();
+    std::fs::write(s.state.join("keep"), "x").unwrap();
+    let kc = c.kubeconfig("cert", &closed_server(), Auth::ClientCert);
+    let p = start(&yaml(&[c.addr(0)], &discovery(&kc, &s.state, "5m")), &s.dir).await;
+    wait_set(&p, &[(a(c, 0), "api", false), (a(c, 1), "api", false)]).await;
+    wait_until("the failed write is counted", || {
+        p.scrape()
+            .get("cplb_discovery_state_file_write_failures_total", &[])
+            >= 1.0
+    })
+    .await;
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_kubeconfig_pointing_at_the_proxy_itself_does_not_deadlock() {
+    let s = setup(2, &[0, 1]).await;
+    let c = &s.c;
+    // The proxy's own listen address, as on a node whose kubelet.conf
+    // names the local proxy.
+    let own = common::refused_addr();
+    let kc = c.kubeconfig("self", &format!("https://{own}"), Auth::ClientCert);
+    let off = yaml(&[c.addr(0)], "max_connections: 1\n")
+        .replace("listen: 127.0.0.1:0", &format!("listen: {own}"));
+    let p = start(&off, &s.dir).await;
+    assert_eq!(p.addr, own);
+    // The local listener is saturated: one client holds the only slot, so
+    // anything dialling the proxy now is turned away.
+    let (_held, _) = through(&p, c).await;
+    let on = format!("{off}{}", discovery(&kc, &s.state, "5m"));
+    std::fs::write(s.dir.join("cplb.yaml"), &on).unwrap();
+    p.reload.reload().await.unwrap();
+    wait_set(&p, &[(a(c, 0), "api", false), (a(c, 1), "api", false)]).await;
+    assert!(
+        p.scrape().get(
+            "cplb_client_connections_rejected_total",
+            &[("reason", "max_connections")]
+        ) == 0.0,
+        "discovery dialled the proxy itself"
+    );
+    p.shutdown().await;
+}
+
+// Multi-threaded: the stand-in masters must answer while this test blocks
+// reading the child's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_ca_is_a_clear_error_and_the_static_list_keeps_serving() {
+    let s = setup(2, &[0, 1]).await;
+    let c = &s.c;
+    let other = cplb::standin::pki::Pki::new("another CA").unwrap();
+    let kc = c.kubeconfig_with(
+        "wrong-ca",
+        &closed_server(),
+        &other.ca_pem(),
+        Auth::ClientCert,
+    );
+    let y = yaml(&[c.addr(0)], &discovery(&kc, &s.state, "5m"));
+    let mut proc = CplbProcess::spawn(&y, Options::default());
+    let line = proc.wait_for_log("discovery failed");
+    assert!(line.contains("UnknownIssuer"), "{line}");
+    assert!(line.contains(&a(c, 0)), "names the master: {line}");
+    // One warning from cplb, not kube's own error line per request.
+    assert_eq!(proc.count_logs("kube_client"), 0, "{}", proc.logs());
+    let admin = proc.admin.unwrap();
+    let (status, _, body) = http(admin, "GET", "/upstreams").await;
+    assert_eq!(status, 200);
+    let list: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(list.len(), 1, "{body}");
+    assert_eq!(list[0]["source"], "static");
+    let (status, _, _) = http(admin, "GET", "/readyz").await;
+    assert_eq!(status, 200);
+    let mut client = ApiClient::connect(proc.addr, &c.pki, None).await.unwrap();
+    let (status, body) = client.get("/whoami").await.unwrap();
+    assert_eq!(
+        (status, body.split_whitespace().next()),
+        (200, Some("master-1"))
+    );
+}
+
+#[tokio::test]
+async fn token_auth_works() {
+    let s = setup(2, &[0, 1]).await;
+    let c = &s.c;
+    let kc = c.kubeconfig("token", &closed_server(), Auth::Token);
+    let p = start(&yaml(&[c.addr(0)], &discovery(&kc, &s.state, "5m")), &s.dir).await;
+    wait_set(&p, &[(a(c, 0), "api", false), (a(c, 1), "api", false)]).await;
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_turns_discovery_on_and_off() {
+    let s = setup(3, &[0, 1, 2]).await;
+    let c = &s.c;
+    let kc = c.kubeconfig("cert", &closed_server(), Auth::ClientCert);
+    let off = yaml(&[c.addr(0)], "");
+    let on = yaml(&[c.addr(0)], &discovery(&kc, &s.state, "5m"));
+    let p = start(&off, &s.dir).await;
+    assert_eq!(set(&p).await, vec![(a(c, 0), "static".into(), false)]);
+    std::fs::write(s.dir.join("cplb.yaml"), &on).unwrap();
+    p.reload.reload().await.unwrap();
+    wait_set(
+        &p,
+        &[
+            (a(c, 0), "api", false),
+            (a(c, 1), "api", false),
+            (a(c, 2), "api", false),
+        ],
+    )
+    .await;
+    std::fs::write(s.dir.join("cplb.yaml"), &off).unwrap();
+    p.reload.reload().await.unwrap();
+    assert_eq!(set(&p).await, vec![(a(c, 0), "static".into(), false)]);
+    // Off means off: the API's changes are no longer followed.
+    c.list(&[1]);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(set(&p).await, vec![(a(c, 0), "static".into(), false)]);
+    p.shutdown().await;
+}
