@@ -244,10 +244,10 @@ fn bind_listen(config: &Config, metrics: &Metrics) -> Result<Bound, ServerError>
             },
         }
     }
-    if listeners.is_empty() {
-        if let Some(e) = first_skip_error {
-            return Err(e.into());
-        }
+    if listeners.is_empty()
+        && let Some(e) = first_skip_error
+    {
+        return Err(e.into());
     }
     for s in &skipped {
         metrics.listen_skipped(&s.addr.to_string()).set(1);

@@ -70,10 +70,9 @@ fn relevant_names(path: &Path) -> Vec<std::ffi::OsString> {
     if let Some(n) = std::fs::canonicalize(path)
         .ok()
         .and_then(|r| r.file_name().map(|n| n.to_owned()))
+        && !names.contains(&n)
     {
-        if !names.contains(&n) {
-            names.push(n);
-        }
+        names.push(n);
     }
     names
 }
@@ -124,10 +123,10 @@ fn start(
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
             Ok(ev) => {
                 // Reads (ours included) are not changes.
-                if let EventKind::Access(a) = ev.kind {
-                    if a != notify::event::AccessKind::Close(notify::event::AccessMode::Write) {
-                        return;
-                    }
+                if let EventKind::Access(a) = ev.kind
+                    && a != notify::event::AccessKind::Close(notify::event::AccessMode::Write)
+                {
+                    return;
                 }
                 // Only what can change the config's content: its own name,
                 // the symlink target's name, the ConfigMap's `..data`

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use common::cluster::{Auth, Cluster};
 use common::process::{CplbProcess, Options};
-use common::{Proxy, http, wait_until};
+use common::{Proxy, TestConfig, http, wait_until};
 use cplb::config::Config;
 use cplb::standin::client::ApiClient;
 use serde_json::Value;
@@ -29,7 +29,7 @@ fn discovery(kubeconfig: &Path, state: &Path, remove_after: &str) -> String {
 /// A proxy on 127.0.0.1:0 with an admin listener, seeds `seeds`, and
 /// `extra` (a discovery section, the hash key...).
 fn yaml(seeds: &[SocketAddr], extra: &str) -> String {
-    common::yaml(seeds, extra).replace("admin: \"\"", "admin: 127.0.0.1:0")
+    TestConfig::new(seeds).admin().section(extra).yaml()
 }
 
 async fn start(yaml: &str, dir: &Path) -> Proxy {
@@ -430,8 +430,11 @@ async fn a_kubeconfig_pointing_at_the_proxy_itself_does_not_deadlock() {
     // names the local proxy.
     let own = common::refused_addr();
     let kc = c.kubeconfig("self", &format!("https://{own}"), Auth::ClientCert);
-    let off = yaml(&[c.addr(0)], "max_connections: 1\n")
-        .replace("listen: 127.0.0.1:0", &format!("listen: {own}"));
+    let off = TestConfig::new(&[c.addr(0)])
+        .admin()
+        .set("max_connections", 1)
+        .set("listen", own)
+        .yaml();
     let p = start(&off, &s.dir).await;
     assert_eq!(p.addr, own);
     // The local listener is saturated: one client holds the only slot, so

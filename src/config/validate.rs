@@ -126,16 +126,16 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         })?),
     };
 
-    if let Some(admin) = admin {
-        if let Some(l) = listen.iter().find(|l| overlaps(admin, **l)) {
-            return Err(cx.err(
+    if let Some(admin) = admin
+        && let Some(l) = listen.iter().find(|l| overlaps(admin, **l))
+    {
+        return Err(cx.err(
                 "admin",
                 format!(
                     "{admin} overlaps listen address {l}: both sockets use SO_REUSEPORT, so the \
                      kernel would hand client connections to the admin server; give admin its own port"
                 ),
             ));
-        }
     }
 
     if raw.upstreams.is_empty() {
@@ -397,10 +397,10 @@ pub(crate) fn resolve_node_id(configured: &str) -> String {
     if !configured.trim().is_empty() {
         return configured.trim().to_string();
     }
-    if let Ok(name) = std::env::var("NODE_NAME") {
-        if !name.trim().is_empty() {
-            return name.trim().to_string();
-        }
+    if let Ok(name) = std::env::var("NODE_NAME")
+        && !name.trim().is_empty()
+    {
+        return name.trim().to_string();
     }
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())

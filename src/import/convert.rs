@@ -449,15 +449,15 @@ fn listen(
         }
         if let Some(v) = p.strip_prefix("backlog=") {
             let b = number(d, v, 1, 65535)?;
-            if let Some((other, line)) = *backlog {
-                if other != b {
-                    return Err(ImportError::at(
-                        d.line,
-                        format!(
-                            "backlog={b} differs from backlog={other} at line {line}: cplb has one backlog"
-                        ),
-                    ));
-                }
+            if let Some((other, line)) = *backlog
+                && other != b
+            {
+                return Err(ImportError::at(
+                    d.line,
+                    format!(
+                        "backlog={b} differs from backlog={other} at line {line}: cplb has one backlog"
+                    ),
+                ));
             }
             *backlog = Some((b, d.line));
             continue;

@@ -46,7 +46,7 @@ pub(super) fn to_humantime(text: &str) -> Option<String> {
     if let (1, Some((n, unit @ ("ms" | "s" | "m" | "h" | "d" | "w")))) = (parts, single) {
         return Some(format!("{n}{unit}"));
     }
-    Some(if total % 1000 == 0 {
+    Some(if total.is_multiple_of(1000) {
         format!("{}s", total / 1000)
     } else {
         format!("{total}ms")

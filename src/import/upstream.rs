@@ -225,15 +225,16 @@ pub(super) fn upstream_server(cx: &mut Cx, d: &Directive) -> Result<Option<Serve
             }
         }
     }
-    if let (Some(t), max_fails) = (&s.fail_timeout, s.max_fails.unwrap_or(1)) {
-        if max_fails > 0 && humantime::parse_duration(t).is_ok_and(|d| d.is_zero()) {
-            return Err(ImportError::at(
-                d.line,
-                format!(
-                    "server {address}: cplb needs fail_timeout greater than 0 when max_fails is set"
-                ),
-            ));
-        }
+    if let (Some(t), max_fails) = (&s.fail_timeout, s.max_fails.unwrap_or(1))
+        && max_fails > 0
+        && humantime::parse_duration(t).is_ok_and(|d| d.is_zero())
+    {
+        return Err(ImportError::at(
+            d.line,
+            format!(
+                "server {address}: cplb needs fail_timeout greater than 0 when max_fails is set"
+            ),
+        ));
     }
     if down {
         cx.warn(d.line, format!("server {address} is marked down; left out"));

@@ -291,13 +291,12 @@ fn put(g: &mut Inner, mut slice: EndpointSlice) {
         slice.metadata.namespace.as_deref().unwrap_or("default"),
         slice.metadata.name.as_deref().unwrap_or("")
     );
-    if let Some(old) = g.slices.get(&key) {
-        if old.endpoints == slice.endpoints
-            && old.ports == slice.ports
-            && old.metadata.labels == slice.metadata.labels
-        {
-            return;
-        }
+    if let Some(old) = g.slices.get(&key)
+        && old.endpoints == slice.endpoints
+        && old.ports == slice.ports
+        && old.metadata.labels == slice.metadata.labels
+    {
+        return;
     }
     g.rv += 1;
     slice.metadata.resource_version = Some(g.rv.to_string());
@@ -327,10 +326,10 @@ fn record(g: &mut Inner, kind: &'static str, slice: Arc<EndpointSlice>) {
         kind,
         slice,
     };
-    if g.history.len() == HISTORY {
-        if let Some(old) = g.history.pop_front() {
-            g.floor = old.rv;
-        }
+    if g.history.len() == HISTORY
+        && let Some(old) = g.history.pop_front()
+    {
+        g.floor = old.rv;
     }
     g.history.push_back(change.clone());
     g.watches.retain(|w| w.send(change.clone()).is_ok());

@@ -205,10 +205,10 @@ async fn respond(
     req: Request<Incoming>,
 ) -> Response<Body> {
     state.requests.fetch_add(1, Ordering::SeqCst);
-    if let Some(api) = &state.kube {
-        if let Some(r) = kube_api::serve(api, client_cert != "anonymous", &req, server_addr) {
-            return r;
-        }
+    if let Some(api) = &state.kube
+        && let Some(r) = kube_api::serve(api, client_cert != "anonymous", &req, server_addr)
+    {
+        return r;
     }
     let (status, body) = match req.uri().path() {
         "/readyz" => {

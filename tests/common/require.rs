@@ -23,14 +23,13 @@ pub fn missing(test: &str, what: &str) -> bool {
     let line = format!("SKIP {test}: {what}\n");
     let _ = std::io::stderr().write_all(line.as_bytes());
     // One file per run lists every skip, so a summary can count them.
-    if let Some(dir) = option_env!("CARGO_TARGET_TMPDIR") {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
+    if let Some(dir) = option_env!("CARGO_TARGET_TMPDIR")
+        && let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(Path::new(dir).join("skipped-tests.txt"))
-        {
-            let _ = f.write_all(line.as_bytes());
-        }
+    {
+        let _ = f.write_all(line.as_bytes());
     }
     false
 }

@@ -11,6 +11,8 @@ pub struct TestConfig {
     /// Top-level `key: value` lines, in order; `set` replaces a key's value.
     settings: Vec<(String, String)>,
     hash: Option<(String, Option<String>)>,
+    /// Whole top-level sections, as YAML text (e.g. `discovery:`).
+    sections: Vec<String>,
     health_check: Option<HealthCheck>,
     /// Upstream addresses as written: `ip:port`, or a name.
     upstreams: Vec<String>,
@@ -26,6 +28,7 @@ impl TestConfig {
         TestConfig {
             settings: vec![],
             hash: None,
+            sections: vec![],
             health_check: None,
             upstreams: upstreams.iter().map(|u| u.to_string()).collect(),
             fail_timeout: Some("60s".into()),
@@ -123,6 +126,13 @@ impl TestConfig {
         self
     }
 
+    /// A whole top-level section (or several lines), as YAML text: for
+    /// sections the builder has no method for, such as `discovery:`.
+    pub fn section(mut self, yaml: &str) -> TestConfig {
+        self.sections.push(yaml.to_string());
+        self
+    }
+
     pub fn health_check(mut self, hc: HealthCheck) -> TestConfig {
         self.health_check = Some(hc);
         self
@@ -141,6 +151,12 @@ impl TestConfig {
         }
         if let Some(hc) = &self.health_check {
             y.push_str(&hc.yaml());
+        }
+        for sec in &self.sections {
+            y.push_str(sec);
+            if !sec.ends_with('\n') {
+                y.push('\n');
+            }
         }
         y.push_str("upstreams:\n");
         for u in &self.upstreams {
