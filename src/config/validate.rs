@@ -412,6 +412,38 @@ mod tests {
     use super::split_host_port;
 
     #[test]
+    fn tls_server_name_is_kept_and_empty_means_none() {
+        let parse = |extra: &str| {
+            let y = format!("health_check:\n  mode: tcp\n{extra}upstreams:\n  - address: a:1\n");
+            crate::Config::parse(&y, std::path::Path::new("t.yaml")).unwrap()
+        };
+        let named = parse("  tls:\n    server_name: kubernetes\n");
+        assert_eq!(
+            named.health_check.unwrap().tls.server_name.as_deref(),
+            Some("kubernetes")
+        );
+        assert_eq!(parse("").health_check.unwrap().tls.server_name, None);
+    }
+
+    #[test]
+    fn node_id_is_the_configured_one_trimmed_else_the_environment_or_host() {
+        assert_eq!(super::resolve_node_id(" n1 "), "n1");
+        // Unset here: $NODE_NAME if the environment has one, else the hostname.
+        let fallback = std::env::var("NODE_NAME")
+            .ok()
+            .filter(|n| !n.trim().is_empty())
+            .map(|n| n.trim().to_string())
+            .unwrap_or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .unwrap()
+                    .trim()
+                    .to_string()
+            });
+        assert!(!fallback.is_empty());
+        assert_eq!(super::resolve_node_id("  "), fallback);
+    }
+
+    #[test]
     fn host_port_forms() {
         assert_eq!(split_host_port("a.b:1").unwrap(), ("a.b".into(), 1));
         assert_eq!(split_host_port("[::1]:6443").unwrap(), ("::1".into(), 6443));
