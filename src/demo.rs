@@ -1,9 +1,13 @@
 //! `cplb demo`: cplb doing its job on one machine, loopback only, no
-//! configuration. Three stand-in HTTPS API servers ("masters"), one cplb per
-//! simulated node (as in a real cluster), kubelet-like clients on each node.
+//! configuration. Three stand-in HTTPS API servers ("masters") that also
+//! serve the EndpointSlice API, one cplb per simulated node (as in a real
+//! cluster) with discovery on, kubelet-like clients on each node.
 //! It shows the spread of nodes over masters (and where nginx's
 //! `hash $remote_addr` would have put them), a master stopping and its
-//! clients moving, the master coming back, and the metrics.
+//! clients moving, the master coming back, a fourth master joining and
+//! every node learning it from the API, and the metrics.
+
+mod fourth;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -17,9 +21,9 @@ use tokio::time::Instant;
 use crate::Config;
 use crate::metrics::Metrics;
 use crate::ring::{Ring, hash_key};
+use crate::standin::StandinError;
 use crate::standin::client::ApiClient;
 use crate::standin::pki::Pki;
-use crate::standin::{ApiServer, StandinError};
 
 const NODES: usize = 6;
 const LONG_PER_NODE: usize = 2;
@@ -41,6 +45,8 @@ pub enum DemoError {
     Config(#[from] crate::config::ConfigError),
     #[error("I/O")]
     Io(#[from] std::io::Error),
+    #[error("the answer to GET /upstreams")]
+    Json(#[from] serde_json::Error),
     #[error("{0}")]
     Failed(String),
 }
@@ -55,7 +61,12 @@ struct Node {
     long: Vec<ApiClient>,
 }
 
-fn node_config(name: &str, masters: &[SocketAddr], ca: &Path) -> Result<Config, DemoError> {
+fn node_config(
+    name: &str,
+    masters: &[SocketAddr],
+    ca: &Path,
+    dir: &Path,
+) -> Result<Config, DemoError> {
     let mut y = format!(
         "listen: 127.0.0.1:0\nworkers: 1\nadmin: 127.0.0.1:0\nconnect_timeout: 1s\nshutdown_grace: 1s\n\
          hash:\n  key: node\n  node_id: {name}\n\
@@ -68,6 +79,7 @@ fn node_config(name: &str, masters: &[SocketAddr], ca: &Path) -> Result<Config, 
             "  - address: {m}\n    weight: 5\n    max_fails: 1\n    fail_timeout: 3s\n"
         ));
     }
+    y.push_str(&fourth::section(dir, name));
     Ok(Config::parse(&y, Path::new("<demo>"))?)
 }
 
@@ -94,29 +106,32 @@ pub async fn run(out: &mut impl Write) -> Result<(), DemoError> {
 async fn demo(out: &mut impl Write, dir: &Path) -> Result<(), DemoError> {
     writeln!(
         out,
-        "== 1. three stand-in API servers (HTTPS, generated certificate, /readyz) =="
+        "== 1. three stand-in API servers (HTTPS, generated certificate, /readyz, EndpointSlice API) =="
     )?;
     let pki = Pki::new("cplb-demo-ca")?;
     let ca = dir.join("ca.crt");
     std::fs::write(&ca, pki.ca_pem())?;
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("static address");
-    let mut masters = Vec::new();
-    for name in MASTERS {
-        let m = ApiServer::start(name, &pki, any).await?;
+    let mut cluster = fourth::start(&pki, NODES).await?;
+    for (name, m) in MASTERS.iter().zip(&cluster.masters) {
         writeln!(out, "   {name} on https://{}", m.addr)?;
-        masters.push(m);
     }
-    let addrs: Vec<SocketAddr> = masters.iter().map(|m| m.addr).collect();
+    let mut addrs: Vec<SocketAddr> = cluster.masters.iter().map(|m| m.addr).collect();
+    fourth::list(&cluster.store, &addrs);
+    fourth::write_kubeconfig(dir, addrs[0], &ca)?;
+    writeln!(
+        out,
+        "   the kubernetes Service (default/kubernetes) lists the three, one port, as in a real cluster"
+    )?;
 
     writeln!(
         out,
-        "\n== 2. one cplb per node, hash key: node, health checks GET /readyz over TLS =="
+        "\n== 2. one cplb per node, hash key: node, health checks GET /readyz over TLS, discovery on =="
     )?;
     let mut nodes = Vec::new();
     for i in 1..=NODES {
         let name = format!("worker-{i}");
         let server = crate::Server::bind(
-            node_config(&name, &addrs, &ca)?,
+            node_config(&name, &addrs, &ca, dir)?,
             prometheus::Registry::new(),
         )
         .await?;
@@ -146,6 +161,12 @@ async fn demo(out: &mut impl Write, dir: &Path) -> Result<(), DemoError> {
             nodes[0].name
         )?;
     }
+    let took = fourth::all_know(&nodes, &addrs).await?;
+    writeln!(
+        out,
+        "   every node's cplb watches the EndpointSlices and lists the 3 masters from the API after {:.0} ms",
+        took.as_secs_f64() * 1e3
+    )?;
 
     writeln!(
         out,
@@ -182,13 +203,13 @@ async fn demo(out: &mut impl Write, dir: &Path) -> Result<(), DemoError> {
         .map(|(m, _)| m.to_string())
         .unwrap_or_default();
     let victim = MASTERS.iter().position(|m| *m == victim_name).unwrap_or(0);
-    let victim_addr = masters[victim].addr;
+    let victim_addr = cluster.masters[victim].addr;
     writeln!(
         out,
         "\n== 4. {victim_name} stops (process killed: listener closed, connections dropped) =="
     )?;
     let t = Instant::now();
-    masters[victim].stop().await;
+    cluster.masters[victim].stop().await;
     // Clients whose connection died reconnect, through their node's cplb.
     let mut moved = 0;
     for n in &mut nodes {
@@ -234,7 +255,9 @@ async fn demo(out: &mut impl Write, dir: &Path) -> Result<(), DemoError> {
         out,
         "\n== 5. {victim_name} comes back; health checks (rise 2) mark it up =="
     )?;
-    masters[victim] = ApiServer::start(&victim_name, &pki, victim_addr).await?;
+    cluster.masters[victim] =
+        crate::standin::ApiServer::start_kube(&victim_name, &pki, victim_addr, cluster.api.clone())
+            .await?;
     let t = Instant::now();
     if !wait(Duration::from_secs(15), || {
         nodes.iter().all(|n| up_gauge(n) == 1.0)
@@ -264,9 +287,12 @@ async fn demo(out: &mut impl Write, dir: &Path) -> Result<(), DemoError> {
         ));
     }
 
+    fourth::step(out, &mut cluster, &mut nodes, &pki, &back).await?;
+    addrs = cluster.masters.iter().map(|m| m.addr).collect();
+
     writeln!(
         out,
-        "\n== 6. key metrics of {} (from its /metrics) ==",
+        "\n== 7. key metrics of {} (from its /metrics) ==",
         nodes[0].name
     )?;
     for line in nodes[0].metrics.render().lines() {
@@ -281,13 +307,13 @@ async fn demo(out: &mut impl Write, dir: &Path) -> Result<(), DemoError> {
         if keep.iter().any(|k| line.starts_with(k)) && !line.ends_with(" 0") {
             let mut l = line.to_string();
             for (i, a) in addrs.iter().enumerate() {
-                l = l.replace(&a.to_string(), MASTERS[i]);
+                l = l.replace(&a.to_string(), MASTERS.get(i).unwrap_or(&fourth::FOURTH));
             }
             writeln!(out, "   {l}")?;
         }
     }
 
-    writeln!(out, "\n== 7. shutting down ==")?;
+    writeln!(out, "\n== 8. shutting down ==")?;
     for n in nodes {
         drop(n.long);
         let _ = n.stop.send(());

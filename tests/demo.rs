@@ -2,10 +2,11 @@
 
 use std::process::Command;
 
-/// The node -> master rows of each table, in order of appearance.
-fn tables(out: &str) -> Vec<Vec<(String, String)>> {
+/// The rows of each table (node, master, then the other columns), in
+/// order of appearance.
+fn rows(out: &str) -> Vec<Vec<Vec<String>>> {
     let mut tables = Vec::new();
-    let mut current: Option<Vec<(String, String)>> = None;
+    let mut current: Option<Vec<Vec<String>>> = None;
     for line in out.lines() {
         let t = line.trim();
         if t.starts_with("node ") && t.contains("master") {
@@ -13,13 +14,7 @@ fn tables(out: &str) -> Vec<Vec<(String, String)>> {
             continue;
         }
         match (&mut current, t.starts_with("worker-")) {
-            (Some(rows), true) => {
-                let mut it = t.split_whitespace();
-                rows.push((
-                    it.next().unwrap().to_string(),
-                    it.next().unwrap().to_string(),
-                ));
-            }
+            (Some(rows), true) => rows.push(t.split_whitespace().map(String::from).collect()),
             (Some(_), false) => tables.push(current.take().unwrap()),
             _ => {}
         }
@@ -27,8 +22,20 @@ fn tables(out: &str) -> Vec<Vec<(String, String)>> {
     tables
 }
 
+/// The node -> master pairs of each table.
+fn tables(out: &str) -> Vec<Vec<(String, String)>> {
+    rows(out)
+        .into_iter()
+        .map(|t| {
+            t.into_iter()
+                .map(|r| (r[0].clone(), r[1].clone()))
+                .collect()
+        })
+        .collect()
+}
+
 #[test]
-fn demo_exits_zero_and_shows_spread_failover_and_return() {
+fn demo_exits_zero_and_shows_spread_failover_return_and_a_fourth_master() {
     let out = Command::new(env!("CARGO_BIN_EXE_cplb"))
         .arg("demo")
         .output()
@@ -40,7 +47,11 @@ fn demo_exits_zero_and_shows_spread_failover_and_return() {
         String::from_utf8_lossy(&out.stderr)
     );
     let t = tables(&stdout);
-    assert_eq!(t.len(), 3, "before, during, after:\n{stdout}");
+    assert_eq!(
+        t.len(),
+        4,
+        "before, during, after, with a fourth master:\n{stdout}"
+    );
     for table in &t {
         assert_eq!(table.len(), 6, "six nodes:\n{stdout}");
     }
@@ -76,6 +87,24 @@ fn demo_exits_zero_and_shows_spread_failover_and_return() {
         }
     }
     assert_eq!(t[0], t[2], "every node returns to its own master");
+    // The fourth master: every node lists 4 upstreams learned from the API,
+    // new connections of some nodes go to master-4, the others stay put.
+    for row in &rows(&stdout)[3] {
+        assert_eq!(
+            row[2..4],
+            ["4", "(api)"],
+            "{} lists 4 masters from the API:\n{stdout}",
+            row[0]
+        );
+    }
+    let on_fourth = t[3].iter().filter(|(_, m)| m == "master-4").count();
+    assert!(on_fourth >= 1, "a node uses master-4:\n{stdout}");
+    for ((node, back), (_, now)) in t[2].iter().zip(&t[3]) {
+        assert!(
+            now == back || now == "master-4",
+            "{node} moves only to the new master:\n{stdout}"
+        );
+    }
     assert!(
         stdout.contains("would send all 6 to"),
         "the nginx comparison is shown"
