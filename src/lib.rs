@@ -36,7 +36,8 @@
 //! - `import`: `cplb import-nginx`, nginx `stream` config to cplb YAML.
 //! - `failback`: the fail-back policy: home, displaced, the scheduler (pure).
 //! - `simulate`: `cplb simulate`, the cluster-scale fail-back simulation.
-//! - `demo`: `cplb demo`, three stand-in masters and two cplb nodes in-process.
+//! - `demo`: `cplb demo`: stand-in masters (a fourth joins through discovery)
+//!   and one in-process cplb per simulated node.
 //! - `standin`: stand-in HTTPS API server and client (demo and tests).
 //!
 //! `demo` and `standin` are in the default build, not behind a feature: the
@@ -57,11 +58,13 @@
 //! 3. `Ring::walk` yields distinct upstreams in ring order; usable ones are
 //!    tried first, each with `connect_timeout`; failures feed
 //!    `PassiveHealth`, which may mark the upstream down. If none connects,
-//!    the upstreams marked down are tried as a last resort.
+//!    the upstreams marked down (and those discovery is draining) are tried
+//!    as a last resort.
 //! 4. `proxy::handle` drops the snapshot and keeps the upstream's state;
 //!    `copy::bidirectional` moves bytes both ways (buffered, or spliced once
 //!    bulk data shows up) until both sides close or idleness; `proxy::handle`
-//!    races it against eviction of the upstream and the end of the drain.
+//!    races it against eviction of the upstream, its removal by discovery
+//!    (`retire`), and the end of the drain.
 
 #![warn(unreachable_pub)]
 
