@@ -67,7 +67,7 @@ async fn kubectl_lists_endpointslices_with_a_client_certificate() {
     if !common::require::tool(
         "kubectl_lists_endpointslices_with_a_client_certificate",
         "kubectl",
-        "kubectl",
+        "kubernetes-client",
     ) {
         return;
     }
@@ -91,7 +91,7 @@ async fn kubectl_authenticates_with_a_token_and_is_refused_without() {
     if !common::require::tool(
         "kubectl_authenticates_with_a_token_and_is_refused_without",
         "kubectl",
-        "kubectl",
+        "kubernetes-client",
     ) {
         return;
     }
@@ -114,7 +114,7 @@ async fn kubectl_watch_sees_a_master_join_and_leave() {
     if !common::require::tool(
         "kubectl_watch_sees_a_master_join_and_leave",
         "kubectl",
-        "kubectl",
+        "kubernetes-client",
     ) {
         return;
     }
