@@ -259,16 +259,8 @@ impl Reloader {
             if self.refusing {
                 // A bad edit was undone: the file is what is running again,
                 // so the alert on the gauge must clear.
-                self.refusing = false;
                 self.refused_text = None;
-                m.last_reload_successful.set(1);
-                self.shared
-                    .last_load
-                    .store(Arc::new(crate::status::LoadRecord::reload(
-                        Some(path.clone()),
-                        Clock::unix_now(),
-                        None,
-                    )));
+                self.loaded_good(&path);
                 tracing::info!(file = %path.display(), "config file is valid again: its content is the running config");
             } else {
                 tracing::debug!(file = %path.display(), "config file event, content unchanged; nothing to do");
@@ -318,16 +310,8 @@ impl Reloader {
         }
         self.disc.published(&snapshot).await;
         m.reload("success").inc();
-        self.refusing = false;
-        m.last_reload_successful.set(1);
         m.last_reload_success_timestamp.set(Clock::unix_now());
-        self.shared
-            .last_load
-            .store(Arc::new(crate::status::LoadRecord::reload(
-                Some(path.clone()),
-                Clock::unix_now(),
-                None,
-            )));
+        self.loaded_good(&path);
         let nothing = changes.added.is_empty()
             && changes.removed.is_empty()
             && changes.modified.is_empty()
@@ -368,6 +352,20 @@ impl Reloader {
             m.forget_upstream(&gone.address);
         }
         self.disc.published(&snapshot).await;
+    }
+
+    /// The file at `path` is the running config, freshly applied or a
+    /// refused edit undone: the gauge and `/status` say so again.
+    fn loaded_good(&mut self, path: &std::path::Path) {
+        self.refusing = false;
+        self.shared.metrics.last_reload_successful.set(1);
+        self.shared
+            .last_load
+            .store(Arc::new(crate::status::LoadRecord::reload(
+                Some(path.to_path_buf()),
+                Clock::unix_now(),
+                None,
+            )));
     }
 
     fn refused(&mut self, e: &dyn std::error::Error) {
