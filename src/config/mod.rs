@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub(crate) use error::ConfigError;
+pub(crate) use validate::{DAY, duration_at_most, upstream_settings};
 
 /// Most upstreams a ring holds (see `ring::MAX_SERVERS`); an API server
 /// fleet is a handful of machines, so this is never the limit in practice.

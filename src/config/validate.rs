@@ -49,7 +49,7 @@ impl Ctx<'_> {
 }
 
 /// The upper bound for timeouts and windows.
-pub(super) const DAY: Duration = Duration::from_secs(86_400);
+pub(crate) const DAY: Duration = Duration::from_secs(86_400);
 /// The upper bound for `idle_timeout`: a watch may stay quiet for long, but
 /// no configured duration exceeds a year.
 pub(super) const YEAR: Duration = Duration::from_secs(365 * 86_400);
@@ -201,24 +201,8 @@ fn upstream(cx: &Ctx, i: usize, u: &RawUpstream) -> Result<UpstreamConfig, Confi
     let address = u.address.trim().to_string();
     let (host, port) =
         split_host_port(&address).map_err(|reason| cx.err(field("address"), reason))?;
-    let weight = match u.weight {
-        w @ 1.. if w <= MAX_WEIGHT as i64 => NonZeroU32::new(w as u32).expect("w > 0"),
-        w => {
-            return Err(cx.err(
-                field("weight"),
-                format!("must be between 1 and {MAX_WEIGHT}, got {w}"),
-            ));
-        }
-    };
-    let max_fails = u32::try_from(u.max_fails)
-        .map_err(|_| cx.err(field("max_fails"), format!("{} is too large", u.max_fails)))?;
-    let fail_timeout = cx.at_most(&field("fail_timeout"), u.fail_timeout, DAY)?;
-    if max_fails > 0 && fail_timeout.is_zero() {
-        return Err(cx.err(
-            field("fail_timeout"),
-            "must be greater than 0 when max_fails is set",
-        ));
-    }
+    let (weight, max_fails, fail_timeout) =
+        upstream_settings(cx.path, &field(""), u.weight, u.max_fails, u.fail_timeout)?;
     Ok(UpstreamConfig {
         address,
         host,
@@ -389,6 +373,49 @@ fn health_check(cx: &Ctx, hc: &RawHealthCheck) -> Result<HealthCheckConfig, Conf
         close_on_down: hc.close_on_down,
         tls,
     })
+}
+
+/// An upstream's weight, max_fails and fail_timeout, checked the same way
+/// for static upstreams and for the ones discovery adds; `prefix` names
+/// them in messages (`upstreams[1].`, `discovery.upstream.`).
+pub(crate) fn upstream_settings(
+    path: &Path,
+    prefix: &str,
+    weight: i64,
+    max_fails: u64,
+    fail_timeout: Duration,
+) -> Result<(NonZeroU32, u32, Duration), ConfigError> {
+    let cx = Ctx { path };
+    let field = |name: &str| format!("{prefix}{name}");
+    let weight = match weight {
+        w @ 1.. if w <= MAX_WEIGHT as i64 => NonZeroU32::new(w as u32).expect("w > 0"),
+        w => {
+            return Err(cx.err(
+                field("weight"),
+                format!("must be between 1 and {MAX_WEIGHT}, got {w}"),
+            ));
+        }
+    };
+    let max_fails = u32::try_from(max_fails)
+        .map_err(|_| cx.err(field("max_fails"), format!("{max_fails} is too large")))?;
+    let fail_timeout = cx.at_most(&field("fail_timeout"), fail_timeout, DAY)?;
+    if max_fails > 0 && fail_timeout.is_zero() {
+        return Err(cx.err(
+            field("fail_timeout"),
+            "must be greater than 0 when max_fails is set",
+        ));
+    }
+    Ok((weight, max_fails, fail_timeout))
+}
+
+/// A duration past `max` refused as every configured duration is.
+pub(crate) fn duration_at_most(
+    path: &Path,
+    field: &str,
+    d: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    Ctx { path }.at_most(field, d, max)
 }
 
 /// The node identity for `hash.key: node`: the configured value, else

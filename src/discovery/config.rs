@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::config::ConfigError;
 use crate::config::raw::defaults;
-use crate::config::{ConfigError, MAX_WEIGHT};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,27 +148,19 @@ impl RawDiscovery {
             ));
         }
         let u = self.upstream;
-        let weight = match u.weight {
-            w @ 1.. if w <= i64::from(MAX_WEIGHT) => NonZeroU32::new(w as u32).expect("w > 0"),
-            w => {
-                return Err(err(
-                    "upstream.weight",
-                    format!("must be between 1 and {MAX_WEIGHT}, got {w}"),
-                ));
-            }
-        };
-        let max_fails = u32::try_from(u.max_fails).map_err(|_| {
-            err(
-                "upstream.max_fails",
-                format!("{} is too large", u.max_fails),
-            )
-        })?;
-        if max_fails > 0 && u.fail_timeout.is_zero() {
-            return Err(err(
-                "upstream.fail_timeout",
-                "must be greater than 0 when max_fails is set".into(),
-            ));
-        }
+        let (weight, max_fails, fail_timeout) = crate::config::upstream_settings(
+            path,
+            "discovery.upstream.",
+            u.weight,
+            u.max_fails,
+            u.fail_timeout,
+        )?;
+        let remove_after = crate::config::duration_at_most(
+            path,
+            "discovery.remove_after",
+            self.remove_after,
+            crate::config::DAY,
+        )?;
         Ok(DiscoveryConfig {
             kubeconfig,
             namespace: namespace.into(),
@@ -176,10 +168,10 @@ impl RawDiscovery {
             port_name,
             tls_server_name,
             state_file: self.state_file,
-            remove_after: self.remove_after,
+            remove_after,
             weight,
             max_fails,
-            fail_timeout: u.fail_timeout,
+            fail_timeout,
         })
     }
 }
