@@ -15,50 +15,27 @@ use common::*;
 
 const SKIP_LINE: &str = "not listening on this loopback IPv6 address";
 
-/// Runs `f` on a runtime inside a fresh network namespace (loopback up)
-/// with `net.ipv6.conf.all.disable_ipv6` as asked. Child processes started
-/// from `f` inherit the namespace. None (skip) without root or `ip`.
+/// Runs `f` in a fresh network namespace with IPv6 disabled or enabled;
+/// None (skip) without root or `ip`.
 fn in_netns<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
     test: &str,
     ipv6_disabled: bool,
     f: impl FnOnce() -> F + Send + 'static,
 ) -> Option<T> {
-    if !require::root(
-        test,
-        "unshare(CLONE_NEWNET) for a private network namespace",
-    ) || !require::tool(test, "ip", "iproute2")
-    {
-        return None;
-    }
-    let out = std::thread::spawn(move || {
-        // SAFETY: unshare affects only this thread; the runtime's threads
-        // and child processes started from here inherit the namespace.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
-        let st = Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip link set lo up");
-        // /proc/sys/net is this thread's namespace.
-        let knob = "/proc/sys/net/ipv6/conf/all/disable_ipv6";
-        std::fs::write(knob, if ipv6_disabled { "1" } else { "0" }).unwrap();
+    let knob: &'static [(&str, &str)] = if ipv6_disabled {
+        &[("ipv6/conf/all/disable_ipv6", "1")]
+    } else {
+        &[("ipv6/conf/all/disable_ipv6", "0")]
+    };
+    common::netns::run(test, knob, move || async move {
         let has_v6 = Command::new("ip")
             .args(["-6", "addr", "show", "dev", "lo"])
             .output()
             .unwrap();
         let has_v6 = String::from_utf8_lossy(&has_v6.stdout).contains("::1");
-        assert_eq!(has_v6, !ipv6_disabled, "::1 on lo follows {knob}");
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f())
+        assert_eq!(has_v6, !ipv6_disabled, "::1 on lo follows disable_ipv6");
+        f().await
     })
-    .join()
-    .unwrap();
-    Some(out)
 }
 
 /// cplb on `listen` (and `admin`, `""` for none) in front of `up`, with

@@ -18,59 +18,15 @@ fn migrate_req() -> String {
         .unwrap_or_else(|_| "unavailable".into())
 }
 
-/// Runs `f` on a runtime inside a fresh network namespace with
-/// `tcp_migrate_req` set as asked: the host's setting is left alone, and
-/// the two cases do not disturb each other. Needs root (CI is root).
-fn in_netns<F: std::future::Future<Output = usize> + 'static>(
-    migrate: bool,
-    f: impl FnOnce() -> F + Send + 'static,
-) -> usize {
-    std::thread::spawn(move || {
-        // SAFETY: unshare affects only this thread; the runtime's threads
-        // and child processes started from here inherit the namespace.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "unshare(CLONE_NEWNET) needs root: {}",
-            std::io::Error::last_os_error()
-        );
-        let st = std::process::Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip link set lo up");
-        std::fs::write(
-            "/proc/sys/net/ipv4/tcp_migrate_req",
-            if migrate { "1" } else { "0" },
-        )
-        .unwrap();
-        assert_eq!(migrate_req(), if migrate { "1" } else { "0" });
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f())
-    })
-    .join()
-    .unwrap()
-}
-
-/// Root (for a network namespace) and `ip` (to bring its loopback up).
-fn can_run(test: &str) -> bool {
-    require::root(
-        test,
-        "unshare(CLONE_NEWNET) for a private network namespace",
-    ) && require::tool(test, "ip", "iproute2")
-}
-
 #[test]
 fn hitless_restart_with_tcp_migrate_req_loses_nothing() {
-    if !can_run("hitless_restart_with_tcp_migrate_req_loses_nothing") {
+    // In its own namespace: the host's tcp_migrate_req is left alone, and
+    // the two cases do not disturb each other.
+    let knob = &[("ipv4/tcp_migrate_req", "1")];
+    let test = "hitless_restart_with_tcp_migrate_req_loses_nothing";
+    let Some(failed) = netns::run(test, knob, restart_under_load) else {
         return;
-    }
-    let failed = in_netns(true, restart_under_load);
+    };
     assert_eq!(
         failed, 0,
         "with tcp_migrate_req=1 every new connection succeeds"
@@ -79,12 +35,13 @@ fn hitless_restart_with_tcp_migrate_req_loses_nothing() {
 
 #[test]
 fn hitless_restart_without_tcp_migrate_req_loses_at_most_the_race_window() {
-    if !can_run("hitless_restart_without_tcp_migrate_req_loses_at_most_the_race_window") {
+    let knob = &[("ipv4/tcp_migrate_req", "0")];
+    let test = "hitless_restart_without_tcp_migrate_req_loses_at_most_the_race_window";
+    let Some(failed) = netns::run(test, knob, restart_under_load) else {
         return;
-    }
+    };
     // Without migration the kernel resets what completes its handshake
     // between our last drain of the queue and close(): a few at most.
-    let failed = in_netns(false, restart_under_load);
     assert!(failed <= 4, "{failed} failed without tcp_migrate_req");
 }
 

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod metrics;
+pub mod netns;
 pub mod process;
 pub mod promql;
 pub mod require;
