@@ -122,6 +122,8 @@ struct Counters {
     broken: AtomicU64,
     stalled: AtomicU64,
     short_done: AtomicU64,
+    /// What each counted failure was, for the report.
+    failures: std::sync::Mutex<Vec<String>>,
 }
 
 /// One connect attempt through the proxy, up to the master's greeting,
@@ -131,13 +133,21 @@ async fn attempt(proxy: SocketAddr, marks: &[Mark], c: &Counters) -> Option<BufR
         .iter()
         .map(|m| (m.serving.load(SeqCst), m.downs.load(SeqCst)))
         .collect();
-    let result = async {
-        let s = TcpStream::connect(proxy).await.ok()?;
+    let started = Instant::now();
+    let mut local = None;
+    let result: Result<BufReader<TcpStream>, String> = async {
+        let s = TcpStream::connect(proxy)
+            .await
+            .map_err(|e| format!("connect to the proxy: {e}"))?;
+        local = s.local_addr().ok();
         let mut r = BufReader::new(s);
         let mut line = String::new();
         match tokio::time::timeout(DEADLINE, r.read_line(&mut line)).await {
-            Ok(Ok(n)) if n > 0 && line.starts_with('m') => Some(r),
-            _ => None,
+            Ok(Ok(n)) if n > 0 && line.starts_with('m') => Ok(r),
+            Ok(Ok(0)) => Err("closed before the greeting".into()),
+            Ok(Ok(_)) => Err(format!("unexpected greeting {line:?}")),
+            Ok(Err(e)) => Err(format!("reading the greeting: {e}")),
+            Err(_) => Err("no greeting within the deadline".into()),
         }
     }
     .await;
@@ -148,16 +158,21 @@ async fn attempt(proxy: SocketAddr, marks: &[Mark], c: &Counters) -> Option<BufR
         .all(|(m, b)| m.downs.load(SeqCst) == b.1);
     if any_serving && none_went_down {
         c.counted.fetch_add(1, Relaxed);
-        if result.is_none() {
+        if let Err(e) = &result {
             c.counted_failed.fetch_add(1, Relaxed);
+            c.failures.lock().unwrap().push(format!(
+                "client {local:?}: {e} after {:?}; masters serving at the start: {:?}",
+                started.elapsed(),
+                before.iter().map(|b| b.0).collect::<Vec<_>>()
+            ));
         }
     } else {
         c.excused.fetch_add(1, Relaxed);
-        if result.is_none() {
+        if result.is_err() {
             c.excused_failed.fetch_add(1, Relaxed);
         }
     }
-    result
+    result.ok()
 }
 
 /// Echo sessions: random chunks, every byte compared, until `stop`.
@@ -341,7 +356,13 @@ async fn soak_masters_die_return_and_blackhole_under_reloads() {
         m.serving.store(true, SeqCst);
     }
 
-    let mut p = CplbProcess::spawn(&cplb_yaml(&addrs, "10m"), Options::default());
+    // Debug lines of the proxy name each client, so a counted failure can be
+    // traced through cplb.
+    let opts = Options {
+        log_filter: Some("info,cplb::proxy=debug".into()),
+        ..Options::default()
+    };
+    let mut p = CplbProcess::spawn(&cplb_yaml(&addrs, "10m"), opts);
     let pid = p.pid();
     // Warm up: a few connections through every worker, then let them go.
     for _ in 0..20 {
@@ -479,6 +500,31 @@ async fn soak_masters_die_return_and_blackhole_under_reloads() {
     println!("resources: baseline {base:?}, peak {peak:?}, after {after:?}");
     for l in p.logs().lines().filter(|l| l.contains("reload refused")) {
         println!("  cplb: {l}");
+    }
+    let failures = c.failures.lock().unwrap().clone();
+    for f in &failures {
+        println!("counted failure: {f}");
+    }
+    if !failures.is_empty() {
+        // cplb's side of it: health transitions, evictions, reloads, and
+        // every line about the failed clients.
+        let clients: Vec<String> = failures
+            .iter()
+            .filter_map(|f| {
+                f.split("Some(")
+                    .nth(1)?
+                    .split(')')
+                    .next()
+                    .map(str::to_string)
+            })
+            .collect();
+        for l in p
+            .logs()
+            .lines()
+            .filter(|l| !l.contains("DEBUG") || clients.iter().any(|c| l.contains(c.as_str())))
+        {
+            println!("  cplb: {l}");
+        }
     }
 
     assert!(p.is_running(), "cplb died:\n{}", p.logs());
