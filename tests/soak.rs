@@ -57,7 +57,7 @@ impl Rng {
 struct Mark {
     serving: AtomicBool,
     /// Bumped when the master starts to stop serving and again once it has
-    /// stopped (its listener and queued connections gone).
+    /// stopped (its listener and queued connections gone): odd while dying.
     downs: AtomicU64,
 }
 
@@ -153,10 +153,13 @@ async fn attempt(proxy: SocketAddr, marks: &[Mark], c: &Counters) -> Option<BufR
     }
     .await;
     let any_serving = before.iter().any(|b| b.0);
-    let none_went_down = marks
-        .iter()
-        .zip(&before)
-        .all(|(m, b)| m.downs.load(SeqCst) == b.1);
+    // `downs` is odd while a kill is under way: the dying listener resets
+    // the connections it queued, and the client may see that before the
+    // kill returns and bumps `downs` again.
+    let none_went_down = marks.iter().zip(&before).all(|(m, b)| {
+        let now = m.downs.load(SeqCst);
+        now == b.1 && now % 2 == 0
+    });
     if any_serving && none_went_down {
         c.counted.fetch_add(1, Relaxed);
         if let Err(e) = &result {
