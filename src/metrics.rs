@@ -272,7 +272,7 @@ impl Metrics {
             }
         });
         let [to_upstream, to_client] = DIRECTIONS;
-        let [upstream_down, shutdown, idle_timeout] = CLOSE_REASONS;
+        let [upstream_down, upstream_draining, shutdown, idle_timeout] = CLOSE_REASONS;
         UpstreamMetrics {
             connections_total: self.connections_total.with_label_values(&[a]),
             connections_active: self.connections_active.with_label_values(&[a]),
@@ -284,6 +284,9 @@ impl Metrics {
             closed_upstream_down: self
                 .connections_closed
                 .with_label_values(&[a, upstream_down]),
+            closed_upstream_draining: self
+                .connections_closed
+                .with_label_values(&[a, upstream_draining]),
             closed_shutdown: self.connections_closed.with_label_values(&[a, shutdown]),
             closed_idle: self
                 .connections_closed
@@ -320,7 +323,12 @@ enum Family<'a> {
 /// `cplb_bytes_total{direction}`.
 const DIRECTIONS: [&str; 2] = ["to_upstream", "to_client"];
 /// `cplb_connections_closed_total{reason}`: closed by cplb, and why.
-const CLOSE_REASONS: [&str; 3] = ["upstream_down", "shutdown", "idle_timeout"];
+const CLOSE_REASONS: [&str; 4] = [
+    "upstream_down",
+    "upstream_draining",
+    "shutdown",
+    "idle_timeout",
+];
 
 /// `cplb_client_connections_rejected_total`, one handle per reason.
 #[derive(Clone)]
@@ -351,6 +359,7 @@ pub struct UpstreamMetrics {
     pub bytes_to_client: IntCounter,
     failures: [IntCounter; 5],
     pub closed_upstream_down: IntCounter,
+    pub closed_upstream_draining: IntCounter,
     pub closed_shutdown: IntCounter,
     pub closed_idle: IntCounter,
     pub probe_ok: IntCounter,

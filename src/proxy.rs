@@ -15,6 +15,7 @@ use crate::health::Admission;
 use crate::metrics::{FailureReason, GaugeGuard};
 use crate::shared::Shared;
 use crate::snapshot::{Snapshot, Upstream};
+use crate::upstream::EvictReason;
 
 /// `snapshot` is the one the accept loop checked `max_connections` against.
 pub(crate) async fn handle(
@@ -67,10 +68,16 @@ pub(crate) async fn handle(
             }
             Err(e) => tracing::debug!(%peer, upstream = %state.address, error = %e, bytes_to_upstream = totals.to_upstream, bytes_to_client = totals.to_client, "connection ended with error"),
         },
-        _ = &mut evicted, if close_on_down => {
-            m.closed_upstream_down.inc();
-            tracing::debug!(%peer, upstream = %state.address, "closing: upstream marked down");
-        }
+        _ = &mut evicted, if close_on_down => match state.evict_reason() {
+            EvictReason::Dead => {
+                m.closed_upstream_down.inc();
+                tracing::debug!(%peer, upstream = %state.address, "closing: upstream marked down");
+            }
+            EvictReason::Draining => {
+                m.closed_upstream_draining.inc();
+                tracing::debug!(%peer, upstream = %state.address, "closing: upstream drained");
+            }
+        },
         _ = &mut retired => {
             tracing::debug!(%peer, upstream = %state.address, "closing: upstream removed by discovery");
         }

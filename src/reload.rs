@@ -93,6 +93,7 @@ pub(crate) fn changed_settings(old: &Config, new: &Config) -> Vec<&'static str> 
                 a.close_on_down != b.close_on_down,
                 "health_check.close_on_down",
             );
+            check(a.drain_grace != b.drain_grace, "health_check.drain_grace");
             check(a.tls != b.tls, "health_check.tls");
         }
         (a, b) => check(a.is_some() != b.is_some(), "health_check"),

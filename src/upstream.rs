@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Acquire, Release};
+use std::sync::atomic::{AtomicBool, AtomicU8};
 
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
@@ -22,9 +22,13 @@ pub struct UpstreamState {
     /// on its own schedule, and nothing else has to agree with it.
     addrs: ArcSwap<Vec<SocketAddr>>,
     pub metrics: UpstreamMetrics,
-    /// Woken when the active check marks this upstream down, so proxied
-    /// connections to it close (`health_check.close_on_down`).
+    /// Woken when the active check marks this upstream down (dead), or when
+    /// a draining upstream's `drain_grace` ends, so proxied connections to
+    /// it close (`health_check.close_on_down`). `evict_reason` says which.
     pub evict: Notify,
+    /// An `EvictReason`, stored by the prober (the only writer) before it
+    /// wakes `evict`; read once by each woken connection.
+    evict_reason: AtomicU8,
     /// Woken once, when discovery removes this upstream after
     /// `remove_after`: its remaining connections close whatever
     /// `close_on_down` says (a decommissioned master must not keep clients).
@@ -37,6 +41,16 @@ pub struct UpstreamState {
     /// Name resolution's log throttle. Only the resolver takes the lock,
     /// never the proxy's path.
     pub resolve_log: std::sync::Mutex<crate::resolve::throttle::ResolveLog>,
+}
+
+/// Why the active check closes an upstream's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum EvictReason {
+    /// No answer, refused, TLS failure: closed at once.
+    Dead = 0,
+    /// It answered "not ready" and `drain_grace` has passed.
+    Draining = 1,
 }
 
 /// Which part of cplb changed an upstream's state.
@@ -80,6 +94,7 @@ impl UpstreamState {
             addrs: ArcSwap::from_pointee(Vec::new()),
             metrics: m,
             evict: Notify::new(),
+            evict_reason: AtomicU8::new(EvictReason::Dead as u8),
             retire: Notify::new(),
             retired: AtomicBool::new(false),
             last_change: ArcSwap::from_pointee(Change {
@@ -96,6 +111,20 @@ impl UpstreamState {
     pub fn retire(&self) {
         self.retired.store(true, Release);
         self.retire.notify_waiters();
+    }
+
+    /// Closes the connections open to this upstream, counted under `why`.
+    pub(crate) fn evict(&self, why: EvictReason) {
+        self.evict_reason.store(why as u8, Release);
+        self.evict.notify_waiters();
+    }
+
+    /// Why the last `evict` closed connections.
+    pub(crate) fn evict_reason(&self) -> EvictReason {
+        match self.evict_reason.load(Acquire) {
+            1 => EvictReason::Draining,
+            _ => EvictReason::Dead,
+        }
     }
 
     pub fn is_retired(&self) -> bool {

@@ -271,7 +271,12 @@ fn upstream_series(u: &str) -> Vec<(&'static str, Vec<(&'static str, String)>)> 
             vec![("reason", r.to_string())],
         ));
     }
-    for r in ["upstream_down", "shutdown", "idle_timeout"] {
+    for r in [
+        "upstream_down",
+        "upstream_draining",
+        "shutdown",
+        "idle_timeout",
+    ] {
         v.push((
             "cplb_connections_closed_total",
             vec![("reason", r.to_string())],

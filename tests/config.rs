@@ -251,3 +251,18 @@ fn check_line_names_admin_and_active_checks() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn drain_grace_defaults_to_60s_and_is_read() {
+    let c = cplb::Config::parse(
+        "health_check:\n  mode: tcp\nupstreams:\n  - address: a.example:6443\n",
+        Path::new("t.yaml"),
+    )
+    .unwrap();
+    let hc = c.health_check.expect("health_check section");
+    assert_eq!(hc.drain_grace.as_secs(), 60);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/config/valid/health-check-drain-grace.yaml");
+    let c = cplb::Config::load(&p).unwrap();
+    assert_eq!(c.health_check.unwrap().drain_grace.as_secs(), 86_400);
+}

@@ -59,6 +59,13 @@ fn probes(proxy: &Proxy, addr: SocketAddr, result: &str) -> f64 {
     )
 }
 
+fn closes(s: &common::metrics::Scrape, addr: SocketAddr, reason: &str) -> f64 {
+    s.get(
+        "cplb_connections_closed_total",
+        &[("upstream", &addr.to_string()), ("reason", reason)],
+    )
+}
+
 async fn whoami(proxy: SocketAddr, pki: &Pki) -> String {
     let mut c = ApiClient::connect(proxy, pki, None).await.unwrap();
     c.get("/whoami").await.unwrap().1
@@ -199,7 +206,10 @@ async fn clients_are_moved_off_a_master_whose_readyz_fails() {
     let b = ApiServer::start("b", &pki, localhost()).await.unwrap();
     let dir = temp_dir("hc-move");
     let ca = write_ca(&pki, &dir);
-    let proxy = Proxy::start(hc(&[a.addr, b.addr], checks(&ca)).config()).await;
+    // A 503 is "draining" (issue 12): with a grace of 1 ms its clients move
+    // as soon as the check turns down, the behaviour this test times.
+    let y = hc(&[a.addr, b.addr], checks(&ca).set("drain_grace", "1ms"));
+    let proxy = Proxy::start(y.config()).await;
     wait_until("probes running", || {
         probes(&proxy, a.addr, "success") >= 1.0
     })
@@ -251,23 +261,20 @@ async fn clients_are_moved_off_a_master_whose_readyz_fails() {
             "cplb_connections_closed_total",
             &[
                 ("upstream", &a.addr.to_string()),
-                ("reason", "upstream_down")
+                ("reason", "upstream_draining")
             ]
         ),
         // At least 6: the loop above keeps connecting until b has 3, and
         // with `key: connection` more than 6 may land on a.
         on_a.len() as f64
     );
-    assert_eq!(
-        s.get(
-            "cplb_connections_closed_total",
-            &[
-                ("upstream", &b.addr.to_string()),
-                ("reason", "upstream_down")
-            ]
-        ),
-        0.0
-    );
+    for (addr, reason) in [
+        (a.addr, "upstream_down"),
+        (b.addr, "upstream_down"),
+        (b.addr, "upstream_draining"),
+    ] {
+        assert_eq!(closes(&s, addr, reason), 0.0, "{addr} {reason}");
+    }
     proxy.shutdown().await;
 }
 
@@ -277,7 +284,9 @@ async fn last_usable_master_keeps_its_clients() {
     let a = ApiServer::start("a", &pki, localhost()).await.unwrap();
     let dir = temp_dir("hc-last");
     let ca = write_ca(&pki, &dir);
-    let proxy = Proxy::start(hc(&[a.addr], checks(&ca)).config()).await;
+    // A 1 ms drain grace: its end, not only the fall, must keep the clients.
+    let y = hc(&[a.addr], checks(&ca).set("drain_grace", "1ms"));
+    let proxy = Proxy::start(y.config()).await;
     let mut c = ApiClient::connect(proxy.addr, &pki, None).await.unwrap();
     assert!(c.get("/whoami").await.unwrap().1.starts_with("a "));
     a.set_ready(false);
@@ -285,16 +294,9 @@ async fn last_usable_master_keeps_its_clients() {
     // Still answers: nothing better to send it to.
     assert!(c.get("/whoami").await.unwrap().1.starts_with("a "));
     assert!(!c.is_closed());
-    assert_eq!(
-        proxy.scrape().get(
-            "cplb_connections_closed_total",
-            &[
-                ("upstream", &a.addr.to_string()),
-                ("reason", "upstream_down")
-            ]
-        ),
-        0.0
-    );
+    let s = proxy.scrape();
+    assert_eq!(closes(&s, a.addr, "upstream_down"), 0.0);
+    assert_eq!(closes(&s, a.addr, "upstream_draining"), 0.0);
     // And the last resort still connects new clients to it.
     assert!(whoami(proxy.addr, &pki).await.starts_with("a "));
     assert_eq!(http(proxy.admin.unwrap(), "GET", "/readyz").await.0, 503);
@@ -478,5 +480,162 @@ async fn passing_probe_clears_a_passive_mark_without_client_traffic() {
         connections,
         "no client connection was needed"
     );
+    proxy.shutdown().await;
+}
+
+/// A proxy on a and b with `drain_grace`, and `n` long-lived clients on a.
+async fn clients_on_a(
+    pki: &Pki,
+    a: &ApiServer,
+    b: &ApiServer,
+    name: &str,
+    drain_grace: &str,
+    n: usize,
+) -> (Proxy, Vec<ApiClient>) {
+    let dir = temp_dir(name);
+    let ca = write_ca(pki, &dir);
+    let y = hc(
+        &[a.addr, b.addr],
+        checks(&ca).set("drain_grace", drain_grace),
+    );
+    let proxy = Proxy::start(y.config()).await;
+    wait_until("probes running", || {
+        probes(&proxy, a.addr, "success") >= 1.0
+    })
+    .await;
+    let mut on_a = Vec::new();
+    while on_a.len() < n {
+        let mut c = ApiClient::connect(proxy.addr, pki, None).await.unwrap();
+        if c.get("/whoami").await.unwrap().1.starts_with("a ") {
+            on_a.push(c);
+        }
+    }
+    (proxy, on_a)
+}
+
+async fn all_answer_from_a(clients: &mut [ApiClient]) {
+    for c in clients {
+        let who = c.get("/whoami").await.expect("still open").1;
+        assert!(who.starts_with("a "), "answered by {who}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_master_keeps_open_connections_for_drain_grace() {
+    let pki = Pki::new("ca").unwrap();
+    let a = ApiServer::start("a", &pki, localhost()).await.unwrap();
+    let b = ApiServer::start("b", &pki, localhost()).await.unwrap();
+    let grace = Duration::from_secs(2);
+    let (proxy, mut on_a) = clients_on_a(&pki, &a, &b, "hc-drain", "2s", 3).await;
+    let flipped = tokio::time::Instant::now();
+    a.set_ready(false);
+    wait_until("a marked down", || up(&proxy, a.addr) == 0.0).await;
+    let down = flipped.elapsed();
+    // Past fall x interval: the open connections still work...
+    all_answer_from_a(&mut on_a).await;
+    // ...and new ones go elsewhere.
+    for _ in 0..5 {
+        assert!(whoami(proxy.addr, &pki).await.starts_with("b "));
+    }
+    for c in &mut on_a {
+        tokio::time::timeout(DEADLINE, c.closed())
+            .await
+            .expect("closed after drain_grace");
+    }
+    let closed_after = flipped.elapsed();
+    println!(
+        "readyz 503 -> down after {down:?}, {} clients on a closed after {closed_after:?} (drain_grace {grace:?})",
+        on_a.len()
+    );
+    // The grace starts at the fall, after the 503 began.
+    assert!(closed_after >= grace, "closed after {closed_after:?}");
+    let s = proxy.scrape();
+    assert_eq!(closes(&s, a.addr, "upstream_draining"), on_a.len() as f64);
+    assert_eq!(closes(&s, a.addr, "upstream_down"), 0.0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_master_closes_its_connections_at_once() {
+    let pki = Pki::new("ca").unwrap();
+    let a = ApiServer::start("a", &pki, localhost()).await.unwrap();
+    let b = ApiServer::start("b", &pki, localhost()).await.unwrap();
+    // A long grace: a close within it is the dead path's, not the drain's.
+    let (proxy, mut on_a) = clients_on_a(&pki, &a, &b, "hc-dead", "60s", 3).await;
+    // Probes get no answer (timeout) while proxied requests still work: a
+    // stopped stand-in would close the connections itself, hiding cplb's close.
+    let flipped = tokio::time::Instant::now();
+    a.set_hanging(true);
+    for c in &mut on_a {
+        tokio::time::timeout(DEADLINE, c.closed())
+            .await
+            .expect("closed at once");
+    }
+    let closed_after = flipped.elapsed();
+    println!(
+        "/readyz hangs -> {} clients on a closed after {closed_after:?}",
+        on_a.len()
+    );
+    let s = proxy.scrape();
+    assert_eq!(closes(&s, a.addr, "upstream_down"), on_a.len() as f64);
+    assert_eq!(closes(&s, a.addr, "upstream_draining"), 0.0);
+    assert!(whoami(proxy.addr, &pki).await.starts_with("b "));
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_master_that_turns_dead_closes_at_once() {
+    let pki = Pki::new("ca").unwrap();
+    let a = ApiServer::start("a", &pki, localhost()).await.unwrap();
+    let b = ApiServer::start("b", &pki, localhost()).await.unwrap();
+    let (proxy, mut on_a) = clients_on_a(&pki, &a, &b, "hc-drain-dead", "60s", 3).await;
+    a.set_ready(false);
+    wait_until("a marked down", || up(&proxy, a.addr) == 0.0).await;
+    all_answer_from_a(&mut on_a).await;
+    let dead = tokio::time::Instant::now();
+    a.set_hanging(true);
+    for c in &mut on_a {
+        tokio::time::timeout(DEADLINE, c.closed())
+            .await
+            .expect("closed once dead, well before drain_grace");
+    }
+    println!(
+        "draining a turned dead -> {} clients closed after {:?} (drain_grace 60s)",
+        on_a.len(),
+        dead.elapsed()
+    );
+    let s = proxy.scrape();
+    assert_eq!(closes(&s, a.addr, "upstream_down"), on_a.len() as f64);
+    assert_eq!(closes(&s, a.addr, "upstream_draining"), 0.0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_master_back_within_drain_grace_closes_nothing() {
+    let pki = Pki::new("ca").unwrap();
+    let a = ApiServer::start("a", &pki, localhost()).await.unwrap();
+    let b = ApiServer::start("b", &pki, localhost()).await.unwrap();
+    let grace = Duration::from_secs(3);
+    let (proxy, mut on_a) = clients_on_a(&pki, &a, &b, "hc-drain-back", "3s", 3).await;
+    let flipped = tokio::time::Instant::now();
+    a.set_ready(false);
+    wait_until("a marked down", || up(&proxy, a.addr) == 0.0).await;
+    a.set_ready(true);
+    wait_until("a back up", || up(&proxy, a.addr) == 1.0).await;
+    let back = flipped.elapsed();
+    assert!(back < grace, "back after {back:?}: not within the grace");
+    // Not a wait for readiness: the grace must pass for its absence of
+    // closes to mean anything.
+    tokio::time::sleep_until(flipped + grace + Duration::from_secs(1)).await;
+    all_answer_from_a(&mut on_a).await;
+    assert!(on_a.iter().all(|c| !c.is_closed()));
+    println!(
+        "a back up after {back:?}; {} clients open after {:?}",
+        on_a.len(),
+        flipped.elapsed()
+    );
+    let s = proxy.scrape();
+    assert_eq!(closes(&s, a.addr, "upstream_draining"), 0.0);
+    assert_eq!(closes(&s, a.addr, "upstream_down"), 0.0);
     proxy.shutdown().await;
 }

@@ -203,6 +203,7 @@ fn health_check() -> BoxedStrategy<Value> {
             "close_on_down",
             or_anything(any::<bool>().prop_map(Value::Bool).boxed()),
         ),
+        ("drain_grace", duration().boxed()),
         ("tls", or_anything(tls)),
     ])
 }

@@ -100,6 +100,9 @@ pub struct HealthCheckConfig {
     pub mode: CheckMode,
     pub path: String,
     pub close_on_down: bool,
+    /// How long a draining upstream (it answers, but not ready) keeps its
+    /// open connections before they close.
+    pub drain_grace: Duration,
     pub tls: TlsConfig,
 }
 

@@ -83,6 +83,8 @@ pub(crate) struct RawHealthCheck {
     pub path: String,
     #[serde(default = "defaults::close_on_down")]
     pub close_on_down: bool,
+    #[serde(default = "defaults::drain_grace", with = "humantime_serde")]
+    pub drain_grace: Duration,
     #[serde(default)]
     pub tls: RawTls,
 }
@@ -192,5 +194,9 @@ pub(crate) mod defaults {
     }
     pub(crate) fn close_on_down() -> bool {
         true
+    }
+    /// Longer than kube-apiserver's default `--shutdown-delay-duration`.
+    pub(crate) fn drain_grace() -> Duration {
+        Duration::from_secs(60)
     }
 }

@@ -303,6 +303,7 @@ fn valid_hostname(host: &str) -> bool {
 fn health_check(cx: &Ctx, hc: &RawHealthCheck) -> Result<HealthCheckConfig, ConfigError> {
     let interval = cx.positive("health_check.interval", hc.interval, DAY)?;
     let timeout = cx.positive("health_check.timeout", hc.timeout, DAY)?;
+    let drain_grace = cx.positive("health_check.drain_grace", hc.drain_grace, DAY)?;
     let count = |name: &str, v: u64| match v {
         1..=100 => Ok(NonZeroU32::new(v as u32).expect("v > 0")),
         _ => Err(cx.err(
@@ -371,6 +372,7 @@ fn health_check(cx: &Ctx, hc: &RawHealthCheck) -> Result<HealthCheckConfig, Conf
         mode,
         path: hc.path.clone(),
         close_on_down: hc.close_on_down,
+        drain_grace,
         tls,
     })
 }

@@ -58,6 +58,10 @@ pub struct ActiveHealth {
     hysteresis: Mutex<Hysteresis>,
     /// Written by the prober once per probe, read by the admin endpoint.
     last: ArcSwapOption<ProbeResult>,
+    /// While draining: the `Clock` millisecond at which its open connections
+    /// close; 0 when not draining. Kept here, not in the prober, so a prober
+    /// restarted by a reload keeps the deadline.
+    drain_until: AtomicU64,
 }
 
 impl Default for ActiveHealth {
@@ -68,6 +72,7 @@ impl Default for ActiveHealth {
             since: AtomicU64::new(0),
             hysteresis: Mutex::new(Hysteresis::default()),
             last: ArcSwapOption::empty(),
+            drain_until: AtomicU64::new(0),
         }
     }
 }
@@ -107,6 +112,19 @@ impl ActiveHealth {
     /// Active checks were turned off: no result is current any more.
     pub(crate) fn clear_result(&self) {
         self.last.store(None);
+    }
+
+    /// When a draining upstream's connections close (`Clock` ms); `None`
+    /// when it is not draining.
+    pub(crate) fn drain_until(&self) -> Option<u64> {
+        Some(self.drain_until.load(Acquire)).filter(|&t| t != 0)
+    }
+
+    /// Starts (`Some`) or ends (`None`) a drain.
+    pub(crate) fn set_drain_until(&self, at_ms: Option<u64>) {
+        // 0 means "not draining", so a deadline of 0 becomes 1.
+        self.drain_until
+            .store(at_ms.map_or(0, |t| t.max(1)), Release);
     }
 
     /// Returns true if this changed the state.

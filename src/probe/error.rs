@@ -63,6 +63,13 @@ impl ProbeError {
         }
     }
 
+    /// The master answered, only not "ready": it is draining (a
+    /// kube-apiserver in its shutdown delay), not dead. Every other failure
+    /// (no answer, refused, TLS, a broken answer, no address) is dead.
+    pub(crate) fn is_draining(&self) -> bool {
+        matches!(self, ProbeError::Status { .. })
+    }
+
     /// The `reason` label value.
     pub fn reason(&self) -> &'static str {
         FAILURE_REASONS[self.reason_index()]

@@ -4,7 +4,9 @@
 //! `timeout`, so a hanging upstream delays nothing but its own prober.
 //! Results feed `health::ActiveHealth` (rise/fall) in the upstream's state;
 //! a fall with `close_on_down` evicts the upstream's proxied connections,
-//! unless no other upstream is usable.
+//! unless no other upstream is usable: at once when it is dead, after
+//! `drain_grace` when it is draining (it answers, but not ready). The
+//! prober times the grace, so the proxy's path has no timer of its own.
 
 mod error;
 mod io;
@@ -26,7 +28,7 @@ use crate::clock::Clock;
 use crate::config::{CheckMode, Config};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
-use crate::upstream::UpstreamState;
+use crate::upstream::{EvictReason, UpstreamState};
 
 /// Everything a prober needs, prepared (files read) before a config applies.
 #[derive(Debug)]
@@ -37,6 +39,7 @@ pub struct ProbeSettings {
     pub fall: u32,
     pub path: String,
     pub close_on_down: bool,
+    pub drain_grace: Duration,
     tls: Option<(
         Arc<ClientConfig>,
         Option<rustls::pki_types::ServerName<'static>>,
@@ -69,6 +72,7 @@ pub fn prepare(config: &Config) -> Result<Option<Arc<ProbeSettings>>, TlsError> 
         fall: hc.fall.get(),
         path: hc.path.clone(),
         close_on_down: hc.close_on_down,
+        drain_grace: hc.drain_grace,
         tls,
     })))
 }
@@ -97,6 +101,7 @@ impl Probers {
             let now = self.shared.clock.now_ms();
             for u in &snapshot.upstreams {
                 u.state.active.clear_result();
+                u.state.active.set_drain_until(None);
                 u.state.set_active(true, now, "health checks disabled");
             }
             return;
@@ -157,10 +162,11 @@ async fn prober(
         | 1;
     // The first probe soon, spread over a tenth of the interval.
     let mut delay = (settings.interval / 10).min(jittered(settings.interval, &mut seed) / 10);
+    // Consecutive failures that say dead, for a draining upstream turning dead.
+    let mut dead_streak = 0u32;
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
+        if !wait(&shared, &state, &settings, delay, &stop).await {
+            return;
         }
         delay = jittered(settings.interval, &mut seed);
         let started = Instant::now();
@@ -189,6 +195,10 @@ async fn prober(
                 state.metrics.probe_failure(e.reason_index()).inc();
             }
         }
+        dead_streak = match &result {
+            Err(e) if !e.is_draining() => dead_streak.saturating_add(1),
+            _ => 0,
+        };
         let flipped = state.active.record(ok, settings.rise, settings.fall);
         match (&result, flipped) {
             (_, Some(up)) => {
@@ -196,17 +206,78 @@ async fn prober(
                     .as_ref()
                     .err()
                     .map_or_else(|| "checks pass".to_string(), ToString::to_string);
-                state.set_active(up, shared.clock.now_ms(), &detail);
-                if !up && settings.close_on_down {
-                    evict(&shared, &state);
+                let now = shared.clock.now_ms();
+                state.set_active(up, now, &detail);
+                if up {
+                    if state.active.drain_until().is_some() {
+                        state.active.set_drain_until(None);
+                        tracing::info!(upstream = %state.address, "draining upstream back up within drain_grace; its connections stay");
+                    }
+                } else if settings.close_on_down {
+                    match &result {
+                        Err(e) if e.is_draining() => start_drain(&state, &settings, now),
+                        _ => evict(&shared, &state, EvictReason::Dead),
+                    }
                 }
             }
             (Err(e), None) => {
+                // Dead as surely as a fall would say: `fall` probes in a row.
+                if dead_streak >= settings.fall && state.active.drain_until().is_some() {
+                    state.active.set_drain_until(None);
+                    tracing::warn!(upstream = %state.address, reason = e.reason(), error = %e, "draining upstream turned dead");
+                    evict(&shared, &state, EvictReason::Dead);
+                }
                 tracing::debug!(upstream = %state.address, error = %e, reason = e.reason(), "health check failed")
             }
             (Ok(()), None) => {}
         }
     }
+}
+
+/// Sleeps `delay` until the next probe, closing a draining upstream's
+/// connections if its `drain_grace` ends meanwhile. False when stopped.
+async fn wait(
+    shared: &Shared,
+    state: &Arc<UpstreamState>,
+    settings: &ProbeSettings,
+    delay: Duration,
+    stop: &CancellationToken,
+) -> bool {
+    let next_probe = tokio::time::sleep(delay);
+    tokio::pin!(next_probe);
+    loop {
+        let drain_until = state.active.drain_until();
+        let left = drain_until.map_or(Duration::ZERO, |t| {
+            Duration::from_millis(t.saturating_sub(shared.clock.now_ms()))
+        });
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = &mut next_probe => return true,
+            _ = tokio::time::sleep(left), if drain_until.is_some() => {
+                state.active.set_drain_until(None);
+                // A reload may have turned `close_on_down` off meanwhile.
+                if settings.close_on_down {
+                    evict(shared, state, EvictReason::Draining);
+                }
+            }
+        }
+    }
+}
+
+/// A fall on "not ready": no new connections (the verdict is down), and the
+/// open ones close when `drain_grace` ends, unless it comes back first.
+fn start_drain(state: &UpstreamState, settings: &ProbeSettings, now: u64) {
+    let grace_ms = u64::try_from(settings.drain_grace.as_millis()).unwrap_or(u64::MAX);
+    state
+        .active
+        .set_drain_until(Some(now.saturating_add(grace_ms)));
+    let open = state.metrics.connections_active.get();
+    tracing::info!(
+        upstream = %state.address,
+        open,
+        drain_grace_ms = grace_ms,
+        "upstream draining; its open connections close after drain_grace"
+    );
 }
 
 async fn probe_once(
@@ -227,9 +298,10 @@ async fn probe_once(
     }
 }
 
-/// Closes the proxied connections of an upstream that just went down, so
-/// its clients reconnect to a healthy one, unless it is the last one usable.
-fn evict(shared: &Shared, state: &Arc<UpstreamState>) {
+/// Closes the proxied connections of an upstream that went down (dead, or
+/// drained), so its clients reconnect to a healthy one, unless it is the
+/// last one usable.
+fn evict(shared: &Shared, state: &Arc<UpstreamState>, why: EvictReason) {
     let snap = shared.snapshot.load();
     let now = shared.clock.now_ms();
     let others = snap
@@ -244,9 +316,16 @@ fn evict(shared: &Shared, state: &Arc<UpstreamState>) {
         }
         return;
     }
-    state.evict.notify_waiters();
+    state.evict(why);
     if open > 0 {
-        tracing::info!(upstream = %state.address, closed = open, "closed client connections of an upstream marked down");
+        match why {
+            EvictReason::Dead => {
+                tracing::info!(upstream = %state.address, closed = open, "closed client connections of an upstream marked down")
+            }
+            EvictReason::Draining => {
+                tracing::info!(upstream = %state.address, closed = open, "closed client connections of a draining upstream after drain_grace")
+            }
+        }
     }
 }
 
