@@ -63,8 +63,10 @@
 //! 4. `proxy::handle` drops the snapshot and keeps the upstream's state;
 //!    `copy::bidirectional` moves bytes both ways (buffered, or spliced once
 //!    bulk data shows up) until both sides close or idleness; `proxy::handle`
-//!    races it against eviction of the upstream, its removal by discovery
-//!    (`retire`), and the end of the drain.
+//!    races it against eviction of the upstream (at once when the active
+//!    check finds it dead, after `drain_grace` when it answers "not ready":
+//!    the prober times that, not the connection), its removal by discovery
+//!    (`retire`), and the end of the shutdown drain.
 
 #![warn(unreachable_pub)]
 
