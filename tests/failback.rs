@@ -305,6 +305,21 @@ async fn displaced_connections_come_home_at_the_bounded_rate() {
         .unwrap()
         .clone();
     assert_eq!(entry["displaced_connections"], CONNS, "{entry:#}");
+    // `cplb status` shows them beside the (stopped) home's connections.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_cplb"))
+        .args([
+            "status",
+            "--admin",
+            &c.nodes[0].p.admin.unwrap().to_string(),
+        ])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&status.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&c.victim()))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains(&format!("0 (+{CONNS} displaced)")), "{table}");
     for n in &c.nodes {
         assert_eq!(n.p.count_logs("fail-back episode started"), 0);
     }
