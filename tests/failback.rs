@@ -467,3 +467,56 @@ async fn disabled_failback_closes_nothing() {
     }
     c.clients.abort_all();
 }
+
+/// Writes a node's config whole and renames it into place: the watcher
+/// never sees half a file.
+fn rewrite(p: &CplbProcess, yaml: &str) {
+    let tmp = p.config_path.with_extension("tmp");
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, &p.config_path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_home_displaces_nothing() {
+    let fb = "  settle: 1s\n  spread: 1s\n  max_per_second: 2\n";
+    let mut c = Cluster::start(1, 0, fb).await;
+    c.victim_dies().await;
+    let id = c.nodes[0].id.clone();
+    // A reload removes the home: its displaced connections stay where
+    // they are, no longer displaced, and its series go.
+    rewrite(&c.nodes[0].p, &node_yaml(&c.addrs[1..], &id, fb));
+    let victim = c.victim();
+    let gone = eventually(DEADLINE, async || {
+        let s = c.scrape(0).await;
+        s.find("cplb_connections_displaced", &[("upstream", &victim)])
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    gone.unwrap_or_else(|_| panic!("home's series removed\n{}", c.all_logs()));
+
+    // It returns, same address, in a new reload: a new upstream. The old
+    // connections are not its displaced ones, so nothing moves.
+    c.start_victim().await;
+    rewrite(&c.nodes[0].p, &node_yaml(&c.addrs, &id, fb));
+    // New connections of this node go to the returned home.
+    let proxy = c.nodes[0].p.addr;
+    let home = eventually(DEADLINE, async || {
+        let fresh = Client::connect(proxy).await;
+        (fresh.upstream == name(0)).then_some(())
+    })
+    .await;
+    home.unwrap_or_else(|_| panic!("new connections go home\n{}", c.all_logs()));
+    let back = Instant::now();
+    assert_eq!(c.displaced(0).await, 0.0);
+    // Deliberate: were they displaced, settle + spread + CONNS / RATE (4 s)
+    // would have moved them all.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let closes = c.closes_since(back);
+    assert!(
+        closes.is_empty(),
+        "closed after home was removed: {closes:?}"
+    );
+    assert_eq!(c.failback_closes(0).await, 0.0);
+    assert_eq!(c.nodes[0].p.count_logs("fail-back episode"), 0);
+}
