@@ -207,3 +207,160 @@ fn log_end(
         "fail-back episode ended"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failback::registry::DisplacedGuard;
+    use crate::snapshot::Snapshot;
+    use crate::upstream::StateTable;
+    use arc_swap::ArcSwap;
+
+    /// Two upstreams, resolved; the driver's view of time is tokio's
+    /// (paused in these tests).
+    fn shared(failback: &str) -> (Shared, StateTable) {
+        let metrics = crate::metrics::Metrics::new(prometheus::Registry::new()).unwrap();
+        let mut table = StateTable::default();
+        let snapshot = snapshot(failback, &mut table, &metrics);
+        let shared = Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            clock: crate::clock::Clock::new(),
+            clients: Default::default(),
+            all_down: Default::default(),
+            accept_failing: Default::default(),
+            accept_failed_at: Default::default(),
+            draining: Default::default(),
+            force_close: CancellationToken::new(),
+            skipped_listen: Vec::new(),
+            last_load: ArcSwap::from_pointee(crate::status::LoadRecord::startup(None, 0.0)),
+        };
+        (shared, table)
+    }
+
+    fn snapshot(
+        failback: &str,
+        table: &mut StateTable,
+        metrics: &crate::metrics::Metrics,
+    ) -> Snapshot {
+        let yaml = format!(
+            "hash:\n  node_id: n1\nfailback:\n{failback}upstreams:\n  - address: 10.0.0.1:6443\n  - address: 10.0.0.2:6443\n"
+        );
+        let config = crate::Config::parse(&yaml, std::path::Path::new("t.yaml")).unwrap();
+        let s = Snapshot::build(&config, table, metrics).snapshot;
+        for u in &s.upstreams {
+            u.state.set_addrs(vec![u.config.address.parse().unwrap()]);
+        }
+        s
+    }
+
+    /// Ticks every 100 ms for `ms`; each granted ticket is taken by one
+    /// connection, which then ends. Returns the close times (clock ms).
+    async fn run(
+        d: &mut Driver,
+        shared: &Shared,
+        conns: &mut Vec<DisplacedGuard>,
+        ms: u64,
+    ) -> Vec<u64> {
+        let mut closes = Vec::new();
+        for _ in 0..ms / 100 {
+            tokio::time::advance(TICK).await;
+            d.tick(shared);
+            if conns.first().is_some_and(|g| g.take_ticket()) {
+                closes.push(shared.clock.now_ms());
+                conns.remove(0);
+            }
+        }
+        closes
+    }
+
+    fn home(shared: &Shared) -> Arc<UpstreamState> {
+        shared.snapshot.load().upstreams[0].state.clone()
+    }
+
+    const FB: &str = "  settle: 1s\n  spread: 0s\n  max_per_second: 2\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn closes_after_settle_at_the_rate_and_ends() {
+        let (shared, _table) = shared(FB);
+        let h = home(&shared);
+        h.set_active(false, shared.clock.now_ms(), "down");
+        let mut conns: Vec<_> = (0..4)
+            .map(|_| DisplacedGuard::enter(&h.displaced).unwrap())
+            .collect();
+        let mut d = Driver::default();
+        assert!(run(&mut d, &shared, &mut conns, 3000).await.is_empty());
+        let t0 = shared.clock.now_ms();
+        h.set_active(true, t0, "up");
+        let closes = run(&mut d, &shared, &mut conns, 4000).await;
+        let rel: Vec<u64> = closes.iter().map(|c| c - t0).collect();
+        // Seen usable at the next tick (+100), settle 1 s, then every 500 ms.
+        assert_eq!(rel, [1100, 1600, 2100, 2600]);
+        assert!(
+            d.homes.is_empty(),
+            "the episode ended and its home was dropped"
+        );
+        assert_eq!(h.displaced.count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_displaced_connection_or_a_fall_restarts_settle() {
+        let (shared, _table) = shared(FB);
+        let h = home(&shared);
+        let mut conns = vec![DisplacedGuard::enter(&h.displaced).unwrap()];
+        let mut d = Driver::default();
+        let t0 = shared.clock.now_ms();
+        // Home "usable" all along, but another connection is displaced at
+        // 800 ms: home failed it, so settle counts from there.
+        assert!(run(&mut d, &shared, &mut conns, 800).await.is_empty());
+        conns.push(DisplacedGuard::enter(&h.displaced).unwrap());
+        let closes = run(&mut d, &shared, &mut conns, 1500).await;
+        assert_eq!(closes.first().map(|c| c - t0), Some(1900));
+        // Mid-episode, home falls: the rest stay, for as long as it is down.
+        h.set_active(false, shared.clock.now_ms(), "down");
+        conns.push(DisplacedGuard::enter(&h.displaced).unwrap());
+        h.displaced.grant(1); // a ticket the fall must revoke
+        tokio::time::advance(TICK).await;
+        d.tick(&shared);
+        assert!(!conns[0].take_ticket(), "revoked when home fell");
+        assert!(run(&mut d, &shared, &mut conns, 5000).await.is_empty());
+        assert_eq!(h.displaced.count(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn disabled_or_reloaded_policy() {
+        let (shared, mut table) = shared("  enabled: false\n  settle: 0s\n  spread: 0s\n");
+        let h = home(&shared);
+        let mut conns = vec![DisplacedGuard::enter(&h.displaced).unwrap()];
+        let mut d = Driver::default();
+        assert!(run(&mut d, &shared, &mut conns, 3000).await.is_empty());
+        // A reload turns it on: settle (1 s) counts from the reload.
+        let t0 = shared.clock.now_ms();
+        shared
+            .snapshot
+            .store(Arc::new(snapshot(FB, &mut table, &shared.metrics)));
+        let closes = run(&mut d, &shared, &mut conns, 2000).await;
+        assert_eq!(closes.iter().map(|c| c - t0).collect::<Vec<_>>(), [1100]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_removed_home_is_forgotten() {
+        let (shared, mut table) = shared(FB);
+        let h = home(&shared);
+        let mut conns = vec![DisplacedGuard::enter(&h.displaced).unwrap()];
+        let mut d = Driver::default();
+        run(&mut d, &shared, &mut conns, 200).await;
+        assert_eq!(d.homes.len(), 1);
+        // The reload path: the new set without it, then its set retired.
+        let yaml = "hash:\n  node_id: n1\nupstreams:\n  - address: 10.0.0.2:6443\n";
+        let config = crate::Config::parse(yaml, std::path::Path::new("t.yaml")).unwrap();
+        let built = Snapshot::build(&config, &mut table, &shared.metrics);
+        shared.snapshot.store(Arc::new(built.snapshot));
+        for gone in &built.removed {
+            gone.displaced.retire();
+        }
+        assert!(run(&mut d, &shared, &mut conns, 3000).await.is_empty());
+        assert!(d.homes.is_empty());
+        assert_eq!(h.displaced.count(), 0);
+    }
+}
