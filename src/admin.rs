@@ -188,6 +188,7 @@ fn upstreams_json(shared: &Shared) -> String {
                     "since": clock.to_unix_secs(s.active.since_ms()),
                 },
                 "active_connections": s.metrics.connections_active.get(),
+                "displaced_connections": s.displaced.count(),
                 "connections_total": s.metrics.connections_total.get(),
                 "bytes_to_upstream": s.metrics.bytes_to_upstream.get(),
                 "bytes_to_client": s.metrics.bytes_to_client.get(),

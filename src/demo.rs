@@ -4,8 +4,9 @@
 //! cluster) with discovery on, kubelet-like clients on each node.
 //! It shows the spread of nodes over masters (and where nginx's
 //! `hash $remote_addr` would have put them), a master stopping and its
-//! clients moving, the master coming back, a fourth master joining and
-//! every node learning it from the API, and the metrics.
+//! clients moving, the master coming back and fail-back bringing the moved
+//! connections home at a bounded rate, a fourth master joining and every
+//! node learning it from the API, and the metrics.
 
 mod fourth;
 
@@ -29,6 +30,10 @@ const NODES: usize = 6;
 const LONG_PER_NODE: usize = 2;
 const SHORT_PER_NODE: usize = 3;
 const MASTERS: [&str; 3] = ["master-1", "master-2", "master-3"];
+/// Fail-back, shortened to demo scale (defaults: 30s, 2m, 2).
+const SETTLE: Duration = Duration::from_secs(2);
+const SPREAD: Duration = Duration::from_secs(2);
+const RATE: u64 = 1;
 
 /// Context only: `main` prints the chain, which carries each cause once.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +84,11 @@ fn node_config(
             "  - address: {m}\n    weight: 5\n    max_fails: 1\n    fail_timeout: 3s\n"
         ));
     }
+    y.push_str(&format!(
+        "failback:\n  settle: {}\n  spread: {}\n  max_per_second: {RATE}\n",
+        humantime::format_duration(SETTLE),
+        humantime::format_duration(SPREAD)
+    ));
     y.push_str(&fourth::section(dir, name));
     Ok(Config::parse(&y, Path::new("<demo>"))?)
 }
@@ -250,6 +260,18 @@ async fn demo(out: &mut impl Write, dir: &Path) -> Result<(), DemoError> {
         out,
         "   every node's cplb marks {victim_name} down (cplb_upstream_up=0)"
     )?;
+    let displaced = |n: &Node| {
+        metric(
+            &n.metrics,
+            "cplb_connections_displaced",
+            &victim_addr.to_string(),
+        )
+    };
+    let away: f64 = nodes.iter().map(displaced).sum();
+    writeln!(
+        out,
+        "   cplb counts the {away} moved connections as displaced from their home (cplb_connections_displaced{{upstream=\"{victim_name}\"}})"
+    )?;
 
     writeln!(
         out,
@@ -270,15 +292,14 @@ async fn demo(out: &mut impl Write, dir: &Path) -> Result<(), DemoError> {
     }
     writeln!(
         out,
-        "   marked up on all nodes after {:.0} ms; new connections return to their own master:",
+        "   marked up on all nodes after {:.0} ms",
         t.elapsed().as_secs_f64() * 1e3
     )?;
-    for n in &mut nodes {
-        n.long.clear();
-        for _ in 0..LONG_PER_NODE {
-            n.long.push(ApiClient::connect(n.addr, &pki, None).await?);
-        }
-    }
+    failback(out, &mut nodes, &pki, &victim_name, moved, &displaced).await?;
+    writeln!(
+        out,
+        "   every connection is on its own master again, long-lived and new:"
+    )?;
     let back = placement(&mut nodes, &pki).await?;
     print_table(out, &back)?;
     if back != table {
@@ -290,16 +311,23 @@ async fn demo(out: &mut impl Write, dir: &Path) -> Result<(), DemoError> {
     fourth::step(out, &mut cluster, &mut nodes, &pki, &back).await?;
     addrs = cluster.masters.iter().map(|m| m.addr).collect();
 
+    // A node of the stopped master: its metrics show the fail-back too.
+    let shown = &nodes[nodes
+        .iter()
+        .position(|n| table.get(&n.name) == Some(&victim_name))
+        .unwrap_or(0)];
     writeln!(
         out,
         "\n== 7. key metrics of {} (from its /metrics) ==",
-        nodes[0].name
+        shown.name
     )?;
-    for line in nodes[0].metrics.render().lines() {
+    for line in shown.metrics.render().lines() {
         let keep = [
             "cplb_upstream_up{",
             "cplb_connections_total{",
             "cplb_connections_active{",
+            "cplb_connections_displaced{",
+            "cplb_connections_closed_total{",
             "cplb_connect_failures_total{",
             "cplb_upstream_state_changes_total{",
             "cplb_health_checks_total{",
@@ -319,6 +347,72 @@ async fn demo(out: &mut impl Write, dir: &Path) -> Result<(), DemoError> {
         let _ = n.stop.send(());
         let _ = n.task.await;
     }
+    Ok(())
+}
+
+/// Step 5's fail-back episode: nothing moves until the master has been up
+/// for `SETTLE` plus each node's delay; then each node's cplb closes its
+/// displaced connections at most `RATE` per second, and the clients (as a
+/// kubelet would) reconnect, which takes them home.
+async fn failback(
+    out: &mut impl Write,
+    nodes: &mut [Node],
+    pki: &Pki,
+    victim: &str,
+    moved: usize,
+    displaced: &impl Fn(&Node) -> f64,
+) -> Result<(), DemoError> {
+    writeln!(
+        out,
+        "   fail-back (settle {}, spread {}, max_per_second {RATE}): the {moved} displaced connections stay put \
+         until {victim} has been up for settle plus the node's delay, then come home at the bounded rate:",
+        humantime::format_duration(SETTLE),
+        humantime::format_duration(SPREAD)
+    )?;
+    let t = Instant::now();
+    let limit = SETTLE + SPREAD + Duration::from_secs(LONG_PER_NODE as u64 / RATE + 10);
+    let mut closes: Vec<Vec<f64>> = vec![Vec::new(); nodes.len()];
+    let mut all = 0;
+    while all < moved || nodes.iter().any(|n| displaced(n) != 0.0) {
+        if t.elapsed() > limit {
+            return Err(DemoError::Failed(format!(
+                "only {all} of {moved} displaced connections came home within {limit:?}"
+            )));
+        }
+        for (i, n) in nodes.iter_mut().enumerate() {
+            for c in &mut n.long {
+                if c.is_closed() {
+                    closes[i].push(t.elapsed().as_secs_f64());
+                    *c = ApiClient::connect(n.addr, pki, None).await?;
+                    all += 1;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    writeln!(
+        out,
+        // No "master" in this header: it is not a node -> master table.
+        "   node        delay   closed by cplb (s after the return was seen), then reconnected"
+    )?;
+    for (n, c) in nodes.iter().zip(&closes) {
+        if c.is_empty() {
+            continue;
+        }
+        let delay = crate::failback::node_delay(&n.name, SPREAD);
+        let at: Vec<String> = c.iter().map(|s| format!("+{s:.1}")).collect();
+        writeln!(
+            out,
+            "   {:<11} {:<7} {}",
+            n.name,
+            format!("{:.1}s", delay.as_secs_f64()),
+            at.join(" ")
+        )?;
+    }
+    writeln!(
+        out,
+        "   {all} closed: none before settle, at most {RATE} per second per node, staggered across nodes"
+    )?;
     Ok(())
 }
 

@@ -26,6 +26,10 @@
 //! - `resolve`: host name resolution with background retry.
 //! - `discovery`: learns the API servers from EndpointSlices (kube-rs);
 //!   `cplb discover` runs it alone.
+//! - `failback`: the fail-back policy (home, displaced, the scheduler: pure
+//!   code, also run by `simulate`) and the driver task that brings displaced
+//!   connections home. Its `registry` is the one part on a connection's
+//!   path: `proxy` holds a guard (atomics only) per displaced connection.
 //! - `probe`: active health check probes (TLS `GET /readyz` or TCP), probers.
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/upstreams`, `/status`.
 //! - `reuseport`: names another process sharing a `listen` address.
@@ -34,10 +38,10 @@
 //! Commands besides the proxy:
 //! - `status`: `cplb status`, the `/status` document and its table.
 //! - `import`: `cplb import-nginx`, nginx `stream` config to cplb YAML.
-//! - `failback`: the fail-back policy: home, displaced, the scheduler (pure).
 //! - `simulate`: `cplb simulate`, the cluster-scale fail-back simulation.
-//! - `demo`: `cplb demo`: stand-in masters (a fourth joins through discovery)
-//!   and one in-process cplb per simulated node.
+//! - `demo`: `cplb demo`: stand-in masters (one stops and fails back, a
+//!   fourth joins through discovery) and one in-process cplb per simulated
+//!   node.
 //! - `standin`: stand-in HTTPS API server and client (demo and tests).
 //!
 //! `demo` and `standin` are in the default build, not behind a feature: the
@@ -66,7 +70,9 @@
 //!    races it against eviction of the upstream (at once when the active
 //!    check finds it dead, after `drain_grace` when it answers "not ready":
 //!    the prober times that, not the connection), its removal by discovery
-//!    (`retire`), and the end of the shutdown drain.
+//!    (`retire`), and the end of the shutdown drain; a connection established
+//!    away from its home (displaced: home unusable when it connected) also
+//!    waits for the fail-back driver to send it home.
 
 #![warn(unreachable_pub)]
 

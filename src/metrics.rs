@@ -35,6 +35,7 @@ pub struct Metrics {
     registry: Registry,
     connections_total: IntCounterVec,
     connections_active: IntGaugeVec,
+    connections_displaced: IntGaugeVec,
     connect_failures: IntCounterVec,
     upstream_up: IntGaugeVec,
     state_changes: IntCounterVec,
@@ -140,6 +141,12 @@ impl Metrics {
                 "Proxied connections currently open, per upstream.",
                 &["upstream"],
             )?,
+            connections_displaced: gauge_vec(
+                r,
+                "cplb_connections_displaced",
+                "Proxied connections whose home is this upstream (first on their ring walk) but that run on another, because it was unusable when they connected; fail-back closes them at a bounded rate once it is back.",
+                &["upstream"],
+            )?,
             connect_failures: counter_vec(
                 r,
                 "cplb_connect_failures_total",
@@ -243,6 +250,7 @@ impl Metrics {
         use Family::{Counter, Gauge};
         each(Counter(&self.connections_total), &[]);
         each(Gauge(&self.connections_active), &[]);
+        each(Gauge(&self.connections_displaced), &[]);
         each(Gauge(&self.upstream_up), &[]);
         each(Counter(&self.state_changes), &[]);
         for d in DIRECTIONS {
@@ -272,10 +280,11 @@ impl Metrics {
             }
         });
         let [to_upstream, to_client] = DIRECTIONS;
-        let [upstream_down, upstream_draining, shutdown, idle_timeout] = CLOSE_REASONS;
+        let [upstream_down, upstream_draining, shutdown, idle_timeout, failback] = CLOSE_REASONS;
         UpstreamMetrics {
             connections_total: self.connections_total.with_label_values(&[a]),
             connections_active: self.connections_active.with_label_values(&[a]),
+            connections_displaced: self.connections_displaced.with_label_values(&[a]),
             up: self.upstream_up.with_label_values(&[a]),
             state_changes: self.state_changes.with_label_values(&[a]),
             bytes_to_upstream: self.bytes.with_label_values(&[a, to_upstream]),
@@ -291,6 +300,7 @@ impl Metrics {
             closed_idle: self
                 .connections_closed
                 .with_label_values(&[a, idle_timeout]),
+            closed_failback: self.connections_closed.with_label_values(&[a, failback]),
             probe_ok: self
                 .probes
                 .with_label_values(&[a, "success", PROBE_REASON_NONE]),
@@ -323,11 +333,12 @@ enum Family<'a> {
 /// `cplb_bytes_total{direction}`.
 const DIRECTIONS: [&str; 2] = ["to_upstream", "to_client"];
 /// `cplb_connections_closed_total{reason}`: closed by cplb, and why.
-const CLOSE_REASONS: [&str; 4] = [
+const CLOSE_REASONS: [&str; 5] = [
     "upstream_down",
     "upstream_draining",
     "shutdown",
     "idle_timeout",
+    "failback",
 ];
 
 /// `cplb_client_connections_rejected_total`, one handle per reason.
@@ -353,6 +364,8 @@ impl Rejected {
 pub struct UpstreamMetrics {
     pub connections_total: IntCounter,
     pub connections_active: IntGauge,
+    /// Connections displaced *from* this upstream (it is their home).
+    pub connections_displaced: IntGauge,
     pub up: IntGauge,
     pub state_changes: IntCounter,
     pub bytes_to_upstream: IntCounter,
@@ -362,6 +375,8 @@ pub struct UpstreamMetrics {
     pub closed_upstream_draining: IntCounter,
     pub closed_shutdown: IntCounter,
     pub closed_idle: IntCounter,
+    /// Closed by fail-back so the client reconnects home.
+    pub closed_failback: IntCounter,
     pub probe_ok: IntCounter,
     /// By `probe::FAILURE_REASONS` index.
     probe_fail: [IntCounter; PROBE_FAILURE_REASONS.len()],

@@ -1,6 +1,7 @@
 //! One client connection: pick upstreams in ring order, connect with
 //! failover, then hand both sockets to `copy::bidirectional` until either side ends,
-//! the upstream is evicted, or shutdown forces the close.
+//! the upstream is evicted, fail-back sends a displaced connection home, or
+//! shutdown forces the close.
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 use crate::copy::{self, CopyEnd};
+use crate::failback::{self, Placement, registry::DisplacedGuard};
 use crate::health::Admission;
 use crate::metrics::{FailureReason, GaugeGuard};
 use crate::shared::Shared;
@@ -29,6 +31,16 @@ pub(crate) async fn handle(
         shared.metrics.rejected.no_upstream.inc();
         tracing::debug!(%peer, "no upstream accepted the connection; closing client");
         return;
+    };
+    // Fail-back's record: established away from home, it holds a guard on
+    // home's set (an `Arc` clone, no allocation) for as long as it lives.
+    let displaced = match failback::placement(&snapshot.ring, hash, index) {
+        Placement::Home => None,
+        Placement::Displaced { home } => {
+            let home = &snapshot.upstreams[home].state;
+            DisplacedGuard::enter(&home.displaced)
+                .map(|guard| (guard, GaugeGuard::new(&home.metrics.connections_displaced)))
+        }
     };
     // Keep only what this connection needs, so an old snapshot (ring and
     // all) is freed once a reload replaces it, not when the last watch ends.
@@ -81,9 +93,23 @@ pub(crate) async fn handle(
         _ = &mut retired => {
             tracing::debug!(%peer, upstream = %state.address, "closing: upstream removed by discovery");
         }
+        // Only a displaced connection polls this; for the others the
+        // future is built (on the stack) but never polled.
+        _ = sent_home(&displaced), if displaced.is_some() => {
+            m.closed_failback.inc();
+            tracing::debug!(%peer, upstream = %state.address, "closing: fail-back, home is usable again");
+        }
         _ = shared.force_close.cancelled() => {
             m.closed_shutdown.inc();
         }
+    }
+}
+
+/// Completes when fail-back picks this displaced connection to go home.
+async fn sent_home(displaced: &Option<(DisplacedGuard, GaugeGuard)>) {
+    match displaced {
+        Some((guard, _)) => guard.sent_home().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -81,6 +81,7 @@ pub(crate) fn changed_settings(old: &Config, new: &Config) -> Vec<&'static str> 
     check(old.hash.key != new.hash.key, "hash.key");
     check(old.hash.node_id != new.hash.node_id, "hash.node_id");
     check(old.discovery != new.discovery, "discovery");
+    check(old.failback != new.failback, "failback");
     match (&old.health_check, &new.health_check) {
         (Some(a), Some(b)) => {
             check(a.interval != b.interval, "health_check.interval");
@@ -307,6 +308,8 @@ impl Reloader {
         self.checks = checks.clone();
         self.checker.apply(checks, &snapshot);
         for gone in &built.removed {
+            // Its displaced connections are no longer displaced.
+            gone.displaced.retire();
             m.forget_upstream(&gone.address);
         }
         self.disc.published(&snapshot).await;
@@ -350,6 +353,7 @@ impl Reloader {
         self.checker.apply(self.checks.clone(), &snapshot);
         for gone in &built.removed {
             gone.retire();
+            gone.displaced.retire();
             m.forget_upstream(&gone.address);
         }
         self.disc.published(&snapshot).await;

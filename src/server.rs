@@ -177,6 +177,11 @@ impl Server {
             tokio::spawn(crate::watch::run(path, reload.clone(), stop_rest.clone()));
         }
         tokio::spawn(reloader.run(stop_rest.clone()));
+        // Fail-back stops with the listeners: a drain closes by itself.
+        tokio::spawn(crate::failback::driver::run(
+            shared.clone(),
+            stop_accept.clone(),
+        ));
 
         shutdown.await;
 

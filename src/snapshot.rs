@@ -45,6 +45,11 @@ pub struct Settings {
     pub close_on_down: bool,
     /// Read when shutdown begins, so a reload can change it.
     pub shutdown_grace: Duration,
+    /// Read by the fail-back driver on each tick, so a reload applies it.
+    pub failback: crate::failback::Failback,
+    /// This node's fail-back start delay in `[0, failback.spread)`, from
+    /// the node id (`hash.node_id` as resolved, whatever `hash.key` is).
+    pub failback_delay: Duration,
 }
 
 /// What building a snapshot changed in the state table.
@@ -105,6 +110,11 @@ impl Snapshot {
             max_connections: config.max_connections.get(),
             close_on_down: config.health_check.as_ref().is_none_or(|h| h.close_on_down),
             shutdown_grace: config.shutdown_grace,
+            failback: config.failback,
+            failback_delay: crate::failback::node_delay(
+                &config.hash.node_id,
+                config.failback.spread,
+            ),
         };
         Built {
             snapshot: Snapshot {

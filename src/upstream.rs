@@ -1,5 +1,6 @@
 //! Per-upstream runtime state that outlives config snapshots: health, the
-//! resolved addresses, metric handles and the eviction signal. A reload that
+//! resolved addresses, metric handles, the eviction signal and the
+//! connections displaced from it (fail-back). A reload that
 //! keeps an upstream (same literal address) keeps this object.
 
 use std::collections::HashMap;
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8};
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
+use crate::failback::registry::DisplacedSet;
 use crate::health::{ActiveHealth, PassiveHealth, Policy, Transition};
 use crate::metrics::{Metrics, UpstreamMetrics};
 
@@ -34,6 +36,9 @@ pub struct UpstreamState {
     /// `close_on_down` says (a decommissioned master must not keep clients).
     pub retire: Notify,
     retired: AtomicBool,
+    /// Connections whose home this is, running elsewhere (fail-back). In
+    /// an `Arc` because each of them holds a guard on it.
+    pub(crate) displaced: Arc<DisplacedSet>,
     /// The last transition and why, for `cplb status`. Written only on a
     /// transition (rare), read only by the admin endpoint: an `ArcSwap`
     /// keeps the writer lock-free and the proxy's path never touches it.
@@ -97,6 +102,7 @@ impl UpstreamState {
             evict_reason: AtomicU8::new(EvictReason::Dead as u8),
             retire: Notify::new(),
             retired: AtomicBool::new(false),
+            displaced: Arc::default(),
             last_change: ArcSwap::from_pointee(Change {
                 at_ms: 0,
                 cause: ChangeCause::Start,

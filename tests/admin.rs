@@ -260,6 +260,7 @@ fn upstream_series(u: &str) -> Vec<(&'static str, Vec<(&'static str, String)>)> 
     let mut v = vec![
         ("cplb_connections_total", vec![]),
         ("cplb_connections_active", vec![]),
+        ("cplb_connections_displaced", vec![]),
         ("cplb_upstream_state_changes_total", vec![]),
     ];
     for d in ["to_upstream", "to_client"] {
@@ -276,6 +277,7 @@ fn upstream_series(u: &str) -> Vec<(&'static str, Vec<(&'static str, String)>)> 
         "upstream_draining",
         "shutdown",
         "idle_timeout",
+        "failback",
     ] {
         v.push((
             "cplb_connections_closed_total",

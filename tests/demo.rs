@@ -35,7 +35,7 @@ fn tables(out: &str) -> Vec<Vec<(String, String)>> {
 }
 
 #[test]
-fn demo_exits_zero_and_shows_spread_failover_return_and_a_fourth_master() {
+fn demo_exits_zero_and_shows_spread_failover_failback_and_a_fourth_master() {
     let out = Command::new(env!("CARGO_BIN_EXE_cplb"))
         .arg("demo")
         .output()
@@ -87,6 +87,7 @@ fn demo_exits_zero_and_shows_spread_failover_return_and_a_fourth_master() {
         }
     }
     assert_eq!(t[0], t[2], "every node returns to its own master");
+    failback_episode(&stdout, &victim);
     // The fourth master: every node lists 4 upstreams learned from the API,
     // new connections of some nodes go to master-4, the others stay put.
     for row in &rows(&stdout)[3] {
@@ -114,4 +115,51 @@ fn demo_exits_zero_and_shows_spread_failover_return_and_a_fourth_master() {
         "metrics printed:\n{stdout}"
     );
     assert!(stdout.contains("demo finished in"));
+}
+
+/// Step 5's fail-back lines: the moved connections counted as displaced,
+/// then closed by cplb, none before settle (2s, less the demo's own polling)
+/// and at most one per second per node (max_per_second 1), all of them.
+fn failback_episode(out: &str, victim: &str) {
+    let moved: usize = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("cplb counts the "))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("step 4 counts the displaced connections:\n{out}"));
+    assert!(
+        out.contains(&format!(
+            "cplb_connections_displaced{{upstream=\"{victim}\"}}"
+        )),
+        "{out}"
+    );
+    let head = "closed by cplb (s after the return was seen)";
+    let rows: Vec<Vec<f64>> = out
+        .lines()
+        .skip_while(|l| !l.contains(head))
+        .skip(1)
+        .take_while(|l| l.trim().starts_with("worker-"))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(2)
+                .map(|t| t.trim_start_matches('+').parse().unwrap())
+                .collect()
+        })
+        .collect();
+    let closed: usize = rows.iter().map(Vec::len).sum();
+    assert_eq!(
+        closed, moved,
+        "every displaced connection closed once:\n{out}"
+    );
+    for times in &rows {
+        assert!(times[0] >= 1.5, "closed before settle: {times:?}\n{out}");
+        for w in times.windows(2) {
+            // Printed to 0.1 s; one per second.
+            assert!(w[1] - w[0] >= 0.85, "faster than 1/s: {times:?}\n{out}");
+        }
+    }
+    assert!(
+        out.contains("cplb_connections_closed_total{reason=\"failback\""),
+        "the fail-back closes in the metrics:\n{out}"
+    );
 }

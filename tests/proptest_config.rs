@@ -208,6 +208,18 @@ fn health_check() -> BoxedStrategy<Value> {
     ])
 }
 
+fn failback() -> BoxedStrategy<Value> {
+    section(vec![
+        (
+            "enabled",
+            or_anything(any::<bool>().prop_map(Value::Bool).boxed()),
+        ),
+        ("settle", duration().boxed()),
+        ("spread", duration().boxed()),
+        ("max_per_second", count()),
+    ])
+}
+
 fn config() -> BoxedStrategy<Value> {
     let listen = prop_oneof![
         local(),
@@ -234,6 +246,7 @@ fn config() -> BoxedStrategy<Value> {
         ("hash", or_anything(hash)),
         ("admin", local()),
         ("health_check", or_anything(health_check())),
+        ("failback", or_anything(failback())),
     ];
     // Keep most documents near-valid, so validation is reached often.
     fields
@@ -259,7 +272,18 @@ fn exercise(text: &str) {
     let built = cplb::snapshot::Snapshot::build(&config, &mut table, &metrics);
     let now = Instant::now();
     let s = &built.snapshot.settings;
-    let mut durations = vec![s.connect_timeout, s.idle_timeout, s.shutdown_grace];
+    let mut durations = vec![
+        s.connect_timeout,
+        s.idle_timeout,
+        s.shutdown_grace,
+        s.failback.settle,
+        s.failback.spread,
+        s.failback_delay,
+    ];
+    assert!(
+        s.failback_delay <= s.failback.spread,
+        "the node's fail-back delay is within spread"
+    );
     for u in &config.upstreams {
         durations.push(u.fail_timeout);
     }

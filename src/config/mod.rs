@@ -44,6 +44,8 @@ pub struct Config {
     /// `None`: static upstreams only. With it, `upstreams` is the seed list
     /// (see docs/discovery.md).
     pub discovery: Option<crate::discovery::DiscoveryConfig>,
+    /// Bringing displaced connections home (docs/failback.md); on by default.
+    pub failback: crate::failback::Failback,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

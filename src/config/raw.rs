@@ -34,6 +34,8 @@ pub(crate) struct RawConfig {
     pub upstreams: Vec<RawUpstream>,
     #[serde(default)]
     pub discovery: Option<crate::discovery::RawDiscovery>,
+    #[serde(default)]
+    pub failback: crate::failback::config::RawFailback,
 }
 
 #[derive(Debug, Deserialize)]

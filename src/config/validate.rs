@@ -193,6 +193,8 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         health_check,
         upstreams,
         discovery: raw.discovery.map(|d| d.validate(path)).transpose()?,
+        failback: crate::failback::Failback::from_raw(&raw.failback)
+            .map_err(|e| cx.err(format!("failback.{}", e.field), e.reason))?,
     })
 }
 

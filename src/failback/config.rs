@@ -1,6 +1,6 @@
 //! `failback:` in the config file: the raw serde struct and its validated
-//! form. Not wired into `config::validate` yet; `Failback::from_raw` is the
-//! single place that will be called from there.
+//! form. `config::validate` calls `Failback::from_raw`, and names the field
+//! from `FailbackError::field`.
 
 use std::time::Duration;
 

@@ -8,14 +8,11 @@
 //! - [`schedule`]: per node and home, when to close which and how fast.
 //! - [`registry`]: per-upstream counters and the per-connection record,
 //!   lock-free, for the proxy.
+//! - [`driver`]: the task that runs one `HomeSchedule` per home upstream
+//!   on the proxy's clock and turns its steps into close tickets.
 
 pub mod config;
-// Used by the proxy once fail-back is wired (issue 12); until then only
-// by its tests. `expect` so the attribute goes when the wiring lands.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "wired into proxy::handle next (issue 12)")
-)]
+pub(crate) mod driver;
 pub(crate) mod registry;
 pub(crate) mod schedule;
 

@@ -1,19 +1,22 @@
-//! The displaced-connection registry, in the form the proxy will use:
-//! nothing but atomics, no lock and no allocation per connection.
+//! The displaced-connection registry the proxy uses: nothing but atomics
+//! and one `Notify`, no lock and no allocation per connection.
 //!
-//! Design (to be wired into `proxy::handle`):
-//! - One `DisplacedSet` per upstream, beside its `UpstreamState`: the
-//!   connections displaced *from* it (it is their home, they run elsewhere).
+//! Wiring (`proxy::handle`, `failback::driver`):
+//! - One `DisplacedSet` per upstream, in its `UpstreamState` (so it
+//!   survives reloads, like health): the connections displaced *from* it
+//!   (it is their home, they run elsewhere).
 //! - A connection that `placement` finds displaced takes a `DisplacedGuard`
 //!   on its home's set. That guard is the per-connection record: it counts
 //!   the connection in (`cplb_connections_displaced{upstream=home}` reads
 //!   `count`) and out again when the connection ends, however it ends.
 //! - The node's `HomeSchedule` for that home decides *when*; each
-//!   `Step::close` becomes one `grant(1)` plus one wake of a
-//!   `tokio::sync::Notify` kept beside the set. Displaced connections race
-//!   `take_ticket` on wake; the one that wins closes itself
-//!   (`cplb_connections_closed_total{reason="failback"}`), the others go on.
-//!   So exactly as many close as were granted.
+//!   `Step::close` becomes one `grant_one` (untaken tickets dropped, then
+//!   one granted, then one `Notify::notify_one` of the set's `wake`).
+//!   Displaced connections wait on `wake` and race `take_ticket`; the one
+//!   that wins closes itself
+//!   (`cplb_connections_closed_total{reason="failback"}`), the others wait
+//!   again. So at most as many close as were granted, and never more than
+//!   one ticket is open at a time.
 //! - Home unusable again: `revoke` drops tickets not yet taken, so nothing
 //!   granted before the turn moves after it.
 //! - Home removed by discovery or reload: `retire`; its connections are no
@@ -22,17 +25,45 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use tokio::sync::Notify;
+
 #[derive(Debug, Default)]
 pub(crate) struct DisplacedSet {
     count: AtomicU64,
     tickets: AtomicU64,
     retired: AtomicBool,
+    /// Connections ever displaced from this home: a new one since the
+    /// driver's last look means home failed a connect in between.
+    entered: AtomicU64,
+    /// Tickets taken (connections closed to go home), ever.
+    closed: AtomicU64,
+    /// Woken once per granted ticket; displaced connections wait on it.
+    wake: Notify,
 }
 
 impl DisplacedSet {
     /// Connections currently displaced from this home.
     pub(crate) fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
+    }
+
+    /// Connections ever displaced from this home.
+    pub(crate) fn entered(&self) -> u64 {
+        self.entered.load(Ordering::Acquire)
+    }
+
+    /// Connections ever closed by a ticket (sent home).
+    pub(crate) fn closed(&self) -> u64 {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// One close, as the scheduler asks: a ticket left untaken since the
+    /// last grant is dropped first, so tickets never pile up into a burst;
+    /// then one waiting connection is woken (or the next one to wait).
+    pub(crate) fn grant_one(&self) {
+        self.revoke();
+        self.grant(1);
+        self.wake.notify_one();
     }
 
     /// The scheduler asks for `n` more closes.
@@ -60,7 +91,11 @@ impl DisplacedSet {
 
     /// A displaced connection asks whether it is the one to go home.
     pub(crate) fn take_ticket(&self) -> bool {
-        !self.is_retired() && dec_if_positive(&self.tickets)
+        let won = !self.is_retired() && dec_if_positive(&self.tickets);
+        if won {
+            self.closed.fetch_add(1, Ordering::AcqRel);
+        }
+        won
     }
 
     fn leave(&self) {
@@ -89,12 +124,25 @@ impl DisplacedGuard {
             return None;
         }
         set.count.fetch_add(1, Ordering::AcqRel);
+        set.entered.fetch_add(1, Ordering::AcqRel);
         Some(DisplacedGuard { set: set.clone() })
     }
 
     /// See `DisplacedSet::take_ticket`.
     pub(crate) fn take_ticket(&self) -> bool {
         self.set.take_ticket()
+    }
+
+    /// Completes when this connection has won a ticket: it is to close so
+    /// that its client reconnects home. Woken once per grant; a loser of
+    /// the race (or a wake-up whose ticket was revoked) waits again.
+    pub(crate) async fn sent_home(&self) {
+        loop {
+            self.set.wake.notified().await;
+            if self.take_ticket() {
+                return;
+            }
+        }
     }
 }
 
@@ -166,6 +214,45 @@ mod tests {
         assert!(DisplacedGuard::enter(&set).is_none());
         drop(g); // no underflow
         assert_eq!(set.count(), 0);
+    }
+
+    #[test]
+    fn grant_one_never_leaves_more_than_one_ticket() {
+        let set = Arc::new(DisplacedSet::default());
+        let g = DisplacedGuard::enter(&set).unwrap();
+        set.grant_one();
+        set.grant_one();
+        set.grant_one();
+        assert!(g.take_ticket());
+        assert!(!g.take_ticket(), "untaken tickets are dropped, not stacked");
+        assert_eq!(set.closed(), 1);
+        assert_eq!(set.entered(), 1);
+    }
+
+    #[tokio::test]
+    async fn one_grant_sends_exactly_one_home() {
+        let set = Arc::new(DisplacedSet::default());
+        let guards: Vec<_> = (0..8)
+            .map(|_| Arc::new(DisplacedGuard::enter(&set).unwrap()))
+            .collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for g in &guards {
+            let g = g.clone();
+            tasks.spawn(async move { g.sent_home().await });
+        }
+        tokio::task::yield_now().await;
+        set.grant_one();
+        tasks.join_next().await.unwrap().unwrap();
+        // Give the others every chance to (wrongly) finish too.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(tasks.len(), 7);
+        assert_eq!(set.closed(), 1);
+        set.grant_one();
+        tasks.join_next().await.unwrap().unwrap();
+        assert_eq!(set.closed(), 2);
+        tasks.abort_all();
     }
 
     #[test]

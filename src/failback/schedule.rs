@@ -128,10 +128,6 @@ impl HomeSchedule {
         None
     }
 
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "discovery calls it once wired (issue 12)")
-    )]
     /// Home was removed from the upstream set: this schedule is inert for
     /// good (a home that comes back is a new upstream with a new schedule).
     pub(crate) fn remove(&mut self, now_ms: u64, displaced: u64, mut on_event: impl FnMut(Event)) {

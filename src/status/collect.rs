@@ -40,6 +40,7 @@ pub(crate) fn collect(shared: &Shared) -> Status {
                     error: r.error.clone(),
                 }),
                 active_connections: s.metrics.connections_active.get(),
+                displaced_connections: s.displaced.count(),
                 bytes_in: s.metrics.bytes_to_upstream.get(),
                 bytes_out: s.metrics.bytes_to_client.get(),
             }

@@ -96,6 +96,11 @@ pub(crate) struct Upstream {
     /// has run yet.
     pub last_check: Option<Check>,
     pub active_connections: i64,
+    /// Open connections whose home this upstream is (first on their ring
+    /// walk) but that run on another: fail-back brings them home. Absent
+    /// from an older cplb's document: 0.
+    #[serde(default)]
+    pub displaced_connections: u64,
     /// Bytes from clients to this upstream.
     pub bytes_in: u64,
     /// Bytes from this upstream to clients.

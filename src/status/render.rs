@@ -92,10 +92,19 @@ fn row(u: &Upstream, now: f64) -> Vec<String> {
         u.last_check
             .as_ref()
             .map_or_else(|| "-".to_string(), |c| check(c, &u.reason, now)),
-        u.active_connections.to_string(),
+        conns(u),
         bytes(u.bytes_in),
         bytes(u.bytes_out),
     ]
+}
+
+/// Open connections, and those displaced from this upstream (running
+/// elsewhere until fail-back brings them home) when there are any.
+fn conns(u: &Upstream) -> String {
+    match u.displaced_connections {
+        0 => u.active_connections.to_string(),
+        d => format!("{} (+{d} displaced)", u.active_connections),
+    }
 }
 
 /// The probe's error only when the REASON column does not already say it.
@@ -172,11 +181,18 @@ mod tests {
             reason: "r".into(),
             last_check: None,
             active_connections: 1,
+            displaced_connections: 0,
             bytes_in: 0,
             bytes_out: 0,
         };
         let r = row(&u, 10.0);
         assert_eq!((r[1].as_str(), r[2].as_str()), ("api", "up (draining)"));
+        assert_eq!(r[7], "1");
+        let away = Upstream {
+            displaced_connections: 3,
+            ..u
+        };
+        assert_eq!(row(&away, 10.0)[7], "1 (+3 displaced)");
     }
 
     #[test]
