@@ -280,7 +280,13 @@ impl Metrics {
             }
         });
         let [to_upstream, to_client] = DIRECTIONS;
-        let [upstream_down, upstream_draining, shutdown, idle_timeout, failback] = CLOSE_REASONS;
+        let [
+            upstream_down,
+            upstream_draining,
+            shutdown,
+            idle_timeout,
+            failback,
+        ] = CLOSE_REASONS;
         UpstreamMetrics {
             connections_total: self.connections_total.with_label_values(&[a]),
             connections_active: self.connections_active.with_label_values(&[a]),
