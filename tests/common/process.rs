@@ -28,6 +28,9 @@ pub struct Options {
     pub args: Vec<String>,
     /// `RUST_LOG` for the child; `info` when `None`.
     pub log_filter: Option<String>,
+    /// Another `cplb` binary (e.g. the release build); this crate's own
+    /// when `None`.
+    pub binary: Option<PathBuf>,
 }
 
 /// A fresh temp directory for one test.
@@ -49,7 +52,11 @@ impl CplbProcess {
     }
 
     pub fn spawn_with_file(config_path: PathBuf, opts: Options) -> CplbProcess {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cplb"));
+        let bin = opts
+            .binary
+            .clone()
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_cplb").into());
+        let mut cmd = Command::new(bin);
         cmd.arg("--config").arg(&config_path).args(&opts.args);
         cmd.env("RUST_LOG", opts.log_filter.as_deref().unwrap_or("info"))
             .stdin(Stdio::null())
