@@ -34,6 +34,8 @@
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/upstreams`, `/status`.
 //! - `reuseport`: names another process sharing a `listen` address.
 //! - `logfmt`: JSON log lines with real JSON values; error chains.
+//! - `pageout`: after start-up, gives back the executable's code pages it
+//!   touched only to start (`MADV_PAGEOUT`), for a small idle RSS.
 //!
 //! Commands besides the proxy:
 //! - `status`: `cplb status`, the `/status` document and its table.
@@ -88,6 +90,7 @@ pub mod import;
 pub(crate) mod listener;
 pub mod logfmt;
 pub mod metrics;
+pub(crate) mod pageout;
 pub mod probe;
 pub(crate) mod proxy;
 pub mod reload;

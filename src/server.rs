@@ -183,6 +183,7 @@ impl Server {
             stop_accept.clone(),
         ));
 
+        tokio::spawn(crate::pageout::after_start_up(stop_rest.clone()));
         shutdown.await;
 
         // /readyz turns 503 before the listeners close.

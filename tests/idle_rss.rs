@@ -32,17 +32,26 @@ use common::process::{CplbProcess, Options};
 /// "Figures"). Debug: +256 to 264 kB anonymous, +5.2 to 5.6 MB in all.
 /// Release: +172 to 180 kB anonymous, +1.8 to 2.7 MB in all. A runtime of its own
 /// for discovery (two workers) adds 3 threads and about 400 kB anonymous.
+///
+/// `rss_kb` bounds the whole idle RSS, discovery on or off, once start-up's
+/// code is paged out: issue 11's 8 MiB for the release binary, which
+/// measured 4.4 MB off and 4.9 MB on (8.1 and 10.4 MB without the page-out).
+/// The debug binary is twenty times larger and measured 11.9 and 12.1 MB
+/// (21.1 and 26.3 MB without).
 struct Bounds {
     anon_kb: u64,
     total_kb: u64,
+    rss_kb: u64,
 }
 const DEBUG: Bounds = Bounds {
     anon_kb: 512,
     total_kb: 7 * 1024,
+    rss_kb: 16 * 1024,
 };
 const RELEASE: Bounds = Bounds {
     anon_kb: 512,
     total_kb: 3584,
+    rss_kb: 8 * 1024,
 };
 
 #[derive(Debug, Default, Clone)]
@@ -177,6 +186,11 @@ async fn run(c: &Cluster, discovery: bool) -> Mem {
         })
         .await;
     }
+    // Start-up's code is paged out 10 s after start (src/pageout.rs).
+    p.wait_for_log_within(
+        "paged out the executable's start-up code",
+        Duration::from_secs(10) + common::DEADLINE,
+    );
     let m = settled(p.pid(), &bin);
     assert!(p.is_running(), "{}", p.logs());
     m
@@ -207,12 +221,17 @@ async fn discovery_adds_little_to_the_idle_rss() {
     let anon = on.anon.saturating_sub(off.anon);
     let total = on.rss.saturating_sub(off.rss);
     println!(
-        "discovery adds {total} kB (bound {} kB), {anon} kB of it anonymous (bound {} kB); 8 MiB budget: off {}, on {}",
-        bounds.total_kb,
-        bounds.anon_kb,
-        if off.rss <= 8192 { "within" } else { "over" },
-        if on.rss <= 8192 { "within" } else { "over" },
+        "discovery adds {total} kB (bound {} kB), {anon} kB of it anonymous (bound {} kB); idle RSS bound {} kB",
+        bounds.total_kb, bounds.anon_kb, bounds.rss_kb,
     );
+    for (name, m) in [("off", &off), ("on", &on)] {
+        assert!(
+            m.rss <= bounds.rss_kb,
+            "idle RSS with discovery {name} is {} kB, more than {} kB",
+            m.rss,
+            bounds.rss_kb
+        );
+    }
     // The watcher runs on the control-plane runtime: at most the blocking
     // pool's one thread (the state file's write) comes and goes.
     assert!(

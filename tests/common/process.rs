@@ -121,7 +121,12 @@ impl CplbProcess {
 
     /// Waits for a log line containing `needle`; returns it.
     pub fn wait_for_log(&mut self, needle: &str) -> String {
-        let end = std::time::Instant::now() + DEADLINE;
+        self.wait_for_log_within(needle, DEADLINE)
+    }
+
+    /// `wait_for_log` for a line logged on a timer of the process's own.
+    pub fn wait_for_log_within(&mut self, needle: &str, deadline: Duration) -> String {
+        let end = std::time::Instant::now() + deadline;
         loop {
             if let Some(l) = self
                 .logs
