@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::copy::{self, CopyEnd};
@@ -145,11 +145,7 @@ async fn try_connect(shared: &Shared, snap: &Snapshot, up: &Upstream) -> Option<
     let deadline = crate::clock::deadline(start, snap.settings.connect_timeout);
     let mut reason = FailureReason::Resolve;
     for addr in state.addrs().iter() {
-        let socket = match addr {
-            SocketAddr::V4(_) => TcpSocket::new_v4(),
-            SocketAddr::V6(_) => TcpSocket::new_v6(),
-        };
-        let socket = match socket {
+        let socket = match copy::upstream_socket(*addr) {
             Ok(s) => s,
             Err(e) => {
                 // Out of file descriptors or memory here: our problem, not
@@ -186,15 +182,12 @@ async fn try_connect(shared: &Shared, snap: &Snapshot, up: &Upstream) -> Option<
 }
 
 async fn connect_one(
-    socket: TcpSocket,
+    socket: socket2::Socket,
     addr: SocketAddr,
     deadline: Instant,
 ) -> Result<TcpStream, FailureReason> {
-    match tokio::time::timeout_at(deadline, socket.connect(addr)).await {
-        Ok(Ok(stream)) => {
-            copy::tune_socket(&stream);
-            Ok(stream)
-        }
+    match tokio::time::timeout_at(deadline, copy::connect(socket, addr)).await {
+        Ok(Ok(stream)) => Ok(stream),
         Ok(Err(e)) => Err(classify(&e)),
         Err(_) => Err(FailureReason::Timeout),
     }
