@@ -154,7 +154,7 @@ async fn try_connect(shared: &Shared, snap: &Snapshot, up: &Upstream) -> Option<
                 return None;
             }
         };
-        match connect_one(socket, *addr, deadline).await {
+        match copy::connect(socket, *addr, deadline).await {
             Ok(stream) => {
                 shared
                     .metrics
@@ -165,7 +165,8 @@ async fn try_connect(shared: &Shared, snap: &Snapshot, up: &Upstream) -> Option<
                 }
                 return Some(stream);
             }
-            Err(r) => {
+            Err(e) => {
+                let r = classify(&e);
                 reason = r;
                 if r == FailureReason::Timeout {
                     break;
@@ -179,18 +180,6 @@ async fn try_connect(shared: &Shared, snap: &Snapshot, up: &Upstream) -> Option<
         state.passive_transition(t, reason.as_str(), Some(up.policy));
     }
     None
-}
-
-async fn connect_one(
-    socket: socket2::Socket,
-    addr: SocketAddr,
-    deadline: Instant,
-) -> Result<TcpStream, FailureReason> {
-    match tokio::time::timeout_at(deadline, copy::connect(socket, addr)).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(e)) => Err(classify(&e)),
-        Err(_) => Err(FailureReason::Timeout),
-    }
 }
 
 fn classify(e: &io::Error) -> FailureReason {
