@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::shared::{Shared, Skipped};
+use crate::snapshot::Snapshot;
 
 /// Which socket a [`ListenError`] is about, so an admin-port clash says
 /// "admin".
@@ -114,7 +115,7 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener>
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     // Inherited by every accepted client socket (see `copy::sockopt`).
-    crate::copy::tune_socket(&socket);
+    crate::copy::tune_listener(&socket);
     socket.bind(&addr.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(socket.into())
@@ -222,11 +223,24 @@ fn dispatch(shared: &Arc<Shared>, tracker: &TaskTracker, stream: TcpStream, peer
         tracing::debug!(%peer, max, "max_connections reached; closing new client");
         return;
     }
-    let slot = ClientSlot::new(shared.clone());
-    tracker.spawn(async move {
-        // The slot lives (and counts) until the connection ends.
-        crate::proxy::handle(&slot.0, snapshot, stream, peer).await;
-    });
+    tracker.spawn(connection(
+        ClientSlot::new(shared.clone()),
+        snapshot,
+        stream,
+        peer,
+    ));
+}
+
+/// One connection's task. Its size is what every open connection costs
+/// in memory besides the kernel's sockets (see the test below).
+async fn connection(
+    slot: ClientSlot,
+    snapshot: Arc<Snapshot>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    // The slot lives (and counts) until the connection ends.
+    crate::proxy::handle(&slot.0, snapshot, stream, peer).await;
 }
 
 /// One unit of `max_connections` and of the client gauge, returned on drop.
@@ -244,5 +258,64 @@ impl Drop for ClientSlot {
     fn drop(&mut self) {
         self.0.clients.fetch_sub(1, Ordering::AcqRel);
         self.0.metrics.client_connections_active.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+
+    use arc_swap::ArcSwap;
+
+    use super::*;
+    use crate::clock::Clock;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::upstream::StateTable;
+
+    /// Every open connection holds one of these tasks for its whole life,
+    /// so its size is most of the memory an idle proxied connection costs.
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let config = Config::parse(
+            "upstreams:\n  - address: 127.0.0.1:1\n",
+            std::path::Path::new("t.yaml"),
+        )
+        .unwrap();
+        let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
+        let built = Snapshot::build(&config, &mut StateTable::default(), &metrics);
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(built.snapshot),
+            metrics,
+            clock: Clock::new(),
+            clients: AtomicUsize::new(0),
+            all_down: AtomicBool::new(false),
+            accept_failing: AtomicBool::new(false),
+            accept_failed_at: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            force_close: CancellationToken::new(),
+            skipped_listen: Vec::new(),
+            last_load: ArcSwap::from_pointee(crate::status::LoadRecord::startup(
+                config.source.clone(),
+                Clock::unix_now(),
+            )),
+        });
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (stream, peer) = l.accept().await.unwrap();
+        shared.clients.fetch_add(1, Ordering::AcqRel);
+        let task = connection(
+            ClientSlot::new(shared.clone()),
+            shared.snapshot.load_full(),
+            stream,
+            peer,
+        );
+        // As spawned: the tracker wraps it.
+        let size = std::mem::size_of_val(&TaskTracker::new().track_future(task));
+        // tokio's task cell: a 32-byte header, scheduler and id, the future,
+        // a 48-byte trailer, in a 128-byte aligned allocation.
+        let cell = (32 + 16 + size + 48).div_ceil(128) * 128;
+        println!("connection task: {size} bytes, in a task cell of about {cell} bytes");
+        assert!(size <= 928, "the connection task grew to {size} bytes");
     }
 }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::copy::{self, CopyEnd};
@@ -178,11 +178,7 @@ async fn try_connect(shared: &Shared, snap: &Snapshot, up: &Upstream) -> Option<
     let deadline = crate::clock::deadline(start, snap.settings.connect_timeout);
     let mut reason = FailureReason::Resolve;
     for addr in state.addrs().iter() {
-        let socket = match addr {
-            SocketAddr::V4(_) => TcpSocket::new_v4(),
-            SocketAddr::V6(_) => TcpSocket::new_v6(),
-        };
-        let socket = match socket {
+        let socket = match copy::upstream_socket(*addr) {
             Ok(s) => s,
             Err(e) => {
                 // Out of file descriptors or memory here: our problem, not
@@ -191,7 +187,7 @@ async fn try_connect(shared: &Shared, snap: &Snapshot, up: &Upstream) -> Option<
                 return None;
             }
         };
-        match connect_one(socket, *addr, deadline).await {
+        match copy::connect(socket, *addr, deadline).await {
             Ok(stream) => {
                 shared
                     .metrics
@@ -202,7 +198,8 @@ async fn try_connect(shared: &Shared, snap: &Snapshot, up: &Upstream) -> Option<
                 }
                 return Some(stream);
             }
-            Err(r) => {
+            Err(e) => {
+                let r = classify(&e);
                 reason = r;
                 if r == FailureReason::Timeout {
                     break;
@@ -216,21 +213,6 @@ async fn try_connect(shared: &Shared, snap: &Snapshot, up: &Upstream) -> Option<
         state.passive_transition(t, reason.as_str(), Some(up.policy));
     }
     None
-}
-
-async fn connect_one(
-    socket: TcpSocket,
-    addr: SocketAddr,
-    deadline: Instant,
-) -> Result<TcpStream, FailureReason> {
-    match tokio::time::timeout_at(deadline, socket.connect(addr)).await {
-        Ok(Ok(stream)) => {
-            copy::tune_socket(&stream);
-            Ok(stream)
-        }
-        Ok(Err(e)) => Err(classify(&e)),
-        Err(_) => Err(FailureReason::Timeout),
-    }
 }
 
 fn classify(e: &io::Error) -> FailureReason {

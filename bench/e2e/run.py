@@ -3,7 +3,7 @@
 
 Run from the repo root:
 
-    python3 bench/e2e/run.py            # 3 interleaved rounds, report on stdout
+    python3 bench/e2e/run.py            # 3 interleaved rounds (~25 min), report on stdout
     python3 bench/e2e/run.py --quick    # short smoke run
     python3 bench/e2e/run.py --write    # also write BENCHMARKS.md
 
@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 TEMPLATES = HERE / "templates"
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
-APT_LINE = "apt-get install nginx-light libnginx-mod-stream haproxy wrk iperf3"
+APT_LINE = "apt-get install nginx-light libnginx-mod-stream haproxy wrk iperf3 nghttp2-client"
 CONTENDERS = ["direct", "nginx", "haproxy", "cplb"]
 PROXIES = ["nginx", "haproxy", "cplb"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -319,15 +319,17 @@ class Env:
         listen = f"127.0.0.1:{port}"
         backend = f"127.0.0.1:{backend_port}"
         if kind == "nginx":
+            # Each proxied connection is two nginx connections, in either worker.
             render("nginx-stream.conf", d / "nginx.conf", DIR=d, LISTEN=listen, BACKEND=backend,
-                   NOFILE=self.nofile, STREAM_MODULE=STREAM_MODULE)
+                   NOFILE=self.nofile, STREAM_MODULE=STREAM_MODULE, WORKER_CONNECTIONS=self.nofile + 240)
             p = self.nginx(d, "nginx")
         elif kind == "haproxy":
-            cfg = render("haproxy.cfg", d / "haproxy.cfg", DIR=d, LISTEN=listen, BACKEND=backend)
+            cfg = render("haproxy.cfg", d / "haproxy.cfg", DIR=d, LISTEN=listen, BACKEND=backend,
+                         MAXCONN=max(1000, (self.nofile - 2000) // 2))
             p = Proc("haproxy", ["haproxy", "-db", "-f", str(cfg)], d / "haproxy.log")
         elif kind == "cplb":
             cfg = render("cplb.yaml", d / "cplb.yaml", LISTEN=listen, BACKEND=backend,
-                         ADMIN=f'"127.0.0.1:{free_port()}"')
+                         ADMIN=f'"127.0.0.1:{free_port()}"', MAX_CONNECTIONS=max(20000, self.nofile))
             p = Proc("cplb", [str(self.cplb_bin), "--config", str(cfg)], d / "cplb.log")
         else:
             raise ValueError(kind)
@@ -391,6 +393,60 @@ def http_probe(port: int) -> None:
             data += chunk
     if not data.startswith(b"HTTP/1.1 200") or not data.endswith(b"ok"):
         raise BenchError(f"HTTP probe through port {port} got {data[:200]!r}")
+
+
+H2LOAD_CLIENTS = 20  # keep-alive connections for the fixed-rate figure
+H2LOAD_MAX_CLOSE = 100_000  # h2load keeps one object per connection it makes
+
+
+def h2load_at_rate(port: int, rate: int, seconds: float, close: bool) -> dict:
+    """Offers `rate` requests/s for about `seconds`. Keep-alive: 20
+    connections, each paced with --rps. Connection: close: --rps does not
+    pace reconnects, so new connections are paced with -r/--rate-period
+    (one request each, rate/100 every 10 ms). Returns requests done and the
+    rate achieved."""
+    url = f"http://127.0.0.1:{port}/"
+    if close:
+        n = max(100, min(int(rate * seconds), H2LOAD_MAX_CLOSE))
+        argv = ["h2load", "--h1", "-r", str(max(1, rate // 100)), "--rate-period", "10ms",
+                "-c", str(n), "-n", str(n), "-H", "Connection: close", url]
+    else:
+        n = max(H2LOAD_CLIENTS, int(rate * seconds))
+        argv = ["h2load", "--h1", "-c", str(H2LOAD_CLIENTS), "-n", str(n),
+                "--rps", str(max(1, rate // H2LOAD_CLIENTS)), url]
+    r = run_cmd(argv, timeout=n / rate * 3 + 60)
+    m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", r.stdout)
+    t = re.search(r"finished in ([\d.]+)(ms|s),", r.stdout)
+    if r.returncode != 0 or not m or not t:
+        raise BenchError(f"h2load exited {r.returncode}: {shlex.join(argv)}\n{r.stdout[-1500:]}{r.stderr[-500:]}")
+    total, done, ok, failed = (int(x) for x in m.groups())
+    # Beyond what the machine can serve, connections pile up until a
+    # descriptor limit refuses some; a few failures are reported, more
+    # make the point meaningless.
+    if ok < total * 0.95:
+        raise BenchError(f"h2load: {ok} of {total} requests succeeded ({failed} failed): {shlex.join(argv)}")
+    secs = float(t.group(1)) / (1000 if t.group(2) == "ms" else 1)
+    return {"requests": ok, "rps": ok / secs if secs > 0 else 0.0, "failed_pct": 100 * (total - ok) / total}
+
+
+def cpu_at_rates(proc: Proc, port: int, st: "Settings") -> dict:
+    """CPU seconds (utime+stime of every process of the proxy) per 100,000
+    successful requests at each fixed offered rate, keep-alive and
+    Connection: close."""
+    pids = proc.pids()
+    res = {}
+    for close in (False, True):
+        mode = "close" if close else "ka"
+        for rate in st.rates:
+            t0 = cpu_ticks(pids)
+            r = h2load_at_rate(port, rate, st.rate_seconds, close)
+            proc.check_alive()
+            cpu_s = (cpu_ticks(pids) - t0) / CLK_TCK
+            res[f"cpu_{mode}_{rate}"] = cpu_s / r["requests"] * 1e5
+            res[f"rps_{mode}_{rate}"] = r["rps"]
+            if r["failed_pct"]:
+                res[f"failed_pct_{mode}_{rate}"] = r["failed_pct"]
+    return res
 
 
 def iperf(env: Env, port: int, seconds: int, reverse: bool) -> dict:
@@ -500,31 +556,96 @@ def wait_sink(env: Env, ctl: int, want: int, timeout: float, proc: Proc | None =
     raise BenchError(f"sink has {n} open connections after {timeout:.0f}s, waiting for {want}")
 
 
-def memory(env: Env, proc: Proc, port: int, be: Backends, conns: int) -> dict:
+def open_idle(port: int, n: int, socks: list[socket.socket]) -> None:
+    """Opens idle connections to port until socks holds n."""
+    while len(socks) < n:
+        try:
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        except OSError as e:
+            raise BenchError(f"opening idle connection {len(socks) + 1}/{n}: {e}")
+
+
+def settled_rss(proc: Proc, timeout: float = 10.0) -> tuple[int, int]:
+    """rss_kib once two readings 250 ms apart agree within 0.5% (a proxy
+    may still be starting threads or giving memory back), or at timeout."""
+    deadline = time.monotonic() + timeout
+    prev = rss_kib(proc.pids())
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        cur = rss_kib(proc.pids())
+        if abs(cur[0] - prev[0]) <= max(64, prev[0] * 0.005):
+            return cur
+        prev = cur
+    return prev
+
+
+WARMUP_CONNS = 100
+
+
+def memory(env: Env, proc: Proc, port: int, be: Backends, levels: list[int]) -> dict:
+    """RSS and PSS at idle, then with each number of idle proxied
+    connections in `levels` (opened in turn, held until the end), then after
+    they are closed. Per-connection cost at level n = (RSS at n - idle) / n,
+    and between two levels = the RSS difference / the connection difference;
+    equal costs across levels mean linear growth. The idle reading is taken
+    after 100 connections were opened and closed, so that what a proxy
+    allocates once, on its first connections (pools, arenas), or frees
+    after start-up, does not count per connection."""
     wait_sink(env, be.ctl, 0, 30, proc)
-    idle_rss, idle_pss = rss_kib(proc.pids())
-    socks: list[socket.socket] = []
+    warm: list[socket.socket] = []
     try:
-        for i in range(conns):
-            try:
-                socks.append(socket.create_connection(("127.0.0.1", port), timeout=10))
-            except OSError as e:
-                raise BenchError(f"opening idle connection {i + 1}/{conns}: {e}")
-        wait_sink(env, be.ctl, conns, 60, proc)
-        rss, pss = rss_kib(proc.pids())
+        open_idle(port, WARMUP_CONNS, warm)
+        wait_sink(env, be.ctl, WARMUP_CONNS, 60, proc)
+    finally:
+        for s in warm:
+            s.close()
+    wait_sink(env, be.ctl, 0, 60, proc)
+    idle_rss, idle_pss = settled_rss(proc)
+    res = {"idle_rss_mb": idle_rss / 1024, "idle_pss_mb": idle_pss / 1024}
+    socks: list[socket.socket] = []
+    prev_n, prev_rss = 0, idle_rss
+    try:
+        for n in levels:
+            open_idle(port, n, socks)
+            wait_sink(env, be.ctl, n, 60 + n / 500, proc)
+            rss, pss = settled_rss(proc)
+            res[f"rss_mb_{n}"] = rss / 1024
+            res[f"per_conn_bytes_{n}"] = (rss - idle_rss) * 1024 / n
+            res[f"per_conn_pss_bytes_{n}"] = (pss - idle_pss) * 1024 / n
+            if prev_n:
+                res[f"marginal_bytes_{n}"] = (rss - prev_rss) * 1024 / (n - prev_n)
+            prev_n, prev_rss = n, rss
     finally:
         for s in socks:
             s.close()
-    wait_sink(env, be.ctl, 0, 60, proc)
+    wait_sink(env, be.ctl, 0, 60 + (levels[-1] if levels else 0) / 500, proc)
     after_rss, _ = rss_kib(proc.pids())
-    return {
-        "idle_rss_mb": idle_rss / 1024,
-        "after_rss_mb": after_rss / 1024,
-        "idle_pss_mb": idle_pss / 1024,
-        "loaded_rss_mb": rss / 1024,
-        "per_conn_bytes": (rss - idle_rss) * 1024 / conns,
-        "per_conn_pss_bytes": (pss - idle_pss) * 1024 / conns,
-    }
+    res["after_rss_mb"] = after_rss / 1024
+    return res
+
+
+def idle_levels(wanted: list[int], nofile: int) -> tuple[list[int], str]:
+    """The levels of `wanted` this machine allows, and why any were capped.
+    A proxied connection takes two descriptors in the proxy and one each in
+    the harness and the sink; and every connection to one address and port
+    needs its own local port, from net.ipv4.ip_local_port_range."""
+    try:
+        lo, hi = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        ports = hi - lo + 1
+    except (OSError, ValueError):
+        ports = 28232
+    cap = min((nofile - 200) // 2, ports - 1000)
+    levels = sorted({min(n, cap) for n in wanted if n > 0})
+    note = ""
+    if any(n > cap for n in wanted):
+        why = []
+        if (nofile - 200) // 2 < max(wanted):
+            why.append(f"RLIMIT_NOFILE is {nofile:,} and the proxy needs two descriptors per connection")
+        if ports - 1000 < max(wanted):
+            why.append(f"net.ipv4.ip_local_port_range has {ports:,} ports")
+        note = (f"{', '.join(f'{n:,}' for n in wanted if n > cap)} idle connections not measured on this machine "
+                f"(capped at {cap:,}): {'; '.join(why)}.")
+    return levels, note
 
 
 # --------------------------------------------------------------------------
@@ -537,17 +658,23 @@ class Settings:
     wrk_seconds: int
     iperf_seconds: int
     payload_mib: int
-    idle_conns: int
+    # Idle-connection levels for the memory figure, as asked for; `levels`
+    # is what this machine allows (see idle_levels).
+    idle_wanted: list[int]
+    rate_seconds: float
+    rates: list[int] = field(default_factory=lambda: [2000, 10000, 30000])
+    levels: list[int] = field(default_factory=list)
+    levels_note: str = ""
 
 
-PHASES = ["http-keepalive", "http-close", "bulk", "integrity", "memory"]
+PHASES = ["http-keepalive", "http-close", "bulk", "integrity", "memory", "cpu-rate"]
 
 
 def run_phase(env: Env, phase: str, kind: str, be: Backends, st: Settings, pl: Payload, probe: Payload) -> dict:
     target = {"http-keepalive": be.http, "http-close": be.http, "bulk": be.iperf,
-              "integrity": be.sha, "memory": be.sink}[phase]
+              "integrity": be.sha, "memory": be.sink, "cpu-rate": be.http}[phase]
     if kind == "direct":
-        if phase == "memory":
+        if phase in ("memory", "cpu-rate"):
             return {}
         proc, port = None, target
     else:
@@ -576,20 +703,23 @@ def run_phase(env: Env, phase: str, kind: str, be: Backends, st: Settings, pl: P
                 proc.check_alive()
             return r
         if phase == "memory":
-            return memory(env, proc, port, be, st.idle_conns)
+            return memory(env, proc, port, be, st.levels)
+        if phase == "cpu-rate":
+            http_probe(port)
+            return cpu_at_rates(proc, port, st)
         raise ValueError(phase)
     finally:
         if proc:
             proc.stop()
 
 
-def rotated(r: int) -> list[str]:
-    k = r % len(CONTENDERS)
-    return CONTENDERS[k:] + CONTENDERS[:k]
+def rotated(r: int, contenders: list[str]) -> list[str]:
+    k = r % len(contenders)
+    return contenders[k:] + contenders[:k]
 
 
 def check_prereqs(cplb_bin: Path) -> None:
-    missing = [p for p in ("nginx", "haproxy", "wrk", "iperf3") if shutil.which(p) is None]
+    missing = [p for p in ("nginx", "haproxy", "wrk", "iperf3", "h2load") if shutil.which(p) is None]
     if not os.path.exists(STREAM_MODULE):
         missing.append(f"nginx stream module ({STREAM_MODULE})")
     if missing:
@@ -644,6 +774,7 @@ def machine_info(cplb_bin: Path) -> dict:
         "nginx": first_line(["nginx", "-v"]),
         "haproxy": first_line(["haproxy", "-v"]),
         "wrk": first_line(["wrk", "--version"]).split(" Copyright")[0],
+        "h2load": first_line(["h2load", "--version"]),
         "iperf3": first_line(["iperf3", "--version"]),
         "cplb": cplb_desc,
         "python": sys.version.split()[0],
@@ -669,14 +800,20 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}"
 
 
-def table(results: dict, rows: list[tuple[str, str, str, str]]) -> list[str]:
-    """rows: (label, phase, key, format spec)."""
-    out = ["| | direct | nginx | HAProxy | cplb | cplb/nginx | cplb/HAProxy | cplb/direct |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for label, phase, key, spec in rows:
+def table(results: dict, rows: list[tuple]) -> list[str]:
+    """rows: (label, phase, key, format spec[, "high" or "low": which is
+    better, for the cplb / best peer column])."""
+    out = ["| | direct | nginx | HAProxy | cplb | cplb/nginx | cplb/HAProxy | cplb/direct | cplb / best peer |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, phase, key, spec, *better in rows:
         v = {k: med(results, k, phase, key) for k in CONTENDERS}
+        peers = [v[k] for k in ("nginx", "haproxy") if v[k] is not None]
+        best = None
+        if better and peers:
+            best = max(peers) if better[0] == "high" else min(peers)
         out.append(f"| {label} | " + " | ".join(fmt(v[k], spec) for k in CONTENDERS) + " | "
-                   + " | ".join(ratio(v["cplb"], v[k]) for k in ("nginx", "haproxy", "direct")) + " |")
+                   + " | ".join(ratio(v["cplb"], v[k]) for k in ("nginx", "haproxy", "direct"))
+                   + f" | {ratio(v['cplb'], best)} |")
     return out
 
 
@@ -698,22 +835,22 @@ def report(results: dict, errors: list[str], info: dict, st: Settings, command: 
           f"- started {started}, took {elapsed / 60:.1f} min; {st.rounds} interleaved round(s), "
           "contender order rotated each round; every figure is the median over rounds",
           f"- load average at start: {load_start}; at end: {load_end}"]
-    for k in ("nproc", "kernel", "cpu", "memory", "nginx", "haproxy", "wrk", "iperf3", "cplb", "python"):
+    for k in ("nproc", "kernel", "cpu", "memory", "nginx", "haproxy", "wrk", "h2load", "iperf3", "cplb", "python"):
         L.append(f"- {k}: {info[k]}")
     L.append("")
 
     L += [f"## 1. HTTP keep-alive requests through the proxy", "",
           f"`wrk -t1 -c64 -d{st.wrk_seconds}s --latency` against an nginx `return 200 \"ok\"` backend. "
           "Higher requests/s is better, lower latency is better.", ""]
-    L += table(results, [("requests/s", "http-keepalive", "rps", ",.0f"),
-                         ("p50 latency (ms)", "http-keepalive", "p50", ".3f"),
-                         ("p99 latency (ms)", "http-keepalive", "p99", ".3f")])
+    L += table(results, [("requests/s", "http-keepalive", "rps", ",.0f", "high"),
+                         ("p50 latency (ms)", "http-keepalive", "p50", ".3f", "low"),
+                         ("p99 latency (ms)", "http-keepalive", "p99", ".3f", "low")])
     L += ["", "## 2. New connections per second", "",
           f"`wrk -t1 -c64 -d{st.wrk_seconds}s --latency -H 'Connection: close'`: one request per TCP "
           "connection, so each request is a new client connection and a new upstream connection.", ""]
-    L += table(results, [("connections/s", "http-close", "rps", ",.0f"),
-                         ("p50 latency (ms)", "http-close", "p50", ".3f"),
-                         ("p99 latency (ms)", "http-close", "p99", ".3f")])
+    L += table(results, [("connections/s", "http-close", "rps", ",.0f", "high"),
+                         ("p50 latency (ms)", "http-close", "p50", ".3f", "low"),
+                         ("p99 latency (ms)", "http-close", "p99", ".3f", "low")])
     L += ["", "## 3. Bulk throughput, one stream", "",
           f"`iperf3 -c … -t {st.iperf_seconds} -J` (client to server) and the same with `-R` (server to "
           f"client); received bits/s. iperf3 does not check content, so a separate check sends "
@@ -721,8 +858,8 @@ def report(results: dict, errors: list[str], info: dict, st: Settings, command: 
           f"and then streams {st.payload_mib} MiB of pseudo-random bytes back; the harness compares the "
           "SHA-256 digests of what arrived in both directions with what was sent. A second, 1 MiB transfer "
           "ends the upload with a half-close (`shutdown(SHUT_WR)`) and checks that the reply still arrives.", ""]
-    L += table(results, [("client → server (Gbit/s)", "bulk", "up_gbps", ".2f"),
-                         ("server → client (Gbit/s)", "bulk", "down_gbps", ".2f")])
+    L += table(results, [("client → server (Gbit/s)", "bulk", "up_gbps", ".2f", "high"),
+                         ("server → client (Gbit/s)", "bulk", "down_gbps", ".2f", "high")])
     integ, half = [], []
     for k in CONTENDERS:
         rs = results[k]["integrity"]
@@ -731,26 +868,62 @@ def report(results: dict, errors: list[str], info: dict, st: Settings, command: 
         integ.append(f"{n_ok}/{n_all} ok" if n_all else "not run")
         n_half = sum(1 for r in rs if r.get("half_close"))
         half.append(f"{n_half}/{len(rs)} kept" if rs else "not run")
-    L += [f"| integrity, {st.payload_mib} MiB each way, SHA-256 | " + " | ".join(integ) + " | | | |",
-          "| half-close: reply after client FIN | " + " | ".join(half) + " | | | |"]
+    L += [f"| integrity, {st.payload_mib} MiB each way, SHA-256 | " + " | ".join(integ) + " | | | | |",
+          "| half-close: reply after client FIN | " + " | ".join(half) + " | | | | |"]
 
     L += ["", "## 4. Memory", "",
           "Resident memory summed over all processes of the proxy (nginx master + workers, haproxy, cplb), "
-          "from `VmRSS` in `/proc/PID/status`, right after start, and with "
-          f"{st.idle_conns:,} idle client connections open through the proxy to a sink that holds them "
-          "(the harness waits until the sink has accepted all of them). Per-connection cost = "
-          f"(RSS with − RSS idle) / {st.idle_conns:,}. PSS (`/proc/PID/smaps_rollup`) counts pages shared "
-          "between nginx's master and workers once. Lower is better.", ""]
-    L += table(results, [("RSS at idle (MB)", "memory", "idle_rss_mb", ".1f"),
-                         ("PSS at idle (MB)", "memory", "idle_pss_mb", ".1f"),
-                         (f"RSS with {st.idle_conns:,} idle connections (MB)", "memory", "loaded_rss_mb", ".1f"),
-                         ("RSS after they are closed (MB)", "memory", "after_rss_mb", ".1f"),
-                         ("bytes per idle connection (RSS)", "memory", "per_conn_bytes", ",.0f"),
-                         ("bytes per idle connection (PSS)", "memory", "per_conn_pss_bytes", ",.0f")])
-    L += ["", "## 5. CPU time per GB proxied", "",
-          "utime + stime of all proxy processes (`/proc/PID/stat`) across both iperf3 runs of figure 3, "
-          "divided by the bytes iperf3 received (10⁹ bytes = 1 GB). Lower is better.", ""]
-    L += table(results, [("CPU seconds per GB", "bulk", "cpu_s_per_gb", ".3f")])
+          "from `VmRSS` in `/proc/PID/status`, right after start, then with "
+          + ", ".join(f"{n:,}" for n in st.levels) + " idle client connections open through the proxy to a sink "
+          "that holds them (opened in turn on the same proxy; the harness waits until the sink holds all of "
+          "them), then after they are closed. The idle reading is taken after 100 connections were opened and "
+          "closed, so one-time allocations on the first connections do not count per connection. "
+          "Per-connection cost at n connections = (RSS with n − RSS idle) / n, and between two levels = "
+          "the RSS difference / the difference in connections; the same cost at every n means memory grows "
+          "linearly. PSS (`/proc/PID/smaps_rollup`) counts "
+          "pages shared between nginx's master and workers once. Lower is better.", ""]
+    if st.levels_note:
+        L += [st.levels_note, ""]
+    rows = [("RSS at idle (MB)", "memory", "idle_rss_mb", ".1f", "low"),
+            ("PSS at idle (MB)", "memory", "idle_pss_mb", ".1f", "low")]
+    rows += [(f"RSS with {n:,} idle connections (MB)", "memory", f"rss_mb_{n}", ".1f", "low") for n in st.levels]
+    rows += [("RSS after they are closed (MB)", "memory", "after_rss_mb", ".1f", "low")]
+    rows += [(f"bytes per idle connection at {n:,} (RSS)", "memory", f"per_conn_bytes_{n}", ",.0f", "low")
+             for n in st.levels]
+    rows += [(f"bytes per connection from {a:,} to {b:,} (RSS)", "memory", f"marginal_bytes_{b}", ",.0f", "low")
+             for a, b in zip(st.levels, st.levels[1:])]
+    if st.levels:
+        n = st.levels[-1]
+        rows += [(f"bytes per idle connection at {n:,} (PSS)", "memory", f"per_conn_pss_bytes_{n}", ",.0f", "low")]
+    L += table(results, rows)
+
+    L += ["", "## 5. CPU cost", "",
+          "What the proxy takes away from the node's workloads: utime + stime of all its processes "
+          "(`/proc/PID/stat`, every thread, nginx workers included) for a given amount of work. Lower is better; "
+          "the last column is cplb over the better of nginx and HAProxy.", "",
+          f"**At a fixed offered load**: `h2load --h1` against the nginx `return 200` backend at fixed request "
+          f"rates for about {st.rate_seconds:g} s each (on one fresh proxy per round), CPU seconds per 100,000 "
+          f"requests. Keep-alive: {H2LOAD_CLIENTS} connections paced with `--rps`. `Connection: close` (one new "
+          "client and upstream connection per request): new connections paced with `-r <rate/100> --rate-period "
+          f"10ms` (h2load's `--rps` does not pace reconnects), at most {H2LOAD_MAX_CLOSE:,} per point. If the "
+          "machine cannot offer a rate, the achieved rate (below) is lower; the CPU per request is still "
+          "comparable when the achieved rates are.", ""]
+    rows = []
+    for mode, name in (("ka", "keep-alive"), ("close", "`Connection: close`")):
+        rows += [(f"{name}, {rate:,} req/s: CPU s per 100k requests", "cpu-rate", f"cpu_{mode}_{rate}", ".3f", "low")
+                 for rate in st.rates]
+    rows += [("bulk (iperf3, figure 3): CPU s per GB", "bulk", "cpu_s_per_gb", ".3f", "low")]
+    L += table(results, rows)
+    L += ["", "Achieved request rates of the fixed-load runs (successful requests/s), and the share of "
+          "requests that failed where any did (an offered rate beyond what the machine serves piles up "
+          "connections until a descriptor limit refuses some; up to 5% is accepted):", ""]
+    L += table(results, [(f"{name}, offered {rate:,}", "cpu-rate", f"rps_{mode}_{rate}", ",.0f")
+                         for mode, name in (("ka", "keep-alive"), ("close", "close")) for rate in st.rates]
+               + [(f"{name}, offered {rate:,}: failed %", "cpu-rate", f"failed_pct_{mode}_{rate}", ".2f")
+                  for mode, name in (("ka", "keep-alive"), ("close", "close")) for rate in st.rates
+                  if any(f"failed_pct_{mode}_{rate}" in r for k in CONTENDERS for r in results[k]["cpu-rate"])])
+    L += ["", "Bulk: utime + stime across both iperf3 runs of figure 3, divided by the bytes iperf3 received "
+          "(10⁹ bytes = 1 GB).", ""]
 
     if errors:
         L += ["", "## Errors", "", "Measurements that failed (left out of the medians):", ""]
@@ -765,11 +938,11 @@ def report(results: dict, errors: list[str], info: dict, st: Settings, command: 
             keys = sorted({key for r in rs for key in r} - {"requests", "ok"})
             for key in keys:
                 vals = ", ".join(f"{r[key]:.4g}" for r in rs if key in r)
-                L.append(f"{phase:15s} {k:8s} {key:20s} {vals}")
+                L.append(f"{phase:15s} {k:8s} {key:26s} {vals}")
     L += ["```", "", "</details>", ""]
     # With --only, leave out the figures that were not measured.
     needs = {"1.": ["http-keepalive"], "2.": ["http-close"], "3.": ["bulk", "integrity"],
-             "4.": ["memory"], "5.": ["bulk"]}
+             "4.": ["memory"], "5.": ["bulk", "cpu-rate"]}
     ran = {p for p in PHASES if any(results[k][p] for k in CONTENDERS)}
     parts = "\n".join(L).split("\n## ")
     keep = [parts[0]] + [x for x in parts[1:] if not any(ran.isdisjoint(needs[n]) for n in needs if x.startswith(n))]
@@ -778,19 +951,33 @@ def report(results: dict, errors: list[str], info: dict, st: Settings, command: 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="short smoke run: 1 round, 2 s per test, 8 MiB, 500 conns")
+    ap.add_argument("--quick", action="store_true",
+                    help="short smoke run: 1 round, 2 s per test, 8 MiB, 250/500 idle conns, 1 s per fixed rate")
     ap.add_argument("--rounds", type=int, help="interleaved rounds (default 3, or 1 with --quick)")
     ap.add_argument("--write", action="store_true", help="also write BENCHMARKS.md at the repo root")
     ap.add_argument("--cplb", type=Path, default=REPO / "target" / "release" / "cplb", help="cplb binary")
     ap.add_argument("--only", metavar="PHASE[,PHASE]",
                     help=f"run only these measurements: {','.join(PHASES)}")
+    ap.add_argument("--contenders", metavar="NAME[,NAME]",
+                    help=f"run only these contenders: {','.join(CONTENDERS)} (default all)")
+    ap.add_argument("--idle", metavar="N[,N]",
+                    help="idle-connection levels for the memory figure (default 5000,10000,25000,50000)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir with configs and logs")
     args = ap.parse_args()
 
     if args.quick:
-        st = Settings(rounds=1, wrk_seconds=2, iperf_seconds=2, payload_mib=8, idle_conns=500)
+        st = Settings(rounds=1, wrk_seconds=2, iperf_seconds=2, payload_mib=8, idle_wanted=[250, 500],
+                      rate_seconds=1)
     else:
-        st = Settings(rounds=3, wrk_seconds=10, iperf_seconds=5, payload_mib=64, idle_conns=5000)
+        st = Settings(rounds=3, wrk_seconds=10, iperf_seconds=5, payload_mib=64,
+                      idle_wanted=[5000, 10000, 25000, 50000], rate_seconds=10)
+    if args.idle:
+        try:
+            st.idle_wanted = sorted({int(x) for x in args.idle.split(",") if x.strip()})
+        except ValueError:
+            ap.error("--idle: comma-separated numbers of connections")
+        if not st.idle_wanted or st.idle_wanted[0] < 1:
+            ap.error("--idle: at least one level, each at least 1")
     if args.rounds is not None:
         if args.rounds < 1:
             ap.error("--rounds must be at least 1")
@@ -801,15 +988,31 @@ def main() -> int:
         bad = [p for p in phases if p not in PHASES]
         if bad or not phases:
             ap.error(f"--only: unknown {bad}; choose from {','.join(PHASES)}")
+    contenders = CONTENDERS
+    if args.contenders:
+        contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+        bad = [c for c in contenders if c not in CONTENDERS]
+        if bad or not contenders:
+            ap.error(f"--contenders: unknown {bad}; choose from {','.join(CONTENDERS)}")
     command = shlex.join(["python3", "bench/e2e/run.py"] + sys.argv[1:])
 
     check_prereqs(args.cplb)
 
+    # Children (proxies, sink) inherit the limit. Raising the hard limit
+    # needs CAP_SYS_RESOURCE; without it, the soft limit goes up to the hard.
+    want = 2 * max(st.idle_wanted) + 1000
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    nofile = hard if hard != resource.RLIM_INFINITY else 65536
+    try:
+        if hard != resource.RLIM_INFINITY and hard < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+    except (ValueError, OSError):
+        pass
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    nofile = hard if hard != resource.RLIM_INFINITY else want
     resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
-    if nofile < 2 * st.idle_conns + 1000:
-        log(f"warning: RLIMIT_NOFILE is {nofile}; {st.idle_conns} proxied connections need about {2 * st.idle_conns}")
+    st.levels, st.levels_note = idle_levels(st.idle_wanted, nofile)
+    if st.levels_note and "memory" in phases:
+        log(f"warning: {st.levels_note}")
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -832,11 +1035,11 @@ def main() -> int:
         be = env.start_backends()
         log(f"backends: {be}")
         for r in range(st.rounds):
-            order = rotated(r)
+            order = rotated(r, contenders)
             log(f"round {r + 1}/{st.rounds}: {', '.join(order)}")
             for phase in phases:
                 for kind in order:
-                    if kind == "direct" and phase == "memory":
+                    if kind == "direct" and phase in ("memory", "cpu-rate"):
                         continue
                     t0 = time.monotonic()
                     try:

@@ -8,27 +8,30 @@
 //! splice(2) through a pipe lent the same way, and the bytes never enter
 //! user space. Byte counters are atomic adds on pre-resolved handles.
 
-use std::future::poll_fn;
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::AsFd;
+use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use prometheus::IntCounter;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
+mod connect;
 mod pool;
 mod sockopt;
 mod splice;
 
 use splice::Pipe;
 
-/// TCP_NODELAY and keepalive, for the listener (inherited by accepted
-/// client sockets) and each upstream socket; see `sockopt`.
-pub(crate) use sockopt::tune as tune_socket;
+pub(crate) use connect::{connect, upstream_socket};
+/// TCP_NODELAY and keepalive for the listener, inherited by accepted client
+/// sockets; see `sockopt`.
+pub(crate) use sockopt::tune_listener;
 
 /// Why a copy ended, when it ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +52,9 @@ pub(crate) struct Totals {
 #[derive(Default)]
 struct Half {
     buf: Option<Box<[u8]>>,
-    pos: usize,
-    end: usize,
+    // Within `buf`, at most `pool::BUF_SIZE`.
+    pos: u32,
+    end: u32,
     /// Bulk seen: forward with splice from now on.
     splice: bool,
     pipe: Option<Pipe>,
@@ -59,7 +63,20 @@ struct Half {
     total: u64,
 }
 
+const _: () = assert!(pool::BUF_SIZE <= u32::MAX as usize);
+
 impl Half {
+    /// Gives the buffer and pipe back, if any (a pipe still holding bytes
+    /// is closed by `give`, not reused).
+    fn release(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            pool::give(buf);
+        }
+        if let Some(pipe) = self.pipe.take() {
+            pipe.give();
+        }
+    }
+
     /// Moves bytes until it would block; Ready(Ok) once EOF was read and the
     /// write side shut down (the half-close reaches the peer).
     fn poll(
@@ -75,10 +92,11 @@ impl Half {
             if let Some(buf) = &self.buf {
                 while self.pos < self.end {
                     ready!(to.poll_write_ready(cx))?;
-                    match to.try_write(&buf[self.pos..self.end]) {
+                    match to.try_write(&buf[self.pos as usize..self.end as usize]) {
                         Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                         Ok(n) => {
-                            self.pos += n;
+                            // n <= end - pos: fits.
+                            self.pos += n as u32;
                             self.total += n as u64;
                             counter.inc_by(n as u64);
                             *progressed = true;
@@ -158,7 +176,7 @@ impl Half {
                     }
                     self.buf = Some(buf);
                     self.pos = 0;
-                    self.end = n;
+                    self.end = n as u32; // n <= BUF_SIZE
                     *progressed = true;
                 }
                 Err(e) => {
@@ -169,6 +187,14 @@ impl Half {
                 }
             }
         }
+    }
+}
+
+/// A copy dropped midway (the upstream was evicted, shutdown forced the
+/// close) still returns what it borrowed.
+impl Drop for Half {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -184,62 +210,152 @@ fn clear_read_readiness(stream: &TcpStream) {
     });
 }
 
-/// Copies both ways until both sides have closed, an error, or idleness.
-pub(crate) async fn bidirectional(
-    client: &TcpStream,
-    upstream: &TcpStream,
-    idle_timeout: Duration,
-    to_upstream: &IntCounter,
-    to_client: &IntCounter,
-) -> (io::Result<CopyEnd>, Totals) {
-    let mut up = Half::default();
-    let mut down = Half::default();
-    let mut last = Instant::now();
-    // Re-armed lazily: activity only moves `last`, the timer is reset when it
-    // fires early, so a busy connection does not touch the timer wheel per read.
-    let sleep = tokio::time::sleep(idle_timeout);
-    tokio::pin!(sleep);
-    let result = poll_fn(|cx| {
-        let mut progressed = false;
-        let a = up.poll(
-            cx,
-            client,
-            upstream,
-            to_upstream,
-            &mut progressed,
-            down.done,
-        );
-        let b = down.poll(cx, upstream, client, to_client, &mut progressed, up.done);
-        match (a, b) {
-            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
-            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(Ok(CopyEnd::Closed)),
-            _ => {}
-        }
-        if progressed {
-            last = Instant::now();
-        }
-        loop {
-            ready!(sleep.as_mut().poll(cx));
-            let deadline = crate::clock::deadline(last, idle_timeout);
-            if Instant::now() >= deadline {
-                return Poll::Ready(Ok(CopyEnd::IdleTimeout));
-            }
-            sleep.as_mut().reset(deadline);
-        }
-    })
-    .await;
-    for half in [&mut up, &mut down] {
-        if let Some(buf) = half.buf.take() {
-            pool::give(buf);
-        }
-        // A pipe still holding bytes is closed by `give`, not reused.
-        if let Some(pipe) = half.pipe.take() {
-            pipe.give();
-        }
+pin_project_lite::pin_project! {
+    /// Copies both ways until both sides have closed, an error, or
+    /// idleness, and gives `upstream` keepalive once the copy has run
+    /// `KEEPALIVE_AFTER`. A hand-written future rather than an `async fn`:
+    /// every open connection holds this state, and an `async fn` (with the
+    /// closure of its `poll_fn`) would hold its arguments two or three times.
+    #[project = Proj]
+    pub(crate) struct Bidirectional<'a> {
+        client: &'a TcpStream,
+        upstream: &'a TcpStream,
+        to_upstream: &'a IntCounter,
+        to_client: &'a IntCounter,
+        idle_timeout: Duration,
+        up: Half,
+        down: Half,
+        // When a byte last moved.
+        last: Instant,
+        keepalive: bool,
+        // Re-armed lazily: activity only moves `last`, the timer is reset
+        // when it fires early, so a busy connection does not touch the timer
+        // wheel per read. Its first firing also arms the upstream's
+        // keepalive (see `sockopt`).
+        #[pin]
+        sleep: Sleep,
     }
-    let totals = Totals {
-        to_upstream: up.total,
-        to_client: down.total,
-    };
-    (result, totals)
+}
+
+pub(crate) fn bidirectional<'a>(
+    client: &'a TcpStream,
+    upstream: &'a TcpStream,
+    idle_timeout: Duration,
+    to_upstream: &'a IntCounter,
+    to_client: &'a IntCounter,
+) -> Bidirectional<'a> {
+    Bidirectional {
+        client,
+        upstream,
+        to_upstream,
+        to_client,
+        idle_timeout,
+        up: Half::default(),
+        down: Half::default(),
+        last: Instant::now(),
+        keepalive: false,
+        sleep: tokio::time::sleep(idle_timeout.min(sockopt::KEEPALIVE_AFTER)),
+    }
+}
+
+impl Future for Bidirectional<'_> {
+    type Output = (io::Result<CopyEnd>, Totals);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut p = self.project();
+        let result = ready!(poll_copy(&mut p, cx));
+        p.up.release();
+        p.down.release();
+        let totals = Totals {
+            to_upstream: p.up.total,
+            to_client: p.down.total,
+        };
+        Poll::Ready((result, totals))
+    }
+}
+
+fn poll_copy(p: &mut Proj<'_, '_>, cx: &mut Context<'_>) -> Poll<io::Result<CopyEnd>> {
+    let mut progressed = false;
+    let a = p.up.poll(
+        cx,
+        p.client,
+        p.upstream,
+        p.to_upstream,
+        &mut progressed,
+        p.down.done,
+    );
+    let b = p.down.poll(
+        cx,
+        p.upstream,
+        p.client,
+        p.to_client,
+        &mut progressed,
+        p.up.done,
+    );
+    match (a, b) {
+        (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
+        (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(Ok(CopyEnd::Closed)),
+        _ => {}
+    }
+    if progressed {
+        *p.last = Instant::now();
+    }
+    loop {
+        ready!(p.sleep.as_mut().poll(cx));
+        if !*p.keepalive {
+            *p.keepalive = true;
+            sockopt::keepalive(*p.upstream);
+        }
+        let deadline = crate::clock::deadline(*p.last, *p.idle_timeout);
+        if Instant::now() >= deadline {
+            return Poll::Ready(Ok(CopyEnd::IdleTimeout));
+        }
+        p.sleep.as_mut().reset(deadline);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use socket2::SockRef;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// Short connections never pay keepalive's four setsockopt calls; one
+    /// that lives on gets keepalive on its upstream side.
+    #[tokio::test(start_paused = true)]
+    async fn the_upstream_gets_keepalive_once_the_connection_lives_on() {
+        let (_client, client_near) = pair().await;
+        let (upstream_near, _upstream) = pair().await;
+        let counter = IntCounter::new("c", "c").unwrap();
+        let copy = bidirectional(
+            &client_near,
+            &upstream_near,
+            Duration::from_secs(3600),
+            &counter,
+            &counter,
+        );
+        tokio::pin!(copy);
+        let upstream = SockRef::from(&upstream_near);
+        let almost = sockopt::KEEPALIVE_AFTER - Duration::from_millis(1);
+        tokio::select! {
+            r = &mut copy => panic!("copy ended: {:?}", r.0),
+            _ = tokio::time::sleep(almost) => {}
+        }
+        assert!(!upstream.keepalive().unwrap(), "keepalive set too early");
+        tokio::select! {
+            r = &mut copy => panic!("copy ended: {:?}", r.0),
+            _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+        }
+        sockopt::assert_keepalive(upstream);
+    }
 }

@@ -17,8 +17,10 @@ pub(super) fn take() -> Box<[u8]> {
         .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
 }
 
+/// Also called from `Drop`, so it must not panic when the thread's free
+/// list is already gone (thread exit): the buffer is simply freed then.
 pub(super) fn give(buf: Box<[u8]>) {
-    FREE.with(|f| {
+    let _ = FREE.try_with(|f| {
         let mut f = f.borrow_mut();
         if f.len() < KEEP {
             f.push(buf);

@@ -4,47 +4,78 @@
 //! minute and a half instead of hours. Failures are ignored: a connection
 //! still works without them.
 //!
-//! Client side: set once on the listening socket. Linux clones a listener's
-//! socket into each accepted one, options included, which saves five
-//! setsockopt calls per client connection. Upstream side: set per socket.
+//! Each call is a syscall on every new connection, so they are placed where
+//! they cost least:
+//! - Client side: set once on the listening socket. Linux clones a
+//!   listener's socket into each accepted one, options included, which
+//!   saves five setsockopt calls per client connection.
+//! - Upstream side: TCP_NODELAY on the new socket, before connect (see
+//!   `connect`). Keepalive
+//!   (four calls) only once the connection has lived `KEEPALIVE_AFTER`
+//!   (see `copy::bidirectional`): most connections (one kubectl request, a
+//!   health probe) are over long before a keepalive probe could be sent, and
+//!   for the rest a dead master is found at most that much later.
 
 use std::time::Duration;
 
-use socket2::{SockRef, TcpKeepalive};
+use socket2::{SockRef, Socket, TcpKeepalive};
 
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_RETRIES: u32 = 3;
+/// How long an upstream connection lives before it gets keepalive. Small
+/// next to `KEEPALIVE_IDLE`, so the delay barely moves when a dead peer is
+/// found; longer than a typical connect timeout, so the timer that arms it
+/// is rarely the runtime's earliest (a new earliest timer costs a wake-up
+/// write).
+pub(super) const KEEPALIVE_AFTER: Duration = Duration::from_secs(5);
 
-/// Sets the options on a listening socket (inherited by accepted sockets)
-/// or on a connected upstream socket.
-pub(crate) fn tune<'a>(socket: impl Into<SockRef<'a>>) {
-    let s: SockRef<'a> = socket.into();
-    let _ = s.set_tcp_nodelay(true);
+/// Sets the options on a listening socket (inherited by accepted sockets).
+pub(crate) fn tune_listener(socket: &Socket) {
+    let _ = socket.set_tcp_nodelay(true);
+    keepalive(socket);
+}
+
+/// Keepalive with our timings.
+pub(super) fn keepalive<'a>(socket: impl Into<SockRef<'a>>) {
     let ka = TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
         .with_interval(KEEPALIVE_INTERVAL)
         .with_retries(KEEPALIVE_RETRIES);
-    let _ = s.set_tcp_keepalive(&ka);
+    let _ = socket.into().set_tcp_keepalive(&ka);
+}
+
+/// Has `socket` our keepalive settings?
+#[cfg(test)]
+pub(super) fn assert_keepalive(s: SockRef<'_>) {
+    assert!(s.keepalive().unwrap(), "keepalive is off");
+    assert_eq!(s.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+    assert_eq!(s.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+    assert_eq!(s.tcp_keepalive_retries().unwrap(), KEEPALIVE_RETRIES);
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
+    use socket2::{Domain, Type};
+
     use super::*;
 
     /// The saving above rests on this kernel behaviour; if it ever changes,
     /// this fails and clients lose NODELAY/keepalive.
     #[test]
     fn accepted_sockets_inherit_the_listeners_options() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        tune(&l);
+        let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        l.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        l.listen(8).unwrap();
+        tune_listener(&l);
+        let l = std::net::TcpListener::from(l);
         let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (a, _) = l.accept().unwrap();
         let s = SockRef::from(&a);
         assert!(s.tcp_nodelay().unwrap());
-        assert!(s.keepalive().unwrap());
-        assert_eq!(s.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
-        assert_eq!(s.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
-        assert_eq!(s.tcp_keepalive_retries().unwrap(), KEEPALIVE_RETRIES);
+        assert_keepalive(s);
     }
 }

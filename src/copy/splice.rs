@@ -60,7 +60,9 @@ impl Pipe {
         if self.len != 0 {
             return;
         }
-        FREE.with(|f| {
+        // Also called from `Drop`: at thread exit, with the free list
+        // gone, the pipe is simply closed.
+        let _ = FREE.try_with(|f| {
             let mut f = f.borrow_mut();
             if f.len() < KEEP {
                 f.push(self);
