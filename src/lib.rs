@@ -57,8 +57,8 @@
 //! 1. `listener::accept_loop`, on the worker thread that owns one of the
 //!    SO_REUSEPORT sockets, accepts; `listener::dispatch` loads the current
 //!    `Snapshot` once, counts the client against its `max_connections`
-//!    (`ClientSlot`) and spawns the connection's task, which stays on that
-//!    thread for its whole life.
+//!    (`shared::ClientSlot`) and spawns `proxy::handle` as the connection's
+//!    task, which stays on that thread for its whole life.
 //! 2. `proxy::handle` gets that snapshot and hashes the key (`hash.key`:
 //!    node id, client IP, or client ip:port).
 //! 3. `Ring::walk` yields distinct upstreams in ring order; usable ones are

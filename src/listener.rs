@@ -12,8 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::shared::{Shared, Skipped};
-use crate::snapshot::Snapshot;
+use crate::shared::{ClientSlot, Shared, Skipped};
 
 /// Which socket a [`ListenError`] is about, so an admin-port clash says
 /// "admin".
@@ -223,42 +222,13 @@ fn dispatch(shared: &Arc<Shared>, tracker: &TaskTracker, stream: TcpStream, peer
         tracing::debug!(%peer, max, "max_connections reached; closing new client");
         return;
     }
-    tracker.spawn(connection(
+    // `handle` itself is the task: a wrapper would hold its arguments twice.
+    tracker.spawn(crate::proxy::handle(
         ClientSlot::new(shared.clone()),
         snapshot,
         stream,
         peer,
     ));
-}
-
-/// One connection's task. Its size is what every open connection costs
-/// in memory besides the kernel's sockets (see the test below).
-async fn connection(
-    slot: ClientSlot,
-    snapshot: Arc<Snapshot>,
-    stream: TcpStream,
-    peer: SocketAddr,
-) {
-    // The slot lives (and counts) until the connection ends.
-    crate::proxy::handle(&slot.0, snapshot, stream, peer).await;
-}
-
-/// One unit of `max_connections` and of the client gauge, returned on drop.
-struct ClientSlot(Arc<Shared>);
-
-impl ClientSlot {
-    /// The caller has already counted the client in `shared.clients`.
-    fn new(shared: Arc<Shared>) -> ClientSlot {
-        shared.metrics.client_connections_active.inc();
-        ClientSlot(shared)
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        self.0.clients.fetch_sub(1, Ordering::AcqRel);
-        self.0.metrics.client_connections_active.dec();
-    }
 }
 
 #[cfg(test)]
@@ -271,6 +241,7 @@ mod tests {
     use crate::clock::Clock;
     use crate::config::Config;
     use crate::metrics::Metrics;
+    use crate::snapshot::Snapshot;
     use crate::upstream::StateTable;
 
     /// Every open connection holds one of these tasks for its whole life,
@@ -304,7 +275,7 @@ mod tests {
         let _c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (stream, peer) = l.accept().await.unwrap();
         shared.clients.fetch_add(1, Ordering::AcqRel);
-        let task = connection(
+        let task = crate::proxy::handle(
             ClientSlot::new(shared.clone()),
             shared.snapshot.load_full(),
             stream,

@@ -15,17 +15,21 @@ use crate::copy::{self, CopyEnd};
 use crate::failback::{self, Placement, registry::DisplacedGuard};
 use crate::health::Admission;
 use crate::metrics::{FailureReason, GaugeGuard};
-use crate::shared::Shared;
+use crate::shared::{ClientSlot, Shared};
 use crate::snapshot::{Snapshot, Upstream};
 use crate::upstream::EvictReason;
 
-/// `snapshot` is the one the accept loop checked `max_connections` against.
+/// One connection's task: its size is what every open connection costs in
+/// memory besides the kernel's sockets (`listener`'s test bounds it).
+/// `snapshot` is the one the accept loop checked `max_connections` against;
+/// `slot` counts the client until the connection ends.
 pub(crate) async fn handle(
-    shared: &Shared,
+    slot: ClientSlot,
     snapshot: Arc<Snapshot>,
     client: TcpStream,
     peer: SocketAddr,
 ) {
+    let shared = slot.shared();
     let hash = snapshot.key_hash(peer);
     let Some((index, upstream)) = connect_any(shared, &snapshot, hash).await else {
         shared.metrics.rejected.no_upstream.inc();
@@ -33,13 +37,21 @@ pub(crate) async fn handle(
         return;
     };
     // Fail-back's record: established away from home, it holds a guard on
-    // home's set (an `Arc` clone, no allocation) for as long as it lives.
-    let displaced = match failback::placement(&snapshot.ring, hash, index) {
+    // home's set and waits for a ticket. Boxed: only connections made
+    // during an outage have one, and a pointer keeps every other
+    // connection's task small (the wait alone is larger than the rest).
+    let mut sent_home: Option<SentHome> = match failback::placement(&snapshot.ring, hash, index) {
         Placement::Home => None,
         Placement::Displaced { home } => {
             let home = &snapshot.upstreams[home].state;
-            DisplacedGuard::enter(&home.displaced)
-                .map(|guard| (guard, GaugeGuard::new(&home.metrics.connections_displaced)))
+            DisplacedGuard::enter(&home.displaced).map(|guard| {
+                let gauge = GaugeGuard::new(&home.metrics.connections_displaced);
+                Box::pin(async move {
+                    // Counted until the connection ends, however it ends.
+                    let _gauge = gauge;
+                    guard.sent_home().await
+                }) as SentHome
+            })
         }
     };
     // Keep only what this connection needs, so an old snapshot (ring and
@@ -93,9 +105,7 @@ pub(crate) async fn handle(
         _ = &mut retired => {
             tracing::debug!(%peer, upstream = %state.address, "closing: upstream removed by discovery");
         }
-        // Only a displaced connection polls this; for the others the
-        // future is built (on the stack) but never polled.
-        _ = sent_home(&displaced), if displaced.is_some() => {
+        _ = async { if let Some(f) = sent_home.as_mut() { f.await } }, if sent_home.is_some() => {
             m.closed_failback.inc();
             tracing::debug!(%peer, upstream = %state.address, "closing: fail-back, home is usable again");
         }
@@ -105,13 +115,9 @@ pub(crate) async fn handle(
     }
 }
 
-/// Completes when fail-back picks this displaced connection to go home.
-async fn sent_home(displaced: &Option<(DisplacedGuard, GaugeGuard)>) {
-    match displaced {
-        Some((guard, _)) => guard.sent_home().await,
-        None => std::future::pending().await,
-    }
-}
+/// Completes when fail-back picks this displaced connection to go home;
+/// owns its `DisplacedGuard` and its gauge guard.
+type SentHome = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Tries upstreams in ring order from `hash`: first the usable ones, then,
 /// if none of those connected, the ones marked down (the last resort against

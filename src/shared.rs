@@ -1,6 +1,7 @@
 //! State shared by every task of one running proxy.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
@@ -39,4 +40,27 @@ pub(crate) struct Shared {
 pub(crate) struct Skipped {
     pub addr: std::net::SocketAddr,
     pub reason: &'static str,
+}
+
+/// One unit of `max_connections` and of the client gauge, held by a
+/// connection's task for its life and returned on drop.
+pub(crate) struct ClientSlot(Arc<Shared>);
+
+impl ClientSlot {
+    /// The caller has already counted the client in `shared.clients`.
+    pub(crate) fn new(shared: Arc<Shared>) -> ClientSlot {
+        shared.metrics.client_connections_active.inc();
+        ClientSlot(shared)
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.client_connections_active.dec();
+    }
 }
