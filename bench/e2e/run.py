@@ -634,12 +634,14 @@ def idle_levels(wanted: list[int], nofile: int) -> tuple[list[int], str]:
         ports = hi - lo + 1
     except (OSError, ValueError):
         ports = 28232
-    cap = min((nofile - 200) // 2, ports - 1000)
+    # (nofile - 2000) // 2: the same cap as HAProxy's maxconn (templates/
+    # haproxy.cfg), so every contender can hold every level.
+    cap = min((nofile - 2000) // 2, ports - 1000)
     levels = sorted({min(n, cap) for n in wanted if n > 0})
     note = ""
     if any(n > cap for n in wanted):
         why = []
-        if (nofile - 200) // 2 < max(wanted):
+        if (nofile - 2000) // 2 < max(wanted):
             why.append(f"RLIMIT_NOFILE is {nofile:,} and the proxy needs two descriptors per connection")
         if ports - 1000 < max(wanted):
             why.append(f"net.ipv4.ip_local_port_range has {ports:,} ports")
