@@ -470,7 +470,13 @@ async fn cplb_status_matches_the_documented_table() {
     let admin = p.admin.expect("admin enabled");
     let path = p.config_path.display().to_string();
 
-    let down = m2.stop().await.to_string();
+    // Stop a server that is not this node's home (`hash.key: node`, so one
+    // home for every client): a client whose home is down would be
+    // displaced, and the documented table shows no displaced connection.
+    let home = Client::connect(p.addr).await.upstream.clone();
+    let addrs = [("m1", m1.addr), ("m2", m2.addr), ("m3", m3.addr)];
+    let stopped = if home == "m2" { m1 } else { m2 };
+    let down = stopped.stop().await.to_string();
     status_json_until(admin, "the stopped server marked down", |v| {
         upstream(v, &down)["state"] == "down"
             && v["upstreams"]
@@ -483,7 +489,12 @@ async fn cplb_status_matches_the_documented_table() {
     // One client, echoed: 395 bytes in, its server's greeting and 395 out.
     let mut c = Client::connect(p.addr).await;
     c.ping(&"x".repeat(394)).await;
-    let used = if c.upstream == "m1" { m1.addr } else { m3.addr }.to_string();
+    assert_eq!(c.upstream, home, "the client went to its home");
+    let used = addrs
+        .iter()
+        .find(|(name, _)| *name == home)
+        .map(|(_, a)| a.to_string())
+        .unwrap();
     let v = status_json_until(admin, "the client's bytes counted", |v| {
         upstream(v, &used)["active_connections"] == 1 && upstream(v, &used)["bytes_in"] == 395
     })
