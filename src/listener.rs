@@ -233,12 +233,7 @@ fn dispatch(shared: &Arc<Shared>, tracker: &TaskTracker, stream: TcpStream, peer
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
-
-    use arc_swap::ArcSwap;
-
     use super::*;
-    use crate::clock::Clock;
     use crate::config::Config;
     use crate::metrics::Metrics;
     use crate::snapshot::Snapshot;
@@ -255,22 +250,12 @@ mod tests {
         .unwrap();
         let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
         let built = Snapshot::build(&config, &mut StateTable::default(), &metrics);
-        let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(built.snapshot),
+        let shared = Arc::new(Shared::new(
+            built.snapshot,
             metrics,
-            clock: Clock::new(),
-            clients: AtomicUsize::new(0),
-            all_down: AtomicBool::new(false),
-            accept_failing: AtomicBool::new(false),
-            accept_failed_at: AtomicU64::new(0),
-            draining: AtomicBool::new(false),
-            force_close: CancellationToken::new(),
-            skipped_listen: Vec::new(),
-            last_load: ArcSwap::from_pointee(crate::status::LoadRecord::startup(
-                config.source.clone(),
-                Clock::unix_now(),
-            )),
-        });
+            Vec::new(),
+            config.source.clone(),
+        ));
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (stream, peer) = l.accept().await.unwrap();

@@ -5,9 +5,8 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
-use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -77,22 +76,12 @@ impl Server {
         wiring.count(&built.snapshot);
         resolve::resolve_upstreams(&built.snapshot, &built.added, false).await;
         metrics.last_reload_success_timestamp.set(Clock::unix_now());
-        let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(built.snapshot),
+        let shared = Arc::new(Shared::new(
+            built.snapshot,
             metrics,
-            clock: Clock::new(),
-            clients: AtomicUsize::new(0),
-            all_down: AtomicBool::new(false),
-            accept_failing: AtomicBool::new(false),
-            accept_failed_at: AtomicU64::new(0),
-            draining: AtomicBool::new(false),
-            force_close: CancellationToken::new(),
-            skipped_listen: skipped,
-            last_load: ArcSwap::from_pointee(crate::status::LoadRecord::startup(
-                config.source.clone(),
-                Clock::unix_now(),
-            )),
-        });
+            skipped,
+            config.source.clone(),
+        ));
         let (reloader, reload) =
             Reloader::new(shared.clone(), config.clone(), table, checks, wiring);
         Ok(Server {

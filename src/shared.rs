@@ -34,6 +34,35 @@ pub(crate) struct Shared {
     pub last_load: ArcSwap<crate::status::LoadRecord>,
 }
 
+impl Shared {
+    /// A running proxy's shared state, before any client or episode: what
+    /// varies is the first snapshot, the metrics, the skipped `listen`
+    /// addresses and the config file it was loaded from.
+    pub(crate) fn new(
+        snapshot: Snapshot,
+        metrics: Metrics,
+        skipped_listen: Vec<Skipped>,
+        source: Option<std::path::PathBuf>,
+    ) -> Shared {
+        Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            clock: Clock::new(),
+            clients: AtomicUsize::new(0),
+            all_down: AtomicBool::new(false),
+            accept_failing: AtomicBool::new(false),
+            accept_failed_at: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            force_close: CancellationToken::new(),
+            skipped_listen,
+            last_load: ArcSwap::from_pointee(crate::status::LoadRecord::startup(
+                source,
+                Clock::unix_now(),
+            )),
+        }
+    }
+}
+
 /// A `listen` address left unbound because it cannot exist on this node
 /// (see `listener::skippable`).
 #[derive(Debug, Clone)]

@@ -214,7 +214,6 @@ mod tests {
     use crate::failback::registry::DisplacedGuard;
     use crate::snapshot::Snapshot;
     use crate::upstream::StateTable;
-    use arc_swap::ArcSwap;
 
     /// Two upstreams, resolved; the driver's view of time is tokio's
     /// (paused in these tests).
@@ -222,19 +221,7 @@ mod tests {
         let metrics = crate::metrics::Metrics::new(prometheus::Registry::new()).unwrap();
         let mut table = StateTable::default();
         let snapshot = snapshot(failback, &mut table, &metrics);
-        let shared = Shared {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            metrics,
-            clock: crate::clock::Clock::new(),
-            clients: Default::default(),
-            all_down: Default::default(),
-            accept_failing: Default::default(),
-            accept_failed_at: Default::default(),
-            draining: Default::default(),
-            force_close: CancellationToken::new(),
-            skipped_listen: Vec::new(),
-            last_load: ArcSwap::from_pointee(crate::status::LoadRecord::startup(None, 0.0)),
-        };
+        let shared = Shared::new(snapshot, metrics, Vec::new(), None);
         (shared, table)
     }
 
