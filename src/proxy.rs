@@ -31,7 +31,12 @@ pub(crate) async fn handle(
 ) {
     let shared = slot.shared();
     let hash = snapshot.key_hash(peer);
-    let Some((index, upstream)) = connect_any(shared, &snapshot, hash).await else {
+    let Some(Connected {
+        index,
+        stream: upstream,
+        home,
+    }) = connect_any(shared, &snapshot, hash).await
+    else {
         shared.metrics.rejected.no_upstream.inc();
         tracing::debug!(%peer, "no upstream accepted the connection; closing client");
         return;
@@ -40,7 +45,7 @@ pub(crate) async fn handle(
     // home's set and waits for a ticket. Boxed: only connections made
     // during an outage have one, and a pointer keeps every other
     // connection's task small (the wait alone is larger than the rest).
-    let mut sent_home: Option<SentHome> = match failback::placement(&snapshot.ring, hash, index) {
+    let mut sent_home: Option<SentHome> = match failback::placed(Some(home), index) {
         Placement::Home => None,
         Placement::Displaced { home } => {
             let home = &snapshot.upstreams[home].state;
@@ -119,14 +124,25 @@ pub(crate) async fn handle(
 /// owns its `DisplacedGuard` and its gauge guard.
 type SentHome = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
+/// An upstream connection, with where it stands on the ring.
+struct Connected {
+    index: usize,
+    stream: TcpStream,
+    /// The first upstream on the walk, usable or not (`failback::home`),
+    /// read off the connect walk rather than looked up again.
+    home: usize,
+}
+
 /// Tries upstreams in ring order from `hash`: first the usable ones, then,
 /// if none of those connected, the ones marked down (the last resort against
 /// false marks). At most `tries` connects in all.
-async fn connect_any(shared: &Shared, snap: &Snapshot, hash: u32) -> Option<(usize, TcpStream)> {
+async fn connect_any(shared: &Shared, snap: &Snapshot, hash: u32) -> Option<Connected> {
     let tries = snap.settings.tries;
     let mut attempts = 0;
     let mut skipped: u128 = 0;
+    let mut first = None;
     for i in snap.ring.walk(hash) {
+        let home = *first.get_or_insert(i);
         if attempts >= tries {
             return None;
         }
@@ -151,12 +167,18 @@ async fn connect_any(shared: &Shared, snap: &Snapshot, hash: u32) -> Option<(usi
             {
                 tracing::info!("an upstream is usable again; last-resort episode over");
             }
-            return Some((i, stream));
+            return Some(Connected {
+                index: i,
+                stream,
+                home,
+            });
         }
     }
     if skipped == 0 || attempts >= tries {
         return None;
     }
+    // Something was skipped, so the walk above yielded its first upstream.
+    let home = first?;
     if !shared.all_down.swap(true, Ordering::AcqRel) {
         shared.metrics.all_upstreams_down.inc();
         tracing::warn!("no usable upstream; trying every upstream as a last resort");
@@ -170,7 +192,11 @@ async fn connect_any(shared: &Shared, snap: &Snapshot, hash: u32) -> Option<(usi
         }
         attempts += 1;
         if let Some(stream) = try_connect(shared, snap, &snap.upstreams[i]).await {
-            return Some((i, stream));
+            return Some(Connected {
+                index: i,
+                stream,
+                home,
+            });
         }
     }
     None

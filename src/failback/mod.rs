@@ -39,7 +39,13 @@ pub(crate) enum Placement {
 }
 
 pub(crate) fn placement(ring: &Ring, key_hash: u32, chosen: usize) -> Placement {
-    match home(ring, key_hash) {
+    placed(home(ring, key_hash), chosen)
+}
+
+/// `placement` for a caller that already walked the ring and knows home
+/// (the proxy: its connect walk starts there).
+pub(crate) fn placed(home: Option<usize>, chosen: usize) -> Placement {
+    match home {
         Some(h) if h != chosen => Placement::Displaced { home: h },
         _ => Placement::Home,
     }
