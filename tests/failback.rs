@@ -295,15 +295,7 @@ async fn displaced_connections_come_home_at_the_bounded_rate() {
     }
 
     c.victim_dies().await;
-    let (_, _, body) = http(c.nodes[0].p.admin.unwrap(), "GET", "/upstreams").await;
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let entry = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["address"] == c.victim())
-        .unwrap()
-        .clone();
+    let entry = common::upstream_entry(c.nodes[0].p.admin.unwrap(), &c.victim()).await;
     assert_eq!(entry["displaced_connections"], CONNS, "{entry:#}");
     // `cplb status` shows them beside the (stopped) home's connections.
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_cplb"))

@@ -111,14 +111,7 @@ async fn readyz_503_marks_down_after_fall_and_200_back_up_after_rise() {
     for _ in 0..10 {
         assert!(whoami(proxy.addr, &pki).await.starts_with("b "));
     }
-    let (_, _, body) = http(proxy.admin.unwrap(), "GET", "/upstreams").await;
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let ja = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["address"] == a.addr.to_string())
-        .unwrap();
+    let ja = common::upstream_entry(proxy.admin.unwrap(), &a.addr.to_string()).await;
     assert_eq!(ja["active"]["state"], "down");
     assert_eq!(ja["passive"]["state"], "up", "TCP connects still succeed");
 
@@ -414,15 +407,7 @@ async fn bad_certificate_files_are_refused_at_load_and_reload() {
 
 /// `/upstreams` says (active state, passive state) of `addr`.
 async fn states(proxy: &Proxy, addr: SocketAddr) -> (String, String) {
-    let (_, _, body) = http(proxy.admin.unwrap(), "GET", "/upstreams").await;
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let u = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["address"] == addr.to_string())
-        .unwrap()
-        .clone();
+    let u = common::upstream_entry(proxy.admin.unwrap(), &addr.to_string()).await;
     let s = |k: &str| u[k]["state"].as_str().unwrap_or_default().to_string();
     (s("active"), s("passive"))
 }

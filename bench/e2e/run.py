@@ -984,18 +984,18 @@ def main() -> int:
         if args.rounds < 1:
             ap.error("--rounds must be at least 1")
         st.rounds = args.rounds
-    phases = PHASES
-    if args.only:
-        phases = [p.strip() for p in args.only.split(",") if p.strip()]
-        bad = [p for p in phases if p not in PHASES]
-        if bad or not phases:
-            ap.error(f"--only: unknown {bad}; choose from {','.join(PHASES)}")
-    contenders = CONTENDERS
-    if args.contenders:
-        contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
-        bad = [c for c in contenders if c not in CONTENDERS]
-        if bad or not contenders:
-            ap.error(f"--contenders: unknown {bad}; choose from {','.join(CONTENDERS)}")
+    def pick(value: str | None, flag: str, known: list[str]) -> list[str]:
+        """A comma-separated subset of `known`, or all of it when not given."""
+        if not value:
+            return known
+        chosen = [v.strip() for v in value.split(",") if v.strip()]
+        bad = [v for v in chosen if v not in known]
+        if bad or not chosen:
+            ap.error(f"{flag}: unknown {bad}; choose from {','.join(known)}")
+        return chosen
+
+    phases = pick(args.only, "--only", PHASES)
+    contenders = pick(args.contenders, "--contenders", CONTENDERS)
     command = shlex.join(["python3", "bench/e2e/run.py"] + sys.argv[1:])
 
     check_prereqs(args.cplb)

@@ -327,6 +327,18 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String, S
     (status, head.to_string(), body.to_string())
 }
 
+/// The `/upstreams` entry of `address`, from the admin endpoint at `admin`.
+pub async fn upstream_entry(admin: SocketAddr, address: &str) -> serde_json::Value {
+    let (_, _, body) = http(admin, "GET", "/upstreams").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["address"] == address)
+        .unwrap_or_else(|| panic!("{address} not in /upstreams: {v:#}"))
+        .clone()
+}
+
 /// The deadline passed before `eventually`'s probe answered.
 #[derive(Debug)]
 pub struct TimedOut(pub Duration);
