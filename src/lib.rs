@@ -59,20 +59,23 @@
 //!    `Snapshot` once, counts the client against its `max_connections`
 //!    (`shared::ClientSlot`) and spawns `proxy::handle` as the connection's
 //!    task, which stays on that thread for its whole life.
-//! 2. `proxy::handle` gets that snapshot and hashes the key (`hash.key`:
-//!    node id, client IP, or client ip:port).
+//! 2. The task's set-up (`proxy::setup`, boxed: it is larger than the copy
+//!    and lasts one round trip) gets that snapshot and hashes the key
+//!    (`hash.key`: node id, client IP, or client ip:port).
 //! 3. `Ring::walk` yields distinct upstreams in ring order; usable ones are
 //!    tried first, each with `connect_timeout`; failures feed
 //!    `PassiveHealth`, which may mark the upstream down. If none connects,
 //!    the upstreams marked down (and those discovery is draining) are tried
 //!    as a last resort.
-//! 4. `proxy::handle` drops the snapshot and keeps the upstream's state;
-//!    `copy::bidirectional` moves bytes both ways (buffered, or spliced once
-//!    bulk data shows up) until both sides close or idleness; `proxy::handle`
-//!    races it against eviction of the upstream (at once when the active
-//!    check finds it dead, after `drain_grace` when it answers "not ready":
-//!    the prober times that, not the connection), its removal by discovery
-//!    (`retire`), and the end of the shutdown drain; a connection established
+//! 4. The set-up returns a `proxy::Proxying`, which keeps the upstream's
+//!    state but not the snapshot, and the set-up's box is freed.
+//!    `Proxying` polls `copy::Copy`, which moves bytes both ways (buffered,
+//!    or spliced once bulk data shows up) until both sides close or
+//!    idleness, and races it against one waiter on the upstream's `wake`:
+//!    eviction (at once when the active check finds it dead, after
+//!    `drain_grace` when it answers "not ready": the prober times that,
+//!    not the connection), its removal by discovery (`retire`), and the end
+//!    of the shutdown drain (`Shared::close_all`); a connection established
 //!    away from its home (displaced: home unusable when it connected) also
 //!    waits for the fail-back driver to send it home.
 

@@ -3,32 +3,93 @@
 //! the upstream is evicted, fail-back sends a displaced connection home, or
 //! shutdown forces the close.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
 
 use tokio::net::TcpStream;
+use tokio::sync::futures::OwnedNotified;
 use tokio::time::Instant;
 
-use crate::copy::{self, CopyEnd};
+use crate::copy::{self, CopyEnd, Ends};
 use crate::failback::{self, Placement, registry::DisplacedGuard};
 use crate::health::Admission;
 use crate::metrics::{FailureReason, GaugeGuard};
 use crate::shared::{ClientSlot, Shared};
 use crate::snapshot::{Snapshot, Upstream};
-use crate::upstream::EvictReason;
+use crate::upstream::{EvictReason, UpstreamState};
 
 /// One connection's task: its size is what every open connection costs in
-/// memory besides the kernel's sockets (`listener`'s test bounds it).
-/// `snapshot` is the one the accept loop checked `max_connections` against;
-/// `slot` counts the client until the connection ends.
-pub(crate) async fn handle(
+/// memory besides the kernel's sockets and tokio's two I/O registrations
+/// (`listener`'s test bounds it). `snapshot` is the one the accept loop
+/// checked `max_connections` against; `slot` counts the client until the
+/// connection ends.
+pub(crate) fn handle(
     slot: ClientSlot,
     snapshot: Arc<Snapshot>,
     client: TcpStream,
     peer: SocketAddr,
-) {
+) -> Connection<impl Future<Output = Option<Proxying>> + Send> {
+    // The set-up (the ring walk, each connect with its timer) takes more
+    // room than the copy, but only for a round trip to a master; the copy
+    // lasts the connection's life. Boxed, it costs one short-lived
+    // allocation per connection instead of a task cell twice the size for
+    // as long as the connection is open.
+    Connection::Setup {
+        setup: Box::pin(setup(slot, snapshot, client, peer)),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The spawned task: the boxed set-up, then the proxied connection.
+    #[project = ConnectionProj]
+    pub(crate) enum Connection<S> {
+        Setup { setup: Pin<Box<S>> },
+        Proxying { #[pin] proxying: Proxying },
+        Done,
+    }
+}
+
+impl<S: Future<Output = Option<Proxying>>> Future for Connection<S> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match self.as_mut().project() {
+                ConnectionProj::Setup { setup } => match ready!(setup.as_mut().poll(cx)) {
+                    Some(proxying) => {
+                        self.set(Connection::Proxying { proxying });
+                        if let ConnectionProj::Proxying { proxying } = self.as_mut().project()
+                            && proxying.start()
+                        {
+                            continue;
+                        }
+                        self.set(Connection::Done);
+                    }
+                    None => self.set(Connection::Done),
+                },
+                // Done drops the sockets now, not when tokio frees the task.
+                ConnectionProj::Proxying { proxying } => {
+                    ready!(proxying.poll(cx));
+                    self.set(Connection::Done);
+                }
+                ConnectionProj::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+/// Connects to an upstream; what the copy needs comes back in `Proxying`.
+async fn setup(
+    slot: ClientSlot,
+    snapshot: Arc<Snapshot>,
+    client: TcpStream,
+    peer: SocketAddr,
+) -> Option<Proxying> {
     let shared = slot.shared();
     let hash = snapshot.key_hash(peer);
     let Some(Connected {
@@ -39,90 +100,184 @@ pub(crate) async fn handle(
     else {
         shared.metrics.rejected.no_upstream.inc();
         tracing::debug!(%peer, "no upstream accepted the connection; closing client");
-        return;
+        return None;
     };
     // Fail-back's record: established away from home, it holds a guard on
     // home's set and waits for a ticket. Boxed: only connections made
     // during an outage have one, and a pointer keeps every other
     // connection's task small (the wait alone is larger than the rest).
-    let mut sent_home: Option<SentHome> = match failback::placed(Some(home), index) {
+    let sent_home: Option<Box<SentHome>> = match failback::placed(Some(home), index) {
         Placement::Home => None,
         Placement::Displaced { home } => {
             let home = &snapshot.upstreams[home].state;
             DisplacedGuard::enter(&home.displaced).map(|guard| {
                 let gauge = GaugeGuard::new(&home.metrics.connections_displaced);
-                Box::pin(async move {
+                // Boxed twice: the outer box makes the field a thin
+                // pointer, 8 bytes of every connection's task, not 16.
+                Box::new(Box::pin(async move {
                     // Counted until the connection ends, however it ends.
                     let _gauge = gauge;
                     guard.sent_home().await
-                }) as SentHome
+                }) as SentHome)
             })
         }
     };
     // Keep only what this connection needs, so an old snapshot (ring and
     // all) is freed once a reload replaces it, not when the last watch ends.
-    let state = snapshot.upstreams[index].state.clone();
-    let idle_timeout = snapshot.settings.idle_timeout;
-    let close_on_down = snapshot.settings.close_on_down;
-    drop(snapshot);
-
-    let m = &state.metrics;
-    m.connections_total.inc();
-    let _active = GaugeGuard::new(&m.connections_active);
+    let state = &snapshot.upstreams[index].state;
     tracing::debug!(%peer, upstream = %state.address, "proxying");
+    Some(Proxying {
+        woken: state.wake.clone().notified_owned(),
+        copy: copy::Copy::new(snapshot.settings.idle_timeout),
+        close_on_down: snapshot.settings.close_on_down,
+        sent_home,
+        attached: Attached::new(state.clone()),
+        slot,
+        client,
+        upstream,
+        peer_port: peer.port(),
+    })
+}
 
-    let evicted = state.evict.notified();
-    tokio::pin!(evicted);
-    evicted.as_mut().enable();
-    let retired = state.retire.notified();
-    tokio::pin!(retired);
-    retired.as_mut().enable();
-    if state.is_retired() {
-        // Removed by discovery while this connection was being set up.
-        return;
+pin_project_lite::pin_project! {
+    /// A connection once its upstream accepted it: the byte copy, raced
+    /// against its upstream's `wake` (eviction, removal by discovery, the
+    /// end of the shutdown drain) and, for a displaced connection, the
+    /// fail-back driver sending it home. Every open connection holds one,
+    /// so it owns what it needs and nothing twice.
+    pub(crate) struct Proxying {
+        #[pin]
+        copy: copy::Copy,
+        #[pin]
+        woken: OwnedNotified,
+        sent_home: Option<Box<SentHome>>,
+        attached: Attached,
+        slot: ClientSlot,
+        client: TcpStream,
+        upstream: TcpStream,
+        // For the log lines when the kernel no longer has the address (see
+        // `Peer`); the port fits beside `close_on_down`, the address would
+        // not.
+        peer_port: u16,
+        close_on_down: bool,
     }
-    let copy = copy::bidirectional(
-        &client,
-        &upstream,
-        idle_timeout,
-        &m.bytes_to_upstream,
-        &m.bytes_to_client,
-    );
-    tokio::select! {
-        (result, totals) = copy => match result {
-            Ok(CopyEnd::Closed) => tracing::debug!(%peer, upstream = %state.address, bytes_to_upstream = totals.to_upstream, bytes_to_client = totals.to_client, "connection closed"),
+}
+
+impl Proxying {
+    /// Listens for `wake`, then looks at what it may have missed before:
+    /// false if the connection must close at once.
+    fn start(self: Pin<&mut Self>) -> bool {
+        let p = self.project();
+        p.woken.enable();
+        let state = &p.attached.0;
+        if p.slot.shared().force_close.is_cancelled() {
+            state.metrics.closed_shutdown.inc();
+            return false;
+        }
+        // Removed by discovery while this connection was being set up.
+        !state.is_retired()
+    }
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut p = self.project();
+        let state = &*p.attached.0;
+        let (peer, upstream) = (Peer(p.client, *p.peer_port), &state.address);
+        while p.woken.as_mut().poll(cx).is_ready() {
+            let m = &state.metrics;
+            if p.slot.shared().force_close.is_cancelled() {
+                m.closed_shutdown.inc();
+                return Poll::Ready(());
+            }
+            if state.is_retired() {
+                tracing::debug!(%peer, %upstream, "closing: upstream removed by discovery");
+                return Poll::Ready(());
+            }
+            if *p.close_on_down {
+                match state.evict_reason() {
+                    EvictReason::Dead => {
+                        m.closed_upstream_down.inc();
+                        tracing::debug!(%peer, %upstream, "closing: upstream marked down");
+                    }
+                    EvictReason::Draining => {
+                        m.closed_upstream_draining.inc();
+                        tracing::debug!(%peer, %upstream, "closing: upstream drained");
+                    }
+                }
+                return Poll::Ready(());
+            }
+            // Evicted, but `close_on_down` is off: keep copying, and listen
+            // for the next wake.
+            p.woken.set(state.wake.clone().notified_owned());
+            p.woken.as_mut().enable();
+        }
+        if let Some(f) = p.sent_home.as_mut()
+            && f.as_mut().as_mut().poll(cx).is_ready()
+        {
+            state.metrics.closed_failback.inc();
+            tracing::debug!(%peer, %upstream, "closing: fail-back, home is usable again");
+            return Poll::Ready(());
+        }
+        let m = &state.metrics;
+        let ends = Ends {
+            client: p.client,
+            upstream: p.upstream,
+            to_upstream: &m.bytes_to_upstream,
+            to_client: &m.bytes_to_client,
+        };
+        let (result, totals) = ready!(p.copy.poll(cx, ends));
+        let (to_upstream, to_client) = (totals.to_upstream, totals.to_client);
+        match result {
+            Ok(CopyEnd::Closed) => {
+                tracing::debug!(%peer, %upstream, bytes_to_upstream = to_upstream, bytes_to_client = to_client, "connection closed")
+            }
             Ok(CopyEnd::IdleTimeout) => {
                 m.closed_idle.inc();
-                tracing::debug!(%peer, upstream = %state.address, bytes_to_upstream = totals.to_upstream, bytes_to_client = totals.to_client, "idle timeout");
+                tracing::debug!(%peer, %upstream, bytes_to_upstream = to_upstream, bytes_to_client = to_client, "idle timeout");
             }
-            Err(e) => tracing::debug!(%peer, upstream = %state.address, error = %e, bytes_to_upstream = totals.to_upstream, bytes_to_client = totals.to_client, "connection ended with error"),
-        },
-        _ = &mut evicted, if close_on_down => match state.evict_reason() {
-            EvictReason::Dead => {
-                m.closed_upstream_down.inc();
-                tracing::debug!(%peer, upstream = %state.address, "closing: upstream marked down");
+            Err(e) => {
+                tracing::debug!(%peer, %upstream, error = %e, bytes_to_upstream = to_upstream, bytes_to_client = to_client, "connection ended with error")
             }
-            EvictReason::Draining => {
-                m.closed_upstream_draining.inc();
-                tracing::debug!(%peer, upstream = %state.address, "closing: upstream drained");
-            }
-        },
-        _ = &mut retired => {
-            tracing::debug!(%peer, upstream = %state.address, "closing: upstream removed by discovery");
         }
-        _ = async { if let Some(f) = sent_home.as_mut() { f.await } }, if sent_home.is_some() => {
-            m.closed_failback.inc();
-            tracing::debug!(%peer, upstream = %state.address, "closing: fail-back, home is usable again");
-        }
-        _ = shared.force_close.cancelled() => {
-            m.closed_shutdown.inc();
+        Poll::Ready(())
+    }
+}
+
+/// The upstream a connection is proxied to, counted in its
+/// `connections_total` and, until the connection ends, in
+/// `connections_active`: the state and the gauge's guard in one pointer.
+struct Attached(Arc<UpstreamState>);
+
+impl Attached {
+    fn new(state: Arc<UpstreamState>) -> Attached {
+        state.metrics.connections_total.inc();
+        state.metrics.connections_active.inc();
+        Attached(state)
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.0.metrics.connections_active.dec();
+    }
+}
+
+/// The client's address in a log line: read from the socket only when the
+/// line is logged. After a reset the kernel has forgotten it, and the port
+/// is what is left.
+struct Peer<'a>(&'a TcpStream, u16);
+
+impl std::fmt::Display for Peer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.peer_addr() {
+            Ok(a) => a.fmt(f),
+            Err(_) => write!(f, "?:{}", self.1),
         }
     }
 }
 
 /// Completes when fail-back picks this displaced connection to go home;
 /// owns its `DisplacedGuard` and its gauge guard.
-type SentHome = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+type SentHome = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// An upstream connection, with where it stands on the ring.
 struct Connected {

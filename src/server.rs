@@ -193,7 +193,7 @@ impl Server {
         if tokio::time::timeout(grace, conns.wait()).await.is_err() {
             let left = shared.clients.load(Ordering::Acquire);
             tracing::info!(left, "drain grace over; closing remaining connections");
-            shared.force_close.cancel();
+            shared.close_all();
             conns.wait().await;
         }
         stop_rest.cancel();

@@ -1,7 +1,7 @@
 //! State shared by every task of one running proxy.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
+use crate::upstream::UpstreamState;
 
 pub(crate) struct Shared {
     /// The one published view of the upstream set; see `snapshot`.
@@ -25,8 +26,13 @@ pub(crate) struct Shared {
     pub accept_failed_at: AtomicU64,
     /// Set once shutdown has begun: `/readyz` answers 503.
     pub draining: AtomicBool,
-    /// Cancelled when the drain grace is over: open connections close.
+    /// Cancelled when the drain grace is over (`close_all`): open
+    /// connections close.
     pub force_close: CancellationToken,
+    /// Upstreams a reload dropped while connections to them may still be
+    /// open (a reload lets those finish, as nginx's does), so that
+    /// `close_all` reaches them too. Only reloads and the shutdown lock it.
+    orphans: Mutex<Vec<Weak<UpstreamState>>>,
     /// `listen` addresses not bound because the node has no IPv6 (see
     /// `listener::skippable`); named in `/readyz`.
     pub skipped_listen: Vec<Skipped>,
@@ -54,11 +60,39 @@ impl Shared {
             accept_failed_at: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             force_close: CancellationToken::new(),
+            orphans: Mutex::new(Vec::new()),
             skipped_listen,
             last_load: ArcSwap::from_pointee(crate::status::LoadRecord::startup(
                 source,
                 Clock::unix_now(),
             )),
+        }
+    }
+}
+
+impl Shared {
+    /// Records upstreams that a new snapshot drops. Called before that
+    /// snapshot is published, so an upstream with open connections is always
+    /// in the published snapshot, here, or both, whenever `close_all` looks.
+    pub(crate) fn orphaned(&self, gone: &[Arc<UpstreamState>]) {
+        let mut orphans = self.orphans.lock().unwrap_or_else(|e| e.into_inner());
+        orphans.retain(|w| w.strong_count() > 0);
+        orphans.extend(gone.iter().map(Arc::downgrade));
+    }
+
+    /// Ends the shutdown's drain: every open connection closes. Each waits
+    /// on its upstream's `wake` rather than on `force_close` itself, which
+    /// would cost every connection a second waiter; it finds the token
+    /// cancelled when woken, and a connection set up after this finds it
+    /// cancelled before it waits.
+    pub(crate) fn close_all(&self) {
+        self.force_close.cancel();
+        for up in &self.snapshot.load().upstreams {
+            up.state.wake.notify_waiters();
+        }
+        let orphans = self.orphans.lock().unwrap_or_else(|e| e.into_inner());
+        for state in orphans.iter().filter_map(Weak::upgrade) {
+            state.wake.notify_waiters();
         }
     }
 }

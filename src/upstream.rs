@@ -24,17 +24,19 @@ pub struct UpstreamState {
     /// on its own schedule, and nothing else has to agree with it.
     addrs: ArcSwap<Vec<SocketAddr>>,
     pub metrics: UpstreamMetrics,
-    /// Woken when the active check marks this upstream down (dead), or when
-    /// a draining upstream's `drain_grace` ends, so proxied connections to
-    /// it close (`health_check.close_on_down`). `evict_reason` says which.
-    pub evict: Notify,
+    /// Woken when this upstream's proxied connections must look at why:
+    /// the active check evicted it (`evict`), discovery removed it
+    /// (`retire`), or the shutdown's grace is over (`Shared::close_all`).
+    /// One signal for the three, because every open connection holds a
+    /// waiter on it; in an `Arc` so that waiter can own its reference
+    /// (`Notify::notified_owned`) inside the connection's hand-written future.
+    pub(crate) wake: Arc<Notify>,
     /// An `EvictReason`, stored by the prober (the only writer) before it
-    /// wakes `evict`; read once by each woken connection.
+    /// wakes `wake`; read once by each woken connection.
     evict_reason: AtomicU8,
-    /// Woken once, when discovery removes this upstream after
+    /// Set once, when discovery removes this upstream after
     /// `remove_after`: its remaining connections close whatever
     /// `close_on_down` says (a decommissioned master must not keep clients).
-    pub retire: Notify,
     retired: AtomicBool,
     /// Connections whose home this is, running elsewhere (fail-back). In
     /// an `Arc` because each of them holds a guard on it.
@@ -98,9 +100,8 @@ impl UpstreamState {
             active: ActiveHealth::default(),
             addrs: ArcSwap::from_pointee(Vec::new()),
             metrics: m,
-            evict: Notify::new(),
+            wake: Arc::new(Notify::new()),
             evict_reason: AtomicU8::new(EvictReason::Dead as u8),
-            retire: Notify::new(),
             retired: AtomicBool::new(false),
             displaced: Arc::default(),
             last_change: ArcSwap::from_pointee(Change {
@@ -116,13 +117,13 @@ impl UpstreamState {
     /// removed it). A connection that registers after this sees `is_retired`.
     pub fn retire(&self) {
         self.retired.store(true, Release);
-        self.retire.notify_waiters();
+        self.wake.notify_waiters();
     }
 
     /// Closes the connections open to this upstream, counted under `why`.
     pub(crate) fn evict(&self, why: EvictReason) {
         self.evict_reason.store(why as u8, Release);
-        self.evict.notify_waiters();
+        self.wake.notify_waiters();
     }
 
     /// Why the last `evict` closed connections.

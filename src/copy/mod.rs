@@ -8,7 +8,6 @@
 //! splice(2) through a pipe lent the same way, and the bytes never enter
 //! user space. Byte counters are atomic adds on pre-resolved handles.
 
-use std::future::Future;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::AsFd;
@@ -19,9 +18,9 @@ use std::time::Duration;
 use prometheus::IntCounter;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
 
 mod connect;
+mod idle;
 mod pool;
 mod sockopt;
 mod splice;
@@ -51,32 +50,44 @@ pub(crate) struct Totals {
 /// One direction of the copy.
 #[derive(Default)]
 struct Half {
-    buf: Option<Box<[u8]>>,
-    // Within `buf`, at most `pool::BUF_SIZE`.
-    pos: u32,
-    end: u32,
+    /// Bytes read and not yet written: in a lent buffer or a lent pipe,
+    /// never both (each is drained before the next read).
+    held: Held,
     /// Bulk seen: forward with splice from now on.
     splice: bool,
-    pipe: Option<Pipe>,
     eof: bool,
     done: bool,
     total: u64,
 }
 
+#[derive(Default)]
+enum Held {
+    #[default]
+    Nothing,
+    /// `buf[pos..end]` is still to be written; `end` <= `pool::BUF_SIZE`.
+    Buf {
+        buf: Box<pool::Buf>,
+        pos: u32,
+        end: u32,
+    },
+    Pipe(Pipe),
+}
+
 const _: () = assert!(pool::BUF_SIZE <= u32::MAX as usize);
 
-impl Half {
-    /// Gives the buffer and pipe back, if any (a pipe still holding bytes
-    /// is closed by `give`, not reused).
+impl Held {
+    /// Gives the buffer or pipe back (a pipe still holding bytes is closed
+    /// by `give`, not reused).
     fn release(&mut self) {
-        if let Some(buf) = self.buf.take() {
-            pool::give(buf);
-        }
-        if let Some(pipe) = self.pipe.take() {
-            pipe.give();
+        match std::mem::take(self) {
+            Held::Nothing => {}
+            Held::Buf { buf, .. } => pool::give(buf),
+            Held::Pipe(pipe) => pipe.give(),
         }
     }
+}
 
+impl Half {
     /// Moves bytes until it would block; Ready(Ok) once EOF was read and the
     /// write side shut down (the half-close reaches the peer).
     fn poll(
@@ -89,42 +100,41 @@ impl Half {
         other_done: bool,
     ) -> Poll<io::Result<()>> {
         loop {
-            if let Some(buf) = &self.buf {
-                while self.pos < self.end {
-                    ready!(to.poll_write_ready(cx))?;
-                    match to.try_write(&buf[self.pos as usize..self.end as usize]) {
-                        Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                        Ok(n) => {
-                            // n <= end - pos: fits.
-                            self.pos += n as u32;
-                            self.total += n as u64;
-                            counter.inc_by(n as u64);
-                            *progressed = true;
+            match &mut self.held {
+                Held::Nothing => {}
+                Held::Buf { buf, pos, end } => {
+                    while *pos < *end {
+                        ready!(to.poll_write_ready(cx))?;
+                        match to.try_write(&buf[*pos as usize..*end as usize]) {
+                            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                            Ok(n) => {
+                                // n <= end - pos: fits.
+                                *pos += n as u32;
+                                self.total += n as u64;
+                                counter.inc_by(n as u64);
+                                *progressed = true;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) => return Poll::Ready(Err(e)),
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Poll::Ready(Err(e)),
                     }
+                    self.held.release();
                 }
-                if let Some(buf) = self.buf.take() {
-                    pool::give(buf);
-                }
-            }
-            if let Some(pipe) = &mut self.pipe {
-                while pipe.len() > 0 {
-                    ready!(to.poll_write_ready(cx))?;
-                    match to.try_io(Interest::WRITABLE, || pipe.drain_to(to.as_fd())) {
-                        Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                        Ok(n) => {
-                            self.total += n as u64;
-                            counter.inc_by(n as u64);
-                            *progressed = true;
+                Held::Pipe(pipe) => {
+                    while pipe.len() > 0 {
+                        ready!(to.poll_write_ready(cx))?;
+                        match to.try_io(Interest::WRITABLE, || pipe.drain_to(to.as_fd())) {
+                            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                            Ok(n) => {
+                                self.total += n as u64;
+                                counter.inc_by(n as u64);
+                                *progressed = true;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) => return Poll::Ready(Err(e)),
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Poll::Ready(Err(e)),
                     }
-                }
-                if let Some(pipe) = self.pipe.take() {
-                    pipe.give();
+                    self.held.release();
                 }
             }
             if self.eof {
@@ -148,7 +158,7 @@ impl Half {
                             self.eof = true;
                         }
                         Ok(_) => {
-                            self.pipe = Some(pipe);
+                            self.held = Held::Pipe(pipe);
                             *progressed = true;
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => pipe.give(),
@@ -163,7 +173,7 @@ impl Half {
                 }
             }
             let mut buf = pool::take();
-            match from.try_read(&mut buf) {
+            match from.try_read(&mut buf[..]) {
                 Ok(0) => {
                     pool::give(buf);
                     self.eof = true;
@@ -174,9 +184,12 @@ impl Half {
                     } else {
                         self.splice = true;
                     }
-                    self.buf = Some(buf);
-                    self.pos = 0;
-                    self.end = n as u32; // n <= BUF_SIZE
+                    // n <= BUF_SIZE
+                    self.held = Held::Buf {
+                        buf,
+                        pos: 0,
+                        end: n as u32,
+                    };
                     *progressed = true;
                 }
                 Err(e) => {
@@ -194,7 +207,7 @@ impl Half {
 /// close) still returns what it borrowed.
 impl Drop for Half {
     fn drop(&mut self) {
-        self.release();
+        self.held.release();
     }
 }
 
@@ -210,62 +223,55 @@ fn clear_read_readiness(stream: &TcpStream) {
     });
 }
 
+/// The two sockets and the byte counters a copy works on, lent to each
+/// poll: the copy's own state holds no references, so the connection's
+/// future can own the sockets next to it (see `proxy`).
+#[derive(Clone, Copy)]
+pub(crate) struct Ends<'a> {
+    pub client: &'a TcpStream,
+    pub upstream: &'a TcpStream,
+    pub to_upstream: &'a IntCounter,
+    pub to_client: &'a IntCounter,
+}
+
 pin_project_lite::pin_project! {
     /// Copies both ways until both sides have closed, an error, or
     /// idleness, and gives `upstream` keepalive once the copy has run
-    /// `KEEPALIVE_AFTER`. A hand-written future rather than an `async fn`:
-    /// every open connection holds this state, and an `async fn` (with the
-    /// closure of its `poll_fn`) would hold its arguments two or three times.
+    /// `KEEPALIVE_AFTER`. A hand-written state rather than an `async fn`:
+    /// every open connection holds it for its whole life.
     #[project = Proj]
-    pub(crate) struct Bidirectional<'a> {
-        client: &'a TcpStream,
-        upstream: &'a TcpStream,
-        to_upstream: &'a IntCounter,
-        to_client: &'a IntCounter,
-        idle_timeout: Duration,
+    pub(crate) struct Copy {
         up: Half,
         down: Half,
-        // When a byte last moved.
-        last: Instant,
         keepalive: bool,
-        // Re-armed lazily: activity only moves `last`, the timer is reset
-        // when it fires early, so a busy connection does not touch the timer
-        // wheel per read. Its first firing also arms the upstream's
-        // keepalive (see `sockopt`).
+        // Its first firing also arms the upstream's keepalive (see
+        // `sockopt`).
         #[pin]
-        sleep: Sleep,
+        idle: idle::Idle,
     }
 }
 
-pub(crate) fn bidirectional<'a>(
-    client: &'a TcpStream,
-    upstream: &'a TcpStream,
-    idle_timeout: Duration,
-    to_upstream: &'a IntCounter,
-    to_client: &'a IntCounter,
-) -> Bidirectional<'a> {
-    Bidirectional {
-        client,
-        upstream,
-        to_upstream,
-        to_client,
-        idle_timeout,
-        up: Half::default(),
-        down: Half::default(),
-        last: Instant::now(),
-        keepalive: false,
-        sleep: tokio::time::sleep(idle_timeout.min(sockopt::KEEPALIVE_AFTER)),
+impl Copy {
+    pub(crate) fn new(idle_timeout: Duration) -> Copy {
+        Copy {
+            up: Half::default(),
+            down: Half::default(),
+            keepalive: false,
+            idle: idle::Idle::new(idle_timeout, sockopt::KEEPALIVE_AFTER),
+        }
     }
-}
 
-impl Future for Bidirectional<'_> {
-    type Output = (io::Result<CopyEnd>, Totals);
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    /// Ready when the copy is over, with why and the bytes moved each way;
+    /// the buffer and pipe it held are back in their pools by then.
+    pub(crate) fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        ends: Ends<'_>,
+    ) -> Poll<(io::Result<CopyEnd>, Totals)> {
         let mut p = self.project();
-        let result = ready!(poll_copy(&mut p, cx));
-        p.up.release();
-        p.down.release();
+        let result = ready!(poll_copy(&mut p, cx, ends));
+        p.up.held.release();
+        p.down.held.release();
         let totals = Totals {
             to_upstream: p.up.total,
             to_client: p.down.total,
@@ -274,21 +280,21 @@ impl Future for Bidirectional<'_> {
     }
 }
 
-fn poll_copy(p: &mut Proj<'_, '_>, cx: &mut Context<'_>) -> Poll<io::Result<CopyEnd>> {
+fn poll_copy(p: &mut Proj<'_>, cx: &mut Context<'_>, e: Ends<'_>) -> Poll<io::Result<CopyEnd>> {
     let mut progressed = false;
     let a = p.up.poll(
         cx,
-        p.client,
-        p.upstream,
-        p.to_upstream,
+        e.client,
+        e.upstream,
+        e.to_upstream,
         &mut progressed,
         p.down.done,
     );
     let b = p.down.poll(
         cx,
-        p.upstream,
-        p.client,
-        p.to_client,
+        e.upstream,
+        e.client,
+        e.to_client,
         &mut progressed,
         p.up.done,
     );
@@ -298,20 +304,16 @@ fn poll_copy(p: &mut Proj<'_, '_>, cx: &mut Context<'_>) -> Poll<io::Result<Copy
         _ => {}
     }
     if progressed {
-        *p.last = Instant::now();
+        p.idle.as_mut().touch();
     }
-    loop {
-        ready!(p.sleep.as_mut().poll(cx));
-        if !*p.keepalive {
-            *p.keepalive = true;
-            sockopt::keepalive(*p.upstream);
+    let keepalive = &mut *p.keepalive;
+    ready!(p.idle.as_mut().poll_expired(cx, || {
+        if !*keepalive {
+            *keepalive = true;
+            sockopt::keepalive(e.upstream);
         }
-        let deadline = crate::clock::deadline(*p.last, *p.idle_timeout);
-        if Instant::now() >= deadline {
-            return Poll::Ready(Ok(CopyEnd::IdleTimeout));
-        }
-        p.sleep.as_mut().reset(deadline);
-    }
+    }));
+    Poll::Ready(Ok(CopyEnd::IdleTimeout))
 }
 
 #[cfg(test)]
@@ -337,14 +339,14 @@ mod tests {
         let (_client, client_near) = pair().await;
         let (upstream_near, _upstream) = pair().await;
         let counter = IntCounter::new("c", "c").unwrap();
-        let copy = bidirectional(
-            &client_near,
-            &upstream_near,
-            Duration::from_secs(3600),
-            &counter,
-            &counter,
-        );
-        tokio::pin!(copy);
+        let ends = Ends {
+            client: &client_near,
+            upstream: &upstream_near,
+            to_upstream: &counter,
+            to_client: &counter,
+        };
+        let mut state = std::pin::pin!(Copy::new(Duration::from_secs(3600)));
+        let mut copy = std::future::poll_fn(|cx| state.as_mut().poll(cx, ends));
         let upstream = SockRef::from(&upstream_near);
         let almost = sockopt::KEEPALIVE_AFTER - Duration::from_millis(1);
         tokio::select! {

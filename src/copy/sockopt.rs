@@ -12,7 +12,7 @@
 //! - Upstream side: TCP_NODELAY on the new socket, before connect (see
 //!   `connect`). Keepalive
 //!   (four calls) only once the connection has lived `KEEPALIVE_AFTER`
-//!   (see `copy::bidirectional`): most connections (one kubectl request, a
+//!   (see `copy::Copy`): most connections (one kubectl request, a
 //!   health probe) are over long before a keepalive probe could be sent, and
 //!   for the rest a dead master is found at most that much later.
 

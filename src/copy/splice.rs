@@ -14,6 +14,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Bytes moved per splice call; the pipe is sized to hold them.
 pub(super) const CHUNK: usize = 256 * 1024;
+const _: () = assert!(CHUNK <= u32::MAX as usize);
 /// Per worker thread; beyond it, drained pipes are closed. Small, because
 /// each idle pipe holds two descriptors, which matter under fd pressure.
 const KEEP: usize = 8;
@@ -21,8 +22,9 @@ const KEEP: usize = 8;
 pub(super) struct Pipe {
     r: OwnedFd,
     w: OwnedFd,
-    /// Bytes spliced in and not yet out: what the kernel's pipe holds.
-    len: usize,
+    /// Bytes spliced in and not yet out: what the kernel's pipe holds (at
+    /// most `CHUNK`; `u32` keeps a connection's in-flight state small).
+    len: u32,
 }
 
 thread_local! {
@@ -72,22 +74,28 @@ impl Pipe {
 
     /// Bytes in the pipe, spliced in and not yet out.
     pub(super) fn len(&self) -> usize {
-        self.len
+        self.len as usize
     }
 
     /// socket -> pipe: up to `CHUNK` bytes.
     pub(super) fn fill_from(&mut self, socket: BorrowedFd<'_>) -> io::Result<usize> {
+        // Only ever filled when empty (`copy` drains it first), so `n` and
+        // the count stay within CHUNK; saturating keeps a surprise finite.
         let n = splice(socket.as_raw_fd(), self.w.as_raw_fd(), CHUNK)?;
-        self.len += n;
+        self.len = self
+            .len
+            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
         Ok(n)
     }
 
     /// pipe -> socket: up to all the bytes in the pipe.
     pub(super) fn drain_to(&mut self, socket: BorrowedFd<'_>) -> io::Result<usize> {
-        let n = splice(self.r.as_raw_fd(), socket.as_raw_fd(), self.len)?;
+        let n = splice(self.r.as_raw_fd(), socket.as_raw_fd(), self.len as usize)?;
         // splice moves at most `len` bytes; saturating keeps a kernel
         // surprise from wrapping the count.
-        self.len = self.len.saturating_sub(n);
+        self.len = self
+            .len
+            .saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
         Ok(n)
     }
 }
