@@ -53,6 +53,35 @@ async fn drain_grace_over_closes_connections_and_exits_zero() {
     assert_eq!(p.count_logs("drain grace over"), 1);
 }
 
+/// A reload that drops an upstream lets its open connections finish, as
+/// nginx's reload does; the end of the drain grace must still close them,
+/// though that upstream is in no snapshot any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_grace_over_closes_connections_to_an_upstream_a_reload_removed() {
+    let a = FakeUpstream::start("a").await;
+    let b = FakeUpstream::start("b").await;
+    let path = temp_dir("orphan").join("cplb.yaml");
+    std::fs::write(&path, conf(a.addr).shutdown_grace("300ms").yaml()).unwrap();
+    let mut p = CplbProcess::spawn_with_file(path.clone(), Options::default());
+    let mut c = Client::connect(p.addr).await;
+    assert_eq!(c.upstream, "a");
+    std::fs::write(&path, conf(b.addr).shutdown_grace("300ms").yaml()).unwrap();
+    p.signal(libc::SIGHUP);
+    p.wait_for_log("config reloaded");
+    assert_eq!(Client::connect(p.addr).await.upstream, "b");
+    c.ping("a's connection outlives the reload").await;
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(), Some(0), "{}", p.logs());
+    let mut line = String::new();
+    use tokio::io::AsyncBufReadExt;
+    let n = c.reader.read_line(&mut line).await.unwrap_or(0);
+    assert_eq!(
+        n, 0,
+        "connection to the removed upstream closed at the end of the grace"
+    );
+    assert_eq!(p.count_logs("drain grace over"), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_sigterm_exits_at_once() {
     let up = FakeUpstream::start("m").await;
