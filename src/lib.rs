@@ -9,8 +9,7 @@
 //! - `proxy`: one client connection: upstream choice, connect, failover, close.
 //! - `copy`: the byte copy both ways; private `pool`, `splice`, `sockopt`.
 //! - `ring`: nginx-identical ketama ring; pure code.
-//! - `aligned_alloc`: the global allocator; tokio's 128-aligned blocks from
-//!   per-thread free lists (glibc's memalign strands ~160 B per block).
+//! - `aligned_alloc`: the global allocator: tokio's 128-aligned blocks, pooled.
 //!
 //! Shared state (read lock-free on the data plane):
 //! - `snapshot`: ring + upstreams + settings, published through one `ArcSwap`.
