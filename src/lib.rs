@@ -9,6 +9,7 @@
 //! - `proxy`: one client connection: upstream choice, connect, failover, close.
 //! - `copy`: the byte copy both ways; private `pool`, `splice`, `sockopt`.
 //! - `ring`: nginx-identical ketama ring; pure code.
+//! - `aligned_alloc`: the global allocator: tokio's 128-aligned blocks, pooled.
 //!
 //! Shared state (read lock-free on the data plane):
 //! - `snapshot`: ring + upstreams + settings, published through one `ArcSwap`.
@@ -82,6 +83,7 @@
 #![warn(unreachable_pub)]
 
 pub(crate) mod admin;
+pub mod aligned_alloc;
 pub(crate) mod clock;
 pub mod config;
 pub(crate) mod copy;
