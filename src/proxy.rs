@@ -1,7 +1,7 @@
 //! One client connection: pick upstreams in ring order, connect with
-//! failover, then hand both sockets to `copy::bidirectional` until either side ends,
-//! the upstream is evicted, fail-back sends a displaced connection home, or
-//! shutdown forces the close.
+//! failover, then copy both ways (`copy::Copy`) until either side ends, the
+//! upstream is evicted or removed, fail-back sends a displaced connection
+//! home, or shutdown forces the close.
 
 use std::future::Future;
 use std::io;
