@@ -410,3 +410,84 @@ fn classify(e: &io::Error) -> FailureReason {
         _ => FailureReason::Other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::upstream::StateTable;
+
+    /// One connection through `handle` to a listening upstream; returns
+    /// whether its task ended by itself, and what the client then read.
+    async fn one_connection(prepare: impl FnOnce(&Shared)) -> (bool, usize) {
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = Config::parse(
+            &format!(
+                "upstreams:\n  - address: {}\n",
+                upstream.local_addr().unwrap()
+            ),
+            std::path::Path::new("t.yaml"),
+        )
+        .unwrap();
+        let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
+        let built = Snapshot::build(&config, &mut StateTable::default(), &metrics);
+        crate::resolve::resolve_upstreams(&built.snapshot, &built.added, false).await;
+        let shared = Arc::new(Shared::new(built.snapshot, metrics, Vec::new(), None));
+        prepare(&shared);
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (near, peer) = l.accept().await.unwrap();
+        shared.clients.fetch_add(1, Ordering::AcqRel);
+        let task = handle(
+            ClientSlot::new(shared.clone()),
+            shared.snapshot.load_full(),
+            near,
+            peer,
+        );
+        // The upstream accepts (the kernel completes the connect) and stays
+        // silent; nothing else would end the connection for an hour.
+        let ended = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_ok();
+        let mut buf = [0u8; 16];
+        let read = client.read(&mut buf).await.unwrap_or(0);
+        (ended, read)
+    }
+
+    /// Removed by discovery while the connection was connecting: the wake
+    /// came before its waiter existed, and `start` finds the flag.
+    #[tokio::test]
+    async fn a_connection_set_up_to_a_retired_upstream_closes_at_once() {
+        let (ended, read) = one_connection(|s| s.snapshot.load().upstreams[0].state.retire()).await;
+        assert!(ended, "the connection stayed open to a retired upstream");
+        assert_eq!(read, 0, "the client sees the close");
+    }
+
+    /// Set up after the drain's end: `close_all` had nothing to wake yet.
+    #[tokio::test]
+    async fn a_connection_set_up_after_the_drain_ended_closes_at_once() {
+        let closed = std::sync::Mutex::new(None);
+        let (ended, read) = one_connection(|s| {
+            s.close_all();
+            *closed.lock().unwrap() = Some(s.snapshot.load().upstreams[0].state.clone());
+        })
+        .await;
+        assert!(ended, "the connection outlived the drain");
+        assert_eq!(read, 0, "the client sees the close");
+        let state = closed.lock().unwrap().take().unwrap();
+        assert_eq!(state.metrics.closed_shutdown.get(), 1);
+    }
+
+    /// The control: without either, the same connection stays open.
+    #[tokio::test]
+    async fn a_connection_to_a_live_upstream_stays_open() {
+        let (ended, _) = one_connection(|_| {}).await;
+        assert!(!ended, "the connection ended by itself");
+    }
+}
