@@ -484,6 +484,30 @@ mod tests {
         assert_eq!(state.metrics.closed_shutdown.get(), 1);
     }
 
+    /// Log lines name the client by its address while the kernel has it,
+    /// and by the port kept aside once a reset made it forget.
+    #[tokio::test]
+    async fn log_lines_name_the_client_even_after_a_reset() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (near, peer) = l.accept().await.unwrap();
+        assert_eq!(Peer(&near, peer.port()).to_string(), peer.to_string());
+        // Linger 0: the close sends a reset.
+        socket2::SockRef::from(&client)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(client);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while near.peer_addr().is_ok() {
+            assert!(tokio::time::Instant::now() < deadline, "no reset seen");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            Peer(&near, peer.port()).to_string(),
+            format!("?:{}", peer.port())
+        );
+    }
+
     /// The control: without either, the same connection stays open.
     #[tokio::test]
     async fn a_connection_to_a_live_upstream_stays_open() {
