@@ -360,4 +360,48 @@ mod tests {
         }
         sockopt::assert_keepalive(upstream);
     }
+
+    /// What a direction borrowed goes back to its pool once its bytes are
+    /// written: the first 32 KiB read's buffer, then the pipes of the
+    /// spliced rest. (Dropped instead, they would cost an allocation, or a
+    /// pipe2 and fcntl, on the next read.)
+    #[tokio::test]
+    async fn buffers_and_pipes_go_back_to_their_pools() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, client_near) = pair().await;
+        let (upstream_near, mut upstream) = pair().await;
+        let counter = IntCounter::new("c", "c").unwrap();
+        let ends = Ends {
+            client: &client_near,
+            upstream: &upstream_near,
+            to_upstream: &counter,
+            to_client: &counter,
+        };
+        let mut state = std::pin::pin!(Copy::new(Duration::from_secs(3600)));
+        let mut copy = std::future::poll_fn(|cx| state.as_mut().poll(cx, ends));
+        let (buffers, pipes) = (pool::free_len(), Pipe::free_len());
+        let data = vec![7u8; 1 << 20];
+        let mut got = vec![0u8; data.len()];
+        let transfer = async {
+            tokio::join!(async { client.write_all(&data).await.unwrap() }, async {
+                upstream.read_exact(&mut got).await.unwrap()
+            })
+        };
+        tokio::select! {
+            r = &mut copy => panic!("copy ended: {:?}", r.0),
+            _ = transfer => {}
+        }
+        assert!(got == data, "bytes changed on the way");
+        println!(
+            "free buffers {buffers} -> {}, free pipes {pipes} -> {}",
+            pool::free_len(),
+            Pipe::free_len()
+        );
+        assert_eq!(
+            pool::free_len(),
+            buffers + 1,
+            "the buffer was not given back"
+        );
+        assert!(Pipe::free_len() > pipes, "no pipe was given back");
+    }
 }

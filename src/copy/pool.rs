@@ -29,3 +29,9 @@ pub(super) fn give(buf: Box<Buf>) {
         }
     });
 }
+
+/// Buffers in this thread's free list.
+#[cfg(test)]
+pub(super) fn free_len() -> usize {
+    FREE.with(|f| f.borrow().len())
+}

@@ -72,6 +72,12 @@ impl Pipe {
         });
     }
 
+    /// Pipes in this thread's free list.
+    #[cfg(test)]
+    pub(super) fn free_len() -> usize {
+        FREE.with(|f| f.borrow().len())
+    }
+
     /// Bytes in the pipe, spliced in and not yet out.
     pub(super) fn len(&self) -> usize {
         self.len as usize
