@@ -404,4 +404,77 @@ mod tests {
         );
         assert!(Pipe::free_len() > pipes, "no pipe was given back");
     }
+
+    /// The totals a copy reports (the `connection closed` log line's byte
+    /// counts) are the bytes it moved each way, buffered and spliced.
+    #[tokio::test]
+    async fn totals_count_the_bytes_moved_each_way() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, client_near) = pair().await;
+        let (upstream_near, mut upstream) = pair().await;
+        // The sockets close when the copy ends, as the connection's do: the
+        // last FIN is the close's.
+        let copy = async move {
+            let counter = IntCounter::new("c", "c").unwrap();
+            let ends = Ends {
+                client: &client_near,
+                upstream: &upstream_near,
+                to_upstream: &counter,
+                to_client: &counter,
+            };
+            let mut state = std::pin::pin!(Copy::new(Duration::from_secs(3600)));
+            std::future::poll_fn(|cx| state.as_mut().poll(cx, ends)).await
+        };
+        // Up: more than a buffer, so the rest is spliced. Down: a few bytes.
+        let (up, down) = (vec![1u8; 300_000], vec![2u8; 1_000]);
+        let peers = async {
+            let mut got = vec![];
+            client.write_all(&up).await.unwrap();
+            client.shutdown().await.unwrap();
+            upstream.read_to_end(&mut got).await.unwrap();
+            assert!(got == up, "bytes changed on the way up");
+            upstream.write_all(&down).await.unwrap();
+            upstream.shutdown().await.unwrap();
+            got.clear();
+            client.read_to_end(&mut got).await.unwrap();
+            assert!(got == down, "bytes changed on the way down");
+        };
+        let ((result, totals), ()) = tokio::join!(copy, peers);
+        assert_eq!(result.unwrap(), CopyEnd::Closed);
+        assert_eq!((totals.to_upstream, totals.to_client), (300_000, 1_000));
+    }
+
+    /// A write to a peer that reset ends the copy with that error (and
+    /// does not spin on it as if it were EAGAIN).
+    #[tokio::test]
+    async fn a_write_to_a_reset_peer_ends_the_copy_with_an_error() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, client_near) = pair().await;
+        let (upstream_near, upstream) = pair().await;
+        SockRef::from(&upstream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(upstream);
+        client.write_all(b"for a peer that is gone").await.unwrap();
+        // Both are in before the copy's first poll, so it reads the client
+        // first and writes to the reset socket.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while upstream_near.peer_addr().is_ok()
+            || client_near.peek(&mut [0u8; 1]).await.unwrap() == 0
+        {
+            assert!(tokio::time::Instant::now() < deadline, "no reset seen");
+            tokio::task::yield_now().await;
+        }
+        let counter = IntCounter::new("c", "c").unwrap();
+        let ends = Ends {
+            client: &client_near,
+            upstream: &upstream_near,
+            to_upstream: &counter,
+            to_client: &counter,
+        };
+        let mut state = std::pin::pin!(Copy::new(Duration::from_secs(3600)));
+        let (result, _) = std::future::poll_fn(|cx| state.as_mut().poll(cx, ends)).await;
+        let e = result.expect_err("the copy ended without an error");
+        println!("copy ended with: {e}");
+    }
 }
