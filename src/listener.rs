@@ -234,28 +234,12 @@ fn dispatch(shared: &Arc<Shared>, tracker: &TaskTracker, stream: TcpStream, peer
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::metrics::Metrics;
-    use crate::snapshot::Snapshot;
-    use crate::upstream::StateTable;
 
     /// Every open connection holds one of these tasks for its whole life,
     /// so its size is most of the memory an idle proxied connection costs.
     #[tokio::test]
     async fn a_connection_task_stays_small() {
-        let config = Config::parse(
-            "upstreams:\n  - address: 127.0.0.1:1\n",
-            std::path::Path::new("t.yaml"),
-        )
-        .unwrap();
-        let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
-        let built = Snapshot::build(&config, &mut StateTable::default(), &metrics);
-        let shared = Arc::new(Shared::new(
-            built.snapshot,
-            metrics,
-            Vec::new(),
-            config.source.clone(),
-        ));
+        let shared = Arc::new(Shared::for_config("upstreams:\n  - address: 127.0.0.1:1\n"));
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (stream, peer) = l.accept().await.unwrap();

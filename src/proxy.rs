@@ -419,26 +419,15 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::config::Config;
-    use crate::metrics::Metrics;
-    use crate::upstream::StateTable;
 
     /// One connection through `handle` to a listening upstream; returns
     /// whether its task ended by itself, and what the client then read.
     async fn one_connection(prepare: impl FnOnce(&Shared)) -> (bool, usize) {
         let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let config = Config::parse(
-            &format!(
-                "upstreams:\n  - address: {}\n",
-                upstream.local_addr().unwrap()
-            ),
-            std::path::Path::new("t.yaml"),
-        )
-        .unwrap();
-        let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
-        let built = Snapshot::build(&config, &mut StateTable::default(), &metrics);
-        crate::resolve::resolve_upstreams(&built.snapshot, &built.added, false).await;
-        let shared = Arc::new(Shared::new(built.snapshot, metrics, Vec::new(), None));
+        let shared = Arc::new(Shared::for_config(&format!(
+            "upstreams:\n  - address: {}\n",
+            upstream.local_addr().unwrap()
+        )));
         prepare(&shared);
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();

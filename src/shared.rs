@@ -97,6 +97,27 @@ impl Shared {
     }
 }
 
+#[cfg(test)]
+impl Shared {
+    /// A proxy's shared state for the config `yaml`, as unit tests need it:
+    /// fresh metrics, every upstream given its literal address as resolved.
+    pub(crate) fn for_config(yaml: &str) -> Shared {
+        let config = crate::Config::parse(yaml, std::path::Path::new("t.yaml")).unwrap();
+        let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
+        let built = Snapshot::build(
+            &config,
+            &mut crate::upstream::StateTable::default(),
+            &metrics,
+        );
+        for u in &built.snapshot.upstreams {
+            if let Ok(a) = u.config.address.parse() {
+                u.state.set_addrs(vec![a]);
+            }
+        }
+        Shared::new(built.snapshot, metrics, Vec::new(), None)
+    }
+}
+
 /// A `listen` address left unbound because it cannot exist on this node
 /// (see `listener::skippable`).
 #[derive(Debug, Clone)]

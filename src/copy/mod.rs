@@ -76,6 +76,31 @@ enum Held {
 const _: () = assert!(pool::BUF_SIZE <= u32::MAX as usize);
 
 impl Held {
+    /// Bytes held, still to be written.
+    fn len(&self) -> usize {
+        match self {
+            Held::Nothing => 0,
+            Held::Buf { pos, end, .. } => (end - pos) as usize,
+            Held::Pipe(pipe) => pipe.len(),
+        }
+    }
+
+    /// One write of what is held to `to` (its readiness cleared on
+    /// WouldBlock, like any tokio I/O); `Ok(n)` bytes left the buffer or
+    /// the pipe.
+    fn write_to(&mut self, to: &TcpStream) -> io::Result<usize> {
+        match self {
+            Held::Nothing => Ok(0),
+            Held::Buf { buf, pos, end } => {
+                let n = to.try_write(&buf[*pos as usize..*end as usize])?;
+                // n <= end - pos: fits.
+                *pos += n as u32;
+                Ok(n)
+            }
+            Held::Pipe(pipe) => to.try_io(Interest::WRITABLE, || pipe.drain_to(to.as_fd())),
+        }
+    }
+
     /// Gives the buffer or pipe back (a pipe still holding bytes is closed
     /// by `give`, not reused).
     fn release(&mut self) {
@@ -100,43 +125,20 @@ impl Half {
         other_done: bool,
     ) -> Poll<io::Result<()>> {
         loop {
-            match &mut self.held {
-                Held::Nothing => {}
-                Held::Buf { buf, pos, end } => {
-                    while *pos < *end {
-                        ready!(to.poll_write_ready(cx))?;
-                        match to.try_write(&buf[*pos as usize..*end as usize]) {
-                            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                            Ok(n) => {
-                                // n <= end - pos: fits.
-                                *pos += n as u32;
-                                self.total += n as u64;
-                                counter.inc_by(n as u64);
-                                *progressed = true;
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                            Err(e) => return Poll::Ready(Err(e)),
-                        }
+            while self.held.len() > 0 {
+                ready!(to.poll_write_ready(cx))?;
+                match self.held.write_to(to) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => {
+                        self.total += n as u64;
+                        counter.inc_by(n as u64);
+                        *progressed = true;
                     }
-                    self.held.release();
-                }
-                Held::Pipe(pipe) => {
-                    while pipe.len() > 0 {
-                        ready!(to.poll_write_ready(cx))?;
-                        match to.try_io(Interest::WRITABLE, || pipe.drain_to(to.as_fd())) {
-                            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                            Ok(n) => {
-                                self.total += n as u64;
-                                counter.inc_by(n as u64);
-                                *progressed = true;
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                            Err(e) => return Poll::Ready(Err(e)),
-                        }
-                    }
-                    self.held.release();
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
             }
+            self.held.release();
             if self.eof {
                 // Half-close: pass the EOF on. When the other direction has
                 // already finished, both sockets close right away, and
@@ -325,6 +327,20 @@ mod tests {
 
     use super::*;
 
+    /// Both directions counted on one counter.
+    fn ends<'a>(
+        client: &'a TcpStream,
+        upstream: &'a TcpStream,
+        counter: &'a IntCounter,
+    ) -> Ends<'a> {
+        Ends {
+            client,
+            upstream,
+            to_upstream: counter,
+            to_client: counter,
+        }
+    }
+
     async fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
@@ -339,12 +355,7 @@ mod tests {
         let (_client, client_near) = pair().await;
         let (upstream_near, _upstream) = pair().await;
         let counter = IntCounter::new("c", "c").unwrap();
-        let ends = Ends {
-            client: &client_near,
-            upstream: &upstream_near,
-            to_upstream: &counter,
-            to_client: &counter,
-        };
+        let ends = ends(&client_near, &upstream_near, &counter);
         let mut state = std::pin::pin!(Copy::new(Duration::from_secs(3600)));
         let mut copy = std::future::poll_fn(|cx| state.as_mut().poll(cx, ends));
         let upstream = SockRef::from(&upstream_near);
@@ -371,12 +382,7 @@ mod tests {
         let (mut client, client_near) = pair().await;
         let (upstream_near, mut upstream) = pair().await;
         let counter = IntCounter::new("c", "c").unwrap();
-        let ends = Ends {
-            client: &client_near,
-            upstream: &upstream_near,
-            to_upstream: &counter,
-            to_client: &counter,
-        };
+        let ends = ends(&client_near, &upstream_near, &counter);
         let mut state = std::pin::pin!(Copy::new(Duration::from_secs(3600)));
         let mut copy = std::future::poll_fn(|cx| state.as_mut().poll(cx, ends));
         let (buffers, pipes) = (pool::free_len(), Pipe::free_len());
@@ -416,12 +422,7 @@ mod tests {
         // last FIN is the close's.
         let copy = async move {
             let counter = IntCounter::new("c", "c").unwrap();
-            let ends = Ends {
-                client: &client_near,
-                upstream: &upstream_near,
-                to_upstream: &counter,
-                to_client: &counter,
-            };
+            let ends = ends(&client_near, &upstream_near, &counter);
             let mut state = std::pin::pin!(Copy::new(Duration::from_secs(3600)));
             std::future::poll_fn(|cx| state.as_mut().poll(cx, ends)).await
         };
@@ -466,12 +467,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let counter = IntCounter::new("c", "c").unwrap();
-        let ends = Ends {
-            client: &client_near,
-            upstream: &upstream_near,
-            to_upstream: &counter,
-            to_client: &counter,
-        };
+        let ends = ends(&client_near, &upstream_near, &counter);
         let mut state = std::pin::pin!(Copy::new(Duration::from_secs(3600)));
         let (result, _) = std::future::poll_fn(|cx| state.as_mut().poll(cx, ends)).await;
         let e = result.expect_err("the copy ended without an error");
