@@ -7,7 +7,8 @@
 //! - `listener`: SO_REUSEPORT sockets, the accept loop, `max_connections`.
 //! - `workers`: one single-threaded runtime per worker thread.
 //! - `proxy`: one client connection: upstream choice, connect, failover, close.
-//! - `copy`: the byte copy both ways; private `pool`, `splice`, `sockopt`.
+//! - `copy`: the byte copy both ways; private `pool`, `splice`, `sockopt`,
+//!   `idle` (when a byte last moved: no timer per connection).
 //! - `ring`: nginx-identical ketama ring; pure code.
 //! - `aligned_alloc`: the global allocator: tokio's 128-aligned blocks, pooled.
 //!
@@ -17,6 +18,8 @@
 //! - `health`: passive (max_fails / fail_timeout) and active (rise/fall) state.
 //! - `shared`: what every task of one proxy shares (snapshot, metrics, clock).
 //! - `clock`: the monotonic clock of health state; the one wall-clock reader.
+//! - `wheel`: where connections wait: a timing wheel of `Notify` slots, one
+//!   waiter each, for idleness (no timer per connection) and for events.
 //! - `metrics`: Prometheus metrics in an owned registry; one series table.
 //!
 //! Control plane (the start-up runtime; never on a connection's path):
@@ -71,14 +74,15 @@
 //! 4. The set-up returns a `proxy::Proxying`, which keeps the upstream's
 //!    state but not the snapshot, and the set-up's box is freed.
 //!    `Proxying` polls `copy::Copy`, which moves bytes both ways (buffered,
-//!    or spliced once bulk data shows up) until both sides close or
-//!    idleness, and races it against one waiter on the upstream's `wake`:
+//!    or spliced once bulk data shows up) until both sides close, and
+//!    races it against one waiter on the proxy's `wheel`: its upstream's
 //!    eviction (at once when the active check finds it dead, after
 //!    `drain_grace` when it answers "not ready": the prober times that,
-//!    not the connection), its removal by discovery (`retire`), and the end
-//!    of the shutdown drain (`Shared::close_all`); a connection established
-//!    away from its home (displaced: home unusable when it connected) also
-//!    waits for the fail-back driver to send it home.
+//!    not the connection), its removal by discovery (`retire`), the end
+//!    of the shutdown drain (`Shared::close_all`), and its tick, on which
+//!    the copy looks at how long it has been idle; a connection
+//!    established away from its home (displaced: home unusable when it
+//!    connected) also waits for the fail-back driver to send it home.
 
 #![warn(unreachable_pub)]
 
@@ -110,6 +114,7 @@ pub mod standin;
 pub mod status;
 pub mod upstream;
 pub(crate) mod watch;
+pub(crate) mod wheel;
 pub(crate) mod workers;
 
 pub use config::Config;

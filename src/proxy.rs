@@ -126,10 +126,16 @@ async fn setup(
     // all) is freed once a reload replaces it, not when the last watch ends.
     let state = &snapshot.upstreams[index].state;
     tracing::debug!(%peer, upstream = %state.address, "proxying");
+    let copy = copy::Copy::new(snapshot.settings.idle_timeout, &shared.clock);
+    // The waiter first: an eviction after it wakes this connection, one
+    // before it is already counted in `evictions_seen`.
+    let woken = shared.wheel.waiter(copy.due_ms(), shared.clock.now_ms());
+    let evictions_seen = state.evictions();
     Some(Proxying {
-        woken: state.wake.clone().notified_owned(),
-        copy: copy::Copy::new(snapshot.settings.idle_timeout),
+        woken,
+        copy,
         close_on_down: snapshot.settings.close_on_down,
+        evictions_seen,
         sent_home,
         attached: Attached::new(state.clone()),
         slot,
@@ -141,15 +147,18 @@ async fn setup(
 
 pin_project_lite::pin_project! {
     /// A connection once its upstream accepted it: the byte copy, raced
-    /// against its upstream's `wake` (eviction, removal by discovery, the
-    /// end of the shutdown drain) and, for a displaced connection, the
-    /// fail-back driver sending it home. Every open connection holds one,
-    /// so it owns what it needs and nothing twice.
+    /// against its waiter on the proxy's wheel (an eviction, a removal by
+    /// discovery, the end of the shutdown drain, the tick when it next looks
+    /// at its idleness) and, for a displaced connection, the fail-back
+    /// driver sending it home. Every open
+    /// connection holds one, so it owns what it needs and nothing twice.
     pub(crate) struct Proxying {
-        #[pin]
         copy: copy::Copy,
         #[pin]
         woken: OwnedNotified,
+        // Its upstream's `evictions` when this connection began waiting on
+        // the wheel: a wake-up with a higher count is an eviction.
+        evictions_seen: u32,
         sent_home: Option<Box<SentHome>>,
         attached: Attached,
         slot: ClientSlot,
@@ -164,11 +173,10 @@ pin_project_lite::pin_project! {
 }
 
 impl Proxying {
-    /// Listens for `wake`, then looks at what it may have missed before:
-    /// false if the connection must close at once.
+    /// Looks at what it may have missed before its waiter existed: false if
+    /// the connection must close at once.
     fn start(self: Pin<&mut Self>) -> bool {
         let p = self.project();
-        p.woken.enable();
         let state = &p.attached.0;
         if p.slot.shared().force_close.is_cancelled() {
             state.metrics.closed_shutdown.inc();
@@ -181,10 +189,17 @@ impl Proxying {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut p = self.project();
         let state = &*p.attached.0;
+        let shared = p.slot.shared();
         let (peer, upstream) = (Peer(p.client, *p.peer_port), &state.address);
+        // Woken by the wheel: the copy looks at its idleness.
+        let mut ticked = false;
         while p.woken.as_mut().poll(cx).is_ready() {
+            // Wait again before looking why: whatever happens from here on
+            // wakes the new waiter, and what happened before is seen below.
+            let now = shared.clock.now_ms();
+            p.woken.set(shared.wheel.waiter(p.copy.due_ms(), now));
             let m = &state.metrics;
-            if p.slot.shared().force_close.is_cancelled() {
+            if shared.force_close.is_cancelled() {
                 m.closed_shutdown.inc();
                 return Poll::Ready(());
             }
@@ -192,7 +207,10 @@ impl Proxying {
                 tracing::debug!(%peer, %upstream, "closing: upstream removed by discovery");
                 return Poll::Ready(());
             }
-            if *p.close_on_down {
+            let evictions = state.evictions();
+            let evicted = evictions != *p.evictions_seen;
+            *p.evictions_seen = evictions;
+            if evicted && *p.close_on_down {
                 match state.evict_reason() {
                     EvictReason::Dead => {
                         m.closed_upstream_down.inc();
@@ -205,10 +223,9 @@ impl Proxying {
                 }
                 return Poll::Ready(());
             }
-            // Evicted, but `close_on_down` is off: keep copying, and listen
-            // for the next wake.
-            p.woken.set(state.wake.clone().notified_owned());
-            p.woken.as_mut().enable();
+            // Not evicted (its tick, or another upstream's eviction), or
+            // `close_on_down` is off: keep copying.
+            ticked = true;
         }
         if let Some(f) = p.sent_home.as_mut()
             && f.as_mut().as_mut().poll(cx).is_ready()
@@ -223,8 +240,9 @@ impl Proxying {
             upstream: p.upstream,
             to_upstream: &m.bytes_to_upstream,
             to_client: &m.bytes_to_client,
+            clock: &shared.clock,
         };
-        let (result, totals) = ready!(p.copy.poll(cx, ends));
+        let (result, totals) = ready!(p.copy.poll(cx, ends, ticked));
         let (to_upstream, to_client) = (totals.to_upstream, totals.to_client);
         match result {
             Ok(CopyEnd::Closed) => {
@@ -495,6 +513,59 @@ mod tests {
             Peer(&near, peer.port()).to_string(),
             format!("?:{}", peer.port())
         );
+    }
+
+    /// Every connection waits on the proxy's one `wake`, so an eviction
+    /// wakes them all: only those of the evicted upstream close.
+    #[tokio::test]
+    async fn only_its_own_upstreams_eviction_closes_a_connection() {
+        let (a, b) = (
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        );
+        let shared = Arc::new(Shared::for_config(&format!(
+            "upstreams:\n  - address: {}\n  - address: {}\n",
+            a.local_addr().unwrap(),
+            b.local_addr().unwrap()
+        )));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (near, peer) = l.accept().await.unwrap();
+        shared.clients.fetch_add(1, Ordering::AcqRel);
+        let mut task = tokio::spawn(handle(
+            ClientSlot::new(shared.clone()),
+            shared.snapshot.load_full(),
+            near,
+            peer,
+        ));
+        let (own, _accepted) = tokio::select! {
+            r = a.accept() => (0, r.unwrap()),
+            r = b.accept() => (1, r.unwrap()),
+        };
+        let snap = shared.snapshot.load_full();
+        let (own, other) = (&snap.upstreams[own].state, &snap.upstreams[1 - own].state);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while own.metrics.connections_active.get() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never proxying");
+            tokio::task::yield_now().await;
+        }
+        // On this single-threaded runtime the woken task runs before the
+        // test's next turn.
+        other.evict(EvictReason::Dead);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !task.is_finished(),
+            "closed by the other upstream's eviction"
+        );
+        own.evict(EvictReason::Dead);
+        tokio::time::timeout(Duration::from_secs(10), &mut task)
+            .await
+            .expect("its own upstream's eviction did not close it")
+            .unwrap();
+        assert_eq!(own.metrics.closed_upstream_down.get(), 1);
+        assert_eq!(other.metrics.closed_upstream_down.get(), 0);
     }
 
     /// The control: without either, the same connection stays open.

@@ -304,7 +304,6 @@ impl Reloader {
         let built = Snapshot::build_with(&new, &entries, &mut self.table, m);
         crate::resolve::resolve_upstreams(&built.snapshot, &built.added, true).await;
         let snapshot = Arc::new(built.snapshot);
-        self.shared.orphaned(&built.removed);
         self.shared.snapshot.store(snapshot.clone());
         self.checks = checks.clone();
         self.checker.apply(checks, &snapshot);
@@ -350,7 +349,6 @@ impl Reloader {
         let built = Snapshot::build_with(&self.config, &entries, &mut self.table, m);
         crate::resolve::resolve_upstreams(&built.snapshot, &built.added, false).await;
         let snapshot = Arc::new(built.snapshot);
-        self.shared.orphaned(&built.removed);
         self.shared.snapshot.store(snapshot.clone());
         self.checker.apply(self.checks.clone(), &snapshot);
         for gone in &built.removed {

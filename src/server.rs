@@ -78,6 +78,7 @@ impl Server {
         metrics.last_reload_success_timestamp.set(Clock::unix_now());
         let shared = Arc::new(Shared::new(
             built.snapshot,
+            table.wheel(),
             metrics,
             skipped,
             config.source.clone(),
@@ -172,6 +173,12 @@ impl Server {
             stop_accept.clone(),
         ));
 
+        // Until the last connection is gone: the drain keeps idle timeouts.
+        let snapshot = shared.clone();
+        tokio::spawn(shared.wheel.clone().run(
+            move || snapshot.snapshot.load().settings.idle_timeout,
+            stop_rest.clone(),
+        ));
         tokio::spawn(crate::pageout::after_start_up(stop_rest.clone()));
         shutdown.await;
 

@@ -1,7 +1,7 @@
 //! State shared by every task of one running proxy.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
-use crate::upstream::UpstreamState;
+use crate::wheel::Wheel;
 
 pub(crate) struct Shared {
     /// The one published view of the upstream set; see `snapshot`.
@@ -29,10 +29,11 @@ pub(crate) struct Shared {
     /// Cancelled when the drain grace is over (`close_all`): open
     /// connections close.
     pub force_close: CancellationToken,
-    /// Upstreams a reload dropped while connections to them may still be
-    /// open (a reload lets those finish, as nginx's does), so that
-    /// `close_all` reaches them too. Only reloads and the shutdown lock it.
-    orphans: Mutex<Vec<Weak<UpstreamState>>>,
+    /// Where every proxied connection waits (see `wheel`; the same `Arc`
+    /// as `UpstreamState::wheel`): its idleness is looked at on its tick,
+    /// and an eviction, a removal by discovery or the end of the drain
+    /// (`close_all`) wakes all of them.
+    pub wheel: Arc<Wheel>,
     /// `listen` addresses not bound because the node has no IPv6 (see
     /// `listener::skippable`); named in `/readyz`.
     pub skipped_listen: Vec<Skipped>,
@@ -42,10 +43,12 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// A running proxy's shared state, before any client or episode: what
-    /// varies is the first snapshot, the metrics, the skipped `listen`
-    /// addresses and the config file it was loaded from.
+    /// varies is the first snapshot, the wheel of the table that made its
+    /// upstream states, the metrics, the skipped `listen` addresses and the
+    /// config file it was loaded from.
     pub(crate) fn new(
         snapshot: Snapshot,
+        wheel: Arc<Wheel>,
         metrics: Metrics,
         skipped_listen: Vec<Skipped>,
         source: Option<std::path::PathBuf>,
@@ -60,7 +63,7 @@ impl Shared {
             accept_failed_at: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             force_close: CancellationToken::new(),
-            orphans: Mutex::new(Vec::new()),
+            wheel,
             skipped_listen,
             last_load: ArcSwap::from_pointee(crate::status::LoadRecord::startup(
                 source,
@@ -71,29 +74,15 @@ impl Shared {
 }
 
 impl Shared {
-    /// Records upstreams that a new snapshot drops. Called before that
-    /// snapshot is published, so an upstream with open connections is always
-    /// in the published snapshot, here, or both, whenever `close_all` looks.
-    pub(crate) fn orphaned(&self, gone: &[Arc<UpstreamState>]) {
-        let mut orphans = self.orphans.lock().unwrap_or_else(|e| e.into_inner());
-        orphans.retain(|w| w.strong_count() > 0);
-        orphans.extend(gone.iter().map(Arc::downgrade));
-    }
-
     /// Ends the shutdown's drain: every open connection closes. Each waits
-    /// on its upstream's `wake` rather than on `force_close` itself, which
-    /// would cost every connection a second waiter; it finds the token
-    /// cancelled when woken, and a connection set up after this finds it
-    /// cancelled before it waits.
+    /// on `wheel` rather than on `force_close` itself, which would cost every
+    /// connection a second waiter; it finds the token cancelled when woken,
+    /// and a connection set up after this finds it cancelled before it
+    /// waits. Connections to an upstream a reload removed (a reload lets
+    /// them finish, as nginx's does) wait on the same wheel.
     pub(crate) fn close_all(&self) {
         self.force_close.cancel();
-        for up in &self.snapshot.load().upstreams {
-            up.state.wake.notify_waiters();
-        }
-        let orphans = self.orphans.lock().unwrap_or_else(|e| e.into_inner());
-        for state in orphans.iter().filter_map(Weak::upgrade) {
-            state.wake.notify_waiters();
-        }
+        self.wheel.wake_all();
     }
 }
 
@@ -104,17 +93,14 @@ impl Shared {
     pub(crate) fn for_config(yaml: &str) -> Shared {
         let config = crate::Config::parse(yaml, std::path::Path::new("t.yaml")).unwrap();
         let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
-        let built = Snapshot::build(
-            &config,
-            &mut crate::upstream::StateTable::default(),
-            &metrics,
-        );
+        let mut table = crate::upstream::StateTable::default();
+        let built = Snapshot::build(&config, &mut table, &metrics);
         for u in &built.snapshot.upstreams {
             if let Ok(a) = u.config.address.parse() {
                 u.state.set_addrs(vec![a]);
             }
         }
-        Shared::new(built.snapshot, metrics, Vec::new(), None)
+        Shared::new(built.snapshot, table.wheel(), metrics, Vec::new(), None)
     }
 }
 

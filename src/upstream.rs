@@ -7,14 +7,14 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Acquire, Release};
-use std::sync::atomic::{AtomicBool, AtomicU8};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32};
 
 use arc_swap::ArcSwap;
-use tokio::sync::Notify;
 
 use crate::failback::registry::DisplacedSet;
 use crate::health::{ActiveHealth, PassiveHealth, Policy, Transition};
 use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::wheel::Wheel;
 
 pub struct UpstreamState {
     pub address: String,
@@ -24,13 +24,15 @@ pub struct UpstreamState {
     /// on its own schedule, and nothing else has to agree with it.
     addrs: ArcSwap<Vec<SocketAddr>>,
     pub metrics: UpstreamMetrics,
-    /// Woken when this upstream's proxied connections must look at why:
-    /// the active check evicted it (`evict`), discovery removed it
-    /// (`retire`), or the shutdown's grace is over (`Shared::close_all`).
-    /// One signal for the three, because every open connection holds a
-    /// waiter on it; in an `Arc` so that waiter can own its reference
-    /// (`Notify::notified_owned`) inside the connection's hand-written future.
-    pub(crate) wake: Arc<Notify>,
+    /// The proxy's one wheel (the same `Arc` in every upstream of a
+    /// `StateTable`, and `Shared::wheel`), where every proxied connection
+    /// waits: an eviction or a removal here wakes all of them, and those of
+    /// other upstreams find nothing of theirs and wait again (evictions are
+    /// rare).
+    pub(crate) wheel: Arc<Wheel>,
+    /// How many times the active check has evicted this upstream: a woken
+    /// connection that saw a lower count is one of the evicted.
+    evictions: AtomicU32,
     /// An `EvictReason`, stored by the prober (the only writer) before it
     /// wakes `wake`; read once by each woken connection.
     evict_reason: AtomicU8,
@@ -91,7 +93,7 @@ pub(crate) struct Change {
 }
 
 impl UpstreamState {
-    pub fn new(address: &str, metrics: &Metrics) -> UpstreamState {
+    pub(crate) fn new(address: &str, metrics: &Metrics, wheel: Arc<Wheel>) -> UpstreamState {
         let m = metrics.upstream(address);
         m.up.set(1);
         UpstreamState {
@@ -100,7 +102,8 @@ impl UpstreamState {
             active: ActiveHealth::default(),
             addrs: ArcSwap::from_pointee(Vec::new()),
             metrics: m,
-            wake: Arc::new(Notify::new()),
+            wheel,
+            evictions: AtomicU32::new(0),
             evict_reason: AtomicU8::new(EvictReason::Dead as u8),
             retired: AtomicBool::new(false),
             displaced: Arc::default(),
@@ -117,13 +120,21 @@ impl UpstreamState {
     /// removed it). A connection that registers after this sees `is_retired`.
     pub fn retire(&self) {
         self.retired.store(true, Release);
-        self.wake.notify_waiters();
+        self.wheel.wake_all();
     }
 
     /// Closes the connections open to this upstream, counted under `why`.
     pub(crate) fn evict(&self, why: EvictReason) {
         self.evict_reason.store(why as u8, Release);
-        self.wake.notify_waiters();
+        // Before the wake, which orders it before the woken connections'
+        // reads.
+        self.evictions.fetch_add(1, Release);
+        self.wheel.wake_all();
+    }
+
+    /// How many times `evict` has run.
+    pub(crate) fn evictions(&self) -> u32 {
+        self.evictions.load(Acquire)
     }
 
     /// Why the last `evict` closed connections.
@@ -221,9 +232,16 @@ impl UpstreamState {
 #[derive(Default)]
 pub struct StateTable {
     states: HashMap<String, Arc<UpstreamState>>,
+    /// Given to every state made here (`UpstreamState::wheel`).
+    wheel: Arc<Wheel>,
 }
 
 impl StateTable {
+    /// The wheel of every state this table makes, for `Shared::wheel`.
+    pub(crate) fn wheel(&self) -> Arc<Wheel> {
+        self.wheel.clone()
+    }
+
     /// The state for `address`, created (and reported as new) if absent.
     pub(crate) fn get_or_create(
         &mut self,
@@ -233,7 +251,7 @@ impl StateTable {
         if let Some(s) = self.states.get(address) {
             return (s.clone(), false);
         }
-        let s = Arc::new(UpstreamState::new(address, metrics));
+        let s = Arc::new(UpstreamState::new(address, metrics, self.wheel.clone()));
         self.states.insert(address.to_string(), s.clone());
         (s, true)
     }

@@ -580,6 +580,12 @@ def settled_rss(proc: Proc, timeout: float = 10.0) -> tuple[int, int]:
 
 
 WARMUP_CONNS = 100
+# What idle watches cost a node in CPU: the CPU spent holding the most idle
+# connections, read over IDLE_CPU_SECONDS once IDLE_CPU_SETTLE has passed
+# since the last one opened (so one-time work on a new connection, such as
+# cplb's keepalive set 5-10 s into its first idle spell, does not count).
+IDLE_CPU_SETTLE = 12
+IDLE_CPU_SECONDS = 15
 
 
 def memory(env: Env, proc: Proc, port: int, be: Backends, levels: list[int]) -> dict:
@@ -615,6 +621,11 @@ def memory(env: Env, proc: Proc, port: int, be: Backends, levels: list[int]) -> 
             if prev_n:
                 res[f"marginal_bytes_{n}"] = (rss - prev_rss) * 1024 / (n - prev_n)
             prev_n, prev_rss = n, rss
+        if socks:
+            time.sleep(IDLE_CPU_SETTLE)
+            t0 = cpu_ticks(proc.pids())
+            time.sleep(IDLE_CPU_SECONDS)
+            res["idle_cpu_ms_per_s"] = (cpu_ticks(proc.pids()) - t0) * 1000 / CLK_TCK / IDLE_CPU_SECONDS
     finally:
         for s in socks:
             s.close()
@@ -897,6 +908,9 @@ def report(results: dict, errors: list[str], info: dict, st: Settings, command: 
     if st.levels:
         n = st.levels[-1]
         rows += [(f"bytes per idle connection at {n:,} (PSS)", "memory", f"per_conn_pss_bytes_{n}", ",.0f", "low")]
+        rows += [(f"CPU while holding {n:,} idle connections (ms per s, over {IDLE_CPU_SECONDS} s from "
+                  f"{IDLE_CPU_SETTLE} s after the last opened)", "memory",
+                  "idle_cpu_ms_per_s", ".2f", "low")]
     L += table(results, rows)
 
     L += ["", "## 5. CPU cost", "",

@@ -1,132 +1,135 @@
-//! A copy's idle timer, in as few bytes as it can take: every open
-//! connection holds one.
+//! A copy's idleness, in as few bytes as it can take: every open connection
+//! holds one. No timer: the connection waits on the wheel (`crate::wheel`)
+//! until `due_ms`, and on each wake-up looks here whether it has been idle
+//! too long, or long enough to give its upstream socket keepalive.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::time::{Instant, Sleep};
+use crate::clock::millis;
 
-use crate::clock::{deadline, millis};
+/// How long an upstream connection stays idle before it gets keepalive
+/// (see `sockopt`).
+pub(super) use super::sockopt::KEEPALIVE_AFTER;
 
-pin_project_lite::pin_project! {
-    /// Fires after `timeout` without activity. Re-armed lazily: activity
-    /// only records when it happened, and the timer is reset when it fires
-    /// early, so a busy connection does not touch the timer wheel per read.
-    /// When a byte last moved is kept in milliseconds relative to the
-    /// timer's own deadline (which `Sleep` stores anyway): 8 bytes where an
-    /// `Instant` takes 16.
-    pub(super) struct Idle {
-        timeout_ms: u64,
-        // When a byte last moved, in ms after (or, negative, before) `sleep`'s
-        // deadline.
-        last_ms: i64,
-        #[pin]
-        sleep: Sleep,
-    }
+/// Idle bookkeeping: 16 bytes where a tokio `Sleep` took 112.
+pub(super) struct Idle {
+    /// When a byte last moved (`Clock` ms).
+    last_ms: u64,
+    /// The timeout in hundredths of a second, rounded up: a `u32` holds
+    /// 497 days, over the config's bound of 365, and the wheel's tick is
+    /// never finer than 10 ms anyway.
+    timeout_cs: u32,
+    /// The upstream socket has keepalive.
+    keepalive: bool,
 }
+
+/// What a look at idleness found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    Active,
+    /// Idle for `KEEPALIVE_AFTER`, for the first time: arm keepalive now.
+    ArmKeepalive,
+    /// Idle for the timeout: close.
+    Expired,
+}
+
+const _: () = assert!(365 * 86_400 * 100 <= u32::MAX as u64);
 
 impl Idle {
-    /// First fires after `first` (at most `timeout`), then `timeout` after
-    /// the last activity.
-    pub(super) fn new(timeout: Duration, first: Duration) -> Idle {
-        let first = first.min(timeout);
+    pub(super) fn new(timeout: Duration, now_ms: u64) -> Idle {
+        let cs = millis(timeout).div_ceil(10);
         Idle {
-            timeout_ms: millis(timeout),
-            last_ms: -to_i64(millis(first)),
-            sleep: tokio::time::sleep(first),
+            last_ms: now_ms,
+            timeout_cs: u32::try_from(cs).unwrap_or(u32::MAX),
+            keepalive: false,
         }
     }
 
-    /// A byte moved now.
-    pub(super) fn touch(self: Pin<&mut Self>) {
-        let p = self.project();
-        *p.last_ms = since(Instant::now(), p.sleep.deadline());
+    /// A byte moved at `now_ms`.
+    pub(super) fn touch(&mut self, now_ms: u64) {
+        self.last_ms = now_ms;
     }
 
-    /// Ready once `timeout` has passed since the last activity. `fired` runs
-    /// each time the timer fires, early or not.
-    pub(super) fn poll_expired(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        mut fired: impl FnMut(),
-    ) -> Poll<()> {
-        let mut p = self.project();
-        loop {
-            ready!(p.sleep.as_mut().poll(cx));
-            fired();
-            let armed = p.sleep.deadline();
-            let last = at(armed, *p.last_ms);
-            let due = deadline(last, Duration::from_millis(*p.timeout_ms));
-            if Instant::now() >= due {
-                return Poll::Ready(());
-            }
-            p.sleep.as_mut().reset(due);
-            *p.last_ms = since(last, due);
+    /// When `check` next has something to do (`Clock` ms): keepalive,
+    /// then the timeout, counted from the last activity seen so far.
+    pub(super) fn due_ms(&self) -> u64 {
+        let timeout = u64::from(self.timeout_cs) * 10;
+        let after = if self.keepalive {
+            timeout
+        } else {
+            timeout.min(millis(KEEPALIVE_AFTER))
+        };
+        self.last_ms.saturating_add(after)
+    }
+
+    /// Looks at idleness at `now_ms`. Keepalive waits for the first idle
+    /// spell of `KEEPALIVE_AFTER`: a connection that is over first (one
+    /// kubectl request, a health probe) never pays its four setsockopt
+    /// calls, and a busy one needs no probe while bytes flow.
+    pub(super) fn check(&mut self, now_ms: u64) -> Verdict {
+        let idle = now_ms.saturating_sub(self.last_ms);
+        if idle >= u64::from(self.timeout_cs) * 10 {
+            Verdict::Expired
+        } else if !self.keepalive && idle >= millis(KEEPALIVE_AFTER) {
+            self.keepalive = true;
+            Verdict::ArmKeepalive
+        } else {
+            Verdict::Active
         }
     }
-}
-
-/// `t - base` in ms, negative when `t` is earlier (truncated toward zero:
-/// an activity seen up to 1 ms late).
-fn since(t: Instant, base: Instant) -> i64 {
-    if t >= base {
-        to_i64(millis(t - base))
-    } else {
-        -to_i64(millis(base - t))
-    }
-}
-
-/// `base + ms`, saturating at `base` where an `Instant` cannot go.
-fn at(base: Instant, ms: i64) -> Instant {
-    let d = Duration::from_millis(ms.unsigned_abs());
-    if ms >= 0 {
-        deadline(base, d)
-    } else {
-        base.checked_sub(d).unwrap_or(base)
-    }
-}
-
-fn to_i64(ms: u64) -> i64 {
-    i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const S: u64 = 1_000;
+
+    /// The timeout counts from the last activity, not from the start.
     #[test]
-    fn offsets_round_trip_both_ways() {
-        let base = Instant::now();
-        for ms in [-5_000i64, -1, 0, 1, 5_000] {
-            assert_eq!(since(at(base, ms), base), ms);
-        }
+    fn expires_a_timeout_after_the_last_activity() {
+        let mut idle = Idle::new(Duration::from_secs(10), 100 * S);
+        idle.touch(107 * S);
+        assert_ne!(idle.check(116 * S), Verdict::Expired);
+        assert_eq!(idle.check(117 * S - 1), Verdict::Active);
+        assert_eq!(idle.check(117 * S), Verdict::Expired);
     }
 
-    /// The timeout counts from the last activity, not from when the timer
-    /// was armed.
-    #[tokio::test(start_paused = true)]
-    async fn expires_a_timeout_after_the_last_activity() {
-        let start = Instant::now();
-        let mut idle = std::pin::pin!(Idle::new(Duration::from_secs(10), Duration::from_secs(5)));
-        let mut fired = 0;
-        tokio::time::sleep(Duration::from_secs(7)).await;
-        idle.as_mut().touch();
-        std::future::poll_fn(|cx| idle.as_mut().poll_expired(cx, || fired += 1)).await;
-        let after = start.elapsed();
-        println!("expired after {after:?}, timer fired {fired} times");
-        assert_eq!(after, Duration::from_secs(17));
-        // Due at 5 s (first polled at 7 s, after the touch: early), then
-        // at 17 s.
-        assert_eq!(fired, 2);
+    /// The next wake-up: keepalive's, then the timeout's, from the last
+    /// activity.
+    #[test]
+    fn due_is_keepalive_then_the_timeout() {
+        let mut idle = Idle::new(Duration::from_secs(600), 0);
+        idle.touch(2 * S);
+        assert_eq!(idle.due_ms(), 2 * S + millis(KEEPALIVE_AFTER));
+        assert_eq!(idle.check(idle.due_ms()), Verdict::ArmKeepalive);
+        assert_eq!(idle.due_ms(), 602 * S);
+        let short = Idle::new(Duration::from_secs(1), 0);
+        assert_eq!(short.due_ms(), S);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn huge_timeouts_do_not_panic() {
-        let mut idle = std::pin::pin!(Idle::new(Duration::MAX, Duration::from_secs(5)));
-        idle.as_mut().touch();
-        let polled = std::future::poll_fn(|cx| Poll::Ready(idle.as_mut().poll_expired(cx, || {})));
-        assert!(polled.await.is_pending());
+    /// Keepalive is armed once, after the first idle spell long enough.
+    #[test]
+    fn keepalive_waits_for_an_idle_spell_and_is_armed_once() {
+        let mut idle = Idle::new(Duration::from_secs(600), 0);
+        let after = millis(KEEPALIVE_AFTER);
+        assert_eq!(idle.check(after - 1), Verdict::Active);
+        idle.touch(after - 1);
+        assert_eq!(idle.check(after + 1), Verdict::Active, "busy, not idle");
+        assert_eq!(idle.check(2 * after - 1), Verdict::ArmKeepalive);
+        assert_eq!(idle.check(3 * after), Verdict::Active, "armed once");
+    }
+
+    /// Sub-10 ms parts round up (never early); the bound and beyond fit.
+    #[test]
+    fn timeouts_round_up_and_huge_ones_do_not_overflow() {
+        let mut idle = Idle::new(Duration::from_millis(1_001), 0);
+        assert_eq!(idle.check(1_009), Verdict::Active);
+        assert_eq!(idle.check(1_010), Verdict::Expired);
+        let mut year = Idle::new(Duration::from_secs(365 * 86_400), 0);
+        assert_ne!(year.check(364 * 86_400 * S), Verdict::Expired);
+        assert_eq!(year.check(365 * 86_400 * S), Verdict::Expired);
+        let mut max = Idle::new(Duration::MAX, 0);
+        assert_ne!(max.check(400 * 86_400 * S), Verdict::Expired);
     }
 }

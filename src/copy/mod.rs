@@ -11,7 +11,6 @@
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::AsFd;
-use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -25,7 +24,10 @@ mod pool;
 mod sockopt;
 mod splice;
 
+use idle::Verdict;
 use splice::Pipe;
+
+use crate::clock::Clock;
 
 pub(crate) use connect::{connect, upstream_socket};
 /// TCP_NODELAY and keepalive for the listener, inherited by accepted client
@@ -234,88 +236,98 @@ pub(crate) struct Ends<'a> {
     pub upstream: &'a TcpStream,
     pub to_upstream: &'a IntCounter,
     pub to_client: &'a IntCounter,
+    /// Read only when a byte moved, or on a tick.
+    pub clock: &'a Clock,
 }
 
-pin_project_lite::pin_project! {
-    /// Copies both ways until both sides have closed, an error, or
-    /// idleness, and gives `upstream` keepalive once the copy has run
-    /// `KEEPALIVE_AFTER`. A hand-written state rather than an `async fn`:
-    /// every open connection holds it for its whole life.
-    #[project = Proj]
-    pub(crate) struct Copy {
-        up: Half,
-        down: Half,
-        keepalive: bool,
-        // Its first firing also arms the upstream's keepalive (see
-        // `sockopt`).
-        #[pin]
-        idle: idle::Idle,
-    }
+/// Copies both ways until both sides have closed, an error, or idleness
+/// (looked at when `poll` is told the wheel ticked for it), and gives `upstream`
+/// keepalive after its first idle spell of `KEEPALIVE_AFTER`. A
+/// hand-written state rather than an `async fn`: every open connection
+/// holds it for its whole life.
+pub(crate) struct Copy {
+    up: Half,
+    down: Half,
+    idle: idle::Idle,
 }
 
 impl Copy {
-    pub(crate) fn new(idle_timeout: Duration) -> Copy {
+    pub(crate) fn new(idle_timeout: Duration, clock: &Clock) -> Copy {
         Copy {
             up: Half::default(),
             down: Half::default(),
-            keepalive: false,
-            idle: idle::Idle::new(idle_timeout, sockopt::KEEPALIVE_AFTER),
+            idle: idle::Idle::new(idle_timeout, clock.now_ms()),
         }
+    }
+
+    /// When the copy next wants a tick (`Clock` ms): see `idle::Idle`.
+    pub(crate) fn due_ms(&self) -> u64 {
+        self.idle.due_ms()
     }
 
     /// Ready when the copy is over, with why and the bytes moved each way;
-    /// the buffer and pipe it held are back in their pools by then.
+    /// the buffer and pipe it held are back in their pools by then. With
+    /// `ticked`, a copy with nothing to move looks at how long it has been
+    /// idle.
     pub(crate) fn poll(
-        self: Pin<&mut Self>,
+        &mut self,
         cx: &mut Context<'_>,
         ends: Ends<'_>,
+        ticked: bool,
     ) -> Poll<(io::Result<CopyEnd>, Totals)> {
-        let mut p = self.project();
-        let result = ready!(poll_copy(&mut p, cx, ends));
-        p.up.held.release();
-        p.down.held.release();
+        let result = ready!(self.poll_copy(cx, ends, ticked));
+        self.up.held.release();
+        self.down.held.release();
         let totals = Totals {
-            to_upstream: p.up.total,
-            to_client: p.down.total,
+            to_upstream: self.up.total,
+            to_client: self.down.total,
         };
         Poll::Ready((result, totals))
     }
-}
 
-fn poll_copy(p: &mut Proj<'_>, cx: &mut Context<'_>, e: Ends<'_>) -> Poll<io::Result<CopyEnd>> {
-    let mut progressed = false;
-    let a = p.up.poll(
-        cx,
-        e.client,
-        e.upstream,
-        e.to_upstream,
-        &mut progressed,
-        p.down.done,
-    );
-    let b = p.down.poll(
-        cx,
-        e.upstream,
-        e.client,
-        e.to_client,
-        &mut progressed,
-        p.up.done,
-    );
-    match (a, b) {
-        (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
-        (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(Ok(CopyEnd::Closed)),
-        _ => {}
-    }
-    if progressed {
-        p.idle.as_mut().touch();
-    }
-    let keepalive = &mut *p.keepalive;
-    ready!(p.idle.as_mut().poll_expired(cx, || {
-        if !*keepalive {
-            *keepalive = true;
-            sockopt::keepalive(e.upstream);
+    fn poll_copy(
+        &mut self,
+        cx: &mut Context<'_>,
+        e: Ends<'_>,
+        ticked: bool,
+    ) -> Poll<io::Result<CopyEnd>> {
+        let mut progressed = false;
+        let a = self.up.poll(
+            cx,
+            e.client,
+            e.upstream,
+            e.to_upstream,
+            &mut progressed,
+            self.down.done,
+        );
+        let b = self.down.poll(
+            cx,
+            e.upstream,
+            e.client,
+            e.to_client,
+            &mut progressed,
+            self.up.done,
+        );
+        match (a, b) {
+            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => {
+                return Poll::Ready(Ok(CopyEnd::Closed));
+            }
+            _ => {}
         }
-    }));
-    Poll::Ready(Ok(CopyEnd::IdleTimeout))
+        if progressed {
+            self.idle.touch(e.clock.now_ms());
+        } else if ticked {
+            // After the halves, not before: bytes that arrived with the
+            // tick's wake-up count as activity, not as idleness.
+            match self.idle.check(e.clock.now_ms()) {
+                Verdict::Active => {}
+                Verdict::ArmKeepalive => sockopt::keepalive(e.upstream),
+                Verdict::Expired => return Poll::Ready(Ok(CopyEnd::IdleTimeout)),
+            }
+        }
+        Poll::Pending
+    }
 }
 
 #[cfg(test)]
@@ -332,13 +344,24 @@ mod tests {
         client: &'a TcpStream,
         upstream: &'a TcpStream,
         counter: &'a IntCounter,
+        clock: &'a Clock,
     ) -> Ends<'a> {
         Ends {
             client,
             upstream,
             to_upstream: counter,
             to_client: counter,
+            clock,
         }
+    }
+
+    /// One poll of `copy`, as a tick's wake-up makes it (`ticked`) or not.
+    async fn poll_once(
+        copy: &mut Copy,
+        ends: Ends<'_>,
+        ticked: bool,
+    ) -> Poll<(io::Result<CopyEnd>, Totals)> {
+        std::future::poll_fn(|cx| Poll::Ready(copy.poll(cx, ends, ticked))).await
     }
 
     async fn pair() -> (TcpStream, TcpStream) {
@@ -349,27 +372,65 @@ mod tests {
     }
 
     /// Short connections never pay keepalive's four setsockopt calls; one
-    /// that lives on gets keepalive on its upstream side.
+    /// that goes quiet gets keepalive on its upstream side, at the first
+    /// tick after `KEEPALIVE_AFTER` of idleness.
     #[tokio::test(start_paused = true)]
-    async fn the_upstream_gets_keepalive_once_the_connection_lives_on() {
+    async fn the_upstream_gets_keepalive_once_the_connection_goes_quiet() {
         let (_client, client_near) = pair().await;
         let (upstream_near, _upstream) = pair().await;
-        let counter = IntCounter::new("c", "c").unwrap();
-        let ends = ends(&client_near, &upstream_near, &counter);
-        let mut state = std::pin::pin!(Copy::new(Duration::from_secs(3600)));
-        let mut copy = std::future::poll_fn(|cx| state.as_mut().poll(cx, ends));
+        let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
+        let ends = ends(&client_near, &upstream_near, &counter, &clock);
+        let mut copy = Copy::new(Duration::from_secs(3600), &clock);
         let upstream = SockRef::from(&upstream_near);
-        let almost = sockopt::KEEPALIVE_AFTER - Duration::from_millis(1);
-        tokio::select! {
-            r = &mut copy => panic!("copy ended: {:?}", r.0),
-            _ = tokio::time::sleep(almost) => {}
-        }
+        tokio::time::advance(sockopt::KEEPALIVE_AFTER - Duration::from_millis(1)).await;
+        assert!(poll_once(&mut copy, ends, true).await.is_pending());
         assert!(!upstream.keepalive().unwrap(), "keepalive set too early");
-        tokio::select! {
-            r = &mut copy => panic!("copy ended: {:?}", r.0),
-            _ = tokio::time::sleep(Duration::from_millis(2)) => {}
-        }
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(poll_once(&mut copy, ends, false).await.is_pending());
+        assert!(!upstream.keepalive().unwrap(), "set without a tick");
+        assert!(poll_once(&mut copy, ends, true).await.is_pending());
         sockopt::assert_keepalive(upstream);
+    }
+
+    /// Idleness is looked at on a tick, and counts from the last byte
+    /// moved either way.
+    #[tokio::test(start_paused = true)]
+    async fn a_tick_closes_a_copy_idle_for_its_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, client_near) = pair().await;
+        let (upstream_near, mut upstream) = pair().await;
+        let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
+        let ends = ends(&client_near, &upstream_near, &counter, &clock);
+        let mut copy = Copy::new(Duration::from_secs(10), &clock);
+        tokio::time::advance(Duration::from_secs(7)).await;
+        client.write_all(b"x").await.unwrap();
+        // Polled until the byte has gone through: that is activity at 7 s.
+        let mut got = [0u8; 1];
+        let read = upstream.read_exact(&mut got);
+        tokio::pin!(read);
+        loop {
+            assert!(poll_once(&mut copy, ends, true).await.is_pending());
+            tokio::select! {
+                biased;
+                r = &mut read => { r.unwrap(); break; }
+                _ = tokio::task::yield_now() => {}
+            }
+        }
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        assert!(
+            poll_once(&mut copy, ends, true).await.is_pending(),
+            "closed early"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(
+            poll_once(&mut copy, ends, false).await.is_pending(),
+            "closed without a tick"
+        );
+        match poll_once(&mut copy, ends, true).await {
+            Poll::Ready((Ok(CopyEnd::IdleTimeout), totals)) => assert_eq!(totals.to_upstream, 1),
+            Poll::Ready((r, _)) => panic!("ended with {r:?}"),
+            Poll::Pending => panic!("still open after the timeout"),
+        }
     }
 
     /// What a direction borrowed goes back to its pool once its bytes are
@@ -381,10 +442,10 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (mut client, client_near) = pair().await;
         let (upstream_near, mut upstream) = pair().await;
-        let counter = IntCounter::new("c", "c").unwrap();
-        let ends = ends(&client_near, &upstream_near, &counter);
-        let mut state = std::pin::pin!(Copy::new(Duration::from_secs(3600)));
-        let mut copy = std::future::poll_fn(|cx| state.as_mut().poll(cx, ends));
+        let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
+        let ends = ends(&client_near, &upstream_near, &counter, &clock);
+        let mut state = Copy::new(Duration::from_secs(3600), &clock);
+        let mut copy = std::future::poll_fn(|cx| state.poll(cx, ends, false));
         let (buffers, pipes) = (pool::free_len(), Pipe::free_len());
         let data = vec![7u8; 1 << 20];
         let mut got = vec![0u8; data.len()];
@@ -421,10 +482,10 @@ mod tests {
         // The sockets close when the copy ends, as the connection's do: the
         // last FIN is the close's.
         let copy = async move {
-            let counter = IntCounter::new("c", "c").unwrap();
-            let ends = ends(&client_near, &upstream_near, &counter);
-            let mut state = std::pin::pin!(Copy::new(Duration::from_secs(3600)));
-            std::future::poll_fn(|cx| state.as_mut().poll(cx, ends)).await
+            let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
+            let ends = ends(&client_near, &upstream_near, &counter, &clock);
+            let mut state = Copy::new(Duration::from_secs(3600), &clock);
+            std::future::poll_fn(|cx| state.poll(cx, ends, false)).await
         };
         // Up: more than a buffer, so the rest is spliced. Down: a few bytes.
         let (up, down) = (vec![1u8; 300_000], vec![2u8; 1_000]);
@@ -466,10 +527,10 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "no reset seen");
             tokio::task::yield_now().await;
         }
-        let counter = IntCounter::new("c", "c").unwrap();
-        let ends = ends(&client_near, &upstream_near, &counter);
-        let mut state = std::pin::pin!(Copy::new(Duration::from_secs(3600)));
-        let (result, _) = std::future::poll_fn(|cx| state.as_mut().poll(cx, ends)).await;
+        let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
+        let ends = ends(&client_near, &upstream_near, &counter, &clock);
+        let mut state = Copy::new(Duration::from_secs(3600), &clock);
+        let (result, _) = std::future::poll_fn(|cx| state.poll(cx, ends, false)).await;
         let e = result.expect_err("the copy ended without an error");
         println!("copy ended with: {e}");
     }

@@ -11,10 +11,11 @@
 //!   saves five setsockopt calls per client connection.
 //! - Upstream side: TCP_NODELAY on the new socket, before connect (see
 //!   `connect`). Keepalive
-//!   (four calls) only once the connection has lived `KEEPALIVE_AFTER`
-//!   (see `copy::Copy`): most connections (one kubectl request, a
-//!   health probe) are over long before a keepalive probe could be sent, and
-//!   for the rest a dead master is found at most that much later.
+//!   (four calls) only once the connection has been idle for
+//!   `KEEPALIVE_AFTER` (see `copy::idle`): most connections (one kubectl
+//!   request, a health probe) are over long before a keepalive probe could
+//!   be sent, a busy one needs none while bytes flow, and for the rest a
+//!   dead master is found at most that much (plus a tick) later.
 
 use std::time::Duration;
 
@@ -23,11 +24,9 @@ use socket2::{SockRef, Socket, TcpKeepalive};
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_RETRIES: u32 = 3;
-/// How long an upstream connection lives before it gets keepalive. Small
-/// next to `KEEPALIVE_IDLE`, so the delay barely moves when a dead peer is
-/// found; longer than a typical connect timeout, so the timer that arms it
-/// is rarely the runtime's earliest (a new earliest timer costs a wake-up
-/// write).
+/// How long an upstream connection stays idle before it gets keepalive.
+/// Small next to `KEEPALIVE_IDLE`, so the delay barely moves when a dead
+/// peer is found.
 pub(super) const KEEPALIVE_AFTER: Duration = Duration::from_secs(5);
 
 /// Sets the options on a listening socket (inherited by accepted sockets).

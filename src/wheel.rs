@@ -1,0 +1,228 @@
+//! What wakes a proxied connection, besides its sockets: a timing wheel of
+//! `Notify` slots. Each connection waits on one slot, the one of the tick
+//! when it next has to look at its idleness (`copy::idle`), and the wheel's
+//! task (`run`) wakes one slot per tick. Events that concern connections
+//! wherever they wait (an eviction, a removal by discovery, the end of the
+//! shutdown drain) wake every slot (`wake_all`); each connection then reads
+//! whether the event is its own.
+//!
+//! Why not a tokio `Sleep` per connection: it is 112 bytes, a third of a
+//! connection's task, and every open connection holds its task for its
+//! whole life. A waiter on a slot is the 64 bytes the connection spends on
+//! events anyway. Why a wheel, not one signal for everyone: a sweep that
+//! woke every connection every few seconds would cost CPU in proportion to
+//! the idle connections; here an idle connection is woken about three
+//! times per `idle_timeout` (after `KEEPALIVE_AFTER`, once on the way,
+//! and at its timeout).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::millis;
+
+/// Slots in the wheel: with the default `idle_timeout` (tick 5 s) the wheel
+/// spans 640 s, past the 600 s timeout.
+const SLOTS: u64 = 128;
+/// The finest tick: short test timeouts do not turn the wheel into a spin.
+const MIN: Duration = Duration::from_millis(10);
+/// The coarsest: keepalive is armed within this of `KEEPALIVE_AFTER`, and a
+/// connection closes at most this late.
+const MAX: Duration = Duration::from_secs(5);
+
+pub(crate) struct Wheel {
+    slots: Box<[Arc<Notify>]>,
+    /// The last tick woken. Stored before its slot is woken: a waiter made
+    /// for tick `t` that then reads `fired < t` is sure to be woken by `t`.
+    fired: AtomicU64,
+    /// Milliseconds per tick now (`run` sets it from the config in force).
+    tick_ms: AtomicU64,
+}
+
+impl Default for Wheel {
+    fn default() -> Wheel {
+        Wheel {
+            slots: (0..SLOTS).map(|_| Arc::new(Notify::new())).collect(),
+            fired: AtomicU64::new(0),
+            tick_ms: AtomicU64::new(millis(MAX)),
+        }
+    }
+}
+
+/// The tick for `idle_timeout`: a sixteenth of it (a connection closes at
+/// most that late, never early), within `MIN..=MAX`.
+pub(crate) fn tick(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 16).clamp(MIN, MAX)
+}
+
+impl Wheel {
+    /// A waiter woken at the first tick at or after `due_ms` (`Clock` ms;
+    /// now is `now_ms`), by `wake_all`, or early, at the wheel's far end,
+    /// when `due_ms` lies beyond it. Never later than due plus a tick.
+    pub(crate) fn waiter(&self, due_ms: u64, now_ms: u64) -> OwnedNotified {
+        let tick_ms = self.tick_ms.load(SeqCst).max(1);
+        let ahead = due_ms.saturating_sub(now_ms).div_ceil(tick_ms);
+        let ahead = ahead.clamp(1, SLOTS - 1);
+        loop {
+            let t = self.fired.load(SeqCst) + ahead;
+            let waiter = self.slot(t).clone().notified_owned();
+            // Made before tick `t` fired: `t`'s wake-up counts it. (The
+            // slot's previous tick, `t - SLOTS`, fired before `fired` was
+            // read.) Otherwise the wheel turned meanwhile: place it again.
+            if self.fired.load(SeqCst) < t {
+                return waiter;
+            }
+        }
+    }
+
+    /// Wakes every waiter, wherever it waits.
+    pub(crate) fn wake_all(&self) {
+        for slot in &*self.slots {
+            slot.notify_waiters();
+        }
+    }
+
+    /// Turns the wheel one tick.
+    fn turn(&self) {
+        let t = self.fired.load(SeqCst) + 1;
+        self.fired.store(t, SeqCst);
+        self.slot(t).notify_waiters();
+    }
+
+    fn slot(&self, t: u64) -> &Arc<Notify> {
+        // SLOTS is the slice's length; the remainder is below it.
+        &self.slots[(t % SLOTS) as usize]
+    }
+
+    /// Turns the wheel until `stop`, at the tick of the `idle_timeout` in
+    /// force (read again each tick, so a reload's value applies from the
+    /// next one).
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        idle_timeout: impl Fn() -> Duration,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let every = tick(idle_timeout());
+            self.tick_ms.store(millis(every), SeqCst);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => self.turn(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    fn woken(w: &mut std::pin::Pin<&mut OwnedNotified>) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        w.as_mut().poll(&mut cx) == Poll::Ready(())
+    }
+
+    #[test]
+    fn the_tick_is_a_sixteenth_of_the_timeout_within_bounds() {
+        assert_eq!(tick(Duration::from_secs(1)), Duration::from_micros(62_500));
+        assert_eq!(tick(Duration::from_secs(600)), MAX);
+        assert_eq!(tick(Duration::from_millis(50)), MIN);
+        assert_eq!(tick(Duration::MAX), MAX);
+    }
+
+    /// A waiter is woken by the first tick at or after its due time, not
+    /// before.
+    #[test]
+    fn a_waiter_wakes_at_its_tick() {
+        let wheel = Wheel::default();
+        let ms = millis(MAX);
+        // Due in 2.5 ticks: the third tick from now.
+        let mut w = pin!(wheel.waiter(5 * ms / 2, 0));
+        for turned in 1..=2 {
+            wheel.turn();
+            assert!(!woken(&mut w), "woken early, at tick {turned}");
+        }
+        wheel.turn();
+        assert!(woken(&mut w), "not woken at its tick");
+    }
+
+    /// Already due, or due beyond the wheel: the next tick, or the far end.
+    #[test]
+    fn past_and_far_due_times_are_clamped() {
+        let wheel = Wheel::default();
+        let mut now = pin!(wheel.waiter(0, 1_000));
+        wheel.turn();
+        assert!(woken(&mut now), "an overdue waiter waits for one tick");
+        let mut far = pin!(wheel.waiter(u64::MAX, 0));
+        for _ in 1..SLOTS - 1 {
+            wheel.turn();
+            assert!(!woken(&mut far), "woken before the far end");
+        }
+        wheel.turn();
+        assert!(woken(&mut far), "not woken at the far end");
+    }
+
+    /// Placed while another thread turns the wheel as fast as it can, a
+    /// waiter is still woken by its own tick, never a whole turn later (the
+    /// turn it would wait if placed on a slot whose tick had just fired).
+    #[test]
+    fn a_waiter_placed_while_the_wheel_turns_is_woken_by_its_tick() {
+        use std::sync::atomic::AtomicBool;
+        let wheel = Arc::new(Wheel::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let turner = {
+            let (wheel, stop) = (wheel.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(SeqCst) {
+                    wheel.turn();
+                }
+            })
+        };
+        let mut missed = 0;
+        for _ in 0..20_000 {
+            let mut w = pin!(wheel.waiter(0, 0));
+            // Its tick is at most the next one after this.
+            let placed = wheel.fired.load(SeqCst);
+            loop {
+                let fired = wheel.fired.load(SeqCst);
+                if woken(&mut w) {
+                    break;
+                }
+                // Tick `placed + 2` was stored, so `placed + 1` has woken
+                // its slot.
+                if fired >= placed + 2 {
+                    missed += 1;
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        stop.store(true, SeqCst);
+        turner.join().unwrap();
+        println!(
+            "turned {} ticks; {missed} waiters missed theirs",
+            wheel.fired.load(SeqCst)
+        );
+        assert_eq!(missed, 0);
+    }
+
+    #[test]
+    fn wake_all_wakes_every_slot() {
+        let wheel = Wheel::default();
+        let ms = millis(MAX);
+        let mut waiters: Vec<_> = (0..SLOTS)
+            .map(|i| Box::pin(wheel.waiter(i * ms, 0)))
+            .collect();
+        wheel.wake_all();
+        assert!(waiters.iter_mut().all(|w| woken(&mut w.as_mut())));
+    }
+}
