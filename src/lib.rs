@@ -18,8 +18,9 @@
 //! - `health`: passive (max_fails / fail_timeout) and active (rise/fall) state.
 //! - `shared`: what every task of one proxy shares (snapshot, metrics, clock).
 //! - `clock`: the monotonic clock of health state; the one wall-clock reader.
-//! - `wheel`: where connections wait: a timing wheel of `Notify` slots, one
-//!   waiter each, for idleness (no timer per connection) and for events.
+//! - `wheel`: where connections wait: a timing wheel of `Notify` slots per
+//!   worker, one waiter each, for idleness (no timer per connection) and
+//!   for events.
 //! - `metrics`: Prometheus metrics in an owned registry; one series table.
 //!
 //! Control plane (the start-up runtime; never on a connection's path):
@@ -75,7 +76,7 @@
 //!    state but not the snapshot, and the set-up's box is freed.
 //!    `Proxying` polls `copy::Copy`, which moves bytes both ways (buffered,
 //!    or spliced once bulk data shows up) until both sides close, and
-//!    races it against one waiter on the proxy's `wheel`: its upstream's
+//!    races it against one waiter on its worker's `wheel`: its upstream's
 //!    eviction (at once when the active check finds it dead, after
 //!    `drain_grace` when it answers "not ready": the prober times that,
 //!    not the connection), its removal by discovery (`retire`), the end

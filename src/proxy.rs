@@ -129,7 +129,7 @@ async fn setup(
     let copy = copy::Copy::new(snapshot.settings.idle_timeout, &shared.clock);
     // The waiter first: an eviction after it wakes this connection, one
     // before it is already counted in `evictions_seen`.
-    let woken = shared.wheel.waiter(copy.due_ms(), shared.clock.now_ms());
+    let woken = shared.wheels.waiter(copy.due_ms(), shared.clock.now_ms());
     let evictions_seen = state.evictions();
     Some(Proxying {
         woken,
@@ -147,7 +147,7 @@ async fn setup(
 
 pin_project_lite::pin_project! {
     /// A connection once its upstream accepted it: the byte copy, raced
-    /// against its waiter on the proxy's wheel (an eviction, a removal by
+    /// against its waiter on its worker's wheel (an eviction, a removal by
     /// discovery, the end of the shutdown drain, the tick when it next looks
     /// at its idleness) and, for a displaced connection, the fail-back
     /// driver sending it home. Every open
@@ -197,7 +197,7 @@ impl Proxying {
             // Wait again before looking why: whatever happens from here on
             // wakes the new waiter, and what happened before is seen below.
             let now = shared.clock.now_ms();
-            p.woken.set(shared.wheel.waiter(p.copy.due_ms(), now));
+            p.woken.set(shared.wheels.waiter(p.copy.due_ms(), now));
             let m = &state.metrics;
             if shared.force_close.is_cancelled() {
                 m.closed_shutdown.inc();

@@ -78,7 +78,7 @@ impl Server {
         metrics.last_reload_success_timestamp.set(Clock::unix_now());
         let shared = Arc::new(Shared::new(
             built.snapshot,
-            table.wheel(),
+            table.wheels(),
             metrics,
             skipped,
             config.source.clone(),
@@ -142,6 +142,22 @@ impl Server {
         let stop_rest = CancellationToken::new();
         let conns = TaskTracker::new();
         let workers = Workers::start(config.workers.get()).map_err(ServerError::Workers)?;
+        // Each worker's wheel first, so it is in place before the worker's
+        // first connection; it turns until the last connection is gone (the
+        // drain keeps idle timeouts).
+        for i in 0..config.workers.get() {
+            let snapshot = shared.clone();
+            workers.spawn(
+                i,
+                shared.wheels.clone().run_here(
+                    move || {
+                        let s = &snapshot.snapshot.load().settings;
+                        crate::wheel::tick(s.idle_timeout, s.connect_timeout)
+                    },
+                    stop_rest.clone(),
+                ),
+            );
+        }
         let mut accepts = Vec::new();
         // Listener i of every address goes to worker i.
         for (i, l) in listeners.into_iter().enumerate() {
@@ -173,12 +189,6 @@ impl Server {
             stop_accept.clone(),
         ));
 
-        // Until the last connection is gone: the drain keeps idle timeouts.
-        let snapshot = shared.clone();
-        tokio::spawn(shared.wheel.clone().run(
-            move || snapshot.snapshot.load().settings.idle_timeout,
-            stop_rest.clone(),
-        ));
         tokio::spawn(crate::pageout::after_start_up(stop_rest.clone()));
         shutdown.await;
 

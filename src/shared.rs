@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
-use crate::wheel::Wheel;
+use crate::wheel::Wheels;
 
 pub(crate) struct Shared {
     /// The one published view of the upstream set; see `snapshot`.
@@ -30,10 +30,10 @@ pub(crate) struct Shared {
     /// connections close.
     pub force_close: CancellationToken,
     /// Where every proxied connection waits (see `wheel`; the same `Arc`
-    /// as `UpstreamState::wheel`): its idleness is looked at on its tick,
+    /// as `UpstreamState::wheels`): its idleness is looked at on its tick,
     /// and an eviction, a removal by discovery or the end of the drain
     /// (`close_all`) wakes all of them.
-    pub wheel: Arc<Wheel>,
+    pub wheels: Arc<Wheels>,
     /// `listen` addresses not bound because the node has no IPv6 (see
     /// `listener::skippable`); named in `/readyz`.
     pub skipped_listen: Vec<Skipped>,
@@ -43,12 +43,12 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// A running proxy's shared state, before any client or episode: what
-    /// varies is the first snapshot, the wheel of the table that made its
+    /// varies is the first snapshot, the wheels of the table that made its
     /// upstream states, the metrics, the skipped `listen` addresses and the
     /// config file it was loaded from.
     pub(crate) fn new(
         snapshot: Snapshot,
-        wheel: Arc<Wheel>,
+        wheels: Arc<Wheels>,
         metrics: Metrics,
         skipped_listen: Vec<Skipped>,
         source: Option<std::path::PathBuf>,
@@ -63,7 +63,7 @@ impl Shared {
             accept_failed_at: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             force_close: CancellationToken::new(),
-            wheel,
+            wheels,
             skipped_listen,
             last_load: ArcSwap::from_pointee(crate::status::LoadRecord::startup(
                 source,
@@ -75,14 +75,14 @@ impl Shared {
 
 impl Shared {
     /// Ends the shutdown's drain: every open connection closes. Each waits
-    /// on `wheel` rather than on `force_close` itself, which would cost every
+    /// on a wheel rather than on `force_close` itself, which would cost every
     /// connection a second waiter; it finds the token cancelled when woken,
     /// and a connection set up after this finds it cancelled before it
     /// waits. Connections to an upstream a reload removed (a reload lets
-    /// them finish, as nginx's does) wait on the same wheel.
+    /// them finish, as nginx's does) wait on the same wheels.
     pub(crate) fn close_all(&self) {
         self.force_close.cancel();
-        self.wheel.wake_all();
+        self.wheels.wake_all();
     }
 }
 
@@ -100,7 +100,7 @@ impl Shared {
                 u.state.set_addrs(vec![a]);
             }
         }
-        Shared::new(built.snapshot, table.wheel(), metrics, Vec::new(), None)
+        Shared::new(built.snapshot, table.wheels(), metrics, Vec::new(), None)
     }
 }
 

@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use crate::failback::registry::DisplacedSet;
 use crate::health::{ActiveHealth, PassiveHealth, Policy, Transition};
 use crate::metrics::{Metrics, UpstreamMetrics};
-use crate::wheel::Wheel;
+use crate::wheel::Wheels;
 
 pub struct UpstreamState {
     pub address: String,
@@ -24,12 +24,12 @@ pub struct UpstreamState {
     /// on its own schedule, and nothing else has to agree with it.
     addrs: ArcSwap<Vec<SocketAddr>>,
     pub metrics: UpstreamMetrics,
-    /// The proxy's one wheel (the same `Arc` in every upstream of a
-    /// `StateTable`, and `Shared::wheel`), where every proxied connection
+    /// The proxy's wheels (the same `Arc` in every upstream of a
+    /// `StateTable`, and `Shared::wheels`), where every proxied connection
     /// waits: an eviction or a removal here wakes all of them, and those of
     /// other upstreams find nothing of theirs and wait again (evictions are
     /// rare).
-    pub(crate) wheel: Arc<Wheel>,
+    wheels: Arc<Wheels>,
     /// How many times the active check has evicted this upstream: a woken
     /// connection that saw a lower count is one of the evicted.
     evictions: AtomicU32,
@@ -93,7 +93,7 @@ pub(crate) struct Change {
 }
 
 impl UpstreamState {
-    pub(crate) fn new(address: &str, metrics: &Metrics, wheel: Arc<Wheel>) -> UpstreamState {
+    pub(crate) fn new(address: &str, metrics: &Metrics, wheels: Arc<Wheels>) -> UpstreamState {
         let m = metrics.upstream(address);
         m.up.set(1);
         UpstreamState {
@@ -102,7 +102,7 @@ impl UpstreamState {
             active: ActiveHealth::default(),
             addrs: ArcSwap::from_pointee(Vec::new()),
             metrics: m,
-            wheel,
+            wheels,
             evictions: AtomicU32::new(0),
             evict_reason: AtomicU8::new(EvictReason::Dead as u8),
             retired: AtomicBool::new(false),
@@ -120,7 +120,7 @@ impl UpstreamState {
     /// removed it). A connection that registers after this sees `is_retired`.
     pub fn retire(&self) {
         self.retired.store(true, Release);
-        self.wheel.wake_all();
+        self.wheels.wake_all();
     }
 
     /// Closes the connections open to this upstream, counted under `why`.
@@ -129,7 +129,7 @@ impl UpstreamState {
         // Before the wake, which orders it before the woken connections'
         // reads.
         self.evictions.fetch_add(1, Release);
-        self.wheel.wake_all();
+        self.wheels.wake_all();
     }
 
     /// How many times `evict` has run.
@@ -232,14 +232,14 @@ impl UpstreamState {
 #[derive(Default)]
 pub struct StateTable {
     states: HashMap<String, Arc<UpstreamState>>,
-    /// Given to every state made here (`UpstreamState::wheel`).
-    wheel: Arc<Wheel>,
+    /// Given to every state made here (`UpstreamState::wheels`).
+    wheels: Arc<Wheels>,
 }
 
 impl StateTable {
-    /// The wheel of every state this table makes, for `Shared::wheel`.
-    pub(crate) fn wheel(&self) -> Arc<Wheel> {
-        self.wheel.clone()
+    /// The wheels of every state this table makes, for `Shared::wheels`.
+    pub(crate) fn wheels(&self) -> Arc<Wheels> {
+        self.wheels.clone()
     }
 
     /// The state for `address`, created (and reported as new) if absent.
@@ -251,7 +251,7 @@ impl StateTable {
         if let Some(s) = self.states.get(address) {
             return (s.clone(), false);
         }
-        let s = Arc::new(UpstreamState::new(address, metrics, self.wheel.clone()));
+        let s = Arc::new(UpstreamState::new(address, metrics, self.wheels.clone()));
         self.states.insert(address.to_string(), s.clone());
         (s, true)
     }

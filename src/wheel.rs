@@ -1,10 +1,12 @@
 //! What wakes a proxied connection, besides its sockets: a timing wheel of
-//! `Notify` slots. Each connection waits on one slot, the one of the tick
-//! when it next has to look at its idleness (`copy::idle`), and the wheel's
-//! task (`run`) wakes one slot per tick. Events that concern connections
-//! wherever they wait (an eviction, a removal by discovery, the end of the
-//! shutdown drain) wake every slot (`wake_all`); each connection then reads
-//! whether the event is its own.
+//! `Notify` slots per worker thread. Each connection waits on one slot of
+//! its thread's wheel, the one of the tick when it next has to look at its
+//! idleness (`copy::idle`), and the wheel's task, on the same thread
+//! (`Wheels::run_here`), wakes one slot per tick. Events that concern
+//! connections wherever they wait (an eviction, a removal by discovery, the
+//! end of the shutdown drain) wake every slot of every wheel
+//! (`Wheels::wake_all`); each connection then reads whether the event is
+//! its own.
 //!
 //! Why not a tokio `Sleep` per connection: it is 112 bytes, a third of a
 //! connection's task, and every open connection holds its task for its
@@ -13,11 +15,13 @@
 //! woke every connection every few seconds would cost CPU in proportion to
 //! the idle connections; here an idle connection is woken about three
 //! times per `idle_timeout` (after `KEEPALIVE_AFTER`, once on the way,
-//! and at its timeout).
+//! and at its timeout). Why one per worker: its wake-ups stay on the
+//! thread, and its ticker keeps the thread's tokio timer busy (see `tick`).
 
-use std::sync::Arc;
+use std::cell::RefCell;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::SeqCst;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -35,7 +39,7 @@ const MIN: Duration = Duration::from_millis(10);
 /// connection closes at most this late.
 const MAX: Duration = Duration::from_secs(5);
 
-pub(crate) struct Wheel {
+struct Wheel {
     slots: Box<[Arc<Notify>]>,
     /// The last tick woken. Stored before its slot is woken: a waiter made
     /// for tick `t` that then reads `fired < t` is sure to be woken by `t`.
@@ -55,16 +59,88 @@ impl Default for Wheel {
 }
 
 /// The tick for `idle_timeout`: a sixteenth of it (a connection closes at
-/// most that late, never early), within `MIN..=MAX`.
-pub(crate) fn tick(idle_timeout: Duration) -> Duration {
-    (idle_timeout / 16).clamp(MIN, MAX)
+/// most that late, never early), within `MIN..=MAX`. Also at most half of
+/// `connect_timeout`, so that the ticker's sleep is always the worker's
+/// earliest timer: tokio writes to its eventfd whenever a new timer is
+/// earlier than all it has, which each connect's timeout otherwise was
+/// (`bench/e2e/syscalls.py`: 0.70 writes per new connection, 0.01 with a
+/// timer always earlier).
+pub(crate) fn tick(idle_timeout: Duration, connect_timeout: Duration) -> Duration {
+    (idle_timeout / 16).min(connect_timeout / 2).clamp(MIN, MAX)
+}
+
+thread_local! {
+    /// This worker thread's wheel, and the `Wheels` it belongs to (by
+    /// address): set by `Wheels::run_here`.
+    static LOCAL: RefCell<Option<(usize, Arc<Wheel>)>> = const { RefCell::new(None) };
+}
+
+/// Every wheel of one proxy: one per worker thread, and one for
+/// connections on any other thread (unit tests), which no task turns.
+pub(crate) struct Wheels {
+    all: Mutex<Vec<Arc<Wheel>>>,
+    other: Arc<Wheel>,
+}
+
+impl Default for Wheels {
+    fn default() -> Wheels {
+        let other = Arc::new(Wheel::default());
+        Wheels {
+            all: Mutex::new(vec![other.clone()]),
+            other,
+        }
+    }
+}
+
+impl Wheels {
+    /// A waiter on this thread's wheel (see `Wheel::waiter`). A
+    /// connection's task never leaves the worker thread it started on, so
+    /// its waiters are always on that worker's wheel.
+    pub(crate) fn waiter(&self, due_ms: u64, now_ms: u64) -> OwnedNotified {
+        let me = self as *const Wheels as usize;
+        LOCAL.with(|local| match &*local.borrow() {
+            Some((owner, wheel)) if *owner == me => wheel.waiter(due_ms, now_ms),
+            _ => self.other.waiter(due_ms, now_ms),
+        })
+    }
+
+    /// Wakes every waiter, wherever it waits. Off the data plane
+    /// (evictions, removals, the drain's end): the lock is the control
+    /// plane's.
+    pub(crate) fn wake_all(&self) {
+        let all = self.all.lock().unwrap_or_else(|e| e.into_inner());
+        for wheel in all.iter() {
+            wheel.wake_all();
+        }
+    }
+
+    /// Gives the calling thread a wheel of its own and turns it until
+    /// `stop`, at the tick `tick` returns (asked again each tick, so a
+    /// reload's values apply from the next one). Run it as a task on a
+    /// worker's single-threaded runtime, spawned before the worker's accept
+    /// loop so the wheel is in place before the first connection.
+    pub(crate) async fn run_here(
+        self: Arc<Self>,
+        tick: impl Fn() -> Duration,
+        stop: CancellationToken,
+    ) {
+        let wheel = Arc::new(Wheel::default());
+        self.all
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(wheel.clone());
+        let me = Arc::as_ptr(&self) as usize;
+        LOCAL.with(|local| *local.borrow_mut() = Some((me, wheel.clone())));
+        wheel.run(tick, stop).await;
+        LOCAL.with(|local| local.borrow_mut().take());
+    }
 }
 
 impl Wheel {
     /// A waiter woken at the first tick at or after `due_ms` (`Clock` ms;
     /// now is `now_ms`), by `wake_all`, or early, at the wheel's far end,
     /// when `due_ms` lies beyond it. Never later than due plus a tick.
-    pub(crate) fn waiter(&self, due_ms: u64, now_ms: u64) -> OwnedNotified {
+    fn waiter(&self, due_ms: u64, now_ms: u64) -> OwnedNotified {
         let tick_ms = self.tick_ms.load(SeqCst).max(1);
         let ahead = due_ms.saturating_sub(now_ms).div_ceil(tick_ms);
         let ahead = ahead.clamp(1, SLOTS - 1);
@@ -80,8 +156,8 @@ impl Wheel {
         }
     }
 
-    /// Wakes every waiter, wherever it waits.
-    pub(crate) fn wake_all(&self) {
+    /// Wakes every waiter of this wheel.
+    fn wake_all(&self) {
         for slot in &*self.slots {
             slot.notify_waiters();
         }
@@ -99,16 +175,10 @@ impl Wheel {
         &self.slots[(t % SLOTS) as usize]
     }
 
-    /// Turns the wheel until `stop`, at the tick of the `idle_timeout` in
-    /// force (read again each tick, so a reload's value applies from the
-    /// next one).
-    pub(crate) async fn run(
-        self: Arc<Self>,
-        idle_timeout: impl Fn() -> Duration,
-        stop: CancellationToken,
-    ) {
+    /// Turns the wheel until `stop`, a `tick()` apart.
+    async fn run(&self, tick: impl Fn() -> Duration, stop: CancellationToken) {
         loop {
-            let every = tick(idle_timeout());
+            let every = tick();
             self.tick_ms.store(millis(every), SeqCst);
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -133,10 +203,14 @@ mod tests {
 
     #[test]
     fn the_tick_is_a_sixteenth_of_the_timeout_within_bounds() {
-        assert_eq!(tick(Duration::from_secs(1)), Duration::from_micros(62_500));
-        assert_eq!(tick(Duration::from_secs(600)), MAX);
-        assert_eq!(tick(Duration::from_millis(50)), MIN);
-        assert_eq!(tick(Duration::MAX), MAX);
+        let s = Duration::from_secs;
+        assert_eq!(tick(s(1), s(60)), Duration::from_micros(62_500));
+        assert_eq!(tick(s(600), s(60)), MAX);
+        assert_eq!(tick(Duration::from_millis(50), s(60)), MIN);
+        assert_eq!(tick(Duration::MAX, Duration::MAX), MAX);
+        // Shorter than half the connect timeout.
+        assert_eq!(tick(s(3000), s(3)), Duration::from_millis(1_500));
+        assert_eq!(tick(s(3000), Duration::from_millis(1)), MIN);
     }
 
     /// A waiter is woken by the first tick at or after its due time, not
@@ -213,6 +287,45 @@ mod tests {
             wheel.fired.load(SeqCst)
         );
         assert_eq!(missed, 0);
+    }
+
+    /// On a thread that runs a wheel, waiters go on that wheel, and its
+    /// ticker wakes them at their tick.
+    #[tokio::test(start_paused = true)]
+    async fn a_workers_waiters_are_woken_by_its_own_ticker() {
+        let wheels = Arc::new(Wheels::default());
+        let stop = CancellationToken::new();
+        tokio::spawn(wheels.clone().run_here(|| MIN, stop.clone()));
+        tokio::task::yield_now().await;
+        let start = tokio::time::Instant::now();
+        let due = 3 * millis(MIN) + 5;
+        tokio::time::timeout(Duration::from_secs(1), wheels.waiter(due, 0))
+            .await
+            .expect("not woken: the waiter is not on this thread's wheel");
+        let after = start.elapsed();
+        println!("due after {due} ms, woken after {after:?}");
+        assert!(after >= Duration::from_millis(due), "woken early");
+        stop.cancel();
+    }
+
+    /// `wake_all` reaches the waiters of every worker's wheel, and of the
+    /// one for other threads.
+    #[tokio::test]
+    async fn wake_all_reaches_every_wheel() {
+        let wheels = Arc::new(Wheels::default());
+        let stop = CancellationToken::new();
+        let hour = || Duration::from_secs(3600);
+        tokio::spawn(wheels.clone().run_here(hour, stop.clone()));
+        tokio::task::yield_now().await;
+        let on_worker = wheels.waiter(u64::MAX, 0);
+        let elsewhere =
+            std::thread::scope(|s| s.spawn(|| wheels.waiter(u64::MAX, 0)).join()).unwrap();
+        wheels.wake_all();
+        let both = async { tokio::join!(on_worker, elsewhere) };
+        tokio::time::timeout(Duration::from_secs(10), both)
+            .await
+            .expect("a waiter was not woken");
+        stop.cancel();
     }
 
     #[test]
