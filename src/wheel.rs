@@ -21,7 +21,7 @@
 use std::cell::RefCell;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::SeqCst;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -70,9 +70,20 @@ pub(crate) fn tick(idle_timeout: Duration, connect_timeout: Duration) -> Duratio
 }
 
 thread_local! {
-    /// This worker thread's wheel, and the `Wheels` it belongs to (by
-    /// address): set by `Wheels::run_here`.
-    static LOCAL: RefCell<Option<(usize, Arc<Wheel>)>> = const { RefCell::new(None) };
+    /// This worker thread's wheel, and the `Wheels` it belongs to: set by
+    /// `Wheels::run_here` while it runs. (The `Weak` keeps that `Wheels`'
+    /// address from being reused while this names it.)
+    static LOCAL: RefCell<Option<(Weak<Wheels>, Arc<Wheel>)>> = const { RefCell::new(None) };
+}
+
+/// Clears `LOCAL` when `run_here` ends or is dropped.
+struct Installed;
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        // At thread exit `LOCAL` may already be gone.
+        let _ = LOCAL.try_with(|local| local.borrow_mut().take());
+    }
 }
 
 /// Every wheel of one proxy: one per worker thread, and one for
@@ -97,9 +108,10 @@ impl Wheels {
     /// connection's task never leaves the worker thread it started on, so
     /// its waiters are always on that worker's wheel.
     pub(crate) fn waiter(&self, due_ms: u64, now_ms: u64) -> OwnedNotified {
-        let me = self as *const Wheels as usize;
         LOCAL.with(|local| match &*local.borrow() {
-            Some((owner, wheel)) if *owner == me => wheel.waiter(due_ms, now_ms),
+            Some((owner, wheel)) if std::ptr::eq(owner.as_ptr(), self) => {
+                wheel.waiter(due_ms, now_ms)
+            }
             _ => self.other.waiter(due_ms, now_ms),
         })
     }
@@ -129,10 +141,9 @@ impl Wheels {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(wheel.clone());
-        let me = Arc::as_ptr(&self) as usize;
-        LOCAL.with(|local| *local.borrow_mut() = Some((me, wheel.clone())));
+        LOCAL.with(|local| *local.borrow_mut() = Some((Arc::downgrade(&self), wheel.clone())));
+        let _installed = Installed;
         wheel.run(tick, stop).await;
-        LOCAL.with(|local| local.borrow_mut().take());
     }
 }
 

@@ -506,6 +506,41 @@ mod tests {
         assert_eq!((totals.to_upstream, totals.to_client), (300_000, 1_000));
     }
 
+    /// A client's FIN reaches the upstream on the poll that read it, with
+    /// nothing else to wake the copy (a few bytes, no buffer ever full),
+    /// while the other way stays open for the reply.
+    #[tokio::test]
+    async fn a_half_close_passes_at_once_and_the_reply_still_comes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, client_near) = pair().await;
+        let (upstream_near, mut upstream) = pair().await;
+        // A task of its own, polled only when its sockets wake it.
+        let copy = tokio::spawn(async move {
+            let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
+            let ends = ends(&client_near, &upstream_near, &counter, &clock);
+            let mut state = Copy::new(Duration::from_secs(3600), &clock);
+            std::future::poll_fn(|cx| state.poll(cx, ends, false)).await
+        });
+        let peers = async {
+            client.write_all(b"ping").await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut got = vec![];
+            let eof = tokio::time::timeout(Duration::from_secs(10), upstream.read_to_end(&mut got));
+            eof.await
+                .expect("the FIN did not reach the upstream")
+                .unwrap();
+            assert_eq!(got, b"ping");
+            upstream.write_all(b"pong").await.unwrap();
+            upstream.shutdown().await.unwrap();
+            got.clear();
+            client.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"pong");
+        };
+        peers.await;
+        let (result, _) = copy.await.unwrap();
+        assert_eq!(result.unwrap(), CopyEnd::Closed);
+    }
+
     /// A write to a peer that reset ends the copy with that error (and
     /// does not spin on it as if it were EAGAIN).
     #[tokio::test]
