@@ -339,6 +339,30 @@ mod tests {
         stop.cancel();
     }
 
+    /// A thread may run one proxy's wheel and still hold another proxy's
+    /// waiters (tests, `cplb demo`): those go on the other proxy's wheels,
+    /// where its `wake_all` reaches them. And once `run_here` ends, the
+    /// thread's wheel is forgotten.
+    #[tokio::test]
+    async fn waiters_stay_with_their_own_proxys_wheels() {
+        let (a, b) = (Arc::new(Wheels::default()), Arc::new(Wheels::default()));
+        let stop = CancellationToken::new();
+        let hour = || Duration::from_secs(3600);
+        let ticker = tokio::spawn(a.clone().run_here(hour, stop.clone()));
+        tokio::task::yield_now().await;
+        let of_b = b.waiter(u64::MAX, 0);
+        b.wake_all();
+        tokio::time::timeout(Duration::from_secs(10), of_b)
+            .await
+            .expect("b's waiter went on a's wheel");
+        stop.cancel();
+        ticker.await.unwrap();
+        assert!(
+            LOCAL.with(|local| local.borrow().is_none()),
+            "the thread still names a wheel no task turns"
+        );
+    }
+
     #[test]
     fn wake_all_wakes_every_slot() {
         let wheel = Wheel::default();
