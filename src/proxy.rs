@@ -126,10 +126,11 @@ async fn setup(
     // all) is freed once a reload replaces it, not when the last watch ends.
     let state = &snapshot.upstreams[index].state;
     tracing::debug!(%peer, upstream = %state.address, "proxying");
-    let copy = copy::Copy::new(snapshot.settings.idle_timeout, &shared.clock);
+    let now = shared.clock.now_ms();
+    let copy = copy::Copy::new(snapshot.settings.idle_timeout, now);
     // The waiter first: an eviction after it wakes this connection, one
     // before it is already counted in `evictions_seen`.
-    let woken = shared.wheels.waiter(copy.due_ms(), shared.clock.now_ms());
+    let woken = shared.wheels.waiter(copy.due_ms(), now);
     let evictions_seen = state.evictions();
     Some(Proxying {
         woken,
@@ -157,7 +158,7 @@ pin_project_lite::pin_project! {
         #[pin]
         woken: OwnedNotified,
         // Its upstream's `evictions` when this connection began waiting on
-        // the wheel: a wake-up with a higher count is an eviction.
+        // the wheel: a wake-up with another count is an eviction.
         evictions_seen: u32,
         sent_home: Option<Box<SentHome>>,
         attached: Attached,
@@ -515,8 +516,8 @@ mod tests {
         );
     }
 
-    /// Every connection waits on the proxy's one `wake`, so an eviction
-    /// wakes them all: only those of the evicted upstream close.
+    /// An eviction wakes every connection, wherever it waits on the
+    /// proxy's wheels: only those of the evicted upstream close.
     #[tokio::test]
     async fn only_its_own_upstreams_eviction_closes_a_connection() {
         let (a, b) = (

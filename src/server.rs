@@ -146,12 +146,12 @@ impl Server {
         // first connection; it turns until the last connection is gone (the
         // drain keeps idle timeouts).
         for i in 0..config.workers.get() {
-            let snapshot = shared.clone();
+            let settings_of = shared.clone();
             workers.spawn(
                 i,
                 shared.wheels.clone().run_here(
                     move || {
-                        let s = &snapshot.snapshot.load().settings;
+                        let s = &settings_of.snapshot.load().settings;
                         crate::wheel::tick(s.idle_timeout, s.connect_timeout)
                     },
                     stop_rest.clone(),

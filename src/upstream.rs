@@ -34,7 +34,8 @@ pub struct UpstreamState {
     /// connection that saw a lower count is one of the evicted.
     evictions: AtomicU32,
     /// An `EvictReason`, stored by the prober (the only writer) before it
-    /// wakes `wake`; read once by each woken connection.
+    /// counts the eviction and wakes the wheels; read by each evicted
+    /// connection.
     evict_reason: AtomicU8,
     /// Set once, when discovery removes this upstream after
     /// `remove_after`: its remaining connections close whatever

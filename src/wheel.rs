@@ -300,14 +300,25 @@ mod tests {
         assert_eq!(missed, 0);
     }
 
+    /// Makes this test's thread a worker of `wheels`, its wheel turned
+    /// every `tick` until the token is cancelled; the handle ends after.
+    async fn worker(
+        wheels: &Arc<Wheels>,
+        tick: Duration,
+    ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let stop = CancellationToken::new();
+        let ticker = tokio::spawn(wheels.clone().run_here(move || tick, stop.clone()));
+        // The ticker installs the wheel on its first poll.
+        tokio::task::yield_now().await;
+        (stop, ticker)
+    }
+
     /// On a thread that runs a wheel, waiters go on that wheel, and its
     /// ticker wakes them at their tick.
     #[tokio::test(start_paused = true)]
     async fn a_workers_waiters_are_woken_by_its_own_ticker() {
         let wheels = Arc::new(Wheels::default());
-        let stop = CancellationToken::new();
-        tokio::spawn(wheels.clone().run_here(|| MIN, stop.clone()));
-        tokio::task::yield_now().await;
+        let (stop, _ticker) = worker(&wheels, MIN).await;
         let start = tokio::time::Instant::now();
         let due = 3 * millis(MIN) + 5;
         tokio::time::timeout(Duration::from_secs(1), wheels.waiter(due, 0))
@@ -324,10 +335,7 @@ mod tests {
     #[tokio::test]
     async fn wake_all_reaches_every_wheel() {
         let wheels = Arc::new(Wheels::default());
-        let stop = CancellationToken::new();
-        let hour = || Duration::from_secs(3600);
-        tokio::spawn(wheels.clone().run_here(hour, stop.clone()));
-        tokio::task::yield_now().await;
+        let (stop, _ticker) = worker(&wheels, Duration::from_secs(3600)).await;
         let on_worker = wheels.waiter(u64::MAX, 0);
         let elsewhere =
             std::thread::scope(|s| s.spawn(|| wheels.waiter(u64::MAX, 0)).join()).unwrap();
@@ -346,10 +354,7 @@ mod tests {
     #[tokio::test]
     async fn waiters_stay_with_their_own_proxys_wheels() {
         let (a, b) = (Arc::new(Wheels::default()), Arc::new(Wheels::default()));
-        let stop = CancellationToken::new();
-        let hour = || Duration::from_secs(3600);
-        let ticker = tokio::spawn(a.clone().run_here(hour, stop.clone()));
-        tokio::task::yield_now().await;
+        let (stop, ticker) = worker(&a, Duration::from_secs(3600)).await;
         let of_b = b.waiter(u64::MAX, 0);
         b.wake_all();
         tokio::time::timeout(Duration::from_secs(10), of_b)

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use crate::clock::millis;
 
-/// How long an upstream connection stays idle before it gets keepalive
-/// (see `sockopt`).
-pub(super) use super::sockopt::KEEPALIVE_AFTER;
+use super::sockopt::KEEPALIVE_AFTER;
 
 /// Idle bookkeeping: 16 bytes where a tokio `Sleep` took 112.
 pub(super) struct Idle {

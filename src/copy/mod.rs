@@ -252,11 +252,12 @@ pub(crate) struct Copy {
 }
 
 impl Copy {
-    pub(crate) fn new(idle_timeout: Duration, clock: &Clock) -> Copy {
+    /// Starts idle at `now_ms` (`Clock` ms).
+    pub(crate) fn new(idle_timeout: Duration, now_ms: u64) -> Copy {
         Copy {
             up: Half::default(),
             down: Half::default(),
-            idle: idle::Idle::new(idle_timeout, clock.now_ms()),
+            idle: idle::Idle::new(idle_timeout, now_ms),
         }
     }
 
@@ -380,7 +381,7 @@ mod tests {
         let (upstream_near, _upstream) = pair().await;
         let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
         let ends = ends(&client_near, &upstream_near, &counter, &clock);
-        let mut copy = Copy::new(Duration::from_secs(3600), &clock);
+        let mut copy = Copy::new(Duration::from_secs(3600), clock.now_ms());
         let upstream = SockRef::from(&upstream_near);
         tokio::time::advance(sockopt::KEEPALIVE_AFTER - Duration::from_millis(1)).await;
         assert!(poll_once(&mut copy, ends, true).await.is_pending());
@@ -401,7 +402,7 @@ mod tests {
         let (upstream_near, mut upstream) = pair().await;
         let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
         let ends = ends(&client_near, &upstream_near, &counter, &clock);
-        let mut copy = Copy::new(Duration::from_secs(10), &clock);
+        let mut copy = Copy::new(Duration::from_secs(10), clock.now_ms());
         tokio::time::advance(Duration::from_secs(7)).await;
         client.write_all(b"x").await.unwrap();
         // Polled until the byte has gone through: that is activity at 7 s.
@@ -444,7 +445,7 @@ mod tests {
         let (upstream_near, mut upstream) = pair().await;
         let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
         let ends = ends(&client_near, &upstream_near, &counter, &clock);
-        let mut state = Copy::new(Duration::from_secs(3600), &clock);
+        let mut state = Copy::new(Duration::from_secs(3600), clock.now_ms());
         let mut copy = std::future::poll_fn(|cx| state.poll(cx, ends, false));
         let (buffers, pipes) = (pool::free_len(), Pipe::free_len());
         let data = vec![7u8; 1 << 20];
@@ -484,7 +485,7 @@ mod tests {
         let copy = async move {
             let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
             let ends = ends(&client_near, &upstream_near, &counter, &clock);
-            let mut state = Copy::new(Duration::from_secs(3600), &clock);
+            let mut state = Copy::new(Duration::from_secs(3600), clock.now_ms());
             std::future::poll_fn(|cx| state.poll(cx, ends, false)).await
         };
         // Up: more than a buffer, so the rest is spliced. Down: a few bytes.
@@ -518,7 +519,7 @@ mod tests {
         let copy = tokio::spawn(async move {
             let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
             let ends = ends(&client_near, &upstream_near, &counter, &clock);
-            let mut state = Copy::new(Duration::from_secs(3600), &clock);
+            let mut state = Copy::new(Duration::from_secs(3600), clock.now_ms());
             std::future::poll_fn(|cx| state.poll(cx, ends, false)).await
         });
         let peers = async {
@@ -564,7 +565,7 @@ mod tests {
         }
         let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
         let ends = ends(&client_near, &upstream_near, &counter, &clock);
-        let mut state = Copy::new(Duration::from_secs(3600), &clock);
+        let mut state = Copy::new(Duration::from_secs(3600), clock.now_ms());
         let (result, _) = std::future::poll_fn(|cx| state.poll(cx, ends, false)).await;
         let e = result.expect_err("the copy ended without an error");
         println!("copy ended with: {e}");
