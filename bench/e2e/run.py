@@ -44,6 +44,9 @@ TEMPLATES = HERE / "templates"
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 APT_LINE = "apt-get install nginx-light libnginx-mod-stream haproxy wrk iperf3 nghttp2-client"
 CONTENDERS = ["direct", "nginx", "haproxy", "cplb"]
+# Issue 13's io_uring experiment (bench/e2e/uring-proto): a contender only
+# when --uring-proto names its binary.
+URING = "uring-proto"
 PROXIES = ["nginx", "haproxy", "cplb"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -242,9 +245,10 @@ class Backends:
 
 
 class Env:
-    def __init__(self, root: Path, cplb_bin: Path, nofile: int) -> None:
+    def __init__(self, root: Path, cplb_bin: Path, nofile: int, uring_bin: Path | None = None) -> None:
         self.root = root
         self.cplb_bin = cplb_bin
+        self.uring_bin = uring_bin
         self.nofile = nofile
         self.seq = 0
         self.iperf_proc: Proc | None = None
@@ -331,6 +335,8 @@ class Env:
             cfg = render("cplb.yaml", d / "cplb.yaml", LISTEN=listen, BACKEND=backend,
                          ADMIN=f'"127.0.0.1:{free_port()}"', MAX_CONNECTIONS=max(20000, self.nofile))
             p = Proc("cplb", [str(self.cplb_bin), "--config", str(cfg)], d / "cplb.log")
+        elif kind == URING and self.uring_bin:
+            p = Proc(URING, [str(self.uring_bin), listen, backend], d / "uring-proto.log")
         else:
             raise ValueError(kind)
         wait_listening(p, port)
@@ -816,17 +822,21 @@ def ratio(a: float | None, b: float | None) -> str:
 def table(results: dict, rows: list[tuple]) -> list[str]:
     """rows: (label, phase, key, format spec[, "high" or "low": which is
     better, for the cplb / best peer column])."""
-    out = ["| | direct | nginx | HAProxy | cplb | cplb/nginx | cplb/HAProxy | cplb/direct | cplb / best peer |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    extra = URING in CONTENDERS
+    out = ["| | direct | nginx | HAProxy | cplb | cplb/nginx | cplb/HAProxy | cplb/direct | cplb / best peer |"
+           + (f" {URING} | {URING} / best peer |" if extra else ""),
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if extra else "")]
     for label, phase, key, spec, *better in rows:
         v = {k: med(results, k, phase, key) for k in CONTENDERS}
         peers = [v[k] for k in ("nginx", "haproxy") if v[k] is not None]
         best = None
         if better and peers:
             best = max(peers) if better[0] == "high" else min(peers)
-        out.append(f"| {label} | " + " | ".join(fmt(v[k], spec) for k in CONTENDERS) + " | "
+        base = ["direct", "nginx", "haproxy", "cplb"]
+        out.append(f"| {label} | " + " | ".join(fmt(v[k], spec) for k in base) + " | "
                    + " | ".join(ratio(v["cplb"], v[k]) for k in ("nginx", "haproxy", "direct"))
-                   + f" | {ratio(v['cplb'], best)} |")
+                   + f" | {ratio(v['cplb'], best)} |"
+                   + (f" {fmt(v[URING], spec)} | {ratio(v[URING], best)} |" if extra else ""))
     return out
 
 
@@ -881,8 +891,11 @@ def report(results: dict, errors: list[str], info: dict, st: Settings, command: 
         integ.append(f"{n_ok}/{n_all} ok" if n_all else "not run")
         n_half = sum(1 for r in rs if r.get("half_close"))
         half.append(f"{n_half}/{len(rs)} kept" if rs else "not run")
-    L += [f"| integrity, {st.payload_mib} MiB each way, SHA-256 | " + " | ".join(integ) + " | | | | |",
-          "| half-close: reply after client FIN | " + " | ".join(half) + " | | | | |"]
+    # The base contenders' columns, the four ratio columns, then the
+    # prototype's value and ratio columns when it ran.
+    tail = (lambda xs: f" | | | | | {xs[4]} | |") if URING in CONTENDERS else (lambda xs: " | | | | |")
+    L += [f"| integrity, {st.payload_mib} MiB each way, SHA-256 | " + " | ".join(integ[:4]) + tail(integ),
+          "| half-close: reply after client FIN | " + " | ".join(half[:4]) + tail(half)]
 
     L += ["", "## 4. Memory", "",
           "Resident memory summed over all processes of the proxy (nginx master + workers, haproxy, cplb), "
@@ -978,6 +991,9 @@ def main() -> int:
                     help=f"run only these contenders: {','.join(CONTENDERS)} (default all)")
     ap.add_argument("--idle", metavar="N[,N]",
                     help="idle-connection levels for the memory figure (default 5000,10000,25000,50000)")
+    ap.add_argument("--uring-proto", type=Path, metavar="BIN",
+                    help=f"also measure issue 13's io_uring prototype (bench/e2e/uring-proto, built with "
+                         f"cargo build --release there) as contender {URING!r}")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir with configs and logs")
     args = ap.parse_args()
 
@@ -1008,6 +1024,10 @@ def main() -> int:
             ap.error(f"{flag}: unknown {bad}; choose from {','.join(known)}")
         return chosen
 
+    if args.uring_proto:
+        if not os.access(args.uring_proto, os.X_OK):
+            ap.error(f"--uring-proto: {args.uring_proto} is not an executable")
+        CONTENDERS.append(URING)
     phases = pick(args.only, "--only", PHASES)
     contenders = pick(args.contenders, "--contenders", CONTENDERS)
     command = shlex.join(["python3", "bench/e2e/run.py"] + sys.argv[1:])
@@ -1044,7 +1064,7 @@ def main() -> int:
     errors: list[str] = []
     interrupted = fatal = False
     try:
-        env = Env(root, args.cplb, nofile)
+        env = Env(root, args.cplb, nofile, args.uring_proto)
         log(f"temp dir {root}; generating {st.payload_mib} MiB payloads")
         pl = make_payload(st.payload_mib << 20, 1, 2)
         probe = make_payload(1 << 20, 3, 4)
@@ -1056,6 +1076,10 @@ def main() -> int:
             for phase in phases:
                 for kind in order:
                     if kind == "direct" and phase in ("memory", "cpu-rate"):
+                        continue
+                    # The prototype's buffers are its own business: not a
+                    # contender for memory.
+                    if kind == URING and phase == "memory":
                         continue
                     t0 = time.monotonic()
                     try:

@@ -97,8 +97,13 @@ def main() -> int:
     ap.add_argument("--keepalive", action="store_true", help="keep connections open: syscalls per request")
     ap.add_argument("--only", default=",".join(PROXIES), help="comma-separated contenders")
     ap.add_argument("--cplb", type=Path, default=run.REPO / "target" / "release" / "cplb")
+    ap.add_argument("--uring-proto", type=Path, metavar="BIN",
+                    help=f"the io_uring prototype's binary, for contender {run.URING!r} in --only; one "
+                         "io_uring_enter may carry many operations, so its count is of kernel entries")
     args = ap.parse_args()
     kinds = [k for k in args.only.split(",") if k]
+    if run.URING in kinds and not args.uring_proto:
+        ap.error(f"--only {run.URING} needs --uring-proto BIN")
     for tool in ("strace", "h2load"):
         if shutil.which(tool) is None:
             print(f"missing: {tool}; on Debian: apt-get install strace nghttp2-client", file=sys.stderr)
@@ -106,7 +111,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="cplb-syscalls-"))
     counts = {}
     try:
-        env = run.Env(tmp, args.cplb, 20000)
+        env = run.Env(tmp, args.cplb, 20000, args.uring_proto)
         d = env.newdir("http-backend")
         port = run.free_port()
         run.render("nginx-http-backend.conf", d / "nginx.conf", DIR=d, LISTEN=f"127.0.0.1:{port}", NOFILE=20000)
