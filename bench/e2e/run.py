@@ -261,13 +261,16 @@ class Env:
         return d
 
     # backends -----------------------------------------------------------
-    def start_backends(self) -> Backends:
+    def start_http_backend(self) -> int:
+        """The nginx HTTP backend answering 200 "ok"; returns its port."""
         d = self.newdir("http-backend")
         port = free_port()
         render("nginx-http-backend.conf", d / "nginx.conf", DIR=d, LISTEN=f"127.0.0.1:{port}", NOFILE=self.nofile)
-        p = self.nginx(d, "http-backend")
-        wait_listening(p, port)
-        http_port = port
+        wait_listening(self.nginx(d, "http-backend"), port)
+        return port
+
+    def start_backends(self) -> Backends:
+        http_port = self.start_http_backend()
 
         self.start_iperf()
 

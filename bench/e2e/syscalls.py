@@ -12,8 +12,10 @@ HTTP backend (as run.py does); `strace -f -c` is attached to all its
 processes and threads; `h2load --h1 -n N -c 4 -H 'Connection: close'` makes N
 requests, each on a new client connection and so a new upstream connection;
 then strace is detached and its counts are divided by N. Unlike timings,
-these counts do not depend on machine load, so they can be compared across
-runs and machines (the same kernel and program versions aside).
+these counts barely depend on machine load, so they can be compared across
+runs and machines (the same kernel and program versions aside); the
+exception is epoll_wait, whose count depends on how many events each call
+returns.
 """
 
 from __future__ import annotations
@@ -112,10 +114,7 @@ def main() -> int:
     counts = {}
     try:
         env = run.Env(tmp, args.cplb, 20000, args.uring_proto)
-        d = env.newdir("http-backend")
-        port = run.free_port()
-        run.render("nginx-http-backend.conf", d / "nginx.conf", DIR=d, LISTEN=f"127.0.0.1:{port}", NOFILE=20000)
-        run.wait_listening(env.nginx(d, "http-backend"), port)
+        port = env.start_http_backend()
         for kind in kinds:
             counts[kind] = measure(env, kind, port, args.n, not args.keepalive, tmp)
             run.log(f"{kind}: {sum(c for c, _ in counts[kind].values()) / args.n:.2f} syscalls per request")

@@ -272,6 +272,11 @@ impl Worker {
         let dir = &c.dirs[d];
         let ptr = dir.buf[dir.pos..].as_ptr();
         let len = (dir.end - dir.pos) as u32;
+        self.send_from(slot, d, to, ptr, len);
+    }
+
+    /// Submits the send of `len` bytes at `ptr` for direction `d`.
+    fn send_from(&mut self, slot: usize, d: usize, to: RawFd, ptr: *const u8, len: u32) {
         let op = if d == 0 { Op::Send0 } else { Op::Send1 };
         let e = opcode::Send::new(types::Fd(to), ptr, len)
             .flags(libc::MSG_NOSIGNAL)
@@ -305,12 +310,8 @@ impl Worker {
             let base = self.bufs.as_ref().unwrap().addr(bid);
             // SAFETY: pos < len <= BSZ: within buffer `bid`.
             let ptr = unsafe { base.add(dir.pos) };
-            let op = if d == 0 { Op::Send0 } else { Op::Send1 };
-            let e = opcode::Send::new(types::Fd(to), ptr, len - dir.pos as u32)
-                .flags(libc::MSG_NOSIGNAL)
-                .build()
-                .user_data(ud(slot, op));
-            self.submit(slot, e);
+            let left = len - dir.pos as u32;
+            self.send_from(slot, d, to, ptr, left);
         } else if c.dirs[d].eof && !c.dirs[d].done {
             c.dirs[d].done = true;
             if !c.dirs[1 - d].done {
