@@ -28,7 +28,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -152,24 +151,15 @@ def main() -> int:
     ap.add_argument("--cplb", type=Path, default=run.REPO / "target" / "release" / "cplb")
     ap.add_argument("--uring-proto", type=Path, metavar="BIN", help="the io_uring prototype's binary")
     args = ap.parse_args()
-    kinds = [k for k in args.only.split(",") if k]
-    if run.URING in kinds and not args.uring_proto:
-        ap.error(f"--only {run.URING} needs --uring-proto BIN")
+    kinds = run.chosen(ap, args.only, args.uring_proto)
     for tool, pkg in (("perf", "linux-perf"), ("h2load", "nghttp2-client")):
         if shutil.which(tool) is None:
             print(f"missing: {tool}; on Debian: apt-get install {pkg}", file=sys.stderr)
             return 2
-    tmp = Path(tempfile.mkdtemp(prefix="cplb-profile-"))
-    results = {}
-    try:
-        env = run.Env(tmp, args.cplb, 20000, args.uring_proto)
-        port = env.start_http_backend()
-        for kind in kinds:
-            results[kind] = profile(env, kind, port, args.rate, args.seconds, args.close, tmp)
-            run.log(f"{kind}: {results[kind][2]:.3f} CPU s per 100k requests, {results[kind][3]} requests")
-    finally:
-        run.Proc.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
+    results = run.each_contender(
+        kinds, args.cplb, args.uring_proto, "cplb-profile-",
+        lambda env, kind, port, tmp: profile(env, kind, port, args.rate, args.seconds, args.close, tmp),
+        lambda r: f"{r[2]:.3f} CPU s per 100k requests, {r[3]} requests")
     mode = "`Connection: close`" if args.close else "keep-alive"
     print(f"Share of each proxy's CPU samples (`perf record -e cpu-clock`, every thread), {mode} at "
           f"{args.rate:,} req/s offered for {args.seconds:g} s; CPU s per 100k requests from /proc/PID/stat.\n")

@@ -735,6 +735,33 @@ def run_phase(env: Env, phase: str, kind: str, be: Backends, st: Settings, pl: P
             proc.stop()
 
 
+def chosen(ap: argparse.ArgumentParser, only: str, uring_bin: Path | None) -> list[str]:
+    """The contenders named by a tool's comma-separated --only (syscalls.py,
+    profile.py); the io_uring prototype needs its binary."""
+    kinds = [k for k in only.split(",") if k]
+    if URING in kinds and not uring_bin:
+        ap.error(f"--only {URING} needs --uring-proto BIN")
+    return kinds
+
+
+def each_contender(kinds: list[str], cplb_bin: Path, uring_bin: Path | None, prefix: str, measure, describe) -> dict:
+    """For the tools (syscalls.py, profile.py): `measure(env, kind, http_port, tmp)` for each
+    contender in turn, in front of one nginx HTTP backend, logging `describe(result)`;
+    returns {kind: result} once every process is stopped and the temp dir removed."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    out = {}
+    try:
+        env = Env(tmp, cplb_bin, 20000, uring_bin)
+        port = env.start_http_backend()
+        for kind in kinds:
+            out[kind] = measure(env, kind, port, tmp)
+            log(f"{kind}: {describe(out[kind])}")
+    finally:
+        Proc.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def rotated(r: int, contenders: list[str]) -> list[str]:
     k = r % len(contenders)
     return contenders[k:] + contenders[:k]

@@ -26,7 +26,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -103,24 +102,15 @@ def main() -> int:
                     help=f"the io_uring prototype's binary, for contender {run.URING!r} in --only; one "
                          "io_uring_enter may carry many operations, so its count is of kernel entries")
     args = ap.parse_args()
-    kinds = [k for k in args.only.split(",") if k]
-    if run.URING in kinds and not args.uring_proto:
-        ap.error(f"--only {run.URING} needs --uring-proto BIN")
+    kinds = run.chosen(ap, args.only, args.uring_proto)
     for tool in ("strace", "h2load"):
         if shutil.which(tool) is None:
             print(f"missing: {tool}; on Debian: apt-get install strace nghttp2-client", file=sys.stderr)
             return 2
-    tmp = Path(tempfile.mkdtemp(prefix="cplb-syscalls-"))
-    counts = {}
-    try:
-        env = run.Env(tmp, args.cplb, 20000, args.uring_proto)
-        port = env.start_http_backend()
-        for kind in kinds:
-            counts[kind] = measure(env, kind, port, args.n, not args.keepalive, tmp)
-            run.log(f"{kind}: {sum(c for c, _ in counts[kind].values()) / args.n:.2f} syscalls per request")
-    finally:
-        run.Proc.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
+    counts = run.each_contender(
+        kinds, args.cplb, args.uring_proto, "cplb-syscalls-",
+        lambda env, kind, port, tmp: measure(env, kind, port, args.n, not args.keepalive, tmp),
+        lambda c: f"{sum(n for n, _ in c.values()) / args.n:.2f} syscalls per request")
     what = "request (keep-alive)" if args.keepalive else "new connection"
     names = sorted({s for c in counts.values() for s in c}, key=lambda s: -max(c.get(s, (0, 0))[0] for c in counts.values()))
     print(f"System calls per {what}, {args.n:,} requests, `strace -f -c` over all the proxy's threads "

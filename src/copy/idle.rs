@@ -48,10 +48,14 @@ impl Idle {
         self.last_ms = now_ms;
     }
 
+    fn timeout_ms(&self) -> u64 {
+        u64::from(self.timeout_cs) * 10
+    }
+
     /// When `check` next has something to do (`Clock` ms): keepalive,
     /// then the timeout, counted from the last activity seen so far.
     pub(super) fn due_ms(&self) -> u64 {
-        let timeout = u64::from(self.timeout_cs) * 10;
+        let timeout = self.timeout_ms();
         let after = if self.keepalive {
             timeout
         } else {
@@ -66,7 +70,7 @@ impl Idle {
     /// calls, and a busy one needs no probe while bytes flow.
     pub(super) fn check(&mut self, now_ms: u64) -> Verdict {
         let idle = now_ms.saturating_sub(self.last_ms);
-        if idle >= u64::from(self.timeout_cs) * 10 {
+        if idle >= self.timeout_ms() {
             Verdict::Expired
         } else if !self.keepalive && idle >= millis(KEEPALIVE_AFTER) {
             self.keepalive = true;

@@ -75,6 +75,16 @@ impl Op {
             _ => Op::RecvM1,
         }
     }
+
+    /// The direction-`d` one of a pair (`Recv0`/`Recv1`, ...).
+    fn of(base: Op, d: usize) -> Op {
+        Op::from(base as u8 + d as u8)
+    }
+
+    /// The direction of a paired operation whose first is `base`.
+    fn dir(self, base: Op) -> usize {
+        (self as u8 - base as u8) as usize
+    }
 }
 
 fn ud(slot: usize, op: Op) -> u64 {
@@ -82,7 +92,8 @@ fn ud(slot: usize, op: Op) -> u64 {
 }
 
 struct Dir {
-    buf: Box<[u8; BUF]>,
+    /// Single-shot mode only: what the direction receives into.
+    buf: Option<Box<[u8; BUF]>>,
     /// Bytes in `buf[pos..end]` still to send.
     pos: usize,
     end: usize,
@@ -217,8 +228,9 @@ impl Worker {
         };
         let _ = up.set_tcp_nodelay(true);
         let upstream = up.into_raw_fd();
+        let single = !self.multishot();
         let dir = || Dir {
-            buf: Box::new([0u8; BUF]),
+            buf: single.then(|| Box::new([0u8; BUF])),
             pos: 0,
             end: 0,
             done: false,
@@ -258,11 +270,14 @@ impl Worker {
     fn recv(&mut self, slot: usize, d: usize) {
         let c = self.conns[slot].as_mut().unwrap();
         let (from, _) = c.ends(d);
-        let ptr = c.dirs[d].buf.as_mut_ptr();
-        let op = if d == 0 { Op::Recv0 } else { Op::Recv1 };
+        let ptr = c.dirs[d]
+            .buf
+            .as_mut()
+            .expect("single-shot mode")
+            .as_mut_ptr();
         let e = opcode::Recv::new(types::Fd(from), ptr, BUF as u32)
             .build()
-            .user_data(ud(slot, op));
+            .user_data(ud(slot, Op::of(Op::Recv0, d)));
         self.submit(slot, e);
     }
 
@@ -270,18 +285,17 @@ impl Worker {
         let c = self.conns[slot].as_mut().unwrap();
         let (_, to) = c.ends(d);
         let dir = &c.dirs[d];
-        let ptr = dir.buf[dir.pos..].as_ptr();
+        let ptr = dir.buf.as_ref().expect("single-shot mode")[dir.pos..].as_ptr();
         let len = (dir.end - dir.pos) as u32;
         self.send_from(slot, d, to, ptr, len);
     }
 
     /// Submits the send of `len` bytes at `ptr` for direction `d`.
     fn send_from(&mut self, slot: usize, d: usize, to: RawFd, ptr: *const u8, len: u32) {
-        let op = if d == 0 { Op::Send0 } else { Op::Send1 };
         let e = opcode::Send::new(types::Fd(to), ptr, len)
             .flags(libc::MSG_NOSIGNAL)
             .build()
-            .user_data(ud(slot, op));
+            .user_data(ud(slot, Op::of(Op::Send0, d)));
         self.submit(slot, e);
     }
 
@@ -290,10 +304,9 @@ impl Worker {
         let c = self.conns[slot].as_mut().unwrap();
         let (from, _) = c.ends(d);
         c.dirs[d].armed = true;
-        let op = if d == 0 { Op::RecvM0 } else { Op::RecvM1 };
         let e = opcode::RecvMulti::new(types::Fd(from), BGID)
             .build()
-            .user_data(ud(slot, op));
+            .user_data(ud(slot, Op::of(Op::RecvM0, d)));
         self.submit(slot, e);
     }
 
@@ -313,17 +326,24 @@ impl Worker {
             let left = len - dir.pos as u32;
             self.send_from(slot, d, to, ptr, left);
         } else if c.dirs[d].eof && !c.dirs[d].done {
-            c.dirs[d].done = true;
-            if !c.dirs[1 - d].done {
-                let shut = if d == 0 { Op::Shut0 } else { Op::Shut1 };
-                let e = opcode::Shutdown::new(types::Fd(to), libc::SHUT_WR)
-                    .build()
-                    .user_data(ud(slot, shut));
-                self.submit(slot, e);
-            }
+            self.pass_eof(slot, d);
         } else if !c.dirs[d].armed && !c.dirs[d].eof {
             // Ran out of provided buffers earlier; some are back now.
             self.recv_multi(slot, d);
+        }
+    }
+
+    /// Direction `d` is over: its EOF goes on as a half-close, unless the
+    /// other direction is over too (then both sockets close).
+    fn pass_eof(&mut self, slot: usize, d: usize) {
+        let c = self.conns[slot].as_mut().unwrap();
+        c.dirs[d].done = true;
+        if !c.dirs[1 - d].done {
+            let (_, to) = c.ends(d);
+            let e = opcode::Shutdown::new(types::Fd(to), libc::SHUT_WR)
+                .build()
+                .user_data(ud(slot, Op::of(Op::Shut0, d)));
+            self.submit(slot, e);
         }
     }
 
@@ -395,19 +415,11 @@ impl Worker {
                 }
             }
             Op::Recv0 | Op::Recv1 => {
-                let d = (op as u8 - Op::Recv0 as u8) as usize;
+                let d = op.dir(Op::Recv0);
                 if c.failed || res < 0 {
                     self.fail(slot);
                 } else if res == 0 {
-                    c.dirs[d].done = true;
-                    if !c.dirs[1 - d].done {
-                        let (_, to) = c.ends(d);
-                        let shut = if d == 0 { Op::Shut0 } else { Op::Shut1 };
-                        let e = opcode::Shutdown::new(types::Fd(to), libc::SHUT_WR)
-                            .build()
-                            .user_data(ud(slot, shut));
-                        self.submit(slot, e);
-                    }
+                    self.pass_eof(slot, d);
                 } else {
                     c.dirs[d].pos = 0;
                     c.dirs[d].end = res as usize;
@@ -415,7 +427,7 @@ impl Worker {
                 }
             }
             Op::RecvM0 | Op::RecvM1 => {
-                let d = (op as u8 - Op::RecvM0 as u8) as usize;
+                let d = op.dir(Op::RecvM0);
                 let more = cqueue::more(flags);
                 if more {
                     // Counted once for the whole multishot request, which
@@ -442,7 +454,7 @@ impl Worker {
                 }
             }
             Op::Send0 | Op::Send1 if multi => {
-                let d = (op as u8 - Op::Send0 as u8) as usize;
+                let d = op.dir(Op::Send0);
                 c.dirs[d].sending = false;
                 if c.failed || res <= 0 {
                     self.fail(slot);
@@ -459,7 +471,7 @@ impl Worker {
                 }
             }
             Op::Send0 | Op::Send1 => {
-                let d = (op as u8 - Op::Send0 as u8) as usize;
+                let d = op.dir(Op::Send0);
                 if c.failed || res <= 0 {
                     self.fail(slot);
                 } else {
