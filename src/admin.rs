@@ -142,7 +142,9 @@ fn readyz(shared: &Shared) -> Response<Full<Bytes>> {
     }
     let mut body = String::from("no usable upstream:\n");
     for u in &snap.upstreams {
-        let why = if !u.state.is_resolved() {
+        let why = if u.state.is_self() {
+            "its address is cplb's own listen address (never dialled)"
+        } else if !u.state.is_resolved() {
             "not resolved"
         } else if !u.state.active.is_up() {
             "failing health checks"
@@ -173,7 +175,7 @@ fn upstreams_json(shared: &Shared) -> String {
                 "source": u.source.as_str(),
                 "draining": u.draining,
                 "weight": u.config.weight.get(),
-                "state": if passive_up && active_up { "up" } else { "down" },
+                "state": if s.is_self() { "self" } else if passive_up && active_up { "up" } else { "down" },
                 "since": clock.to_unix_secs(since),
                 "usable": s.is_usable(u.policy, now),
                 "passive": {

@@ -39,8 +39,6 @@
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/upstreams`, `/status`.
 //! - `reuseport`: names another process sharing a `listen` address.
 //! - `logfmt`: JSON log lines with real JSON values; error chains.
-//! - `pageout`: after start-up, gives back the executable's code pages it
-//!   touched only to start (`MADV_PAGEOUT`), for a small idle RSS.
 //!
 //! Commands besides the proxy:
 //! - `status`: `cplb status`, the `/status` document and its table.
@@ -89,6 +87,7 @@
 
 pub(crate) mod admin;
 pub mod aligned_alloc;
+pub(crate) mod choice;
 pub(crate) mod clock;
 pub mod config;
 pub(crate) mod copy;
@@ -100,7 +99,7 @@ pub mod import;
 pub(crate) mod listener;
 pub mod logfmt;
 pub mod metrics;
-pub(crate) mod pageout;
+pub(crate) mod own;
 pub mod probe;
 pub(crate) mod proxy;
 pub mod reload;

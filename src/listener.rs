@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::shared::{ClientSlot, Shared, Skipped};
+use crate::wheel::Worker;
 
 /// Which socket a [`ListenError`] is about, so an admin-port clash says
 /// "admin".
@@ -140,6 +141,7 @@ pub(crate) async fn accept_loop(
     shared: Arc<Shared>,
     tracker: TaskTracker,
     stop: CancellationToken,
+    worker: Worker,
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -152,7 +154,7 @@ pub(crate) async fn accept_loop(
             Ok((stream, peer)) => {
                 end_accept_episode(&shared);
                 backoff = BACKOFF_MIN;
-                dispatch(&shared, &tracker, stream, peer);
+                dispatch(&shared, &tracker, stream, peer, worker);
             }
             Err(e) if is_per_connection(&e) => {}
             Err(e) => {
@@ -182,7 +184,7 @@ pub(crate) async fn accept_loop(
     .await
     {
         drained += 1;
-        dispatch(&shared, &tracker, stream, peer);
+        dispatch(&shared, &tracker, stream, peer, worker);
     }
     if drained > 0 {
         tracing::debug!(
@@ -212,7 +214,13 @@ fn end_accept_episode(shared: &Shared) {
 }
 
 /// Counts the client against `max_connections` and spawns its task.
-fn dispatch(shared: &Arc<Shared>, tracker: &TaskTracker, stream: TcpStream, peer: SocketAddr) {
+fn dispatch(
+    shared: &Arc<Shared>,
+    tracker: &TaskTracker,
+    stream: TcpStream,
+    peer: SocketAddr,
+    worker: Worker,
+) {
     // The one snapshot this connection uses, from limit check to upstream choice.
     let snapshot = shared.snapshot.load_full();
     let max = snapshot.settings.max_connections;
@@ -228,6 +236,7 @@ fn dispatch(shared: &Arc<Shared>, tracker: &TaskTracker, stream: TcpStream, peer
         snapshot,
         stream,
         peer,
+        worker,
     ));
 }
 
@@ -244,14 +253,23 @@ mod tests {
         let _c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (stream, peer) = l.accept().await.unwrap();
         shared.clients.fetch_add(1, Ordering::AcqRel);
-        let task = crate::proxy::handle(
-            ClientSlot::new(shared.clone()),
-            shared.snapshot.load_full(),
-            stream,
-            peer,
-        );
-        // As spawned: the tracker wraps it.
-        let size = std::mem::size_of_val(&TaskTracker::new().track_future(task));
+        let timers = shared.timers.clone();
+        let size =
+            crate::wheel::with_worker(&timers, Duration::from_secs(1), |worker| async move {
+                let task = crate::proxy::handle(
+                    ClientSlot::new(shared.clone()),
+                    shared.snapshot.load_full(),
+                    stream,
+                    peer,
+                    worker,
+                );
+                if let crate::proxy::Connection::Setup { setup } = &task {
+                    println!("set-up future: {} bytes", std::mem::size_of_val(&**setup));
+                }
+                // As spawned: the tracker wraps it.
+                std::mem::size_of_val(&TaskTracker::new().track_future(task))
+            })
+            .await;
         // tokio's task cell: a 32-byte header, scheduler and id, the future,
         // a 48-byte trailer, in a 128-byte aligned allocation. At 280 bytes
         // the cell is 384 even if the future's stage takes a tag word; the

@@ -160,6 +160,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    if cli.check
+        && let Err(e) = config.check_names_are_not_self(&path)
+    {
+        eprintln!("cplb: {}", cplb::logfmt::Chain(&e));
+        eprintln!("cplb: configuration file {} test failed", path.display());
+        return Ok(ExitCode::FAILURE);
+    }
     if let Err(e) = cplb::probe::prepare(&config) {
         eprintln!("cplb: {}: {e}", path.display());
         if cli.check {

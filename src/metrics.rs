@@ -41,6 +41,8 @@ pub struct Metrics {
     state_changes: IntCounterVec,
     bytes: IntCounterVec,
     connections_closed: IntCounterVec,
+    hedges: IntCounterVec,
+    upstream_self: IntGaugeVec,
     pub connect_duration: Histogram,
     pub client_connections_active: IntGauge,
     /// Pre-resolved: rejections come in floods (overload, every master
@@ -177,6 +179,18 @@ impl Metrics {
                 "Proxied connections closed by cplb, by reason.",
                 &["upstream", "reason"],
             )?,
+            hedges: counter_vec(
+                r,
+                "cplb_hedges_total",
+                "Connections whose first flight this upstream did not answer within first_byte_timeout, by what became of the hedge: answered (the next master answered the replayed bytes), failed (no other master connected, or it did not answer either), skipped (over the hedging budget: the connection kept waiting here).",
+                &["upstream", "result"],
+            )?,
+            upstream_self: gauge_vec(
+                r,
+                "cplb_upstream_self",
+                "1 if the upstream's address is one of cplb's own listening sockets (it is never dialled), else 0.",
+                &["upstream"],
+            )?,
             connect_duration: histogram(
                 r,
                 "cplb_connect_duration_seconds",
@@ -252,7 +266,11 @@ impl Metrics {
         each(Gauge(&self.connections_active), &[]);
         each(Gauge(&self.connections_displaced), &[]);
         each(Gauge(&self.upstream_up), &[]);
+        each(Gauge(&self.upstream_self), &[]);
         each(Counter(&self.state_changes), &[]);
+        for r in HEDGE_RESULTS {
+            each(Counter(&self.hedges), &[r]);
+        }
         for d in DIRECTIONS {
             each(Counter(&self.bytes), &[d]);
         }
@@ -286,12 +304,15 @@ impl Metrics {
             shutdown,
             idle_timeout,
             failback,
+            upstream_timeout,
         ] = CLOSE_REASONS;
         UpstreamMetrics {
             connections_total: self.connections_total.with_label_values(&[a]),
             connections_active: self.connections_active.with_label_values(&[a]),
             connections_displaced: self.connections_displaced.with_label_values(&[a]),
             up: self.upstream_up.with_label_values(&[a]),
+            is_self: self.upstream_self.with_label_values(&[a]),
+            hedges: HEDGE_RESULTS.map(|r| self.hedges.with_label_values(&[a, r])),
             state_changes: self.state_changes.with_label_values(&[a]),
             bytes_to_upstream: self.bytes.with_label_values(&[a, to_upstream]),
             bytes_to_client: self.bytes.with_label_values(&[a, to_client]),
@@ -307,6 +328,9 @@ impl Metrics {
                 .connections_closed
                 .with_label_values(&[a, idle_timeout]),
             closed_failback: self.connections_closed.with_label_values(&[a, failback]),
+            closed_upstream_timeout: self
+                .connections_closed
+                .with_label_values(&[a, upstream_timeout]),
             probe_ok: self
                 .probes
                 .with_label_values(&[a, "success", PROBE_REASON_NONE]),
@@ -339,13 +363,30 @@ enum Family<'a> {
 /// `cplb_bytes_total{direction}`.
 const DIRECTIONS: [&str; 2] = ["to_upstream", "to_client"];
 /// `cplb_connections_closed_total{reason}`: closed by cplb, and why.
-const CLOSE_REASONS: [&str; 5] = [
+const CLOSE_REASONS: [&str; 6] = [
     "upstream_down",
     "upstream_draining",
     "shutdown",
     "idle_timeout",
     "failback",
+    // The upstream stopped acknowledging for `tcp_user_timeout` (a master
+    // that vanished mid-stream): the client is closed so it reconnects.
+    "upstream_timeout",
 ];
+
+/// `cplb_hedges_total{result}`, in `Hedge` order.
+pub const HEDGE_RESULTS: [&str; 3] = ["answered", "failed", "skipped"];
+
+/// What became of a hedge away from a silent upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hedge {
+    /// The next master answered the replayed first flight.
+    Answered = 0,
+    /// No other master connected, or it did not answer either.
+    Failed = 1,
+    /// Over the hedging budget: the connection kept waiting.
+    Skipped = 2,
+}
 
 /// `cplb_client_connections_rejected_total`, one handle per reason.
 #[derive(Clone)]
@@ -373,6 +414,9 @@ pub struct UpstreamMetrics {
     /// Connections displaced *from* this upstream (it is their home).
     pub connections_displaced: IntGauge,
     pub up: IntGauge,
+    /// `cplb_upstream_self`: the address is one of cplb's own sockets.
+    pub is_self: IntGauge,
+    hedges: [IntCounter; 3],
     pub state_changes: IntCounter,
     pub bytes_to_upstream: IntCounter,
     pub bytes_to_client: IntCounter,
@@ -383,6 +427,7 @@ pub struct UpstreamMetrics {
     pub closed_idle: IntCounter,
     /// Closed by fail-back so the client reconnects home.
     pub closed_failback: IntCounter,
+    pub closed_upstream_timeout: IntCounter,
     pub probe_ok: IntCounter,
     /// By `probe::FAILURE_REASONS` index.
     probe_fail: [IntCounter; PROBE_FAILURE_REASONS.len()],
@@ -397,6 +442,10 @@ impl UpstreamMetrics {
 
     pub fn failure(&self, reason: FailureReason) -> &IntCounter {
         &self.failures[reason as usize]
+    }
+
+    pub(crate) fn hedge(&self, result: Hedge) -> &IntCounter {
+        &self.hedges[result as usize]
     }
 }
 

@@ -74,6 +74,14 @@ pub(crate) fn changed_settings(old: &Config, new: &Config) -> Vec<&'static str> 
     );
     check(old.idle_timeout != new.idle_timeout, "idle_timeout");
     check(
+        old.first_byte_timeout != new.first_byte_timeout,
+        "first_byte_timeout",
+    );
+    check(
+        old.tcp_user_timeout != new.tcp_user_timeout,
+        "tcp_user_timeout",
+    );
+    check(
         old.next_upstream_tries != new.next_upstream_tries,
         "next_upstream_tries",
     );

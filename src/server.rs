@@ -23,8 +23,6 @@ use crate::snapshot::Snapshot;
 use crate::upstream::StateTable;
 use crate::workers::Workers;
 
-/// How long start-up waits for names to resolve before serving anyway.
-
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
@@ -71,14 +69,15 @@ impl Server {
             &config,
             crate::discovery::metrics::DiscoveryMetrics::new(metrics.registry())?,
         );
-        let mut table = StateTable::default();
+        let own = crate::own::OwnSockets::new(local_addrs.clone());
+        let mut table = StateTable::new(crate::wheel::Timers::new(config.workers.get()), own);
         let built = Snapshot::build_with(&config, &wiring.entries(&config), &mut table, &metrics);
         wiring.count(&built.snapshot);
         resolve::resolve_upstreams(&built.snapshot, &built.added, false).await;
         metrics.last_reload_success_timestamp.set(Clock::unix_now());
         let shared = Arc::new(Shared::new(
             built.snapshot,
-            table.wheels(),
+            table.timers(),
             metrics,
             skipped,
             config.source.clone(),
@@ -141,36 +140,57 @@ impl Server {
         let stop_accept = CancellationToken::new();
         let stop_rest = CancellationToken::new();
         let conns = TaskTracker::new();
-        let workers = Workers::start(config.workers.get()).map_err(ServerError::Workers)?;
-        // Each worker's wheel first, so it is in place before the worker's
-        // first connection; it turns until the last connection is gone (the
-        // drain keeps idle timeouts).
-        for i in 0..config.workers.get() {
+        let n = config.workers.get();
+        let workers = Workers::start(n).map_err(ServerError::Workers)?;
+        // Listener i of every address goes to worker i.
+        let mut mine: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
+        for (i, l) in listeners.into_iter().enumerate() {
+            mine[i % n].push(l);
+        }
+        let accepts = TaskTracker::new();
+        let mut started = Vec::with_capacity(n);
+        for (i, listeners) in mine.into_iter().enumerate() {
+            let (up, on_start) = tokio::sync::oneshot::channel::<()>();
+            started.push(on_start);
             let settings_of = shared.clone();
+            let (shared, conns, stop) = (shared.clone(), conns.clone(), stop_accept.clone());
+            let accepts = accepts.clone();
+            // Each worker's wheels turn until the last connection is gone
+            // (the drain keeps idle timeouts); its accept loops start from
+            // inside, so every connection they accept waits on wheels that
+            // turn.
             workers.spawn(
                 i,
-                shared.wheels.clone().run_here(
+                shared.timers.clone().run(
+                    i,
                     move || {
-                        let s = &settings_of.snapshot.load().settings;
-                        crate::wheel::tick(s.idle_timeout, s.connect_timeout)
+                        let snap = settings_of.snapshot.load();
+                        crate::wheel::tick(snap.settings.idle_timeout, snap.timer_floor())
                     },
                     stop_rest.clone(),
+                    move |worker| {
+                        for l in listeners {
+                            let (shared, conns, stop) = (shared.clone(), conns.clone(), stop.clone());
+                            accepts.spawn(async move {
+                                // Registered with the worker's own reactor.
+                                let addr = l.local_addr().ok();
+                                match TcpListener::from_std(l) {
+                                    Ok(l) => listener::accept_loop(l, shared, conns, stop, worker).await,
+                                    Err(e) => tracing::error!(addr = ?Json(addr), error = %e, "could not register listener"),
+                                }
+                            });
+                        }
+                        let _ = up.send(());
+                    },
                 ),
             );
         }
-        let mut accepts = Vec::new();
-        // Listener i of every address goes to worker i.
-        for (i, l) in listeners.into_iter().enumerate() {
-            let (shared, conns, stop) = (shared.clone(), conns.clone(), stop_accept.clone());
-            accepts.push(workers.spawn(i, async move {
-                // Registered with the worker's own reactor.
-                let addr = l.local_addr().ok();
-                match TcpListener::from_std(l) {
-                    Ok(l) => listener::accept_loop(l, shared, conns, stop).await,
-                    Err(e) => tracing::error!(addr = ?Json(addr), error = %e, "could not register listener"),
-                }
-            }));
+        // Every accept loop is tracked before the tracker is closed, so the
+        // drain waits for all of them.
+        for s in started {
+            let _ = s.await;
         }
+        accepts.close();
         if let (Some(l), Some(addr)) = (admin, admin_addr) {
             let l = TcpListener::from_std(l).map_err(|source| ListenError {
                 addr,
@@ -189,15 +209,12 @@ impl Server {
             stop_accept.clone(),
         ));
 
-        tokio::spawn(crate::pageout::after_start_up(stop_rest.clone()));
         shutdown.await;
 
         // /readyz turns 503 before the listeners close.
         shared.draining.store(true, Ordering::SeqCst);
         stop_accept.cancel();
-        for a in accepts {
-            let _ = a.await;
-        }
+        accepts.wait().await;
         conns.close();
         let open = shared.clients.load(Ordering::Acquire);
         // The latest reloaded value, not the start-up one.

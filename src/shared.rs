@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
-use crate::wheel::Wheels;
+use crate::wheel::Timers;
 
 pub(crate) struct Shared {
     /// The one published view of the upstream set; see `snapshot`.
@@ -20,6 +20,8 @@ pub(crate) struct Shared {
     pub clients: AtomicUsize,
     /// Inside a last-resort episode (every upstream unusable); logged once.
     pub all_down: AtomicBool,
+    /// How many first flights may hedge (see `proxy::flight`).
+    pub hedge_budget: crate::proxy::HedgeBudget,
     /// Inside an accept-failure episode (e.g. out of descriptors), across
     /// all listeners, and when the last failure was (`Clock` ms).
     pub accept_failing: AtomicBool,
@@ -29,11 +31,10 @@ pub(crate) struct Shared {
     /// Cancelled when the drain grace is over (`close_all`): open
     /// connections close.
     pub force_close: CancellationToken,
-    /// Where every proxied connection waits (see `wheel`; the same `Arc`
-    /// as `UpstreamState::wheels`): its idleness is looked at on its tick,
-    /// and an eviction, a removal by discovery or the end of the drain
-    /// (`close_all`) wakes all of them.
-    pub wheels: Arc<Wheels>,
+    /// Every worker's wheels (see `wheel`), where every proxied connection
+    /// waits: its idleness is looked at on its tick, and the end of the
+    /// drain (`close_all`) wakes all of them.
+    pub timers: Arc<Timers>,
     /// `listen` addresses not bound because the node has no IPv6 (see
     /// `listener::skippable`); named in `/readyz`.
     pub skipped_listen: Vec<Skipped>,
@@ -43,12 +44,12 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// A running proxy's shared state, before any client or episode: what
-    /// varies is the first snapshot, the wheels of the table that made its
+    /// varies is the first snapshot, the timers of the table that made its
     /// upstream states, the metrics, the skipped `listen` addresses and the
     /// config file it was loaded from.
     pub(crate) fn new(
         snapshot: Snapshot,
-        wheels: Arc<Wheels>,
+        timers: Arc<Timers>,
         metrics: Metrics,
         skipped_listen: Vec<Skipped>,
         source: Option<std::path::PathBuf>,
@@ -59,11 +60,12 @@ impl Shared {
             clock: Clock::new(),
             clients: AtomicUsize::new(0),
             all_down: AtomicBool::new(false),
+            hedge_budget: Default::default(),
             accept_failing: AtomicBool::new(false),
             accept_failed_at: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             force_close: CancellationToken::new(),
-            wheels,
+            timers,
             skipped_listen,
             last_load: ArcSwap::from_pointee(crate::status::LoadRecord::startup(
                 source,
@@ -79,10 +81,10 @@ impl Shared {
     /// connection a second waiter; it finds the token cancelled when woken,
     /// and a connection set up after this finds it cancelled before it
     /// waits. Connections to an upstream a reload removed (a reload lets
-    /// them finish, as nginx's does) wait on the same wheels.
+    /// them finish, as nginx's does) wait on wheels of the same timers.
     pub(crate) fn close_all(&self) {
         self.force_close.cancel();
-        self.wheels.wake_all();
+        self.timers.wake_all();
     }
 }
 
@@ -100,7 +102,7 @@ impl Shared {
                 u.state.set_addrs(vec![a]);
             }
         }
-        Shared::new(built.snapshot, table.wheels(), metrics, Vec::new(), None)
+        Shared::new(built.snapshot, table.timers(), metrics, Vec::new(), None)
     }
 }
 

@@ -36,6 +36,9 @@ pub struct Upstream {
 pub struct Settings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Hedging: see `Config::first_byte_timeout`.
+    pub first_byte_timeout: Option<Duration>,
+    pub tcp_user_timeout: Option<Duration>,
     pub tries: usize,
     pub key: HashKey,
     /// crc32 of the node id, computed once: with `key: node` every
@@ -104,6 +107,8 @@ impl Snapshot {
         let settings = Settings {
             connect_timeout: config.connect_timeout,
             idle_timeout: config.idle_timeout,
+            first_byte_timeout: config.first_byte_timeout,
+            tcp_user_timeout: config.tcp_user_timeout,
             tries: config.next_upstream_tries.get().min(entries.len()).max(1),
             key: config.hash.key,
             node_hash: ring::hash_key(config.hash.node_id.as_bytes()),
@@ -143,6 +148,14 @@ impl Snapshot {
         };
         let n = cur.position() as usize;
         ring::hash_key(&buf[..n])
+    }
+
+    /// The shortest timer a new connection sets: the wheel's tick stays
+    /// below it (see `wheel::tick`).
+    pub(crate) fn timer_floor(&self) -> Duration {
+        let s = &self.settings;
+        s.first_byte_timeout
+            .map_or(s.connect_timeout, |f| f.min(s.connect_timeout))
     }
 
     /// Sets every `cplb_upstream_up` to `usable` as `/upstreams` reports

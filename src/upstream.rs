@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::{Acquire, Release};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32};
 
 use arc_swap::ArcSwap;
@@ -14,22 +14,30 @@ use arc_swap::ArcSwap;
 use crate::failback::registry::DisplacedSet;
 use crate::health::{ActiveHealth, PassiveHealth, Policy, Transition};
 use crate::metrics::{Metrics, UpstreamMetrics};
-use crate::wheel::Wheels;
+use crate::own::OwnSockets;
+use crate::wheel::{Timers, UpstreamWheels, Worker};
 
 pub struct UpstreamState {
     pub address: String,
     pub passive: PassiveHealth,
     pub active: ActiveHealth,
     /// Runtime state like health, not configuration: the resolver updates it
-    /// on its own schedule, and nothing else has to agree with it.
+    /// on its own schedule, and nothing else has to agree with it. Never
+    /// one of cplb's own sockets (`set_addrs` leaves those out).
     addrs: ArcSwap<Vec<SocketAddr>>,
+    /// cplb's own listening sockets, which `set_addrs` keeps out of `addrs`.
+    own: Arc<OwnSockets>,
+    /// Every address it resolved to is one of cplb's own sockets: never
+    /// dialled, shown as `self`.
+    is_self: AtomicBool,
+    /// Inside an episode of first flights it did not answer (hedging):
+    /// logged at its first hedge and when it answers again, not per hedge.
+    silent: AtomicBool,
     pub metrics: UpstreamMetrics,
-    /// The proxy's wheels (the same `Arc` in every upstream of a
-    /// `StateTable`, and `Shared::wheels`), where every proxied connection
-    /// waits: an eviction or a removal here wakes all of them, and those of
-    /// other upstreams find nothing of theirs and wait again (evictions are
-    /// rare).
-    wheels: Arc<Wheels>,
+    /// Where this upstream's proxied connections wait, one wheel per worker
+    /// (see `wheel`): an eviction or a removal here wakes them, and no other
+    /// upstream's.
+    wheels: UpstreamWheels,
     /// How many times the active check has evicted this upstream: a woken
     /// connection that saw a lower count is one of the evicted.
     evictions: AtomicU32,
@@ -94,7 +102,12 @@ pub(crate) struct Change {
 }
 
 impl UpstreamState {
-    pub(crate) fn new(address: &str, metrics: &Metrics, wheels: Arc<Wheels>) -> UpstreamState {
+    pub(crate) fn new(
+        address: &str,
+        metrics: &Metrics,
+        timers: Arc<Timers>,
+        own: Arc<OwnSockets>,
+    ) -> UpstreamState {
         let m = metrics.upstream(address);
         m.up.set(1);
         UpstreamState {
@@ -102,8 +115,11 @@ impl UpstreamState {
             passive: PassiveHealth::default(),
             active: ActiveHealth::default(),
             addrs: ArcSwap::from_pointee(Vec::new()),
+            own,
+            is_self: AtomicBool::new(false),
+            silent: AtomicBool::new(false),
             metrics: m,
-            wheels,
+            wheels: UpstreamWheels::new(timers),
             evictions: AtomicU32::new(0),
             evict_reason: AtomicU8::new(EvictReason::Dead as u8),
             retired: AtomicBool::new(false),
@@ -131,6 +147,36 @@ impl UpstreamState {
         // reads.
         self.evictions.fetch_add(1, Release);
         self.wheels.wake_all();
+    }
+
+    /// A waiter for a connection to this upstream on `worker`: woken at the
+    /// first tick at or after `due_ms`, or by this upstream's eviction or
+    /// removal, or by the drain's end.
+    pub(crate) fn waiter(
+        &self,
+        worker: Worker,
+        due_ms: u64,
+        now_ms: u64,
+    ) -> tokio::sync::futures::OwnedNotified {
+        self.wheels.waiter(worker, due_ms, now_ms)
+    }
+
+    /// A connection hedged away from it: it took a first flight and sent
+    /// nothing back within `first_byte_timeout`. Logged once per episode.
+    pub(crate) fn start_silence(&self) {
+        if !self.silent.swap(true, AcqRel) {
+            tracing::warn!(
+                upstream = %self.address,
+                "upstream accepted a connection but did not answer its first bytes within first_byte_timeout; hedging to the next master"
+            );
+        }
+    }
+
+    /// It answered a first flight: a silent episode, if any, is over.
+    pub(crate) fn end_silence(&self) {
+        if self.silent.load(Relaxed) && self.silent.swap(false, AcqRel) {
+            tracing::info!(upstream = %self.address, "upstream answers first flights again");
+        }
     }
 
     /// How many times `evict` has run.
@@ -167,7 +213,36 @@ impl UpstreamState {
         self.addrs.load_full()
     }
 
-    pub(crate) fn set_addrs(&self, addrs: Vec<SocketAddr>) {
+    /// The addresses to dial, from the resolver or discovery. Those that
+    /// are cplb's own listening sockets are left out: dialling one would
+    /// loop every client back into cplb. When that leaves none, the
+    /// upstream is `self` (logged on the change, never dialled).
+    pub(crate) fn set_addrs(&self, mut addrs: Vec<SocketAddr>) {
+        let mut own = None;
+        addrs.retain(|a| match self.own.receiving(*a) {
+            Some(l) => {
+                own.get_or_insert((*a, l));
+                false
+            }
+            None => true,
+        });
+        let is_self = addrs.is_empty() && own.is_some();
+        let was_self = self.is_self.swap(is_self, AcqRel);
+        // Logged on a change only: a reload re-resolves every name.
+        let changed = was_self != is_self || **self.addrs.load() != addrs;
+        if was_self != is_self {
+            self.metrics.is_self.set(is_self as i64);
+            self.refresh_up_gauge();
+        }
+        match own {
+            Some((addr, listen)) if changed && is_self => {
+                tracing::warn!(upstream = %self.address, %addr, %listen, "upstream is cplb's own listen address; it is never dialled")
+            }
+            Some((addr, listen)) if changed => {
+                tracing::warn!(upstream = %self.address, %addr, %listen, "one of the upstream's addresses is cplb's own listen address; it is never dialled")
+            }
+            _ => {}
+        }
         self.addrs.store(Arc::new(addrs));
     }
 
@@ -175,7 +250,13 @@ impl UpstreamState {
         !self.addrs.load().is_empty()
     }
 
-    /// Usable for new connections: both checks allow it, and it has an address.
+    /// Its every address is one of cplb's own sockets.
+    pub(crate) fn is_self(&self) -> bool {
+        self.is_self.load(Acquire)
+    }
+
+    /// Usable for new connections: both checks allow it, and it has an
+    /// address (never one of cplb's own).
     pub(crate) fn is_usable(&self, policy: Policy, now: u64) -> bool {
         self.active.is_up() && self.passive.is_usable(policy, now) && self.is_resolved()
     }
@@ -184,7 +265,7 @@ impl UpstreamState {
     /// lapsed after `fail_timeout`, and resolution, are caught up at scrape
     /// time (`Snapshot::refresh_up_gauges`).
     fn refresh_up_gauge(&self) {
-        let up = self.active.is_up() && !self.passive.is_down();
+        let up = self.active.is_up() && !self.passive.is_down() && !self.is_self();
         self.metrics.up.set(up as i64);
     }
 
@@ -230,17 +311,35 @@ impl UpstreamState {
 }
 
 /// Upstream states by literal address, kept by whoever builds snapshots.
-#[derive(Default)]
 pub struct StateTable {
     states: HashMap<String, Arc<UpstreamState>>,
-    /// Given to every state made here (`UpstreamState::wheels`).
-    wheels: Arc<Wheels>,
+    /// The workers' timers, given to every state made here.
+    timers: Arc<Timers>,
+    /// cplb's own sockets, which no state made here ever dials.
+    own: Arc<OwnSockets>,
+}
+
+impl Default for StateTable {
+    /// For one worker, listening nowhere.
+    fn default() -> StateTable {
+        StateTable::new(Timers::new(1), OwnSockets::default())
+    }
 }
 
 impl StateTable {
-    /// The wheels of every state this table makes, for `Shared::wheels`.
-    pub(crate) fn wheels(&self) -> Arc<Wheels> {
-        self.wheels.clone()
+    /// A table whose states' connections wait on `timers`' wheels, and
+    /// that never dial `own`.
+    pub(crate) fn new(timers: Arc<Timers>, own: OwnSockets) -> StateTable {
+        StateTable {
+            states: HashMap::new(),
+            timers,
+            own: Arc::new(own),
+        }
+    }
+
+    /// The timers of every state this table makes, for `Shared::timers`.
+    pub(crate) fn timers(&self) -> Arc<Timers> {
+        self.timers.clone()
     }
 
     /// The state for `address`, created (and reported as new) if absent.
@@ -252,7 +351,12 @@ impl StateTable {
         if let Some(s) = self.states.get(address) {
             return (s.clone(), false);
         }
-        let s = Arc::new(UpstreamState::new(address, metrics, self.wheels.clone()));
+        let s = Arc::new(UpstreamState::new(
+            address,
+            metrics,
+            self.timers.clone(),
+            self.own.clone(),
+        ));
         self.states.insert(address.to_string(), s.clone());
         (s, true)
     }

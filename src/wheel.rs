@@ -1,27 +1,37 @@
-//! What wakes a proxied connection, besides its sockets: a timing wheel of
-//! `Notify` slots per worker thread. Each connection waits on one slot of
-//! its thread's wheel, the one of the tick when it next has to look at its
-//! idleness (`copy::idle`), and the wheel's task, on the same thread
-//! (`Wheels::run_here`), wakes one slot per tick. Events that concern
-//! connections wherever they wait (an eviction, a removal by discovery, the
-//! end of the shutdown drain) wake every slot of every wheel
-//! (`Wheels::wake_all`); each connection then reads whether the event is
-//! its own.
+//! Where a proxied connection waits, besides its sockets: a timing wheel of
+//! `Notify` slots, one per upstream and worker thread. A connection waits
+//! on one slot of its upstream's wheel on its worker, the one of the tick
+//! when it next has to look at its idleness (`copy::idle`). Each worker's
+//! ticker (`Timers::run`, on the worker's own runtime) turns all of that
+//! worker's wheels, one slot per tick.
+//!
+//! The same waiter carries the events that end a connection, so each
+//! reaches only the connections it concerns:
+//! - an upstream's eviction or removal wakes that upstream's wheels
+//!   (`UpstreamWheels::wake_all`), on every worker, and no other;
+//! - the end of the shutdown drain wakes every wheel (`Timers::wake_all`).
+//!
+//! The woken connection asks `proxy` why it woke (`proxy::Wake`): a tick, an
+//! eviction, a removal or the drain's end.
 //!
 //! Why not a tokio `Sleep` per connection: it is 112 bytes, a third of a
 //! connection's task, and every open connection holds its task for its
 //! whole life. A waiter on a slot is the 64 bytes the connection spends on
 //! events anyway. Why a wheel, not one signal for everyone: a sweep that
 //! woke every connection every few seconds would cost CPU in proportion to
-//! the idle connections; here an idle connection is woken about three
-//! times per `idle_timeout` (after `KEEPALIVE_AFTER`, once on the way,
-//! and at its timeout). Why one per worker: its wake-ups stay on the
-//! thread, and its ticker keeps the thread's tokio timer busy (see `tick`).
+//! the idle connections; here an idle connection is woken once per tick
+//! it asked for (after `KEEPALIVE_AFTER`, then at its timeout, or at the
+//! wheel's far end when the timeout lies beyond it). Why per worker: its
+//! wake-ups stay on the thread, and its ticker keeps the thread's tokio
+//! timer busy (see `tick`).
+//!
+//! Why a connection can never wait on a wheel that nothing turns: the only
+//! way to a waiter is a `Worker`, and the only maker of a `Worker` is
+//! `Timers::run`, which turns that worker's wheels for as long as it runs.
 
-use std::cell::RefCell;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::SeqCst;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -30,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::millis;
 
-/// Slots in the wheel: with the default `idle_timeout` (tick 5 s) the wheel
+/// Slots in a wheel: with the default `idle_timeout` (tick 5 s) a wheel
 /// spans 640 s, past the 600 s timeout.
 const SLOTS: u64 = 128;
 /// The finest tick: short test timeouts do not turn the wheel into a spin.
@@ -39,115 +49,39 @@ const MIN: Duration = Duration::from_millis(10);
 /// connection closes at most this late.
 const MAX: Duration = Duration::from_secs(5);
 
+/// The tick for `idle_timeout`: a sixteenth of it (a connection closes at
+/// most that late, never early), within `MIN..=MAX`.
+///
+/// And at most half of the shortest per-connection timer (`timer_floor`:
+/// the connect timeout, and the first-byte timeout when hedging is on),
+/// for a syscall: tokio writes to its eventfd whenever a new timer is
+/// earlier than every timer it has, which each connect's timeout otherwise
+/// was (`bench/e2e/syscalls.py`: 0.70 writes per new connection, 0.01 with
+/// the ticker's sleep always earlier). This is the one place the two are
+/// tied; the tick is otherwise only about idleness.
+pub(crate) fn tick(idle_timeout: Duration, timer_floor: Duration) -> Duration {
+    (idle_timeout / 16).min(timer_floor / 2).clamp(MIN, MAX)
+}
+
+/// One timing wheel: `SLOTS` notifiers, one woken per tick.
 struct Wheel {
     slots: Box<[Arc<Notify>]>,
     /// The last tick woken. Stored before its slot is woken: a waiter made
     /// for tick `t` that then reads `fired < t` is sure to be woken by `t`.
     fired: AtomicU64,
-    /// Milliseconds per tick now (`run` sets it from the config in force).
+    /// Milliseconds per tick now (its worker's ticker sets it).
     tick_ms: AtomicU64,
 }
 
-impl Default for Wheel {
-    fn default() -> Wheel {
+impl Wheel {
+    fn new(tick_ms: u64) -> Wheel {
         Wheel {
             slots: (0..SLOTS).map(|_| Arc::new(Notify::new())).collect(),
             fired: AtomicU64::new(0),
-            tick_ms: AtomicU64::new(millis(MAX)),
-        }
-    }
-}
-
-/// The tick for `idle_timeout`: a sixteenth of it (a connection closes at
-/// most that late, never early), within `MIN..=MAX`. Also at most half of
-/// `connect_timeout`, so that the ticker's sleep is always the worker's
-/// earliest timer: tokio writes to its eventfd whenever a new timer is
-/// earlier than all it has, which each connect's timeout otherwise was
-/// (`bench/e2e/syscalls.py`: 0.70 writes per new connection, 0.01 with a
-/// timer always earlier).
-pub(crate) fn tick(idle_timeout: Duration, connect_timeout: Duration) -> Duration {
-    (idle_timeout / 16).min(connect_timeout / 2).clamp(MIN, MAX)
-}
-
-thread_local! {
-    /// This worker thread's wheel, and the `Wheels` it belongs to: set by
-    /// `Wheels::run_here` while it runs. (The `Weak` keeps that `Wheels`'
-    /// address from being reused while this names it.)
-    static LOCAL: RefCell<Option<(Weak<Wheels>, Arc<Wheel>)>> = const { RefCell::new(None) };
-}
-
-/// Clears `LOCAL` when `run_here` ends or is dropped.
-struct Installed;
-
-impl Drop for Installed {
-    fn drop(&mut self) {
-        // At thread exit `LOCAL` may already be gone.
-        let _ = LOCAL.try_with(|local| local.borrow_mut().take());
-    }
-}
-
-/// Every wheel of one proxy: one per worker thread, and one for
-/// connections on any other thread (unit tests), which no task turns.
-pub(crate) struct Wheels {
-    all: Mutex<Vec<Arc<Wheel>>>,
-    other: Arc<Wheel>,
-}
-
-impl Default for Wheels {
-    fn default() -> Wheels {
-        let other = Arc::new(Wheel::default());
-        Wheels {
-            all: Mutex::new(vec![other.clone()]),
-            other,
-        }
-    }
-}
-
-impl Wheels {
-    /// A waiter on this thread's wheel (see `Wheel::waiter`). A
-    /// connection's task never leaves the worker thread it started on, so
-    /// its waiters are always on that worker's wheel.
-    pub(crate) fn waiter(&self, due_ms: u64, now_ms: u64) -> OwnedNotified {
-        LOCAL.with(|local| match &*local.borrow() {
-            Some((owner, wheel)) if std::ptr::eq(owner.as_ptr(), self) => {
-                wheel.waiter(due_ms, now_ms)
-            }
-            _ => self.other.waiter(due_ms, now_ms),
-        })
-    }
-
-    /// Wakes every waiter, wherever it waits. Off the data plane
-    /// (evictions, removals, the drain's end): the lock is the control
-    /// plane's.
-    pub(crate) fn wake_all(&self) {
-        let all = self.all.lock().unwrap_or_else(|e| e.into_inner());
-        for wheel in all.iter() {
-            wheel.wake_all();
+            tick_ms: AtomicU64::new(tick_ms),
         }
     }
 
-    /// Gives the calling thread a wheel of its own and turns it until
-    /// `stop`, at the tick `tick` returns (asked again each tick, so a
-    /// reload's values apply from the next one). Run it as a task on a
-    /// worker's single-threaded runtime, spawned before the worker's accept
-    /// loop so the wheel is in place before the first connection.
-    pub(crate) async fn run_here(
-        self: Arc<Self>,
-        tick: impl Fn() -> Duration,
-        stop: CancellationToken,
-    ) {
-        let wheel = Arc::new(Wheel::default());
-        self.all
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(wheel.clone());
-        LOCAL.with(|local| *local.borrow_mut() = Some((Arc::downgrade(&self), wheel.clone())));
-        let _installed = Installed;
-        wheel.run(tick, stop).await;
-    }
-}
-
-impl Wheel {
     /// A waiter woken at the first tick at or after `due_ms` (`Clock` ms;
     /// now is `now_ms`), by `wake_all`, or early, at the wheel's far end,
     /// when `due_ms` lies beyond it. Never later than due plus a tick.
@@ -185,18 +119,163 @@ impl Wheel {
         // SLOTS is the slice's length; the remainder is below it.
         &self.slots[(t % SLOTS) as usize]
     }
+}
 
-    /// Turns the wheel until `stop`, a `tick()` apart.
-    async fn run(&self, tick: impl Fn() -> Duration, stop: CancellationToken) {
-        loop {
-            let every = tick();
-            self.tick_ms.store(millis(every), SeqCst);
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(every) => self.turn(),
+/// Proof that worker `index`'s wheels are being turned: made only by
+/// `Timers::run`, for the tasks it starts. Two bytes, kept by every
+/// connection to find its wheel again after each wake-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Worker {
+    index: u16,
+}
+
+/// The wheels one worker turns.
+#[derive(Default)]
+struct WorkerWheels {
+    /// Registered by the first waiter of an upstream on this worker; the
+    /// lock is taken then and by the ticker, never per connection.
+    wheels: Mutex<Vec<Weak<Wheel>>>,
+    tick_ms: AtomicU64,
+}
+
+/// Every worker's wheels, of one proxy.
+pub(crate) struct Timers {
+    workers: Box<[WorkerWheels]>,
+}
+
+impl Timers {
+    /// For `workers` worker threads (at least one).
+    pub(crate) fn new(workers: usize) -> Arc<Timers> {
+        let workers = workers.clamp(1, usize::from(u16::MAX));
+        Arc::new(Timers {
+            workers: (0..workers)
+                .map(|_| WorkerWheels {
+                    wheels: Mutex::default(),
+                    tick_ms: AtomicU64::new(millis(MAX)),
+                })
+                .collect(),
+        })
+    }
+
+    fn worker(&self, w: Worker) -> &WorkerWheels {
+        // A `Worker` is made only by `run`, for an index it checked.
+        &self.workers[usize::from(w.index)]
+    }
+
+    /// Wakes every waiter of every wheel (the end of the shutdown drain).
+    pub(crate) fn wake_all(&self) {
+        for w in &*self.workers {
+            for wheel in lock(&w.wheels).iter().filter_map(Weak::upgrade) {
+                wheel.wake_all();
             }
         }
     }
+
+    /// Turns worker `index`'s wheels (modulo the worker count) until
+    /// `stop`, at the tick `tick` returns (asked again each tick, so a
+    /// reload's values apply from the next one). `start` is called first,
+    /// with the `Worker` that lets tasks wait on these wheels: the accept
+    /// loops it spawns, and every connection they accept, only ever wait
+    /// on wheels that this turns. Run it on the worker's own runtime, so
+    /// the wake-ups stay on its thread.
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        index: usize,
+        tick: impl Fn() -> Duration,
+        stop: CancellationToken,
+        start: impl FnOnce(Worker),
+    ) {
+        let worker = Worker {
+            // `new` keeps the count within u16.
+            index: (index % self.workers.len()) as u16,
+        };
+        start(worker);
+        let mine = self.worker(worker);
+        loop {
+            let every = tick();
+            let ms = millis(every);
+            mine.tick_ms.store(ms, SeqCst);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let mut wheels = lock(&mine.wheels);
+            wheels.retain(|w| match w.upgrade() {
+                Some(wheel) => {
+                    wheel.tick_ms.store(ms, SeqCst);
+                    wheel.turn();
+                    true
+                }
+                // Its upstream is gone, and every connection with it.
+                None => false,
+            });
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One upstream's wheels, one per worker, each made when the first
+/// connection of that worker waits on it (with `key: node` a worker's
+/// connections all go to one upstream, so most of these stay empty).
+pub(crate) struct UpstreamWheels {
+    timers: Arc<Timers>,
+    per_worker: Box<[OnceLock<Arc<Wheel>>]>,
+}
+
+impl UpstreamWheels {
+    pub(crate) fn new(timers: Arc<Timers>) -> UpstreamWheels {
+        let per_worker = (0..timers.workers.len()).map(|_| OnceLock::new()).collect();
+        UpstreamWheels { timers, per_worker }
+    }
+
+    /// A waiter on this upstream's wheel of `worker`, woken at the first
+    /// tick at or after `due_ms` (`Clock` ms; now is `now_ms`), or by an
+    /// event of this upstream or the drain's end.
+    pub(crate) fn waiter(&self, worker: Worker, due_ms: u64, now_ms: u64) -> OwnedNotified {
+        let wheel = self.per_worker[usize::from(worker.index)].get_or_init(|| {
+            let turner = self.timers.worker(worker);
+            let wheel = Arc::new(Wheel::new(turner.tick_ms.load(SeqCst)));
+            lock(&turner.wheels).push(Arc::downgrade(&wheel));
+            wheel
+        });
+        wheel.waiter(due_ms, now_ms)
+    }
+
+    /// Wakes every connection waiting on this upstream's wheels, on every
+    /// worker, and no other.
+    pub(crate) fn wake_all(&self) {
+        for wheel in self.per_worker.iter().filter_map(OnceLock::get) {
+            wheel.wake_all();
+        }
+    }
+}
+
+/// Runs `body` with a `Worker` of `timers` whose wheels this test's
+/// runtime turns every `tick`, and stops turning them when it returns.
+#[cfg(test)]
+pub(crate) async fn with_worker<F: std::future::Future>(
+    timers: &Arc<Timers>,
+    tick: Duration,
+    body: impl FnOnce(Worker) -> F,
+) -> F::Output {
+    let stop = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let ticker = tokio::spawn(timers.clone().run(
+        0,
+        move || tick,
+        stop.clone(),
+        move |w| {
+            let _ = tx.send(w);
+        },
+    ));
+    let worker = rx.await.expect("the ticker starts");
+    let out = body(worker).await;
+    stop.cancel();
+    let _ = ticker.await;
+    out
 }
 
 #[cfg(test)]
@@ -219,7 +298,7 @@ mod tests {
         assert_eq!(tick(s(600), s(60)), MAX);
         assert_eq!(tick(Duration::from_millis(50), s(60)), MIN);
         assert_eq!(tick(Duration::MAX, Duration::MAX), MAX);
-        // Shorter than half the connect timeout.
+        // Shorter than half the shortest per-connection timer.
         assert_eq!(tick(s(3000), s(3)), Duration::from_millis(1_500));
         assert_eq!(tick(s(3000), Duration::from_millis(1)), MIN);
     }
@@ -228,7 +307,7 @@ mod tests {
     /// before.
     #[test]
     fn a_waiter_wakes_at_its_tick() {
-        let wheel = Wheel::default();
+        let wheel = Wheel::new(millis(MAX));
         let ms = millis(MAX);
         // Due in 2.5 ticks: the third tick from now.
         let mut w = pin!(wheel.waiter(5 * ms / 2, 0));
@@ -243,7 +322,7 @@ mod tests {
     /// Already due, or due beyond the wheel: the next tick, or the far end.
     #[test]
     fn past_and_far_due_times_are_clamped() {
-        let wheel = Wheel::default();
+        let wheel = Wheel::new(millis(MAX));
         let mut now = pin!(wheel.waiter(0, 1_000));
         wheel.turn();
         assert!(woken(&mut now), "an overdue waiter waits for one tick");
@@ -262,7 +341,7 @@ mod tests {
     #[test]
     fn a_waiter_placed_while_the_wheel_turns_is_woken_by_its_tick() {
         use std::sync::atomic::AtomicBool;
-        let wheel = Arc::new(Wheel::default());
+        let wheel = Arc::new(Wheel::new(millis(MAX)));
         let stop = Arc::new(AtomicBool::new(false));
         let turner = {
             let (wheel, stop) = (wheel.clone(), stop.clone());
@@ -300,77 +379,98 @@ mod tests {
         assert_eq!(missed, 0);
     }
 
-    /// Makes this test's thread a worker of `wheels`, its wheel turned
-    /// every `tick` until the token is cancelled; the handle ends after.
-    async fn worker(
-        wheels: &Arc<Wheels>,
-        tick: Duration,
-    ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-        let stop = CancellationToken::new();
-        let ticker = tokio::spawn(wheels.clone().run_here(move || tick, stop.clone()));
-        // The ticker installs the wheel on its first poll.
-        tokio::task::yield_now().await;
-        (stop, ticker)
-    }
-
-    /// On a thread that runs a wheel, waiters go on that wheel, and its
-    /// ticker wakes them at their tick.
+    /// A worker's ticker wakes the waiters of its upstreams' wheels at
+    /// their tick, and not before.
     #[tokio::test(start_paused = true)]
     async fn a_workers_waiters_are_woken_by_its_own_ticker() {
-        let wheels = Arc::new(Wheels::default());
-        let (stop, _ticker) = worker(&wheels, MIN).await;
-        let start = tokio::time::Instant::now();
-        let due = 3 * millis(MIN) + 5;
-        tokio::time::timeout(Duration::from_secs(1), wheels.waiter(due, 0))
-            .await
-            .expect("not woken: the waiter is not on this thread's wheel");
-        let after = start.elapsed();
-        println!("due after {due} ms, woken after {after:?}");
-        assert!(after >= Duration::from_millis(due), "woken early");
-        stop.cancel();
+        let timers = Timers::new(1);
+        let up = UpstreamWheels::new(timers.clone());
+        with_worker(&timers, MIN, |w| async move {
+            let start = tokio::time::Instant::now();
+            let due = 3 * millis(MIN) + 5;
+            tokio::time::timeout(Duration::from_secs(1), up.waiter(w, due, 0))
+                .await
+                .expect("not woken: nothing turns the wheel");
+            let after = start.elapsed();
+            println!("due after {due} ms, woken after {after:?}");
+            assert!(after >= Duration::from_millis(due), "woken early");
+        })
+        .await;
     }
 
-    /// `wake_all` reaches the waiters of every worker's wheel, and of the
-    /// one for other threads.
+    /// A wheel made after the ticker started (an upstream's first
+    /// connection on this worker, or one added by a reload) is turned too.
+    #[tokio::test(start_paused = true)]
+    async fn a_wheel_made_later_is_turned() {
+        let timers = Timers::new(2);
+        with_worker(&timers.clone(), MIN, |w| async move {
+            tokio::time::sleep(5 * MIN).await;
+            let late = UpstreamWheels::new(timers.clone());
+            tokio::time::timeout(Duration::from_secs(1), late.waiter(w, 2 * millis(MIN), 0))
+                .await
+                .expect("a wheel made after the ticker started is never turned");
+        })
+        .await;
+    }
+
+    /// An upstream's events wake its own connections, on every worker, and
+    /// no other upstream's.
+    #[tokio::test]
+    async fn an_upstreams_wake_reaches_only_its_own_waiters() {
+        let timers = Timers::new(2);
+        let (a, b) = (
+            UpstreamWheels::new(timers.clone()),
+            UpstreamWheels::new(timers.clone()),
+        );
+        let hour = Duration::from_secs(3600);
+        with_worker(&timers, hour, |w| async move {
+            let mut of_a = pin!(a.waiter(w, u64::MAX, 0));
+            let mut of_b = pin!(b.waiter(w, u64::MAX, 0));
+            b.wake_all();
+            assert!(!woken(&mut of_a), "woken by another upstream's event");
+            assert!(woken(&mut of_b), "not woken by its own upstream's event");
+            a.wake_all();
+            assert!(woken(&mut of_a));
+        })
+        .await;
+    }
+
+    /// The drain's end reaches every upstream's waiters on every worker.
     #[tokio::test]
     async fn wake_all_reaches_every_wheel() {
-        let wheels = Arc::new(Wheels::default());
-        let (stop, _ticker) = worker(&wheels, Duration::from_secs(3600)).await;
-        let on_worker = wheels.waiter(u64::MAX, 0);
-        let elsewhere =
-            std::thread::scope(|s| s.spawn(|| wheels.waiter(u64::MAX, 0)).join()).unwrap();
-        wheels.wake_all();
-        let both = async { tokio::join!(on_worker, elsewhere) };
-        tokio::time::timeout(Duration::from_secs(10), both)
-            .await
-            .expect("a waiter was not woken");
-        stop.cancel();
+        let timers = Timers::new(1);
+        let ups: Vec<_> = (0..3)
+            .map(|_| UpstreamWheels::new(timers.clone()))
+            .collect();
+        with_worker(&timers.clone(), Duration::from_secs(3600), |w| async move {
+            let mut waiters: Vec<_> = ups
+                .iter()
+                .map(|u| Box::pin(u.waiter(w, u64::MAX, 0)))
+                .collect();
+            timers.wake_all();
+            assert!(waiters.iter_mut().all(|w| woken(&mut w.as_mut())));
+        })
+        .await;
     }
 
-    /// A thread may run one proxy's wheel and still hold another proxy's
-    /// waiters (tests, `cplb demo`): those go on the other proxy's wheels,
-    /// where its `wake_all` reaches them. And once `run_here` ends, the
-    /// thread's wheel is forgotten.
-    #[tokio::test]
-    async fn waiters_stay_with_their_own_proxys_wheels() {
-        let (a, b) = (Arc::new(Wheels::default()), Arc::new(Wheels::default()));
-        let (stop, ticker) = worker(&a, Duration::from_secs(3600)).await;
-        let of_b = b.waiter(u64::MAX, 0);
-        b.wake_all();
-        tokio::time::timeout(Duration::from_secs(10), of_b)
-            .await
-            .expect("b's waiter went on a's wheel");
-        stop.cancel();
-        ticker.await.unwrap();
-        assert!(
-            LOCAL.with(|local| local.borrow().is_none()),
-            "the thread still names a wheel no task turns"
-        );
+    /// A gone upstream's wheel leaves its worker's list at the next tick.
+    #[tokio::test(start_paused = true)]
+    async fn a_gone_upstreams_wheel_is_forgotten() {
+        let timers = Timers::new(1);
+        with_worker(&timers.clone(), MIN, |w| async move {
+            let up = UpstreamWheels::new(timers.clone());
+            drop(up.waiter(w, 0, 0));
+            assert_eq!(lock(&timers.workers[0].wheels).len(), 1);
+            drop(up);
+            tokio::time::sleep(3 * MIN).await;
+            assert!(lock(&timers.workers[0].wheels).is_empty());
+        })
+        .await;
     }
 
     #[test]
     fn wake_all_wakes_every_slot() {
-        let wheel = Wheel::default();
+        let wheel = Wheel::new(millis(MAX));
         let ms = millis(MAX);
         let mut waiters: Vec<_> = (0..SLOTS)
             .map(|i| Box::pin(wheel.waiter(i * ms, 0)))

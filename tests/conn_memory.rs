@@ -9,6 +9,7 @@ mod common;
 
 use common::TestConfig;
 use common::process::{CplbProcess, Options};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Connections held open at once, fewer if the descriptor limit is lower
@@ -74,14 +75,22 @@ async fn an_idle_proxied_connection_costs_about_a_kilobyte() {
         return;
     }
     let need = descriptors(n);
-    // The sink accepts and holds every connection, sending nothing.
+    // The sink accepts every connection, answers its one-byte request
+    // with one byte, and holds it, sending nothing more: a watch that
+    // had its request answered and then went quiet.
     let sink = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = sink.local_addr().unwrap();
     let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let h = held.clone();
     tokio::spawn(async move {
-        while let Ok((s, _)) = sink.accept().await {
-            h.lock().unwrap().push(s);
+        while let Ok((mut s, _)) = sink.accept().await {
+            let h = h.clone();
+            tokio::spawn(async move {
+                let mut b = [0u8; 1];
+                if s.read_exact(&mut b).await.is_ok() && s.write_all(b"y").await.is_ok() {
+                    h.lock().unwrap().push(s);
+                }
+            });
         }
     });
     let mut p = CplbProcess::spawn(
@@ -125,11 +134,17 @@ async fn an_idle_proxied_connection_costs_about_a_kilobyte() {
     drop(clients);
 }
 
-/// `n` client connections to `proxy`, opened one after another.
+/// `n` client connections to `proxy`, opened one after another, each
+/// with a one-byte request answered: past cplb's set-up (the first
+/// flight is answered), idle from then on.
 async fn open_clients(proxy: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
-        v.push(TcpStream::connect(proxy).await.unwrap());
+        let mut c = TcpStream::connect(proxy).await.unwrap();
+        c.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b).await.unwrap();
+        v.push(c);
     }
     v
 }

@@ -32,6 +32,14 @@ pub struct Config {
     pub max_connections: NonZeroUsize,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// How long a connection waits for its master's first byte after
+    /// forwarding the client's first bytes before it hedges to the next
+    /// master; `None` (0 in the file) turns hedging off.
+    pub first_byte_timeout: Option<Duration>,
+    /// TCP_USER_TIMEOUT of upstream sockets: how long sent data may stay
+    /// unacknowledged before the kernel drops the connection; `None` (0 in
+    /// the file) leaves the kernel's default (about 15 minutes).
+    pub tcp_user_timeout: Option<Duration>,
     /// Upstreams tried per client connection; 0 ("all") is `usize::MAX`.
     /// The snapshot caps it at the size of the running set, which
     /// discovery may make larger than `upstreams`.
@@ -164,6 +172,46 @@ impl Config {
         }
         let raw: raw::RawConfig = serde_yaml_ng::from_str(text).map_err(parse_err)?;
         validate::validate(raw, path)
+    }
+
+    /// `--check`'s look at the names among `upstreams`: refuses one whose
+    /// every address is one of cplb's own listen addresses (literal
+    /// addresses were checked by `parse`). Blocking name resolution, as
+    /// `nginx -t` does; a name that does not resolve now is no error here
+    /// (at run time it is retried). At run time such an upstream is never
+    /// dialled either (`cplb status` shows it as `self`).
+    pub fn check_names_are_not_self(&self, path: &Path) -> Result<(), ConfigError> {
+        use std::net::ToSocketAddrs;
+        for (i, u) in self.upstreams.iter().enumerate() {
+            if u.host.parse::<std::net::IpAddr>().is_ok() {
+                continue;
+            }
+            let Ok(addrs) = (u.host.as_str(), u.port).to_socket_addrs() else {
+                continue;
+            };
+            let own: Vec<(SocketAddr, Option<SocketAddr>)> = addrs
+                .map(|a| {
+                    (
+                        a,
+                        crate::own::find_receiving(&self.listen, a, crate::own::host_addrs),
+                    )
+                })
+                .collect();
+            if let Some((addr, Some(l))) = own.first().copied()
+                && own.iter().all(|(_, l)| l.is_some())
+            {
+                return Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    field: format!("upstreams[{i}].address"),
+                    reason: format!(
+                        "'{}' resolves to {}",
+                        u.address,
+                        validate::self_loop(addr, l)
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The fields that only take effect at start-up; a reload that changes

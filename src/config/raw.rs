@@ -21,6 +21,10 @@ pub(crate) struct RawConfig {
     pub connect_timeout: Duration,
     #[serde(default = "defaults::idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    #[serde(default = "defaults::first_byte_timeout", with = "humantime_serde")]
+    pub first_byte_timeout: Duration,
+    #[serde(default = "defaults::tcp_user_timeout", with = "humantime_serde")]
+    pub tcp_user_timeout: Duration,
     #[serde(default)]
     pub next_upstream_tries: u64,
     #[serde(default = "defaults::shutdown_grace", with = "humantime_serde")]
@@ -157,6 +161,16 @@ pub(crate) mod defaults {
     /// nginx proxy_timeout default.
     pub(crate) fn idle_timeout() -> Duration {
         Duration::from_secs(600)
+    }
+    /// A loaded kube-apiserver answers a TLS ClientHello in milliseconds;
+    /// one that has not within this is frozen, not busy (docs/configuration.md).
+    pub(crate) fn first_byte_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+    /// Talos KubePrism's choice; under client-go's ~45 s HTTP/2 ping
+    /// timeout, so cplb drops a vanished master before the client does.
+    pub(crate) fn tcp_user_timeout() -> Duration {
+        Duration::from_secs(30)
     }
     pub(crate) fn shutdown_grace() -> Duration {
         Duration::from_secs(30)

@@ -100,6 +100,11 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
     let connect_timeout = cx.positive("connect_timeout", raw.connect_timeout, DAY)?;
     let idle_timeout = cx.positive("idle_timeout", raw.idle_timeout, YEAR)?;
     let shutdown_grace = cx.at_most("shutdown_grace", raw.shutdown_grace, DAY)?;
+    let first_byte_timeout = cx.at_most("first_byte_timeout", raw.first_byte_timeout, DAY)?;
+    let first_byte_timeout = (!first_byte_timeout.is_zero()).then_some(first_byte_timeout);
+    // The kernel takes milliseconds in a u32 (49 days); a day is plenty.
+    let tcp_user_timeout = cx.at_most("tcp_user_timeout", raw.tcp_user_timeout, DAY)?;
+    let tcp_user_timeout = (!tcp_user_timeout.is_zero()).then_some(tcp_user_timeout);
 
     let key = match raw.hash.key.as_str() {
         "node" => HashKey::Node,
@@ -160,6 +165,12 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
                 format!("duplicate upstream '{}'", up.address),
             ));
         }
+        if let Ok(ip) = up.host.parse::<std::net::IpAddr>() {
+            let addr = SocketAddr::new(ip, up.port);
+            if let Some(l) = crate::own::find_receiving(&listen, addr, crate::own::host_addrs) {
+                return Err(cx.err(format!("upstreams[{i}].address"), self_loop(addr, l)));
+            }
+        }
         upstreams.push(up);
     }
 
@@ -186,6 +197,8 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         max_connections,
         connect_timeout,
         idle_timeout,
+        first_byte_timeout,
+        tcp_user_timeout,
         next_upstream_tries,
         shutdown_grace,
         hash: HashConfig { key, node_id },
@@ -213,6 +226,21 @@ fn upstream(cx: &Ctx, i: usize, u: &RawUpstream) -> Result<UpstreamConfig, Confi
         max_fails,
         fail_timeout,
     })
+}
+
+/// Why an upstream at `addr` is refused: cplb receives it on `listen`.
+pub(crate) fn self_loop(addr: SocketAddr, listen: SocketAddr) -> String {
+    let how = if listen.ip().is_unspecified() {
+        format!(
+            "listen {listen} receives connections to every address of this host, {addr} included"
+        )
+    } else {
+        format!("it is the listen address {listen}")
+    };
+    format!(
+        "'{addr}' is cplb's own address ({how}): every client would be proxied back to cplb \
+         until max_connections; list the API servers' addresses"
+    )
 }
 
 /// Whether two bound addresses can receive the same connections: the same

@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 mod connect;
 mod idle;
 mod pool;
+mod replay;
 mod sockopt;
 mod splice;
 
@@ -30,6 +31,7 @@ use splice::Pipe;
 use crate::clock::Clock;
 
 pub(crate) use connect::{connect, upstream_socket};
+pub(crate) use replay::Replay;
 /// TCP_NODELAY and keepalive for the listener, inherited by accepted client
 /// sockets; see `sockopt`.
 pub(crate) use sockopt::tune_listener;

@@ -285,12 +285,14 @@ impl Active {
 /// Upstreams for the watcher to dial, in this node's ring order: usable
 /// and listed first, then draining ones, then those marked down (a last
 /// resort: health marks must not leave discovery with nothing to dial).
+/// Never cplb's own listen address: the token would go to cplb itself.
 fn candidates(shared: &Shared) -> Vec<String> {
     let snap = shared.snapshot.load();
     let now = shared.clock.now_ms();
     let mut ranked: Vec<(u8, String)> = snap
         .ring
         .walk(snap.settings.node_hash)
+        .filter(|&i| !snap.upstreams[i].state.is_self())
         .map(|i| {
             let u = &snap.upstreams[i];
             let rank = match (u.state.is_usable(u.policy, now), u.draining) {

@@ -221,7 +221,7 @@ mod tests {
         let metrics = crate::metrics::Metrics::new(prometheus::Registry::new()).unwrap();
         let mut table = StateTable::default();
         let snapshot = snapshot(failback, &mut table, &metrics);
-        let shared = Shared::new(snapshot, table.wheels(), metrics, Vec::new(), None);
+        let shared = Shared::new(snapshot, table.timers(), metrics, Vec::new(), None);
         (shared, table)
     }
 

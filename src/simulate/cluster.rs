@@ -1,6 +1,7 @@
 //! The simulated cluster: masters (up or down, in the ring or not yet), the
 //! rings, and each node's walk and home computed with cplb's own code.
 
+use crate::choice::{self, Standing};
 use crate::failback;
 use crate::ring::{self, Ring};
 
@@ -12,10 +13,6 @@ pub(crate) struct Cluster {
     /// Masters in the current upstream set (indices `0..present`).
     pub(crate) present: usize,
     pub(crate) up: Vec<bool>,
-    /// Walk orders for the current ring, `nodes × present` (node keys).
-    walks: Vec<u8>,
-    /// nginx's walk for the key "127.0.0.1".
-    nginx_walk: Vec<u8>,
     pub(crate) ring: Ring,
     pub(crate) node_hash: Vec<u32>,
 }
@@ -41,8 +38,6 @@ impl Cluster {
             total_masters: total,
             present: 0,
             up: vec![true; total],
-            walks: Vec::new(),
-            nginx_walk: Vec::new(),
             ring: Ring::new(std::iter::empty::<(&str, u32)>()),
             node_hash,
         };
@@ -51,42 +46,39 @@ impl Cluster {
     }
 
     /// Discovery changed the set to the first `present` masters: rebuild
-    /// the ring and every node's walk.
+    /// the ring.
     pub(crate) fn set_present(&mut self, present: usize) {
         let addrs: Vec<String> = (0..present).map(address).collect();
         self.ring = Ring::new(addrs.iter().map(|a| (a.as_str(), 1)));
         self.present = present;
-        self.walks = Vec::with_capacity(self.nodes * present);
-        for &h in &self.node_hash {
-            self.walks.extend(self.ring.walk(h).map(|m| m as u8));
-        }
-        self.nginx_walk = self
-            .ring
-            .walk(ring::hash_key(b"127.0.0.1"))
-            .map(|m| m as u8)
-            .collect();
     }
 
     pub(crate) fn home(&self, node: usize) -> usize {
         failback::home(&self.ring, self.node_hash[node]).unwrap_or(0)
     }
 
-    /// First usable master on the node's walk; with none usable, the first
-    /// (cplb's last resort).
+    /// The master cplb's choice gives the node's first connect: the first
+    /// usable on its walk; with none usable, the first (the last resort).
     pub(crate) fn first_usable(&self, node: usize) -> usize {
-        let walk = &self.walks[node * self.present..(node + 1) * self.present];
-        Self::pick(walk, &self.up)
+        self.pick(self.node_hash[node])
     }
 
+    /// The same for nginx's key of every client, "127.0.0.1".
     pub(crate) fn nginx_first_usable(&self) -> usize {
-        Self::pick(&self.nginx_walk, &self.up)
+        self.pick(ring::hash_key(b"127.0.0.1"))
     }
 
-    fn pick(walk: &[u8], up: &[bool]) -> usize {
-        walk.iter()
-            .map(|&m| m as usize)
-            .find(|&m| up[m])
-            .unwrap_or(walk[0] as usize)
+    fn pick(&self, hash: u32) -> usize {
+        let view = |m: usize| {
+            if self.up[m] {
+                Standing::Usable
+            } else {
+                Standing::LastResort
+            }
+        };
+        choice::Choice::new(&self.ring, hash, usize::MAX, view)
+            .next()
+            .map_or(0, |(m, _)| m)
     }
 }
 

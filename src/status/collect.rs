@@ -17,7 +17,12 @@ pub(crate) fn collect(shared: &Shared) -> Status {
             let up = resolved && !s.passive.is_down() && s.active.is_up();
             let change = s.last_change();
             // A name that never resolved has no transition to show, only this.
-            let (changed_by, reason) = if resolved {
+            let (changed_by, reason) = if s.is_self() {
+                (
+                    "resolve".to_string(),
+                    "its address is cplb's own listen address: never dialled".to_string(),
+                )
+            } else if resolved {
                 (change.cause.as_str().to_string(), change.reason.clone())
             } else {
                 (
@@ -29,7 +34,13 @@ pub(crate) fn collect(shared: &Shared) -> Status {
                 address: u.config.address.clone(),
                 source: u.source,
                 draining: u.draining,
-                state: if up { State::Up } else { State::Down },
+                state: if s.is_self() {
+                    State::SelfLoop
+                } else if up {
+                    State::Up
+                } else {
+                    State::Down
+                },
                 usable: s.is_usable(u.policy, now),
                 since: clock.to_unix_secs(change.at_ms),
                 changed_by,

@@ -69,6 +69,9 @@ impl Source {
 pub(crate) enum State {
     Up,
     Down,
+    /// Its address is one of cplb's own listening sockets: never dialled.
+    #[serde(rename = "self")]
+    SelfLoop,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -75,6 +75,7 @@ fn row(u: &Upstream, now: f64) -> Vec<String> {
     let state = match u.state {
         State::Up => "up",
         State::Down => "down",
+        State::SelfLoop => "self",
     };
     vec![
         u.address.clone(),

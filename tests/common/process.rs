@@ -31,6 +31,9 @@ pub struct Options {
     /// Another `cplb` binary (e.g. the release build); this crate's own
     /// when `None`.
     pub binary: Option<PathBuf>,
+    /// Runs the child as this uid (and gid), with no supplementary groups;
+    /// needs root.
+    pub uid: Option<u32>,
 }
 
 /// A fresh temp directory for one test.
@@ -72,6 +75,22 @@ impl CplbProcess {
                         rlim_max: n,
                     };
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        if let Some(uid) = opts.uid {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setgroups, setgid and setuid are async-signal-safe;
+            // nothing else runs between fork and exec here.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(uid) != 0
+                        || libc::setuid(uid) != 0
+                    {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())

@@ -1,0 +1,174 @@
+//! The hedged first flight. A frozen or overloaded master still completes
+//! TCP handshakes (its kernel does), so a connect that succeeds says
+//! nothing about whether it will answer. Once the client's first bytes (a
+//! TLS ClientHello) have gone to the chosen master, the connection waits
+//! `first_byte_timeout` for a byte back. None came: it connects to the next
+//! usable master of the same ring walk (`choice`), replays the kept bytes
+//! there and closes the silent one. The silent master takes a passive
+//! failure, so after `max_fails` hedges it stops being chosen.
+//!
+//! Safe only while nothing has gone back to the client: the first byte
+//! from a master commits the connection, and the copy forwards it. So do
+//! a client that sends more than `Replay::CAP` before any answer (it
+//! cannot be replayed whole), a client that sends nothing (a
+//! server-speaks-first protocol: nothing to replay), and a spent hedging
+//! budget (`budget`: hedges must not double the load on slow masters).
+
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use super::setup::{Attempt, Connected, connect_next, passive_failure, passive_success};
+use crate::choice::{Choice, Standing};
+use crate::copy::Replay;
+use crate::metrics::Hedge;
+use crate::shared::Shared;
+use crate::snapshot::Snapshot;
+
+/// Sees the first flight of `client` answered by `up` or by a master it
+/// hedged to, and returns the upstream the connection is committed to;
+/// the bytes it forwarded are gone from the client's socket, and the
+/// master's answer is still in the upstream's, for the copy.
+pub(super) async fn first_flight<V: FnMut(usize) -> Standing>(
+    shared: &Shared,
+    snap: &Snapshot,
+    choice: &mut Choice<'_, V>,
+    client: &TcpStream,
+    mut up: Connected,
+    timeout: Duration,
+) -> Connected {
+    let mut kept = Replay::default();
+    let mut client_eof = false;
+    // Until the client's first bytes: how long a silent client may take
+    // before it is taken for server-speaks-first. From then on: when the
+    // master in charge must have answered.
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    // The silent master this connection hedged away from, whose hedge's
+    // result waits on the master now in charge.
+    let mut hedged_from: Option<usize> = None;
+    let mut first = [0u8; 1];
+    loop {
+        let take_client = !client_eof && !kept.is_full();
+        tokio::select! {
+            biased;
+            // Peeked, not read: the copy forwards the answer.
+            r = up.stream.peek(&mut first) => {
+                if matches!(r, Ok(n) if n > 0) {
+                    answered(shared, snap, &up, hedged_from);
+                }
+                // Closed or reset before any answer: the copy passes that
+                // on to the client.
+                return up;
+            }
+            r = client.readable(), if take_client => {
+                if r.is_err() {
+                    return up;
+                }
+                let before = kept.len();
+                match kept.read_from(client) {
+                    Ok(0) => {
+                        client_eof = true;
+                        // The half-close goes on, as the copy would pass it.
+                        let _ = socket2::SockRef::from(&up.stream).shutdown(std::net::Shutdown::Write);
+                    }
+                    Ok(_) => {
+                        if kept.write_to(before, &mut up.stream).await.is_err() {
+                            return up;
+                        }
+                        if before == 0 {
+                            deadline.as_mut().reset(tokio::time::Instant::now() + timeout);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return up,
+                }
+                if kept.is_full() {
+                    // More than can be replayed: committed to this master.
+                    return up;
+                }
+            }
+            _ = &mut deadline => {
+                if kept.len() == 0 {
+                    // The client sends nothing first: nothing to replay.
+                    // Its connect is all the success there is to count.
+                    passive_success(shared, &snap.upstreams[up.index], "connect succeeded");
+                    return up;
+                }
+                if let Some(from) = hedged_from.take() {
+                    snap.upstreams[from].state.metrics.hedge(Hedge::Failed).inc();
+                }
+                match hedge(shared, snap, choice, &kept, client_eof, &up).await {
+                    Some(next) => {
+                        hedged_from = Some(up.index);
+                        // Dropping the silent master's socket closes it: its
+                        // answer, should one still come, is never read.
+                        up = next;
+                        deadline.as_mut().reset(tokio::time::Instant::now() + timeout);
+                    }
+                    // Nowhere else to go, or over the budget: wait here.
+                    None => return up,
+                }
+            }
+        }
+    }
+}
+
+/// `up` answered the first flight.
+fn answered(shared: &Shared, snap: &Snapshot, up: &Connected, hedged_from: Option<usize>) {
+    let ours = &snap.upstreams[up.index];
+    passive_success(shared, ours, "answered");
+    ours.state.end_silence();
+    if let Some(from) = hedged_from {
+        snap.upstreams[from]
+            .state
+            .metrics
+            .hedge(Hedge::Answered)
+            .inc();
+    }
+}
+
+/// Hedges away from `silent`: a passive failure for it, then the next
+/// usable master of the walk, with the kept bytes (and the client's
+/// half-close) replayed. `None` when the budget is spent or no other
+/// master connected: the connection keeps waiting on `silent`.
+async fn hedge<V: FnMut(usize) -> Standing>(
+    shared: &Shared,
+    snap: &Snapshot,
+    choice: &mut Choice<'_, V>,
+    kept: &Replay,
+    client_eof: bool,
+    silent: &Connected,
+) -> Option<Connected> {
+    let from = &snap.upstreams[silent.index];
+    let metrics = &from.state.metrics;
+    if !shared.hedge_budget.try_hedge(shared.clock.now_ms()) {
+        metrics.hedge(Hedge::Skipped).inc();
+        return None;
+    }
+    from.state.start_silence();
+    passive_failure(shared, from, "no answer within first_byte_timeout");
+    let Some(mut next) = connect_next(shared, snap, choice, Attempt::Hedge).await else {
+        metrics.hedge(Hedge::Failed).inc();
+        return None;
+    };
+    if next_replay(kept, client_eof, &mut next).await.is_err() {
+        metrics.hedge(Hedge::Failed).inc();
+        return None;
+    }
+    tracing::debug!(
+        from = %from.state.address,
+        to = %snap.upstreams[next.index].state.address,
+        bytes = kept.len(),
+        "hedged the first flight"
+    );
+    Some(next)
+}
+
+async fn next_replay(kept: &Replay, client_eof: bool, next: &mut Connected) -> std::io::Result<()> {
+    kept.write_to(0, &mut next.stream).await?;
+    if client_eof {
+        socket2::SockRef::from(&next.stream).shutdown(std::net::Shutdown::Write)?;
+    }
+    Ok(())
+}

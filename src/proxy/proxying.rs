@@ -1,0 +1,200 @@
+//! A connection once its upstream accepted it (and, with hedging, answered):
+//! the byte copy, raced against one waiter on its upstream's wheel and,
+//! for a displaced connection, fail-back sending it home.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::net::TcpStream;
+use tokio::sync::futures::OwnedNotified;
+
+use super::{Attached, Peer, SentHome};
+use crate::copy::{self, CopyEnd, Ends};
+use crate::shared::{ClientSlot, Shared};
+use crate::snapshot::Settings;
+use crate::upstream::{EvictReason, UpstreamState};
+use crate::wheel::Worker;
+
+/// Why a connection's waiter woke; `Proxying::woke` is the one place that
+/// answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wake {
+    /// Its tick: the copy looks at its idleness.
+    Tick,
+    /// The active check closed its upstream's connections.
+    Evicted(EvictReason),
+    /// Discovery removed its upstream (`remove_after`).
+    Retired,
+    /// The shutdown drain's grace is over.
+    Drained,
+}
+
+pin_project_lite::pin_project! {
+    /// Every open connection holds one, so it owns what it needs and
+    /// nothing twice.
+    pub(crate) struct Proxying {
+        copy: copy::Copy,
+        #[pin]
+        woken: OwnedNotified,
+        // Its upstream's `evictions` (the low 16 bits: evictions are rare,
+        // so the count never wraps round to an equal value unseen) when
+        // this connection began waiting on the wheel: a wake-up with
+        // another count is an eviction. Two bytes, so that it, the port,
+        // the worker and `close_on_down` share one word.
+        evictions_seen: u16,
+        sent_home: Option<Box<SentHome>>,
+        attached: Attached,
+        slot: ClientSlot,
+        client: TcpStream,
+        upstream: TcpStream,
+        // For the log lines when the kernel no longer has the address (see
+        // `Peer`); the port and the worker fit beside `close_on_down`, the
+        // address would not.
+        peer_port: u16,
+        worker: Worker,
+        close_on_down: bool,
+    }
+}
+
+impl Proxying {
+    /// Starts waiting at once: an eviction after this wakes the
+    /// connection, one before it is already counted in `evictions_seen`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        settings: &Settings,
+        attached: Attached,
+        sent_home: Option<Box<SentHome>>,
+        slot: ClientSlot,
+        client: TcpStream,
+        upstream: TcpStream,
+        peer_port: u16,
+        worker: Worker,
+    ) -> Proxying {
+        let now = slot.shared().clock.now_ms();
+        let copy = copy::Copy::new(settings.idle_timeout, now);
+        let state = &attached.0;
+        let woken = state.waiter(worker, copy.due_ms(), now);
+        let evictions_seen = state.evictions() as u16;
+        Proxying {
+            copy,
+            woken,
+            evictions_seen,
+            sent_home,
+            attached,
+            slot,
+            client,
+            upstream,
+            peer_port,
+            worker,
+            close_on_down: settings.close_on_down,
+        }
+    }
+
+    /// Looks at what it may have missed before its waiter existed: false if
+    /// the connection must close at once.
+    pub(super) fn start(self: Pin<&mut Self>) -> bool {
+        let p = self.project();
+        let state = &p.attached.0;
+        if p.slot.shared().force_close.is_cancelled() {
+            state.metrics.closed_shutdown.inc();
+            return false;
+        }
+        // Removed by discovery while this connection was being set up.
+        !state.is_retired()
+    }
+
+    /// Why the waiter woke, from what the events left behind; updates the
+    /// eviction count seen.
+    fn woke(shared: &Shared, state: &UpstreamState, evictions_seen: &mut u16) -> Wake {
+        if shared.force_close.is_cancelled() {
+            return Wake::Drained;
+        }
+        if state.is_retired() {
+            return Wake::Retired;
+        }
+        let evictions = state.evictions() as u16;
+        if evictions != *evictions_seen {
+            *evictions_seen = evictions;
+            return Wake::Evicted(state.evict_reason());
+        }
+        Wake::Tick
+    }
+
+    pub(super) fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut p = self.project();
+        let state = &*p.attached.0;
+        let shared = p.slot.shared();
+        let (peer, upstream) = (Peer(p.client, *p.peer_port), &state.address);
+        let m = &state.metrics;
+        // Woken by the wheel: the copy looks at its idleness.
+        let mut ticked = false;
+        while p.woken.as_mut().poll(cx).is_ready() {
+            // Wait again before looking why: whatever happens from here on
+            // wakes the new waiter, and what happened before is seen below.
+            let now = shared.clock.now_ms();
+            p.woken.set(state.waiter(*p.worker, p.copy.due_ms(), now));
+            match Self::woke(shared, state, p.evictions_seen) {
+                Wake::Drained => {
+                    m.closed_shutdown.inc();
+                    return Poll::Ready(());
+                }
+                Wake::Retired => {
+                    tracing::debug!(%peer, %upstream, "closing: upstream removed by discovery");
+                    return Poll::Ready(());
+                }
+                Wake::Evicted(why) if *p.close_on_down => {
+                    match why {
+                        EvictReason::Dead => {
+                            m.closed_upstream_down.inc();
+                            tracing::debug!(%peer, %upstream, "closing: upstream marked down");
+                        }
+                        EvictReason::Draining => {
+                            m.closed_upstream_draining.inc();
+                            tracing::debug!(%peer, %upstream, "closing: upstream drained");
+                        }
+                    }
+                    return Poll::Ready(());
+                }
+                // `close_on_down` is off: keep copying.
+                Wake::Evicted(_) => {}
+                Wake::Tick => ticked = true,
+            }
+        }
+        if let Some(f) = p.sent_home.as_mut()
+            && f.as_mut().as_mut().poll(cx).is_ready()
+        {
+            m.closed_failback.inc();
+            tracing::debug!(%peer, %upstream, "closing: fail-back, home is usable again");
+            return Poll::Ready(());
+        }
+        let ends = Ends {
+            client: p.client,
+            upstream: p.upstream,
+            to_upstream: &m.bytes_to_upstream,
+            to_client: &m.bytes_to_client,
+            clock: &shared.clock,
+        };
+        let (result, totals) = ready!(p.copy.poll(cx, ends, ticked));
+        let (to_upstream, to_client) = (totals.to_upstream, totals.to_client);
+        match result {
+            Ok(CopyEnd::Closed) => {
+                tracing::debug!(%peer, %upstream, bytes_to_upstream = to_upstream, bytes_to_client = to_client, "connection closed")
+            }
+            Ok(CopyEnd::IdleTimeout) => {
+                m.closed_idle.inc();
+                tracing::debug!(%peer, %upstream, bytes_to_upstream = to_upstream, bytes_to_client = to_client, "idle timeout");
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                // TCP_USER_TIMEOUT: the master stopped acknowledging (it
+                // vanished mid-stream). Closing the client now lets it
+                // reconnect to another master.
+                m.closed_upstream_timeout.inc();
+                tracing::debug!(%peer, %upstream, bytes_to_upstream = to_upstream, bytes_to_client = to_client, "closing: upstream stopped acknowledging (tcp_user_timeout)");
+            }
+            Err(e) => {
+                tracing::debug!(%peer, %upstream, error = %e, bytes_to_upstream = to_upstream, bytes_to_client = to_client, "connection ended with error")
+            }
+        }
+        Poll::Ready(())
+    }
+}
