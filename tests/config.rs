@@ -82,6 +82,12 @@ fn defaults_are_nginx_defaults() {
     let built = cplb::snapshot::Snapshot::build(&c, &mut Default::default(), &m);
     assert_eq!(built.snapshot.settings.tries, 1);
     assert_eq!(c.admin, Some("127.0.0.1:8081".parse().unwrap()));
+    // cplb's own, beyond nginx (docs/configuration.md says why).
+    assert_eq!(
+        c.first_byte_timeout,
+        Some(std::time::Duration::from_secs(2))
+    );
+    assert_eq!(c.tcp_user_timeout, Some(std::time::Duration::from_secs(30)));
 }
 
 #[test]

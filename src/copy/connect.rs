@@ -134,6 +134,17 @@ mod tests {
         );
     }
 
+    /// TCP_USER_TIMEOUT is set when given (a vanished master is dropped
+    /// after it), and left at the kernel's default otherwise.
+    #[test]
+    fn the_user_timeout_is_set_when_given() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let s = upstream_socket(addr, Some(Duration::from_secs(30))).unwrap();
+        assert_eq!(s.tcp_user_timeout().unwrap(), Some(Duration::from_secs(30)));
+        let s = upstream_socket(addr, None).unwrap();
+        assert_eq!(s.tcp_user_timeout().unwrap(), None);
+    }
+
     /// The error of a failed connect is the kernel's, as with tokio's own.
     #[tokio::test]
     async fn a_refused_connect_says_refused() {

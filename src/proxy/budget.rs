@@ -6,7 +6,8 @@
 //! frozen master). Past it, a connection keeps waiting on its first choice.
 //!
 //! One-second buckets of atomics: a connection attempt is one atomic add,
-//! a hedge (rare) reads the window.
+//! a hedge (rare: a first flight went unanswered) reads the window under a
+//! lock, so racing hedges never take more than the budget.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{AcqRel, Acquire};
@@ -22,6 +23,8 @@ const FLOOR: u64 = 3;
 pub(crate) struct HedgeBudget {
     attempts: Window,
     hedges: Window,
+    /// Serialises hedge decisions (never taken per connection).
+    deciding: std::sync::Mutex<()>,
 }
 
 impl HedgeBudget {
@@ -33,12 +36,11 @@ impl HedgeBudget {
     /// Takes a hedge from the budget at `now_ms`; false when it is spent.
     pub(crate) fn try_hedge(&self, now_ms: u64) -> bool {
         let sec = now_ms / 1000;
+        let _deciding = self.deciding.lock().unwrap_or_else(|e| e.into_inner());
         let allowed = (self.attempts.sum(sec) / SHARE_DIVISOR).max(FLOOR);
         if self.hedges.sum(sec) >= allowed {
             return false;
         }
-        // Two hedges deciding at once may both pass: one over the budget
-        // at most per racing thread, never a runaway.
         self.hedges.add(sec);
         true
     }

@@ -35,13 +35,13 @@ impl Pki {
         self.ca.pem()
     }
 
-    pub(crate) fn ca_der(&self) -> CertificateDer<'static> {
+    pub fn ca_der(&self) -> CertificateDer<'static> {
         self.ca.der().clone()
     }
 
     /// A server certificate for DNS `names` and `ips`, like an API server's
     /// (which carries `kubernetes` and the node IPs).
-    pub(crate) fn server(&self, names: &[&str], ips: &[IpAddr]) -> Result<Issued, rcgen::Error> {
+    pub fn server(&self, names: &[&str], ips: &[IpAddr]) -> Result<Issued, rcgen::Error> {
         let mut params =
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         params
