@@ -1,6 +1,10 @@
 //! A master that vanishes mid-stream (power loss, a partition: no FIN, no
 //! RST) is dropped within `tcp_user_timeout`, with active checks off, and
 //! the client is closed so it reconnects to another master (issue 14).
+//! cplb sets the timeout with keepalive, once the connection has been idle
+//! for 5 s (a stalled connection moves nothing); the kernel counts it from
+//! the first unanswered retransmission, so a timeout under 5 s ends at the
+//! first retransmission after it was set.
 //! The master is blackholed with iptables inside a private network
 //! namespace, so the host's firewall is never touched.
 
@@ -82,9 +86,11 @@ fn a_vanished_master_is_dropped_within_the_user_timeout() {
     println!(
         "client closed {closed_after:?} after its request to the vanished master (tcp_user_timeout {user_timeout:?}); reconnected to {reconnected_to}"
     );
+    // 5 s of idleness before it is set, then the next retransmission.
+    let bound = user_timeout.max(Duration::from_secs(5)) + Duration::from_secs(5);
     assert!(
-        closed_after <= user_timeout + Duration::from_secs(3),
-        "closed only after {closed_after:?}"
+        closed_after <= bound,
+        "closed only after {closed_after:?} (bound {bound:?})"
     );
     assert_eq!(reconnected_to, "b");
     assert_eq!(closed, 1.0, "not counted as upstream_timeout");

@@ -7,20 +7,16 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-/// A non-blocking, close-on-exec TCP socket for `addr` with TCP_NODELAY
-/// and, when given, TCP_USER_TIMEOUT, ready to connect. An error here is
-/// ours (out of descriptors or memory), not the upstream's.
-pub(crate) fn upstream_socket(
-    addr: SocketAddr,
-    user_timeout: Option<Duration>,
-) -> io::Result<Socket> {
+/// A non-blocking, close-on-exec TCP socket for `addr` with TCP_NODELAY,
+/// ready to connect. An error here is ours (out of descriptors or memory),
+/// not the upstream's.
+pub(crate) fn upstream_socket(addr: SocketAddr) -> io::Result<Socket> {
     let s = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking().cloexec(),
@@ -28,17 +24,6 @@ pub(crate) fn upstream_socket(
     )?;
     // Set before connect, so it holds from the first byte; see `sockopt`.
     let _ = s.set_tcp_nodelay(true);
-    if user_timeout.is_some() {
-        // A master that vanishes mid-stream (power loss, a partition: no
-        // FIN, no RST) stops acknowledging; keepalive cannot fire while
-        // sent data is unacknowledged, and the kernel's retransmissions
-        // run about 15 minutes. With this the kernel drops the connection
-        // after `tcp_user_timeout`, the copy ends with ETIMEDOUT, and the
-        // client is closed so it reconnects to another master. Set before
-        // connect: it also bounds a connect, but `connect_timeout` is
-        // always the shorter in practice.
-        let _ = s.set_tcp_user_timeout(user_timeout);
-    }
     Ok(s)
 }
 
@@ -112,6 +97,8 @@ fn failed(s: &TcpStream, cx: &mut Context<'_>) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn far() -> Instant {
@@ -122,7 +109,7 @@ mod tests {
     async fn connects_with_nodelay_and_without_keepalive() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
-        let s = connect(upstream_socket(addr, None).unwrap(), addr, far())
+        let s = connect(upstream_socket(addr).unwrap(), addr, far())
             .await
             .unwrap();
         assert_eq!(s.peer_addr().unwrap(), addr);
@@ -134,17 +121,6 @@ mod tests {
         );
     }
 
-    /// TCP_USER_TIMEOUT is set when given (a vanished master is dropped
-    /// after it), and left at the kernel's default otherwise.
-    #[test]
-    fn the_user_timeout_is_set_when_given() {
-        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let s = upstream_socket(addr, Some(Duration::from_secs(30))).unwrap();
-        assert_eq!(s.tcp_user_timeout().unwrap(), Some(Duration::from_secs(30)));
-        let s = upstream_socket(addr, None).unwrap();
-        assert_eq!(s.tcp_user_timeout().unwrap(), None);
-    }
-
     /// The error of a failed connect is the kernel's, as with tokio's own.
     #[tokio::test]
     async fn a_refused_connect_says_refused() {
@@ -153,7 +129,7 @@ mod tests {
             .local_addr()
             .unwrap();
         // The listener is closed: nothing listens there now.
-        let e = connect(upstream_socket(addr, None).unwrap(), addr, far())
+        let e = connect(upstream_socket(addr).unwrap(), addr, far())
             .await
             .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
@@ -172,7 +148,7 @@ mod tests {
         let _queued = std::net::TcpStream::connect(addr).unwrap();
         let start = Instant::now();
         let e = connect(
-            upstream_socket(addr, None).unwrap(),
+            upstream_socket(addr).unwrap(),
             addr,
             start + Duration::from_secs(3),
         )

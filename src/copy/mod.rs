@@ -31,7 +31,7 @@ use splice::Pipe;
 use crate::clock::Clock;
 
 pub(crate) use connect::{connect, upstream_socket};
-pub(crate) use replay::Replay;
+pub(crate) use replay::{Answer, Replay};
 /// TCP_NODELAY and keepalive for the listener, inherited by accepted client
 /// sockets; see `sockopt`.
 pub(crate) use sockopt::tune_listener;
@@ -240,6 +240,9 @@ pub(crate) struct Ends<'a> {
     pub to_client: &'a IntCounter,
     /// Read only when a byte moved, or on a tick.
     pub clock: &'a Clock,
+    /// TCP_USER_TIMEOUT for the upstream, set with its keepalive (only
+    /// looked at on a tick).
+    pub user_timeout: Option<Duration>,
 }
 
 /// Copies both ways until both sides have closed, an error, or idleness
@@ -254,11 +257,22 @@ pub(crate) struct Copy {
 }
 
 impl Copy {
-    /// Starts idle at `now_ms` (`Clock` ms).
-    pub(crate) fn new(idle_timeout: Duration, now_ms: u64) -> Copy {
+    /// Starts idle at `now_ms` (`Clock` ms), with the master's `answer`
+    /// (the first flight read it) first in line for the client.
+    pub(crate) fn new(idle_timeout: Duration, now_ms: u64, answer: Option<Answer>) -> Copy {
+        let mut down = Half::default();
+        if let Some(a) = answer {
+            // A read that filled the buffer was bulk, as in `Half::poll`.
+            down.splice = a.len as usize == pool::BUF_SIZE;
+            down.held = Held::Buf {
+                buf: a.buf,
+                pos: 0,
+                end: a.len,
+            };
+        }
         Copy {
             up: Half::default(),
-            down: Half::default(),
+            down,
             idle: idle::Idle::new(idle_timeout, now_ms),
         }
     }
@@ -325,7 +339,7 @@ impl Copy {
             // tick's wake-up count as activity, not as idleness.
             match self.idle.check(e.clock.now_ms()) {
                 Verdict::Active => {}
-                Verdict::ArmKeepalive => sockopt::keepalive(e.upstream),
+                Verdict::ArmKeepalive => sockopt::dead_peer(e.upstream, e.user_timeout),
                 Verdict::Expired => return Poll::Ready(Ok(CopyEnd::IdleTimeout)),
             }
         }
@@ -355,6 +369,7 @@ mod tests {
             to_upstream: counter,
             to_client: counter,
             clock,
+            user_timeout: Some(Duration::from_secs(30)),
         }
     }
 
@@ -383,7 +398,7 @@ mod tests {
         let (upstream_near, _upstream) = pair().await;
         let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
         let ends = ends(&client_near, &upstream_near, &counter, &clock);
-        let mut copy = Copy::new(Duration::from_secs(3600), clock.now_ms());
+        let mut copy = Copy::new(Duration::from_secs(3600), clock.now_ms(), None);
         let upstream = SockRef::from(&upstream_near);
         tokio::time::advance(sockopt::KEEPALIVE_AFTER - Duration::from_millis(1)).await;
         assert!(poll_once(&mut copy, ends, true).await.is_pending());
@@ -392,6 +407,10 @@ mod tests {
         assert!(poll_once(&mut copy, ends, false).await.is_pending());
         assert!(!upstream.keepalive().unwrap(), "set without a tick");
         assert!(poll_once(&mut copy, ends, true).await.is_pending());
+        assert_eq!(
+            upstream.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(30))
+        );
         sockopt::assert_keepalive(upstream);
     }
 
@@ -404,7 +423,7 @@ mod tests {
         let (upstream_near, mut upstream) = pair().await;
         let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
         let ends = ends(&client_near, &upstream_near, &counter, &clock);
-        let mut copy = Copy::new(Duration::from_secs(10), clock.now_ms());
+        let mut copy = Copy::new(Duration::from_secs(10), clock.now_ms(), None);
         tokio::time::advance(Duration::from_secs(7)).await;
         client.write_all(b"x").await.unwrap();
         // Polled until the byte has gone through: that is activity at 7 s.
@@ -447,7 +466,7 @@ mod tests {
         let (upstream_near, mut upstream) = pair().await;
         let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
         let ends = ends(&client_near, &upstream_near, &counter, &clock);
-        let mut state = Copy::new(Duration::from_secs(3600), clock.now_ms());
+        let mut state = Copy::new(Duration::from_secs(3600), clock.now_ms(), None);
         let mut copy = std::future::poll_fn(|cx| state.poll(cx, ends, false));
         let (buffers, pipes) = (pool::free_len(), Pipe::free_len());
         let data = vec![7u8; 1 << 20];
@@ -487,7 +506,7 @@ mod tests {
         let copy = async move {
             let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
             let ends = ends(&client_near, &upstream_near, &counter, &clock);
-            let mut state = Copy::new(Duration::from_secs(3600), clock.now_ms());
+            let mut state = Copy::new(Duration::from_secs(3600), clock.now_ms(), None);
             std::future::poll_fn(|cx| state.poll(cx, ends, false)).await
         };
         // Up: more than a buffer, so the rest is spliced. Down: a few bytes.
@@ -521,7 +540,7 @@ mod tests {
         let copy = tokio::spawn(async move {
             let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
             let ends = ends(&client_near, &upstream_near, &counter, &clock);
-            let mut state = Copy::new(Duration::from_secs(3600), clock.now_ms());
+            let mut state = Copy::new(Duration::from_secs(3600), clock.now_ms(), None);
             std::future::poll_fn(|cx| state.poll(cx, ends, false)).await
         });
         let peers = async {
@@ -567,7 +586,7 @@ mod tests {
         }
         let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
         let ends = ends(&client_near, &upstream_near, &counter, &clock);
-        let mut state = Copy::new(Duration::from_secs(3600), clock.now_ms());
+        let mut state = Copy::new(Duration::from_secs(3600), clock.now_ms(), None);
         let (result, _) = std::future::poll_fn(|cx| state.poll(cx, ends, false)).await;
         let e = result.expect_err("the copy ended without an error");
         println!("copy ended with: {e}");

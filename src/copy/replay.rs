@@ -1,7 +1,9 @@
-//! The client's first flight, kept until the master answers so that it can
-//! be replayed to another master (hedging, `proxy::flight`): at most `CAP`
-//! bytes, in buffers lent from the worker's pool and given back when the
-//! flight is over.
+//! The first flight (hedging, `proxy::flight`): the client's first bytes,
+//! kept until the master answers so that they can be replayed to another
+//! master (`Replay`: at most `CAP` bytes, in buffers lent from the worker's
+//! pool and given back when the flight is over), and the master's first
+//! bytes (`Answer`), read once and handed to the copy, which writes them
+//! to the client before anything else.
 
 use std::io;
 
@@ -44,9 +46,16 @@ impl Replay {
             return Err(io::ErrorKind::OutOfMemory.into());
         };
         let buf = slot.get_or_insert_with(pool::take);
+        let room = buf.len() - at;
         let read = from.try_read(&mut buf[at..]);
         match read {
-            Ok(n) if n > 0 => self.len += n,
+            Ok(n) if n > 0 => {
+                self.len += n;
+                if n < room {
+                    // Drained: spare the read that would say EAGAIN.
+                    super::clear_read_readiness(from);
+                }
+            }
             _ if at == 0 => {
                 if let Some(b) = slot.take() {
                     pool::give(b);
@@ -72,6 +81,39 @@ impl Replay {
     }
 }
 
+/// A master's first bytes, lent from the pool until the copy wrote them.
+pub(crate) struct Answer {
+    pub(super) buf: Box<Buf>,
+    /// At most `BUF_SIZE`.
+    pub(super) len: u32,
+}
+
+impl Answer {
+    /// One non-blocking read from `from`: `Ok(Some)` with bytes, `Ok(None)`
+    /// at EOF (the buffer goes straight back), WouldBlock when none came
+    /// after all (tokio's readiness cleared).
+    pub(crate) fn read_from(from: &TcpStream) -> io::Result<Option<Answer>> {
+        let mut buf = pool::take();
+        match from.try_read(&mut buf[..]) {
+            Ok(0) => {
+                pool::give(buf);
+                Ok(None)
+            }
+            Ok(n) => {
+                if n < buf.len() {
+                    super::clear_read_readiness(from);
+                }
+                // n <= BUF_SIZE, which fits (see `Held`).
+                Ok(Some(Answer { buf, len: n as u32 }))
+            }
+            Err(e) => {
+                pool::give(buf);
+                Err(e)
+            }
+        }
+    }
+}
+
 impl Drop for Replay {
     fn drop(&mut self) {
         for b in self.bufs.iter_mut().filter_map(Option::take) {
@@ -91,6 +133,25 @@ mod tests {
         let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (b, _) = l.accept().await.unwrap();
         (a, b)
+    }
+
+    /// An answer is read whole into a lent buffer; EOF is no answer.
+    #[tokio::test]
+    async fn an_answer_is_what_the_master_sent_and_eof_is_none() {
+        let (mut master, near) = pair().await;
+        master.write_all(b"ServerHello").await.unwrap();
+        near.readable().await.unwrap();
+        let a = Answer::read_from(&near).unwrap().expect("bytes");
+        assert_eq!(&a.buf[..a.len as usize], b"ServerHello");
+        drop(master);
+        let eof = loop {
+            near.readable().await.unwrap();
+            match Answer::read_from(&near) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => break r.unwrap(),
+            }
+        };
+        assert!(eof.is_none());
     }
 
     /// Kept bytes replay whole, across both buffers, from any offset; the

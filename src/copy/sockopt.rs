@@ -1,8 +1,12 @@
 //! Socket options for both sides of a proxied connection: TCP_NODELAY (API
 //! requests are small and latency-bound) and keepalive, so dead peers (a
 //! master that lost power, a NAT that forgot us) are found within about a
-//! minute and a half instead of hours. Failures are ignored: a connection
-//! still works without them.
+//! minute and a half instead of hours; and on the upstream side
+//! TCP_USER_TIMEOUT (`tcp_user_timeout`), because keepalive cannot fire
+//! while sent data is unacknowledged: a master that vanishes with a
+//! request in flight would otherwise hold the client for the kernel's
+//! 15 minutes of retransmissions. Failures are ignored: a connection still
+//! works without them.
 //!
 //! Each call is a syscall on every new connection, so they are placed where
 //! they cost least:
@@ -15,7 +19,10 @@
 //!   `KEEPALIVE_AFTER` (see `copy::idle`): most connections (one kubectl
 //!   request, a health probe) are over long before a keepalive probe could
 //!   be sent, a busy one needs none while bytes flow, and for the rest a
-//!   dead master is found at most that much (plus a tick) later.
+//!   dead master is found at most that much (plus a tick) later. The user
+//!   timeout comes with it (a fifth call): a stalled connection moves no
+//!   byte, so it is idle by then, and the kernel measures the timeout from
+//!   the first unanswered retransmission, not from when it was set.
 
 use std::time::Duration;
 
@@ -42,6 +49,15 @@ pub(super) fn keepalive<'a>(socket: impl Into<SockRef<'a>>) {
         .with_interval(KEEPALIVE_INTERVAL)
         .with_retries(KEEPALIVE_RETRIES);
     let _ = socket.into().set_tcp_keepalive(&ka);
+}
+
+/// Keepalive, and TCP_USER_TIMEOUT when `user_timeout` is given: for an
+/// upstream socket that went quiet.
+pub(super) fn dead_peer(socket: &tokio::net::TcpStream, user_timeout: Option<Duration>) {
+    keepalive(socket);
+    if user_timeout.is_some() {
+        let _ = SockRef::from(socket).set_tcp_user_timeout(user_timeout);
+    }
 }
 
 /// Has `socket` our keepalive settings?

@@ -20,15 +20,15 @@ use tokio::net::TcpStream;
 
 use super::setup::{Attempt, Connected, connect_next, passive_failure, passive_success};
 use crate::choice::{Choice, Standing};
-use crate::copy::Replay;
+use crate::copy::{Answer, Replay};
 use crate::metrics::Hedge;
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 
 /// Sees the first flight of `client` answered by `up` or by a master it
-/// hedged to, and returns the upstream the connection is committed to;
-/// the bytes it forwarded are gone from the client's socket, and the
-/// master's answer is still in the upstream's, for the copy.
+/// hedged to, and returns the upstream the connection is committed to
+/// with the master's first bytes, for the copy to write to the client; the
+/// client's bytes it forwarded are gone from the client's socket.
 pub(super) async fn first_flight<V: FnMut(usize) -> Standing>(
     shared: &Shared,
     snap: &Snapshot,
@@ -36,7 +36,7 @@ pub(super) async fn first_flight<V: FnMut(usize) -> Standing>(
     client: &TcpStream,
     mut up: Connected,
     timeout: Duration,
-) -> Connected {
+) -> (Connected, Option<Answer>) {
     let mut kept = Replay::default();
     let mut client_eof = false;
     // Until the client's first bytes: how long a silent client may take
@@ -47,23 +47,25 @@ pub(super) async fn first_flight<V: FnMut(usize) -> Standing>(
     // The silent master this connection hedged away from, whose hedge's
     // result waits on the master now in charge.
     let mut hedged_from: Option<usize> = None;
-    let mut first = [0u8; 1];
     loop {
         let take_client = !client_eof && !kept.is_full();
         tokio::select! {
             biased;
-            // Peeked, not read: the copy forwards the answer.
-            r = up.stream.peek(&mut first) => {
-                if matches!(r, Ok(n) if n > 0) {
-                    answered(shared, snap, &up, hedged_from);
+            r = up.stream.readable() => {
+                match r.and_then(|()| Answer::read_from(&up.stream)) {
+                    Ok(Some(answer)) => {
+                        answered(shared, snap, &up, hedged_from);
+                        return (up, Some(answer));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    // Closed or reset before any answer: the copy passes
+                    // that on to the client.
+                    _ => return (up, None),
                 }
-                // Closed or reset before any answer: the copy passes that
-                // on to the client.
-                return up;
             }
             r = client.readable(), if take_client => {
                 if r.is_err() {
-                    return up;
+                    return (up, None);
                 }
                 let before = kept.len();
                 match kept.read_from(client) {
@@ -74,18 +76,18 @@ pub(super) async fn first_flight<V: FnMut(usize) -> Standing>(
                     }
                     Ok(_) => {
                         if kept.write_to(before, &mut up.stream).await.is_err() {
-                            return up;
+                            return (up, None);
                         }
                         if before == 0 {
                             deadline.as_mut().reset(tokio::time::Instant::now() + timeout);
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => return up,
+                    Err(_) => return (up, None),
                 }
                 if kept.is_full() {
                     // More than can be replayed: committed to this master.
-                    return up;
+                    return (up, None);
                 }
             }
             _ = &mut deadline => {
@@ -93,7 +95,7 @@ pub(super) async fn first_flight<V: FnMut(usize) -> Standing>(
                     // The client sends nothing first: nothing to replay.
                     // Its connect is all the success there is to count.
                     passive_success(shared, &snap.upstreams[up.index], "connect succeeded");
-                    return up;
+                    return (up, None);
                 }
                 if let Some(from) = hedged_from.take() {
                     snap.upstreams[from].state.metrics.hedge(Hedge::Failed).inc();
@@ -107,7 +109,7 @@ pub(super) async fn first_flight<V: FnMut(usize) -> Standing>(
                         deadline.as_mut().reset(tokio::time::Instant::now() + timeout);
                     }
                     // Nowhere else to go, or over the budget: wait here.
-                    None => return up,
+                    None => return (up, None),
                 }
             }
         }

@@ -67,11 +67,12 @@ impl Proxying {
         slot: ClientSlot,
         client: TcpStream,
         upstream: TcpStream,
+        answer: Option<copy::Answer>,
         peer_port: u16,
         worker: Worker,
     ) -> Proxying {
         let now = slot.shared().clock.now_ms();
-        let copy = copy::Copy::new(settings.idle_timeout, now);
+        let copy = copy::Copy::new(settings.idle_timeout, now, answer);
         let state = &attached.0;
         let woken = state.waiter(worker, copy.due_ms(), now);
         let evictions_seen = state.evictions() as u16;
@@ -173,6 +174,12 @@ impl Proxying {
             to_upstream: &m.bytes_to_upstream,
             to_client: &m.bytes_to_client,
             clock: &shared.clock,
+            // Only a tick arms it (with keepalive): no load otherwise.
+            user_timeout: if ticked {
+                shared.snapshot.load().settings.tcp_user_timeout
+            } else {
+                None
+            },
         };
         let (result, totals) = ready!(p.copy.poll(cx, ends, ticked));
         let (to_upstream, to_client) = (totals.to_upstream, totals.to_client);

@@ -43,12 +43,14 @@ pub(super) async fn setup(
         Some(_) => Attempt::FirstFlight,
     };
     let mut connected = connect_next(shared, &snapshot, &mut choice, attempt).await;
+    let mut answer = None;
     if let Some(timeout) = hedging
         && let Some(up) = connected.take()
     {
         shared.hedge_budget.attempt(shared.clock.now_ms());
-        connected =
-            Some(flight::first_flight(shared, &snapshot, &mut choice, &client, up, timeout).await);
+        let (up, first) =
+            flight::first_flight(shared, &snapshot, &mut choice, &client, up, timeout).await;
+        (connected, answer) = (Some(up), first);
     }
     let Some(Connected {
         index,
@@ -90,6 +92,7 @@ pub(super) async fn setup(
         slot,
         client,
         upstream,
+        answer,
         peer.port(),
         worker,
     ))
@@ -183,7 +186,7 @@ async fn try_connect(
     let deadline = crate::clock::deadline(start, snap.settings.connect_timeout);
     let mut reason = FailureReason::Resolve;
     for addr in state.addrs().iter() {
-        let socket = match copy::upstream_socket(*addr, snap.settings.tcp_user_timeout) {
+        let socket = match copy::upstream_socket(*addr) {
             Ok(s) => s,
             Err(e) => {
                 // Out of file descriptors or memory here: our problem, not
