@@ -36,6 +36,8 @@ pub enum ServerError {
     Workers(#[source] std::io::Error),
     #[error("could not register metrics")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Upstreams(#[from] crate::ring::TooManyServers),
 }
 
 /// A bound, not yet serving, proxy. `bind` then `serve`; tests and `main`
@@ -72,7 +74,7 @@ impl Server {
             crate::discovery::metrics::DiscoveryMetrics::new(metrics.registry())?,
         );
         let mut table = StateTable::default();
-        let built = Snapshot::build_with(&config, &wiring.entries(&config), &mut table, &metrics);
+        let built = Snapshot::build_with(&config, &wiring.entries(&config), &mut table, &metrics)?;
         wiring.count(&built.snapshot);
         resolve::resolve_upstreams(&built.snapshot, &built.added, false).await;
         metrics.last_reload_success_timestamp.set(Clock::unix_now());

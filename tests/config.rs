@@ -79,7 +79,7 @@ fn defaults_are_nginx_defaults() {
     // set, which discovery can grow past the configured list.
     assert_eq!(c.next_upstream_tries.get(), usize::MAX);
     let m = cplb::metrics::Metrics::new(prometheus::Registry::new()).unwrap();
-    let built = cplb::snapshot::Snapshot::build(&c, &mut Default::default(), &m);
+    let built = cplb::snapshot::Snapshot::build(&c, &mut Default::default(), &m).unwrap();
     assert_eq!(built.snapshot.settings.tries, 1);
     assert_eq!(c.admin, Some("127.0.0.1:8081".parse().unwrap()));
 }

@@ -15,6 +15,7 @@ use common::process::{CplbProcess, Options};
 use common::{Proxy, TestConfig, http, wait_until};
 use cplb::config::Config;
 use cplb::standin::client::ApiClient;
+use cplb::standin::endpoints::Master;
 use serde_json::Value;
 
 /// The `discovery:` section for `kubeconfig`, state file `state`.
@@ -40,26 +41,19 @@ async fn start(yaml: &str, dir: &Path) -> Proxy {
 
 /// `/upstreams`, as JSON.
 async fn upstreams(p: &Proxy) -> Vec<Value> {
-    let (status, _, body) = http(p.admin.unwrap(), "GET", "/upstreams").await;
+    admin_upstreams(p.admin.unwrap()).await
+}
+
+/// `/upstreams` at `admin` (an in-process proxy's or a process's).
+async fn admin_upstreams(admin: SocketAddr) -> Vec<Value> {
+    let (status, _, body) = http(admin, "GET", "/upstreams").await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
 
 /// (address, source, draining) of every upstream, sorted by address.
 async fn set(p: &Proxy) -> Vec<(String, String, bool)> {
-    let mut v: Vec<_> = upstreams(p)
-        .await
-        .iter()
-        .map(|u| {
-            (
-                u["address"].as_str().unwrap().to_string(),
-                u["source"].as_str().unwrap().to_string(),
-                u["draining"].as_bool().unwrap(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
+    admin_set(p.admin.unwrap()).await
 }
 
 async fn wait_set(p: &Proxy, want: &[(String, &str, bool)]) {
@@ -528,4 +522,139 @@ async fn a_reload_turns_discovery_on_and_off() {
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     assert_eq!(set(&p).await, vec![(a(c, 0), "static".into(), false)]);
     p.shutdown().await;
+}
+
+/// `/upstreams` at `admin` as (address, source, draining), sorted.
+async fn admin_set(admin: SocketAddr) -> Vec<(String, String, bool)> {
+    let mut v: Vec<_> = admin_upstreams(admin)
+        .await
+        .iter()
+        .map(|u| {
+            (
+                u["address"].as_str().unwrap().to_string(),
+                u["source"].as_str().unwrap().to_string(),
+                u["draining"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// One sample of a `cplb` process's `/metrics`.
+async fn proc_metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (status, _, body) = http(admin, "GET", "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    common::metrics::Scrape::parse(&body).get(name, labels)
+}
+
+/// Polls `/upstreams` of a process until `cond` holds; the last set.
+async fn proc_wait(
+    proc: &CplbProcess,
+    what: &str,
+    cond: impl Fn(&[(String, String, bool)]) -> bool,
+) -> Vec<(String, String, bool)> {
+    let admin = proc.admin.unwrap();
+    let mut last = Vec::new();
+    let got = common::eventually(common::DEADLINE, async || {
+        last = admin_set(admin).await;
+        cond(&last).then(|| last.clone())
+    })
+    .await;
+    got.unwrap_or_else(|_| {
+        panic!(
+            "timed out waiting for {what}; upstreams: {} {:?}...\n{}",
+            last.len(),
+            &last[..last.len().min(5)],
+            proc.logs()
+        )
+    })
+}
+
+/// `n` ready endpoints on 127.`net`.x.y at `port`: addresses nobody
+/// serves (nothing dials them here; they only fill the Service).
+fn fillers(net: u8, n: usize, port: u16) -> Vec<Master> {
+    (0..n)
+        .map(|i| Master {
+            addr: SocketAddr::new(
+                std::net::Ipv4Addr::new(127, net, (i / 200) as u8, (i % 200 + 1) as u8).into(),
+                port,
+            ),
+            ready: true,
+        })
+        .collect()
+}
+
+// Multi-threaded: the stand-in masters answer while the test polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_upstreams_than_the_ring_holds_are_capped_and_discovery_keeps_applying() {
+    let s = setup(2, &[0]).await;
+    let c = &s.c;
+    let kc = c.kubeconfig("cert", &closed_server(), Auth::ClientCert);
+    let y = yaml(&[c.addr(0)], &discovery(&kc, &s.state, "5m"));
+    let proc = CplbProcess::spawn(&y, Options::default());
+    let admin = proc.admin.unwrap();
+    let master = |i: usize| Master {
+        addr: c.addr(i),
+        ready: true,
+    };
+    proc_wait(&proc, "the API's one master", |v| {
+        v == [(a(c, 0), "api".to_string(), false)]
+    })
+    .await;
+    // 100 listed, then 100 others: 100 listed and 99 draining, past 128.
+    let mut first = fillers(10, 99, c.port);
+    first.push(master(0));
+    c.store.set_masters(&first);
+    proc_wait(&proc, "100 upstreams", |v| v.len() == 100).await;
+    let mut second = fillers(11, 99, c.port);
+    second.push(master(0));
+    c.store.set_masters(&second);
+    let got = proc_wait(&proc, "the set capped at 128", |v| {
+        v.len() == 128 && v.iter().any(|u| u.0.starts_with("127.11."))
+    })
+    .await;
+    let listed = got.iter().filter(|u| !u.2).count();
+    assert_eq!(listed, 100, "every listed upstream is kept");
+    assert_eq!(
+        proc_metric(admin, "cplb_discovery_endpoints_dropped", &[]).await,
+        71.0
+    );
+    // More ready endpoints than the ring holds, all listed at once.
+    let mut big = fillers(12, 200, c.port);
+    big.push(master(0));
+    c.store.set_masters(&big);
+    let got = proc_wait(&proc, "the first 128 listed in address order", |v| {
+        v.iter().filter(|u| !u.2).count() == 128
+    })
+    .await;
+    assert_eq!(got.len(), 128, "{:?}", &got[..3]);
+    assert!(
+        got.contains(&(a(c, 0), "api".into(), false)),
+        "127.0.0.x sorts first"
+    );
+    // The reloader is alive: a later list still applies.
+    c.list(&[0, 1]);
+    let got = proc_wait(&proc, "the second master listed", |v| {
+        v.contains(&(a(c, 1), "api".into(), false))
+    })
+    .await;
+    let dropped = proc_metric(admin, "cplb_discovery_endpoints_dropped", &[]).await;
+    eprintln!(
+        "{} upstreams in the ring, {dropped} left out (99 + 99 + 200 draining)",
+        got.len()
+    );
+    assert_eq!(got.len(), 128);
+    assert_eq!(dropped, (99 + 99 + 200 + 2 - 128) as f64);
+    assert_eq!(
+        proc.count_logs("more upstreams than the ring holds"),
+        1,
+        "one warning for the episode:\n{}",
+        proc.logs()
+    );
+    // The state file keeps what the API lists.
+    wait_until("the state file lists the two masters", || {
+        state_addresses(&s.state) == vec![a(c, 0), a(c, 1)]
+    })
+    .await;
 }

@@ -6,6 +6,7 @@
 //! once; an address gone from the API turns draining and is removed only
 //! `remove_after` later; one that comes back before then is restored as it
 //! was (same literal address, so the same health state and connections).
+//! A snapshot gets at most as many as the ring holds (`entries`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, UpstreamConfig};
 use crate::discovery::DiscoveryConfig;
+use crate::ring::MAX_SERVERS;
 use crate::status::model::Source;
 
 /// One member of the applied set.
@@ -146,25 +148,50 @@ impl Applied {
         &self.members
     }
 
-    /// The upstreams to build a snapshot from, in address order (the ring
-    /// does not depend on order). Seeds keep their configured settings;
-    /// the others get `discovery.upstream`.
-    pub(crate) fn entries(&self, d: &DiscoveryConfig) -> Vec<Entry> {
-        self.members
+    /// The upstreams to build a snapshot from: at most `MAX_SERVERS`, as
+    /// many as the ring holds. Listed members come first, then draining
+    /// ones, each in address order, so every node that sees the same lists
+    /// keeps the same ones; the rest are `dropped`. Seeds keep their
+    /// configured settings; the others get `discovery.upstream`.
+    pub(crate) fn entries(&self, d: &DiscoveryConfig) -> Capped {
+        let listed = self
+            .members
             .iter()
-            .filter_map(|(addr, m)| {
-                let config = match self.seeds.iter().find(|u| &u.address == addr) {
-                    Some(u) if m.source == Source::Static => u.clone(),
-                    _ => discovered_upstream(addr, d)?,
-                };
-                Some(Entry {
-                    config,
-                    source: m.source,
-                    draining: m.draining_since.is_some(),
-                })
-            })
-            .collect()
+            .filter(|(_, m)| m.draining_since.is_none());
+        let draining = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.draining_since.is_some());
+        let mut entries = Vec::new();
+        let mut dropped = Vec::new();
+        for (addr, m) in listed.chain(draining) {
+            let config = match self.seeds.iter().find(|u| &u.address == addr) {
+                Some(u) if m.source == Source::Static => u.clone(),
+                _ => match discovered_upstream(addr, d) {
+                    Some(u) => u,
+                    None => continue,
+                },
+            };
+            if entries.len() == MAX_SERVERS {
+                dropped.push(addr.clone());
+                continue;
+            }
+            entries.push(Entry {
+                config,
+                source: m.source,
+                draining: m.draining_since.is_some(),
+            });
+        }
+        Capped { entries, dropped }
     }
+}
+
+/// The applied set as a snapshot takes it: within the ring's bound.
+#[derive(Debug)]
+pub(crate) struct Capped {
+    pub(crate) entries: Vec<Entry>,
+    /// Members left out, listed ones last.
+    pub(crate) dropped: Vec<String>,
 }
 
 fn listed(source: Source) -> Member {
@@ -226,7 +253,7 @@ mod tests {
         let t0 = Instant::now();
         assert!(a.discovered(&list(&["10.0.0.1:6443", "10.0.0.2:6443"]), t0));
         // The seed is not listed by the API: it drains like any other.
-        let e = a.entries(&d);
+        let e = a.entries(&d).entries;
         assert_eq!(e.len(), 3);
         assert!(
             e.iter()
@@ -247,9 +274,81 @@ mod tests {
         assert_eq!(a.next_expiry(d.remove_after), None);
         assert!(
             a.entries(&d)
+                .entries
                 .iter()
                 .all(|e| e.source == Source::Api && !e.draining)
         );
+    }
+
+    fn many(prefix: &str, n: usize) -> Vec<String> {
+        let mut v: Vec<String> = (0..n)
+            .map(|i| format!("{prefix}.{}.{}:6443", i / 200, i % 200))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn at_most_a_ring_full_listed_first_then_draining_in_address_order() {
+        let c = config();
+        let d = c.discovery.clone().unwrap();
+        let t0 = Instant::now();
+        // More listed than a ring holds: the first MAX_SERVERS by address.
+        let mut a = Applied::seed(&c);
+        let big = many("10.1", MAX_SERVERS + 72);
+        a.discovered(&big, t0);
+        let got = a.entries(&d);
+        assert_eq!(got.entries.len(), MAX_SERVERS);
+        let kept: Vec<&str> = got
+            .entries
+            .iter()
+            .map(|e| e.config.address.as_str())
+            .collect();
+        assert_eq!(
+            kept,
+            big[..MAX_SERVERS]
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+        );
+        assert!(got.entries.iter().all(|e| !e.draining));
+        // 72 listed left out, and the draining seed.
+        assert_eq!(got.dropped.len(), 73);
+        assert!(got.dropped.contains(&"master-1.example:6443".to_string()));
+        // Listed plus draining past the bound: every listed one stays,
+        // draining ones fill the rest in address order.
+        let mut a = Applied::seed(&c);
+        let first = many("10.2", 100);
+        let second = many("10.3", 100);
+        a.discovered(&first, t0);
+        a.discovered(&second, t0 + Duration::from_secs(1));
+        let got = a.entries(&d);
+        assert_eq!(got.entries.len(), MAX_SERVERS);
+        let listed: Vec<&str> = got
+            .entries
+            .iter()
+            .filter(|e| !e.draining)
+            .map(|e| e.config.address.as_str())
+            .collect();
+        assert_eq!(
+            listed,
+            second.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        let draining: Vec<&str> = got
+            .entries
+            .iter()
+            .filter(|e| e.draining)
+            .map(|e| e.config.address.as_str())
+            .collect();
+        assert_eq!(
+            draining,
+            first[..28].iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        assert_eq!(got.dropped.len(), 100 + 1 - 28);
+        // Within the bound again once the drained ones expire.
+        a.expire(t0 + Duration::from_secs(1) + d.remove_after, d.remove_after);
+        let got = a.entries(&d);
+        assert_eq!((got.entries.len(), got.dropped.len()), (100, 0));
     }
 
     #[test]
@@ -259,7 +358,7 @@ mod tests {
         assert!(!a.discovered(&[], Instant::now()));
         assert_eq!(a.listed(), list(&["10.0.0.9:6443"]));
         assert_eq!(
-            a.entries(c.discovery.as_ref().unwrap())[0].source,
+            a.entries(c.discovery.as_ref().unwrap()).entries[0].source,
             Source::State
         );
     }

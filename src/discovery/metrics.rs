@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{Gauge, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::Stats;
 use super::client::Reason;
@@ -21,6 +21,8 @@ pub(crate) struct DiscoveryMetrics {
     /// `cplb_upstreams{source}`: set by whoever applies a set.
     pub(crate) upstreams: IntGaugeVec,
     pub(crate) state_file_write_failures: IntCounter,
+    /// `cplb_discovery_endpoints_dropped`: set with each snapshot's set.
+    pub(crate) endpoints_dropped: IntGauge,
     pub(crate) stats: Arc<Stats>,
 }
 
@@ -103,9 +105,18 @@ impl DiscoveryMetrics {
             "Failed writes of discovery's state file (the running set is unaffected).",
         )?;
         r.register(Box::new(state_file_write_failures.clone()))?;
+        let endpoints_dropped = IntGauge::new(
+            "cplb_discovery_endpoints_dropped",
+            format!(
+                "Known upstreams (listed by the API or the state file, or draining) left out of the running set because the ring holds at most {}; draining ones go first.",
+                crate::ring::MAX_SERVERS
+            ),
+        )?;
+        r.register(Box::new(endpoints_dropped.clone()))?;
         Ok(DiscoveryMetrics {
             upstreams,
             state_file_write_failures,
+            endpoints_dropped,
             stats,
         })
     }

@@ -11,11 +11,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::apply::{Applied, Entry, static_entries};
+use super::apply::{Applied, Capped, Entry, static_entries};
 use super::metrics::DiscoveryMetrics;
 use super::state::{self, Loaded};
 use super::{Discovered, DiscoveryConfig, Settings};
 use crate::config::Config;
+use crate::ring::MAX_SERVERS;
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 use crate::status::model::Source;
@@ -64,11 +65,38 @@ impl Wiring {
         }
     }
 
-    /// The upstreams a snapshot of `config` gets now.
+    /// The upstreams a snapshot of `config` gets now: with discovery on,
+    /// at most as many as the ring holds (`Applied::entries`).
     pub(crate) fn entries(&self, config: &Config) -> Vec<Entry> {
-        match &self.active {
-            Some(a) => a.applied.entries(&a.config),
-            None => static_entries(config),
+        let Some(a) = &self.active else {
+            self.left_out(&[]);
+            return static_entries(config);
+        };
+        let Capped { entries, dropped } = a.applied.entries(&a.config);
+        self.left_out(&dropped);
+        entries
+    }
+
+    /// Sets `cplb_discovery_endpoints_dropped`; logs when the set first
+    /// outgrows the ring and when it fits again, not on every change
+    /// in between.
+    fn left_out(&self, dropped: &[String]) {
+        let gauge = &self.metrics.endpoints_dropped;
+        let before = gauge.get();
+        gauge.set(i64::try_from(dropped.len()).unwrap_or(i64::MAX));
+        match (before, dropped.len()) {
+            (0, 0) => {}
+            (0, n) => tracing::warn!(
+                left_out = n,
+                max = MAX_SERVERS,
+                upstreams = short_list(dropped).as_str(),
+                "discovery knows more upstreams than the ring holds: draining ones are left out first, then listed ones past the first in address order"
+            ),
+            (_, 0) => tracing::info!(
+                max = MAX_SERVERS,
+                "discovery's upstreams fit the ring again: none left out"
+            ),
+            _ => {}
         }
     }
 
@@ -304,4 +332,19 @@ fn candidates(shared: &Shared) -> Vec<String> {
     // Stable: ring order within each rank.
     ranked.sort_by_key(|(r, _)| *r);
     ranked.into_iter().map(|(_, a)| a).collect()
+}
+
+/// The first few of a long list of addresses, for one log line.
+fn short_list(addrs: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut text = addrs
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if addrs.len() > SHOWN {
+        text.push_str(&format!(" and {} more", addrs.len() - SHOWN));
+    }
+    text
 }

@@ -2,7 +2,7 @@
 //! rings, and each node's walk and home computed with cplb's own code.
 
 use crate::failback;
-use crate::ring::{self, Ring};
+use crate::ring::{self, Ring, TooManyServers};
 
 pub(crate) struct Cluster {
     pub(crate) nodes: usize,
@@ -31,7 +31,7 @@ impl Cluster {
         masters: usize,
         total: usize,
         conns_per_node: usize,
-    ) -> Cluster {
+    ) -> Result<Cluster, TooManyServers> {
         let node_hash = (0..nodes)
             .map(|n| ring::hash_key(node_id(n).as_bytes()))
             .collect();
@@ -43,18 +43,18 @@ impl Cluster {
             up: vec![true; total],
             walks: Vec::new(),
             nginx_walk: Vec::new(),
-            ring: Ring::new(std::iter::empty::<(&str, u32)>()),
+            ring: Ring::empty(),
             node_hash,
         };
-        c.set_present(masters);
-        c
+        c.set_present(masters)?;
+        Ok(c)
     }
 
     /// Discovery changed the set to the first `present` masters: rebuild
     /// the ring and every node's walk.
-    pub(crate) fn set_present(&mut self, present: usize) {
+    pub(crate) fn set_present(&mut self, present: usize) -> Result<(), TooManyServers> {
         let addrs: Vec<String> = (0..present).map(address).collect();
-        self.ring = Ring::new(addrs.iter().map(|a| (a.as_str(), 1)));
+        self.ring = Ring::new(addrs.iter().map(|a| (a.as_str(), 1)))?;
         self.present = present;
         self.walks = Vec::with_capacity(self.nodes * present);
         for &h in &self.node_hash {
@@ -65,6 +65,7 @@ impl Cluster {
             .walk(ring::hash_key(b"127.0.0.1"))
             .map(|m| m as u8)
             .collect();
+        Ok(())
     }
 
     pub(crate) fn home(&self, node: usize) -> usize {
@@ -100,7 +101,7 @@ mod tests {
 
     #[test]
     fn walks_follow_the_ring_and_skip_down_masters() {
-        let mut c = Cluster::new(50, 3, 3, 1);
+        let mut c = Cluster::new(50, 3, 3, 1).unwrap();
         for n in 0..50 {
             assert_eq!(c.first_usable(n), c.home(n));
         }
