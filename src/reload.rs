@@ -301,7 +301,7 @@ impl Reloader {
         };
         self.refused_text = None;
         let changes = self.diff(&new, restart_needed);
-        self.disc.reconfigure(&self.config, &new);
+        self.disc.reconfigure(&self.config, &new).await;
         let entries = self.disc.entries(&new);
         let built = match Snapshot::build_with(&new, &entries, &mut self.table, m) {
             Ok(b) => b,

@@ -72,7 +72,8 @@ impl Server {
         let wiring = crate::discovery::run::Wiring::new(
             &config,
             crate::discovery::metrics::DiscoveryMetrics::new(metrics.registry())?,
-        );
+        )
+        .await;
         let mut table = StateTable::default();
         let built = Snapshot::build_with(&config, &wiring.entries(&config), &mut table, &metrics)?;
         wiring.count(&built.snapshot);

@@ -658,3 +658,86 @@ async fn more_upstreams_than_the_ring_holds_are_capped_and_discovery_keeps_apply
     })
     .await;
 }
+
+/// A kubeconfig whose CA is not the masters': discovery fails, and the
+/// proxy runs on what it started from.
+fn untrusting_kubeconfig(c: &Cluster) -> PathBuf {
+    let other = cplb::standin::pki::Pki::new("another CA").unwrap();
+    c.kubeconfig_with(
+        "wrong-ca",
+        &closed_server(),
+        &other.ca_pem(),
+        Auth::ClientCert,
+    )
+}
+
+// Multi-threaded: the stand-in masters answer while the test waits on
+// the child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_with_129_addresses_starts_and_serves() {
+    let s = setup(1, &[0]).await;
+    let c = &s.c;
+    // The master and 128 more: 129, one more than the ring holds. The
+    // master sorts first, so it is among the 128 kept.
+    let mut addresses: Vec<String> = fillers(10, 128, c.port)
+        .iter()
+        .map(|m| m.addr.to_string())
+        .collect();
+    addresses.push(a(c, 0));
+    let state = serde_json::json!({
+        "service": "default/kubernetes",
+        "addresses": addresses,
+        "written_at": "2026-01-01T00:00:00Z",
+    });
+    std::fs::write(&s.state, state.to_string()).unwrap();
+    let kc = untrusting_kubeconfig(c);
+    // The seed is a dead address: only the state file names the master.
+    let seed = common::refused_addr();
+    let y = yaml(&[seed], &discovery(&kc, &s.state, "5m"));
+    let proc = CplbProcess::spawn(&y, Options::default());
+    let got = proc_wait(&proc, "the state file's set", |v| v.len() == 128).await;
+    assert!(got.iter().all(|u| u.1 == "state"), "{:?}", &got[..3]);
+    assert!(got.contains(&(a(c, 0), "state".into(), false)));
+    assert_eq!(
+        proc_metric(proc.admin.unwrap(), "cplb_discovery_endpoints_dropped", &[]).await,
+        1.0
+    );
+    // It serves: a client reaches the master (past refused fillers).
+    let mut client = ApiClient::connect(proc.addr, &c.pki, None).await.unwrap();
+    let (status, body) = client.get("/whoami").await.unwrap();
+    assert_eq!(
+        (status, body.split_whitespace().next()),
+        (200, Some("master-1"))
+    );
+}
+
+// Multi-threaded: the stand-in masters answer while the test waits on
+// the child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_at_the_state_path_blocks_nothing() {
+    let s = setup(1, &[0]).await;
+    let c = &s.c;
+    let path = std::ffi::CString::new(s.state.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo touches nothing else.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let kc = untrusting_kubeconfig(c);
+    let y = yaml(&[c.addr(0)], &discovery(&kc, &s.state, "5m"));
+    let started = std::time::Instant::now();
+    // Waits for "cplb started", which comes after the state file is read.
+    let mut proc = CplbProcess::spawn(&y, Options::default());
+    eprintln!(
+        "started in {:?} with a FIFO at the state path",
+        started.elapsed()
+    );
+    let line = proc.wait_for_log("ignoring the discovery state file");
+    assert!(line.contains("a FIFO, not a regular file"), "{line}");
+    let mut client = ApiClient::connect(proc.addr, &c.pki, None).await.unwrap();
+    let (status, body) = client.get("/whoami").await.unwrap();
+    assert_eq!(
+        (status, body.split_whitespace().next()),
+        (200, Some("master-1"))
+    );
+    drop(client);
+    proc.signal(libc::SIGTERM);
+    assert_eq!(proc.wait_exit(), Some(0), "{}", proc.logs());
+}

@@ -56,10 +56,15 @@ pub(crate) enum Event {
 
 impl Wiring {
     /// At start-up: with discovery on, the state file (if valid and for
-    /// this service) is the initial set, else the static seeds.
-    pub(crate) fn new(config: &Config, metrics: DiscoveryMetrics) -> Wiring {
+    /// this service, and read within `state::READ_TIMEOUT`) is the initial
+    /// set, else the static seeds.
+    pub(crate) async fn new(config: &Config, metrics: DiscoveryMetrics) -> Wiring {
+        let active = match &config.discovery {
+            Some(d) => Some(Active::new(config, d).await),
+            None => None,
+        };
         Wiring {
-            active: config.discovery.as_ref().map(|d| Active::new(config, d)),
+            active,
             metrics,
             shared: None,
         }
@@ -203,7 +208,7 @@ impl Wiring {
     /// A reload changed the config from `old` to `new`: turn discovery on
     /// or off, restart the watcher when its settings changed, and let new
     /// seeds replace old ones while nothing else is known.
-    pub(crate) fn reconfigure(&mut self, old: &Config, new: &Config) {
+    pub(crate) async fn reconfigure(&mut self, old: &Config, new: &Config) {
         match (&mut self.active, &new.discovery) {
             (None, None) => {}
             (Some(_), None) => {
@@ -211,13 +216,13 @@ impl Wiring {
                 tracing::info!("discovery turned off: static upstreams only");
             }
             (None, Some(d)) => {
-                self.active = Some(Active::new(new, d));
+                self.active = Some(Active::new(new, d).await);
                 self.spawn();
             }
             (Some(a), Some(d)) => {
                 let service_changed = a.config.service_ref() != d.service_ref();
                 if service_changed || a.applied.only_seeds() {
-                    a.applied = Active::initial(new, d);
+                    a.applied = Active::initial(new, d).await;
                     a.written.clear();
                 } else if old.upstreams != new.upstreams {
                     a.applied.set_seeds(new);
@@ -275,17 +280,18 @@ impl Wiring {
 }
 
 impl Active {
-    fn new(config: &Config, d: &DiscoveryConfig) -> Active {
+    async fn new(config: &Config, d: &DiscoveryConfig) -> Active {
         Active {
             config: d.clone(),
-            applied: Active::initial(config, d),
+            applied: Active::initial(config, d).await,
             watcher: None,
             written: Vec::new(),
         }
     }
 
-    fn initial(config: &Config, d: &DiscoveryConfig) -> Applied {
-        match state::read(&d.state_file, &d.service_ref()) {
+    async fn initial(config: &Config, d: &DiscoveryConfig) -> Applied {
+        let service = d.service_ref();
+        match state::read_within(&d.state_file, &service, state::READ_TIMEOUT).await {
             Loaded::Found(s) => {
                 tracing::info!(
                     state_file = %d.state_file.display(),
