@@ -506,3 +506,51 @@ async fn a_master_that_never_answers_is_left_for_the_next() {
         d.stats.last_error()
     );
 }
+
+#[tokio::test]
+async fn a_kubeconfig_that_skips_tls_verification_is_refused_and_no_token_is_sent() {
+    let c = Cluster::start(1).await;
+    c.list(&[0]);
+    // A server with a certificate from another CA, taking the same token:
+    // what an EndpointSlice naming an attacker's address would reach.
+    let other = cplb::standin::pki::Pki::new("an attacker's CA").unwrap();
+    let api = cplb::standin::KubeApi::new(c.store.clone()).with_token(common::cluster::TOKEN);
+    let rogue =
+        cplb::standin::ApiServer::start_kube("rogue", &other, "127.0.0.1:0".parse().unwrap(), api)
+            .await
+            .unwrap();
+    let kc = c.kubeconfig("insecure", &closed_server(), Auth::Token);
+    let text = std::fs::read_to_string(&kc).unwrap();
+    let text = text.replace(
+        "    certificate-authority: ca.crt\n",
+        "    certificate-authority: ca.crt\n    insecure-skip-tls-verify: true\n",
+    );
+    assert!(text.contains("insecure-skip-tls-verify: true"), "{text}");
+    std::fs::write(&kc, text).unwrap();
+    let d = start(settings(kc.clone()), vec![rogue.addr, c.addr(0)]);
+    // Two rounds: each loads the kubeconfig and refuses it before dialling
+    // (or, were it accepted, the rogue server hears from it).
+    wait_until("the kubeconfig refused twice, or the rogue dialled", || {
+        d.stats.errors(Reason::Kubeconfig) >= 2 || rogue.requests() > 0
+    })
+    .await;
+    assert_eq!(
+        rogue.requests(),
+        0,
+        "the token went to an unverified server"
+    );
+    let e = d.stats.last_error().unwrap();
+    eprintln!("insecure kubeconfig: {e}");
+    assert!(
+        e.contains(&kc.display().to_string())
+            && e.contains("insecure-skip-tls-verify: true")
+            && e.contains("must verify their certificates"),
+        "{e}"
+    );
+    assert_eq!(
+        c.masters[0].requests(),
+        0,
+        "an unverified connection was made"
+    );
+    assert_eq!(d.list(), None, "nothing published");
+}

@@ -65,6 +65,12 @@ pub enum ClientError {
         #[source]
         source: KubeconfigError,
     },
+    #[error(
+        "the kubeconfig {path} sets insecure-skip-tls-verify: true, which discovery refuses: \
+         cplb dials the addresses the API lists and sends them its credentials, so it must \
+         verify their certificates (name the cluster's CA in certificate-authority instead)"
+    )]
+    Insecure { path: PathBuf },
     #[error("'{upstream}' is not a usable upstream address")]
     Address {
         upstream: String,
@@ -82,15 +88,24 @@ pub enum ClientError {
 
 /// Reads the kubeconfig's current context: CA, client certificate and key
 /// (files or inline data), bearer token or token file, as kube supports.
+/// A context that skips certificate verification is refused: the
+/// addresses discovery dials come from the API, so without verification
+/// an EndpointSlice could send the credentials anywhere.
 pub async fn load(path: &Path) -> Result<kube::Config, ClientError> {
     let err = |source| ClientError::Kubeconfig {
         path: path.to_owned(),
         source,
     };
     let kc = Kubeconfig::read_from(path).map_err(err)?;
-    kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
-        .map_err(err)
+        .map_err(err)?;
+    if config.accept_invalid_certs {
+        return Err(ClientError::Insecure {
+            path: path.to_owned(),
+        });
+    }
+    Ok(config)
 }
 
 /// A client that dials `upstream` (`host:port`, `ip:port`, `[v6]:port`)
@@ -110,6 +125,8 @@ pub fn for_upstream(
                 source,
             })?;
     config.tls_server_name = Some(tls_server_name.into());
+    // Whatever `base` says: `load` refuses it, and no caller may skip it.
+    config.accept_invalid_certs = false;
     // A proxy from the kubeconfig would be one more hop that can loop back.
     config.proxy_url = None;
     // Fail over quickly: another upstream is waiting.
