@@ -741,3 +741,99 @@ async fn a_fifo_at_the_state_path_blocks_nothing() {
     proc.signal(libc::SIGTERM);
     assert_eq!(proc.wait_exit(), Some(0), "{}", proc.logs());
 }
+
+// Multi-threaded: the stand-in masters answer while the test polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_no_master_can_have_are_refused_warned_once_and_never_dialled() {
+    let s = setup(2, &[0]).await;
+    let c = &s.c;
+    let kc = c.kubeconfig("cert", &closed_server(), Auth::ClientCert);
+    let extra = format!(
+        "hash:\n  key: connection\n{}",
+        discovery(&kc, &s.state, "5m")
+    );
+    let proc = CplbProcess::spawn(&yaml(&[c.addr(0)], &extra), Options::default());
+    let admin = proc.admin.unwrap();
+    proc_wait(&proc, "the API's master", |v| {
+        v == [(a(c, 0), "api".to_string(), false)]
+    })
+    .await;
+    let at = |ip: &str, port: u16| Master {
+        addr: SocketAddr::new(ip.parse().unwrap(), port),
+        ready: true,
+    };
+    let bad = [
+        // cplb's own port on every address of this host: cplb itself.
+        at("0.0.0.0", proc.addr.port()),
+        at("169.254.169.254", c.port),
+        at("224.0.0.1", c.port),
+        at("255.255.255.255", c.port),
+        at("::", c.port),
+        at("fe80::1", c.port),
+    ];
+    let with = |real: &[usize]| {
+        let mut v: Vec<Master> = real
+            .iter()
+            .map(|&i| Master {
+                addr: c.addr(i),
+                ready: true,
+            })
+            .collect();
+        v.extend(bad);
+        v
+    };
+    c.store.set_masters(&with(&[0, 1]));
+    let want = vec![
+        (a(c, 0), "api".to_string(), false),
+        (a(c, 1), "api".to_string(), false),
+    ];
+    proc_wait(&proc, "only the real masters", |v| v == want).await;
+    for (reason, n) in [
+        ("unspecified", 2.0),
+        ("link_local", 2.0),
+        ("multicast", 1.0),
+        ("broadcast", 1.0),
+    ] {
+        assert_eq!(
+            proc_metric(
+                admin,
+                "cplb_discovery_endpoints_refused",
+                &[("reason", reason)]
+            )
+            .await,
+            n,
+            "{reason}"
+        );
+    }
+    // The same refused set in a later list warns no more.
+    c.store.set_masters(&with(&[0]));
+    proc_wait(&proc, "the second master draining", |v| {
+        v.contains(&(a(c, 1), "api".to_string(), true))
+    })
+    .await;
+    let warned = proc.count_logs("discovery refuses endpoints the API lists");
+    eprintln!(
+        "{warned} warning(s) for two lists with the same refused endpoints:\n{}",
+        proc.logs()
+            .lines()
+            .filter(|l| l.contains("refuses endpoints"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(warned, 1);
+    // Connections go to the real masters only; nothing else is dialled.
+    for _ in 0..10 {
+        let mut client = ApiClient::connect(proc.addr, &c.pki, None).await.unwrap();
+        let (status, body) = client.get("/whoami").await.unwrap();
+        assert_eq!(status, 200);
+        assert!(body.starts_with("master-1"), "{body}");
+    }
+    let (_, _, metrics) = http(admin, "GET", "/metrics").await;
+    for m in &bad {
+        assert!(
+            !metrics.contains(&m.addr.to_string()),
+            "{} appears in /metrics",
+            m.addr
+        );
+    }
+}

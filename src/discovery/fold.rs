@@ -1,6 +1,8 @@
 //! EndpointSlices to upstream addresses: only ready endpoints, on the port
 //! named `port_name`, IPv4 and IPv6 (`[addr]:port`), one set for all the
-//! Service's slices.
+//! Service's slices. Addresses no API server can have (unspecified,
+//! multicast, broadcast, link-local) are refused, with the reason: cplb
+//! would dial them, and 0.0.0.0 at its own port is cplb itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -53,6 +55,65 @@ pub fn addresses(s: &EndpointSlice, port_name: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// Why an address an EndpointSlice lists is not dialled: the `reason`
+/// label of `cplb_discovery_endpoints_refused`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Refusal {
+    /// 0.0.0.0/8 or `::`: connects to this host (to cplb itself at its
+    /// own port), never to a master.
+    Unspecified,
+    /// 224.0.0.0/4 or ff00::/8.
+    Multicast,
+    /// 255.255.255.255.
+    Broadcast,
+    /// 169.254.0.0/16 (the cloud metadata address among them) or fe80::/10.
+    LinkLocal,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 4] = [
+        Refusal::Unspecified,
+        Refusal::Multicast,
+        Refusal::Broadcast,
+        Refusal::LinkLocal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Unspecified => "unspecified",
+            Refusal::Multicast => "multicast",
+            Refusal::Broadcast => "broadcast",
+            Refusal::LinkLocal => "link_local",
+        }
+    }
+
+    /// Why `ip` may not be an upstream, if it may not. Loopback stays
+    /// allowed (single-node clusters, tests). IPv4-mapped IPv6 addresses
+    /// are judged as the IPv4 address they carry.
+    pub fn of(ip: IpAddr) -> Option<Refusal> {
+        match ip.to_canonical() {
+            IpAddr::V4(a) if a.octets()[0] == 0 => Some(Refusal::Unspecified),
+            IpAddr::V4(a) if a.is_broadcast() => Some(Refusal::Broadcast),
+            IpAddr::V4(a) if a.is_multicast() => Some(Refusal::Multicast),
+            IpAddr::V4(a) if a.is_link_local() => Some(Refusal::LinkLocal),
+            IpAddr::V6(a) if a.is_unspecified() => Some(Refusal::Unspecified),
+            IpAddr::V6(a) if a.is_multicast() => Some(Refusal::Multicast),
+            IpAddr::V6(a) if a.is_unicast_link_local() => Some(Refusal::LinkLocal),
+            _ => None,
+        }
+    }
+}
+
+/// The Service's addresses, split.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Folded {
+    /// Sorted, deduplicated `ip:port` text (`[v6]:port`): the upstreams'
+    /// identity.
+    pub addresses: Vec<String>,
+    /// Addresses listed but refused, sorted, deduplicated, with why.
+    pub refused: Vec<(SocketAddr, Refusal)>,
+}
+
 impl Fold {
     pub fn new(port_name: &str) -> Fold {
         Fold {
@@ -88,11 +149,18 @@ impl Fold {
         self.slices.remove(&key(s));
     }
 
-    /// Every usable address, sorted and deduplicated, as `ip:port` text
-    /// (`[v6]:port` for IPv6): the upstreams' identity.
-    pub fn current(&self) -> Vec<String> {
+    /// Every ready address on the port, split into those to dial and
+    /// those refused.
+    pub fn current(&self) -> Folded {
         let set: BTreeSet<SocketAddr> = self.slices.values().flatten().copied().collect();
-        set.iter().map(SocketAddr::to_string).collect()
+        let mut out = Folded::default();
+        for a in set {
+            match Refusal::of(a.ip()) {
+                Some(r) => out.refused.push((a, r)),
+                None => out.addresses.push(a.to_string()),
+            }
+        }
+        out
     }
 }
 
@@ -159,11 +227,11 @@ mod tests {
             &[("10.0.0.9", Some(true))],
         ));
         assert_eq!(
-            f.current(),
+            f.current().addresses,
             ["10.0.0.1:6443", "10.0.0.2:6443", "[fd00::1]:6443"]
         );
         f.delete(&slice("v6", "IPv6", ("https", 6443), &[]));
-        assert_eq!(f.current(), ["10.0.0.1:6443", "10.0.0.2:6443"]);
+        assert_eq!(f.current().addresses, ["10.0.0.1:6443", "10.0.0.2:6443"]);
     }
 
     #[test]
@@ -182,8 +250,93 @@ mod tests {
             ("https", 6443),
             &[("10.0.0.2", Some(true))],
         ));
-        assert_eq!(f.current(), ["10.0.0.1:6443"], "nothing changes mid-relist");
+        assert_eq!(
+            f.current().addresses,
+            ["10.0.0.1:6443"],
+            "nothing changes mid-relist"
+        );
         f.init_done();
-        assert_eq!(f.current(), ["10.0.0.2:6443"]);
+        assert_eq!(f.current().addresses, ["10.0.0.2:6443"]);
+    }
+
+    #[test]
+    fn addresses_no_master_can_have_are_refused_with_the_reason() {
+        use Refusal::*;
+        let cases: [(Option<Refusal>, &[&str]); 5] = [
+            (
+                Some(Unspecified),
+                &["0.0.0.0", "0.1.2.3", "::", "::ffff:0.0.0.0"],
+            ),
+            (
+                Some(Multicast),
+                &["224.0.0.1", "239.255.255.250", "ff02::1"],
+            ),
+            (Some(Broadcast), &["255.255.255.255"]),
+            (
+                Some(LinkLocal),
+                &[
+                    "169.254.169.254",
+                    "169.254.0.1",
+                    "::ffff:169.254.169.254",
+                    "fe80::1",
+                    "febf::1",
+                ],
+            ),
+            // Allowed: loopback (single-node clusters), private, public.
+            (
+                None,
+                &[
+                    "127.0.0.1",
+                    "::1",
+                    "10.0.0.1",
+                    "192.168.1.1",
+                    "169.255.0.1",
+                    "fec0::1",
+                    "fd00::1",
+                    "2001:db8::1",
+                    "1.1.1.1",
+                ],
+            ),
+        ];
+        for (want, texts) in cases {
+            for text in texts {
+                assert_eq!(Refusal::of(text.parse().unwrap()), want, "{text}");
+            }
+        }
+        let ready = |ips: &[&'static str]| -> Vec<(&'static str, Option<bool>)> {
+            ips.iter().map(|ip| (*ip, Some(true))).collect()
+        };
+        let mut f = Fold::new("https");
+        let v4 = [
+            "10.0.0.1",
+            "0.0.0.0",
+            "169.254.169.254",
+            "224.0.0.1",
+            "255.255.255.255",
+        ];
+        f.apply(&slice("v4", "IPv4", ("https", 6443), &ready(&v4)));
+        f.apply(&slice(
+            "v6",
+            "IPv6",
+            ("https", 6443),
+            &ready(&["fe80::1", "fd00::1"]),
+        ));
+        let got = f.current();
+        assert_eq!(got.addresses, ["10.0.0.1:6443", "[fd00::1]:6443"]);
+        let refused: Vec<(String, &str)> = got
+            .refused
+            .iter()
+            .map(|(a, r)| (a.to_string(), r.as_str()))
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                ("0.0.0.0:6443".to_string(), "unspecified"),
+                ("169.254.169.254:6443".to_string(), "link_local"),
+                ("224.0.0.1:6443".to_string(), "multicast"),
+                ("255.255.255.255:6443".to_string(), "broadcast"),
+                ("[fe80::1]:6443".to_string(), "link_local"),
+            ]
+        );
     }
 }

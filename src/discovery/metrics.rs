@@ -12,6 +12,7 @@ use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, 
 
 use super::Stats;
 use super::client::Reason;
+use super::fold::Refusal;
 use crate::status::model::Source;
 
 pub(crate) const SOURCES: [Source; 3] = [Source::Static, Source::State, Source::Api];
@@ -31,6 +32,7 @@ struct FromStats {
     last_sync: Gauge,
     events: IntCounter,
     errors: IntCounterVec,
+    refused: IntGaugeVec,
 }
 
 impl Collector for FromStats {
@@ -38,6 +40,7 @@ impl Collector for FromStats {
         let mut d = self.last_sync.desc();
         d.extend(self.events.desc());
         d.extend(self.errors.desc());
+        d.extend(self.refused.desc());
         d
     }
 
@@ -49,9 +52,14 @@ impl Collector for FromStats {
         for r in Reason::ALL {
             catch_up(&self.errors.with_label_values(&[r.as_str()]), s.errors(r));
         }
+        for r in Refusal::ALL {
+            let n = i64::try_from(s.refused(r)).unwrap_or(i64::MAX);
+            self.refused.with_label_values(&[r.as_str()]).set(n);
+        }
         let mut out = self.last_sync.collect();
         out.extend(self.events.collect());
         out.extend(self.errors.collect());
+        out.extend(self.refused.collect());
         out
     }
 }
@@ -77,6 +85,16 @@ impl DiscoveryMetrics {
         for reason in Reason::ALL {
             errors.with_label_values(&[reason.as_str()]);
         }
+        let refused = IntGaugeVec::new(
+            Opts::new(
+                "cplb_discovery_endpoints_refused",
+                "Endpoints in the API's last list that discovery refuses to dial, by reason (unspecified, multicast, broadcast, link_local).",
+            ),
+            &["reason"],
+        )?;
+        for r in Refusal::ALL {
+            refused.with_label_values(&[r.as_str()]);
+        }
         r.register(Box::new(FromStats {
             stats: stats.clone(),
             last_sync: Gauge::new(
@@ -88,6 +106,7 @@ impl DiscoveryMetrics {
                 "EndpointSlice watch events received from the API.",
             )?,
             errors,
+            refused,
         }))?;
         let upstreams = IntGaugeVec::new(
             Opts::new(

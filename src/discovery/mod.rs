@@ -18,3 +18,18 @@ pub mod watcher;
 
 pub use config::{DiscoveryConfig, RawDiscovery};
 pub use watcher::{Discovered, Settings, Stats, run};
+
+/// The first few of a long list of addresses, for one log line.
+pub(crate) fn short_list(addrs: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut text = addrs
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if addrs.len() > SHOWN {
+        text.push_str(&format!(" and {} more", addrs.len() - SHOWN));
+    }
+    text
+}

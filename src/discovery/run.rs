@@ -94,7 +94,7 @@ impl Wiring {
             (0, n) => tracing::warn!(
                 left_out = n,
                 max = MAX_SERVERS,
-                upstreams = short_list(dropped).as_str(),
+                upstreams = super::short_list(dropped).as_str(),
                 "discovery knows more upstreams than the ring holds: draining ones are left out first, then listed ones past the first in address order"
             ),
             (_, 0) => tracing::info!(
@@ -338,19 +338,4 @@ fn candidates(shared: &Shared) -> Vec<String> {
     // Stable: ring order within each rank.
     ranked.sort_by_key(|(r, _)| *r);
     ranked.into_iter().map(|(_, a)| a).collect()
-}
-
-/// The first few of a long list of addresses, for one log line.
-fn short_list(addrs: &[String]) -> String {
-    const SHOWN: usize = 8;
-    let mut text = addrs
-        .iter()
-        .take(SHOWN)
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .join(", ");
-    if addrs.len() > SHOWN {
-        text.push_str(&format!(" and {} more", addrs.len() - SHOWN));
-    }
-    text
 }

@@ -5,6 +5,7 @@
 //! failure it moves to the next upstream, with backoff. It never touches
 //! the data plane: the caller decides what to do with a published list.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{self, Reason, describe};
-use super::fold::Fold;
+use super::fold::{Fold, Folded, Refusal};
 
 /// What the loop needs; built from `DiscoveryConfig` by the caller.
 #[derive(Debug, Clone)]
@@ -77,6 +78,10 @@ pub struct Stats {
     pub published: AtomicU64,
     errors: [AtomicU64; Reason::ALL.len()],
     last_error: Mutex<Option<(Reason, String)>>,
+    /// Endpoints of the last list refused, by reason (gauges).
+    refused: [AtomicU64; Refusal::ALL.len()],
+    /// The refused endpoints last logged: one log line per set.
+    refused_logged: Mutex<Vec<(SocketAddr, Refusal)>>,
 }
 
 impl Stats {
@@ -86,6 +91,41 @@ impl Stats {
 
     fn error(&self, r: Reason) {
         self.errors[r as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Endpoints of the API's last list refused for `r`.
+    pub fn refused(&self, r: Refusal) -> u64 {
+        self.refused[r as usize].load(Ordering::Relaxed)
+    }
+
+    /// Records the refused endpoints of a list from the API: the counts
+    /// by reason, and a log line when they differ from the last list's,
+    /// so a refused address warns once, not on every event.
+    fn set_refused(&self, refused: &[(SocketAddr, Refusal)]) {
+        for r in Refusal::ALL {
+            let n = refused.iter().filter(|(_, x)| *x == r).count();
+            self.refused[r as usize].store(n as u64, Ordering::Relaxed);
+        }
+        let mut logged = self
+            .refused_logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if logged.as_slice() == refused {
+            return;
+        }
+        if refused.is_empty() {
+            tracing::info!("discovery: the API lists no refused endpoint any more");
+        } else {
+            let named: Vec<String> = refused
+                .iter()
+                .map(|(a, r)| format!("{a} ({})", r.as_str()))
+                .collect();
+            tracing::warn!(
+                endpoints = super::short_list(&named).as_str(),
+                "discovery refuses endpoints the API lists: cplb never dials unspecified, multicast, broadcast or link-local addresses"
+            );
+        }
+        *logged = refused.to_vec();
     }
 
     /// The last failure, as logged: names the upstream and the cause.
@@ -294,14 +334,11 @@ async fn session(
     }
 }
 
-/// Publishes `addresses` unless empty (refused: cplb never goes to zero
-/// upstreams) or unchanged.
-fn publish(
-    addresses: Vec<String>,
-    upstream: &str,
-    out: &watch::Sender<Option<Discovered>>,
-    stats: &Stats,
-) {
+/// Publishes the addresses to dial unless there are none (refused: cplb
+/// never goes to zero upstreams) or they are unchanged.
+fn publish(folded: Folded, upstream: &str, out: &watch::Sender<Option<Discovered>>, stats: &Stats) {
+    stats.set_refused(&folded.refused);
+    let addresses = folded.addresses;
     if addresses.is_empty() {
         fail(
             stats,
