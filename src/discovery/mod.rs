@@ -5,13 +5,15 @@
 //! ([`config`]), the kube client that dials an upstream directly and never
 //! the kubeconfig's server ([`client`]), the watcher that folds slices into
 //! ready `ip:port` addresses and publishes them debounced ([`watcher`],
-//! [`fold`]), and the state file ([`state`]). See docs/discovery.md.
+//! [`fold`]; its timing in `pace`), and the state file ([`state`]). See
+//! docs/discovery.md.
 
 pub(crate) mod apply;
 pub mod client;
 pub mod config;
 pub mod fold;
 pub(crate) mod metrics;
+mod pace;
 pub(crate) mod run;
 pub mod state;
 pub mod watcher;

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::{self, Reason, describe};
 use super::fold::{Fold, Folded, Refusal};
+use super::pace::{Debounce, GoneBackoff, jitter};
 
 /// What the loop needs; built from `DiscoveryConfig` by the caller.
 #[derive(Debug, Clone)]
@@ -34,6 +35,11 @@ pub struct Settings {
     /// Quiet time before a change is published (a joining API server adds
     /// and removes itself several times).
     pub debounce: Duration,
+    /// The longest a change waits for its publication while changes keep
+    /// coming closer together than `debounce`.
+    pub debounce_max: Duration,
+    /// Between sessions after a failure, and before listing again after a
+    /// 410 Gone: doubling from `backoff_min` to `backoff_max`, jittered.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     /// How long an upstream may take to deliver the first complete list.
@@ -51,6 +57,7 @@ impl Settings {
             port_name: c.port_name.clone(),
             tls_server_name: c.tls_server_name.clone(),
             debounce: Duration::from_secs(1),
+            debounce_max: Duration::from_secs(3),
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
             sync_timeout: Duration::from_secs(15),
@@ -226,10 +233,12 @@ fn backoff(s: &Settings, failures: u32) -> Duration {
         .min(s.backoff_max)
 }
 
+/// Sleeps `d`, jittered so that nodes failing together spread out; true
+/// when stopped.
 async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
     tokio::select! {
         _ = stop.cancelled() => true,
-        _ = tokio::time::sleep(d) => false,
+        _ = tokio::time::sleep(jitter(d, fastrand::f64())) => false,
     }
 }
 
@@ -271,31 +280,33 @@ async fn session(
     let mut stream = pin!(watcher::watcher(api, config));
     let mut fold = Fold::new(&s.port_name);
     let mut synced = false;
-    let mut publish_at: Option<Instant> = None;
+    let mut debounce = Debounce::new(s.debounce, s.debounce_max);
+    let mut gone = GoneBackoff::new(s.backoff_min, s.backoff_max);
+    // While set, the stream is not polled: kube's watcher lists again only
+    // when asked for its next item.
+    let mut resume_at: Option<Instant> = None;
     let sync_by = Instant::now() + s.sync_timeout;
-    loop {
-        let due = async {
-            match publish_at {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
+    let ended = loop {
         tokio::select! {
             _ = stop.cancelled() => return Ended::Stopped,
             _ = tokio::time::sleep_until(sync_by), if !synced => {
-                return Ended::Failed {
+                break Ended::Failed {
                     reason: Reason::Timeout,
                     message: format!("no complete list within {:?}", s.sync_timeout),
                     synced,
                 };
             }
-            _ = due => {
-                publish_at = None;
+            _ = until(debounce.due()) => {
+                debounce.take();
                 publish(fold.current(), upstream, out, stats);
             }
-            item = stream.next() => match item {
+            _ = until(resume_at) => resume_at = None,
+            item = stream.next(), if resume_at.is_none() => match item {
                 Some(Ok(ev)) => {
                     stats.events.fetch_add(1, Ordering::Relaxed);
+                    if matches!(ev, Event::Apply(_) | Event::Delete(_)) {
+                        gone.reset();
+                    }
                     let changed = match ev {
                         Event::Init => { fold.init(); false }
                         Event::InitApply(sl) => { fold.init_apply(&sl); false }
@@ -312,25 +323,42 @@ async fn session(
                     };
                     if changed {
                         stats.synced();
-                        publish_at = Some(Instant::now() + s.debounce);
+                        debounce.changed(Instant::now());
                     }
                 }
                 Some(Err(e)) => {
                     let reason = client::classify(&e);
-                    if reason == Reason::Gone {
-                        // The watcher lists again by itself: a normal resync.
+                    if reason == Reason::Gone && matches!(e, watcher::Error::WatchError(_)) {
+                        // The watch history was compacted: kube's watcher
+                        // lists again, a normal resync, but not at once.
                         stats.error(Reason::Gone);
+                        let wait = gone.gone(Instant::now(), fastrand::f64());
+                        resume_at = Some(crate::clock::deadline(Instant::now(), wait));
                         continue;
                     }
-                    return Ended::Failed { reason, message: describe(&e), synced };
+                    break Ended::Failed { reason, message: describe(&e), synced };
                 }
-                None => return Ended::Failed {
+                None => break Ended::Failed {
                     reason: Reason::Api,
                     message: "the watch ended".into(),
                     synced,
                 },
             }
         }
+    };
+    // A list that arrived is the API's answer even when its watch then
+    // failed (within the quiet time, it would otherwise never be seen).
+    if debounce.take() {
+        publish(fold.current(), upstream, out, stats);
+    }
+    ended
+}
+
+/// Sleeps until `t`; forever when `None`.
+async fn until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 
