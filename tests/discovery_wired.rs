@@ -837,3 +837,96 @@ async fn addresses_no_master_can_have_are_refused_warned_once_and_never_dialled(
         );
     }
 }
+
+/// The peak RSS of process `pid`, in kB (`VmHWM`).
+fn peak_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+// Multi-threaded: the stand-in masters answer while the test polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_endpoint_list_is_refused_within_bounded_memory() {
+    let s = setup(1, &[0]).await;
+    let c = &s.c;
+    let kc = c.kubeconfig("cert", &closed_server(), Auth::ClientCert);
+    let y = yaml(&[c.addr(0)], &discovery(&kc, &s.state, "1s"));
+    let mut proc = CplbProcess::spawn(&y, Options::default());
+    let admin = proc.admin.unwrap();
+    let master = Master {
+        addr: c.addr(0),
+        ready: true,
+    };
+    proc_wait(&proc, "the API's master", |v| {
+        v == [(a(c, 0), "api".to_string(), false)]
+    })
+    .await;
+    let before = peak_rss_kb(proc.pid());
+    // A slice past the API's own 1000 endpoints, small in bytes: the first
+    // 1000 are kept (the master sorts first), the ring takes 128.
+    let mut many = fillers(10, 1499, c.port);
+    many.push(master);
+    c.store.set_masters(&many);
+    proc_wait(&proc, "128 of the first 1000", |v| v.len() == 128).await;
+    let over = [("reason", "over_limit")];
+    assert_eq!(
+        proc_metric(admin, "cplb_discovery_endpoints_refused", &over).await,
+        500.0
+    );
+    assert_eq!(
+        proc_metric(admin, "cplb_discovery_endpoints_dropped", &[]).await,
+        (1000 - 128) as f64
+    );
+    // 200,000 endpoints in one slice: about 19 MB of JSON, by watch event
+    // and then by list.
+    c.list(&[0]);
+    // The others drain, and go after remove_after (1 s).
+    proc_wait(&proc, "back to one master", |v| v.len() == 1).await;
+    let mut huge = fillers(20, 200_000, c.port);
+    huge.push(master);
+    c.store.set_masters(&huge);
+    let too_large = async || {
+        proc_metric(
+            admin,
+            "cplb_discovery_errors_total",
+            &[("reason", "too_large")],
+        )
+        .await
+    };
+    common::eventually(std::time::Duration::from_secs(60), async || {
+        (too_large().await >= 2.0).then_some(())
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "no two too_large errors (peak RSS {} kB, {before} kB before):\n{}",
+            peak_rss_kb(proc.pid()),
+            proc.logs()
+        )
+    });
+    // The last good set stays.
+    assert_eq!(
+        admin_set(admin).await,
+        vec![(a(c, 0), "api".to_string(), false)]
+    );
+    let peak = peak_rss_kb(proc.pid());
+    let line = proc.wait_for_log("larger than 4 MiB");
+    eprintln!(
+        "200,000 endpoints refused: peak RSS {before} kB before, {peak} kB after ({} too_large errors)\n{line}",
+        too_large().await
+    );
+    assert!(
+        peak < before + 48 * 1024,
+        "peak RSS grew from {before} to {peak} kB for a refused answer"
+    );
+    assert_eq!(
+        proc.count_logs("more endpoints than discovery keeps"),
+        1,
+        "{}",
+        proc.logs()
+    );
+}

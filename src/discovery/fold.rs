@@ -2,7 +2,9 @@
 //! named `port_name`, IPv4 and IPv6 (`[addr]:port`), one set for all the
 //! Service's slices. Addresses no API server can have (unspecified,
 //! multicast, broadcast, link-local) are refused, with the reason: cplb
-//! would dial them, and 0.0.0.0 at its own port is cplb itself.
+//! would dial them, and 0.0.0.0 at its own port is cplb itself. What is
+//! kept is bounded ([`MAX_SLICE_ENDPOINTS`], [`MAX_ADDRESSES`],
+//! [`MAX_SLICES`]); the rest is counted as over the limit.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -12,13 +14,62 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_LABEL: &str = "kubernetes.io/service-name";
 
+/// Addresses read from one slice: the API refuses a slice with more
+/// endpoints than this, so more is not a slice it served.
+pub const MAX_SLICE_ENDPOINTS: usize = 1000;
+/// Addresses published from all the Service's slices together (a ring
+/// holds 128 of them): the first in address order, like the ring's cut.
+pub const MAX_ADDRESSES: usize = 1024;
+/// Slices kept (the EndpointSlice controller puts up to 100 endpoints in
+/// each); a slice past this is left out until the next relist. With
+/// `MAX_SLICE_ENDPOINTS`, at most 64,000 addresses (2 MB) are held.
+pub const MAX_SLICES: usize = 64;
+
 /// The addresses each slice contributes, keyed by `namespace/name`.
 #[derive(Debug, Default)]
 pub struct Fold {
     port_name: String,
-    slices: BTreeMap<String, Vec<SocketAddr>>,
+    slices: Slices,
     /// Slices of a relist, applied all at once on `InitDone`.
-    pending: Option<BTreeMap<String, Vec<SocketAddr>>>,
+    pending: Option<Slices>,
+}
+
+#[derive(Debug, Default)]
+struct Slices {
+    parts: BTreeMap<String, Part>,
+    /// Addresses of slices left out (past `MAX_SLICES`).
+    left_out: usize,
+}
+
+/// What one slice contributes.
+#[derive(Debug)]
+struct Part {
+    addrs: Vec<SocketAddr>,
+    /// Its addresses past the limits.
+    over: usize,
+}
+
+impl Slices {
+    /// Keeps `all` for the slice `key`, within the limits: of a slice too
+    /// large, the first in address order, whatever order the API gave.
+    fn put(&mut self, key: String, mut all: Vec<SocketAddr>) {
+        all.sort_unstable();
+        all.dedup();
+        let over = all.len().saturating_sub(MAX_SLICE_ENDPOINTS);
+        all.truncate(MAX_SLICE_ENDPOINTS);
+        if !self.parts.contains_key(&key) && self.parts.len() >= MAX_SLICES {
+            self.left_out = self.left_out.saturating_add(all.len() + over);
+            return;
+        }
+        self.parts.insert(key, Part { addrs: all, over });
+    }
+
+    fn over_limit(&self) -> usize {
+        self.parts
+            .values()
+            .map(|p| p.over)
+            .fold(self.left_out, usize::saturating_add)
+    }
 }
 
 fn key(s: &EndpointSlice) -> String {
@@ -112,6 +163,8 @@ pub struct Folded {
     pub addresses: Vec<String>,
     /// Addresses listed but refused, sorted, deduplicated, with why.
     pub refused: Vec<(SocketAddr, Refusal)>,
+    /// Addresses left out past the limits (not deduplicated).
+    pub over_limit: usize,
 }
 
 impl Fold {
@@ -124,14 +177,14 @@ impl Fold {
 
     /// A relist starts: slices are gathered until `init_done`.
     pub fn init(&mut self) {
-        self.pending = Some(BTreeMap::new());
+        self.pending = Some(Slices::default());
     }
 
     pub fn init_apply(&mut self, s: &EndpointSlice) {
         let addrs = addresses(s, &self.port_name);
         self.pending
-            .get_or_insert_with(BTreeMap::new)
-            .insert(key(s), addrs);
+            .get_or_insert_with(Slices::default)
+            .put(key(s), addrs);
     }
 
     /// The relist is complete: it replaces what was known.
@@ -142,21 +195,30 @@ impl Fold {
     }
 
     pub fn apply(&mut self, s: &EndpointSlice) {
-        self.slices.insert(key(s), addresses(s, &self.port_name));
+        self.slices.put(key(s), addresses(s, &self.port_name));
     }
 
     pub fn delete(&mut self, s: &EndpointSlice) {
-        self.slices.remove(&key(s));
+        self.slices.parts.remove(&key(s));
     }
 
     /// Every ready address on the port, split into those to dial and
     /// those refused.
     pub fn current(&self) -> Folded {
-        let set: BTreeSet<SocketAddr> = self.slices.values().flatten().copied().collect();
-        let mut out = Folded::default();
+        let set: BTreeSet<SocketAddr> = self
+            .slices
+            .parts
+            .values()
+            .flat_map(|p| p.addrs.iter().copied())
+            .collect();
+        let mut out = Folded {
+            over_limit: self.slices.over_limit(),
+            ..Folded::default()
+        };
         for a in set {
             match Refusal::of(a.ip()) {
                 Some(r) => out.refused.push((a, r)),
+                None if out.addresses.len() == MAX_ADDRESSES => out.over_limit += 1,
                 None => out.addresses.push(a.to_string()),
             }
         }
@@ -338,5 +400,56 @@ mod tests {
                 ("[fe80::1]:6443".to_string(), "link_local"),
             ]
         );
+    }
+
+    /// A slice named `name` with `n` ready endpoints 10.x.y.z.
+    fn big(name: &str, first: usize, n: usize) -> EndpointSlice {
+        let ips: Vec<String> = (first..first + n)
+            .map(|i| format!("10.{}.{}.{}", i / 65536, i / 256 % 256, i % 256))
+            .collect();
+        let eps: Vec<(&str, Option<bool>)> = ips.iter().map(|ip| (ip.as_str(), None)).collect();
+        slice(name, "IPv4", ("https", 6443), &eps)
+    }
+
+    #[test]
+    fn what_is_kept_is_bounded_and_the_rest_counted() {
+        let mut f = Fold::new("https");
+        // One slice past the API's own limit, listed in reverse: the first
+        // in address order are kept.
+        let mut a = big("a", 0, MAX_SLICE_ENDPOINTS + 500);
+        a.endpoints.reverse();
+        f.apply(&a);
+        let got = f.current();
+        assert_eq!(
+            (got.addresses.len(), got.over_limit),
+            (MAX_SLICE_ENDPOINTS, 500)
+        );
+        // Past the total: the first in address order are published.
+        f.apply(&big("b", 70_000, 100));
+        let got = f.current();
+        assert_eq!(got.addresses.len(), MAX_ADDRESSES);
+        assert_eq!(
+            got.over_limit,
+            500 + (MAX_SLICE_ENDPOINTS + 100 - MAX_ADDRESSES)
+        );
+        assert_eq!(got.addresses[0], "10.0.0.0:6443");
+        assert_eq!(got.addresses[MAX_ADDRESSES - 24], "10.1.17.112:6443");
+        // Within the limits again once the big slice shrinks.
+        f.apply(&big("a", 0, 10));
+        let got = f.current();
+        assert_eq!((got.addresses.len(), got.over_limit), (110, 0));
+        // Past MAX_SLICES, a new slice is left out and counted until a relist.
+        f.init();
+        for i in 0..MAX_SLICES + 3 {
+            f.init_apply(&big(&format!("s{i:04}"), i * 2, 2));
+        }
+        f.init_done();
+        let got = f.current();
+        assert_eq!(got.addresses.len(), MAX_SLICES * 2);
+        assert_eq!(got.over_limit, 6);
+        f.init();
+        f.init_apply(&big("one", 0, 1));
+        f.init_done();
+        assert_eq!(f.current().over_limit, 0);
     }
 }

@@ -17,6 +17,10 @@ use crate::status::model::Source;
 
 pub(crate) const SOURCES: [Source; 3] = [Source::Static, Source::State, Source::Api];
 
+/// The `reason` of `cplb_discovery_endpoints_refused` for endpoints past
+/// the fold's limits (the other reasons are `Refusal`s).
+const OVER_LIMIT: &str = "over_limit";
+
 #[derive(Clone)]
 pub(crate) struct DiscoveryMetrics {
     /// `cplb_upstreams{source}`: set by whoever applies a set.
@@ -56,6 +60,8 @@ impl Collector for FromStats {
             let n = i64::try_from(s.refused(r)).unwrap_or(i64::MAX);
             self.refused.with_label_values(&[r.as_str()]).set(n);
         }
+        let n = i64::try_from(s.over_limit()).unwrap_or(i64::MAX);
+        self.refused.with_label_values(&[OVER_LIMIT]).set(n);
         let mut out = self.last_sync.collect();
         out.extend(self.events.collect());
         out.extend(self.errors.collect());
@@ -88,13 +94,14 @@ impl DiscoveryMetrics {
         let refused = IntGaugeVec::new(
             Opts::new(
                 "cplb_discovery_endpoints_refused",
-                "Endpoints in the API's last list that discovery refuses to dial, by reason (unspecified, multicast, broadcast, link_local).",
+                "Endpoints in the API's last list that discovery refuses, by reason (unspecified, multicast, broadcast, link_local: never dialled; over_limit: past 1000 per slice, 64 slices or 1024 in all).",
             ),
             &["reason"],
         )?;
         for r in Refusal::ALL {
             refused.with_label_values(&[r.as_str()]);
         }
+        refused.with_label_values(&[OVER_LIMIT]);
         r.register(Box::new(FromStats {
             stats: stats.clone(),
             last_sync: Gauge::new(

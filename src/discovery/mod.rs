@@ -12,6 +12,7 @@ pub(crate) mod apply;
 pub mod client;
 pub mod config;
 pub mod fold;
+pub mod limit;
 pub(crate) mod metrics;
 mod pace;
 pub(crate) mod run;

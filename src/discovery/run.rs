@@ -295,7 +295,8 @@ impl Active {
             Loaded::Found(s) => {
                 tracing::info!(
                     state_file = %d.state_file.display(),
-                    upstreams = s.addresses.join(", ").as_str(),
+                    count = s.addresses.len(),
+                    upstreams = super::short_list(&s.addresses).as_str(),
                     written_at = s.written_at.as_str(),
                     "starting from discovery's state file"
                 );

@@ -87,6 +87,8 @@ pub struct Stats {
     last_error: Mutex<Option<(Reason, String)>>,
     /// Endpoints of the last list refused, by reason (gauges).
     refused: [AtomicU64; Refusal::ALL.len()],
+    /// Endpoints of the last list left out past the fold's limits (gauge).
+    over_limit: AtomicU64,
     /// The refused endpoints last logged: one log line per set.
     refused_logged: Mutex<Vec<(SocketAddr, Refusal)>>,
 }
@@ -105,10 +107,28 @@ impl Stats {
         self.refused[r as usize].load(Ordering::Relaxed)
     }
 
+    /// Endpoints of the API's last list left out past the fold's limits.
+    pub fn over_limit(&self) -> u64 {
+        self.over_limit.load(Ordering::Relaxed)
+    }
+
     /// Records the refused endpoints of a list from the API: the counts
     /// by reason, and a log line when they differ from the last list's,
     /// so a refused address warns once, not on every event.
-    fn set_refused(&self, refused: &[(SocketAddr, Refusal)]) {
+    fn set_refused(&self, folded: &Folded) {
+        let over = folded.over_limit as u64;
+        match (self.over_limit.swap(over, Ordering::Relaxed), over) {
+            (0, 0) | (1.., 1..) => {}
+            (0, n) => tracing::warn!(
+                left_out = n,
+                "the API lists more endpoints than discovery keeps: at most {} per EndpointSlice, {} slices and {} addresses in all (the first in address order); the rest are left out",
+                super::fold::MAX_SLICE_ENDPOINTS,
+                super::fold::MAX_SLICES,
+                super::fold::MAX_ADDRESSES,
+            ),
+            (_, 0) => tracing::info!("the API's endpoints are within discovery's limits again"),
+        }
+        let refused = folded.refused.as_slice();
         for r in Refusal::ALL {
             let n = refused.iter().filter(|(_, x)| *x == r).count();
             self.refused[r as usize].store(n as u64, Ordering::Relaxed);
@@ -275,8 +295,9 @@ async fn session(
         }
     };
     let api: Api<EndpointSlice> = Api::namespaced(client, &s.namespace);
-    let config =
-        watcher::Config::default().labels(&format!("{}={}", super::fold::SERVICE_LABEL, s.service));
+    let config = watcher::Config::default()
+        .labels(&format!("{}={}", super::fold::SERVICE_LABEL, s.service))
+        .page_size(super::limit::PAGE_SIZE);
     let mut stream = pin!(watcher::watcher(api, config));
     let mut fold = Fold::new(&s.port_name);
     let mut synced = false;
@@ -365,7 +386,7 @@ async fn until(t: Option<Instant>) {
 /// Publishes the addresses to dial unless there are none (refused: cplb
 /// never goes to zero upstreams) or they are unchanged.
 fn publish(folded: Folded, upstream: &str, out: &watch::Sender<Option<Discovered>>, stats: &Stats) {
-    stats.set_refused(&folded.refused);
+    stats.set_refused(&folded);
     let addresses = folded.addresses;
     if addresses.is_empty() {
         fail(
@@ -383,7 +404,8 @@ fn publish(folded: Folded, upstream: &str, out: &watch::Sender<Option<Discovered
         return;
     }
     tracing::info!(
-        upstreams = addresses.join(", ").as_str(),
+        count = addresses.len(),
+        upstreams = super::short_list(&addresses).as_str(),
         via = upstream,
         "discovery: the API lists new upstreams"
     );
