@@ -34,6 +34,10 @@ pub(crate) struct Entry {
     pub(crate) draining: bool,
 }
 
+/// Most members kept: as many as the API may list (`fold::MAX_ADDRESSES`)
+/// and as many draining.
+const MAX_MEMBERS: usize = 2 * crate::discovery::fold::MAX_ADDRESSES;
+
 #[derive(Debug, Default)]
 pub(crate) struct Applied {
     members: BTreeMap<String, Member>,
@@ -104,6 +108,22 @@ impl Applied {
                 self.members.insert(a.clone(), listed(Source::Api));
                 changed = true;
             }
+        }
+        // An API that lists a new full set every second would otherwise
+        // pile up draining members for `remove_after`: the longest
+        // draining go first, as they would at their expiry.
+        if self.members.len() > MAX_MEMBERS {
+            let mut draining: Vec<(Instant, String)> = self
+                .members
+                .iter()
+                .filter_map(|(a, m)| m.draining_since.map(|t| (t, a.clone())))
+                .collect();
+            draining.sort();
+            let excess = self.members.len() - MAX_MEMBERS;
+            for (_, a) in draining.into_iter().take(excess) {
+                self.members.remove(&a);
+            }
+            changed = true;
         }
         changed
     }
@@ -349,6 +369,28 @@ mod tests {
         a.expire(t0 + Duration::from_secs(1) + d.remove_after, d.remove_after);
         let got = a.entries(&d);
         assert_eq!((got.entries.len(), got.dropped.len()), (100, 0));
+    }
+
+    #[test]
+    fn draining_members_are_bounded_the_longest_draining_go_first() {
+        let c = config();
+        let mut a = Applied::seed(&c);
+        let t0 = Instant::now();
+        let lists: Vec<Vec<String>> = (0..4)
+            .map(|k| many(&format!("10.{}", 10 + k), MAX_MEMBERS / 2))
+            .collect();
+        for (k, l) in lists.iter().enumerate() {
+            a.discovered(l, t0 + Duration::from_secs(k as u64));
+        }
+        assert_eq!(a.members().len(), MAX_MEMBERS);
+        // The last list is listed, the one before drains; older ones went.
+        assert_eq!(a.listed(), lists[3]);
+        assert!(
+            lists[2]
+                .iter()
+                .all(|x| a.members()[x].draining_since.is_some())
+        );
+        assert!(!a.members().contains_key(&lists[1][0]));
     }
 
     #[test]
