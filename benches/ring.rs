@@ -14,17 +14,17 @@ fn servers(n: usize) -> Vec<String> {
 fn build(c: &mut Criterion) {
     let three = servers(3);
     c.bench_function("build 3 servers weight 5", |b| {
-        b.iter(|| Ring::new(black_box(&three).iter().map(|s| (s.as_str(), 5))))
+        b.iter(|| Ring::new(black_box(&three).iter().map(|s| (s.as_str(), 5))).unwrap())
     });
     let seven = servers(7);
     c.bench_function("build 7 servers weight 100", |b| {
-        b.iter(|| Ring::new(black_box(&seven).iter().map(|s| (s.as_str(), 100))))
+        b.iter(|| Ring::new(black_box(&seven).iter().map(|s| (s.as_str(), 100))).unwrap())
     });
 }
 
 fn lookup(c: &mut Criterion) {
     let three = servers(3);
-    let ring = Ring::new(three.iter().map(|s| (s.as_str(), 5)));
+    let ring = Ring::new(three.iter().map(|s| (s.as_str(), 5))).unwrap();
     c.bench_function("lookup first (hash of client IP + walk)", |b| {
         b.iter(|| ring.first(hash_key(black_box(b"10.20.30.40"))))
     });

@@ -123,6 +123,7 @@ mod tests {
             ("server2.k8s.local:6443", 5),
             ("server3.k8s.local:6443", 5),
         ])
+        .unwrap()
     }
 
     fn all(choice: impl Iterator<Item = (usize, Pass)>) -> Vec<(usize, Pass)> {

@@ -48,6 +48,8 @@ pub enum DemoError {
     Server(#[from] crate::ServerError),
     #[error("config")]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Ring(#[from] crate::ring::TooManyServers),
     #[error("I/O")]
     Io(#[from] std::io::Error),
     #[error("the answer to GET /upstreams")]
@@ -190,7 +192,7 @@ async fn demo(out: &mut impl Write, dir: &Path) -> Result<(), DemoError> {
     let table = placement(&mut nodes, &pki).await?;
     print_table(out, &table)?;
     let texts: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-    let ring = Ring::new(texts.iter().map(|s| (s.as_str(), 5)));
+    let ring = Ring::new(texts.iter().map(|s| (s.as_str(), 5)))?;
     let nginx = ring
         .first(hash_key(b"127.0.0.1"))
         .map_or("?", |i| MASTERS[i]);

@@ -31,6 +31,8 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Tls(#[from] crate::probe::TlsError),
+    #[error(transparent)]
+    Upstreams(#[from] crate::ring::TooManyServers),
     #[error("the proxy is shutting down")]
     Stopped,
 }
@@ -307,9 +309,17 @@ impl Reloader {
         };
         self.refused_text = None;
         let changes = self.diff(&new, restart_needed);
-        self.disc.reconfigure(&self.config, &new);
+        self.disc.reconfigure(&self.config, &new).await;
         let entries = self.disc.entries(&new);
-        let built = Snapshot::build_with(&new, &entries, &mut self.table, m);
+        let built = match Snapshot::build_with(&new, &entries, &mut self.table, m) {
+            Ok(b) => b,
+            // Validation and discovery's cap keep the set within the ring's
+            // bound; should either fail, the reload is refused, not a panic.
+            Err(e) => {
+                self.refused(&e);
+                return Err(e.into());
+            }
+        };
         crate::resolve::resolve_upstreams(&built.snapshot, &built.added, true).await;
         let snapshot = Arc::new(built.snapshot);
         self.shared.snapshot.store(snapshot.clone());
@@ -354,7 +364,13 @@ impl Reloader {
     async fn rebuild(&mut self) {
         let m = &self.shared.metrics;
         let entries = self.disc.entries(&self.config);
-        let built = Snapshot::build_with(&self.config, &entries, &mut self.table, m);
+        let built = match Snapshot::build_with(&self.config, &entries, &mut self.table, m) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %Chain(&e), "discovered upstreams not applied; the running set stays");
+                return;
+            }
+        };
         crate::resolve::resolve_upstreams(&built.snapshot, &built.added, false).await;
         let snapshot = Arc::new(built.snapshot);
         self.shared.snapshot.store(snapshot.clone());

@@ -10,13 +10,23 @@
 //! values are dropped. Lookup: the first point >= crc32(key), wrapping.
 
 /// Servers a ring can hold; `Walk` tracks visited servers in one `u128`.
-pub(crate) const MAX_SERVERS: usize = 128;
+pub const MAX_SERVERS: usize = 128;
 const POINTS_PER_WEIGHT: u32 = 160;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Point {
     hash: u32,
     server: u32,
+}
+
+/// More servers than a ring holds. Config validation refuses such a list
+/// and discovery caps its set, so this is the last line of defence: a
+/// caller gets an error to report instead of a panic in its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{given} servers, a ring holds at most {MAX_SERVERS}")]
+pub struct TooManyServers {
+    /// How many were given (counting stops at `MAX_SERVERS + 1`).
+    pub given: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -48,13 +58,19 @@ fn split_for_hash(addr: &str) -> (&str, &str) {
 }
 
 impl Ring {
+    /// A ring without servers: every lookup yields nothing.
+    pub fn empty() -> Ring {
+        Ring {
+            points: Vec::new(),
+            servers: 0,
+        }
+    }
+
     /// Builds the ring from `(literal address, weight)` pairs; a server's
-    /// index in the input is its index in lookups.
-    ///
-    /// # Panics
-    /// If more than `MAX_SERVERS` servers are given (config validation
-    /// refuses that before it gets here).
-    pub fn new<'a, I>(servers: I) -> Ring
+    /// index in the input is its index in lookups. More than
+    /// `MAX_SERVERS` servers is an error (found before any point of the
+    /// excess is computed).
+    pub fn new<'a, I>(servers: I) -> Result<Ring, TooManyServers>
     where
         I: IntoIterator<Item = (&'a str, u32)>,
     {
@@ -62,6 +78,9 @@ impl Ring {
         let mut count = 0usize;
         for (index, (addr, weight)) in servers.into_iter().enumerate() {
             count += 1;
+            if count > MAX_SERVERS {
+                return Err(TooManyServers { given: count });
+            }
             let (host, port) = split_for_hash(addr);
             let mut base = crc32fast::Hasher::new();
             base.update(host.as_bytes());
@@ -79,13 +98,12 @@ impl Ring {
                 prev = hash;
             }
         }
-        assert!(count <= MAX_SERVERS, "at most {MAX_SERVERS} servers");
         points.sort_by_key(|p| p.hash); // stable
         points.dedup_by_key(|p| p.hash); // keeps the first of each run
-        Ring {
+        Ok(Ring {
             points,
             servers: count,
-        }
+        })
     }
 
     #[cfg(test)]
@@ -187,6 +205,7 @@ mod tests {
             ("server2.k8s.local:6443", 5),
             ("server3.k8s.local:6443", 5),
         ])
+        .unwrap()
     }
 
     #[test]
@@ -208,7 +227,7 @@ mod tests {
         buf.truncate(base_len);
         buf.extend_from_slice(&p0.to_le_bytes());
         let p1 = crc32fast::hash(&buf);
-        let ring = Ring::new([("server1.k8s.local:6443", 1)]);
+        let ring = Ring::new([("server1.k8s.local:6443", 1)]).unwrap();
         let hashes: Vec<u32> = ring.points.iter().map(|p| p.hash).collect();
         assert!(hashes.contains(&p0) && hashes.contains(&p1));
         assert_eq!(ring.points(), 160);
@@ -237,14 +256,14 @@ mod tests {
 
     #[test]
     fn points_sorted_unique_and_counted() {
-        let ring = Ring::new([("a:1", 1), ("b:1", 3)]);
+        let ring = Ring::new([("a:1", 1), ("b:1", 3)]).unwrap();
         assert!(ring.points.windows(2).all(|w| w[0].hash < w[1].hash));
         assert!(ring.points() <= 4 * 160 && ring.points() >= 4 * 160 - 2);
     }
 
     #[test]
     fn shares_sum_to_one_and_follow_weight() {
-        let ring = Ring::new([("a:1", 1), ("b:1", 3)]);
+        let ring = Ring::new([("a:1", 1), ("b:1", 3)]).unwrap();
         let s = ring.shares();
         assert!((s.iter().sum::<f64>() - 1.0).abs() < 1e-9);
         assert!(s[1] > 2.0 * s[0], "{s:?}");
@@ -252,8 +271,8 @@ mod tests {
 
     #[test]
     fn removing_a_server_moves_only_its_keys() {
-        let full = Ring::new([("a:1", 5), ("b:1", 5), ("c:1", 5)]);
-        let less = Ring::new([("a:1", 5), ("c:1", 5)]);
+        let full = Ring::new([("a:1", 5), ("b:1", 5), ("c:1", 5)]).unwrap();
+        let less = Ring::new([("a:1", 5), ("c:1", 5)]).unwrap();
         let map = [0usize, 2]; // index in `less` -> index in `full`
         let mut moved = 0;
         for i in 0..20_000u32 {
@@ -294,15 +313,36 @@ mod tests {
     fn a_server_without_points_ends_the_walk() {
         // Weight 0 gives a server no points: the walk must still end, after
         // yielding the servers that have points, without indexing past them.
-        let ring = Ring::new([("a:1", 0), ("b:1", 1)]);
+        let ring = Ring::new([("a:1", 0), ("b:1", 1)]).unwrap();
         assert_eq!(ring.walk(7).collect::<Vec<_>>(), vec![1]);
-        let none = Ring::new([("a:1", 0)]);
+        let none = Ring::new([("a:1", 0)]).unwrap();
         assert_eq!(none.first(7), None);
     }
 
     #[test]
     fn empty_ring_yields_nothing() {
-        let ring = Ring::new(std::iter::empty::<(&str, u32)>());
+        let ring = Ring::new(std::iter::empty::<(&str, u32)>()).unwrap();
         assert_eq!(ring.first(5), None);
+        assert_eq!(Ring::empty().walk(5).count(), 0);
+    }
+
+    #[test]
+    fn more_servers_than_a_ring_holds_is_an_error_not_a_panic() {
+        let names: Vec<String> = (0..=MAX_SERVERS)
+            .map(|i| format!("10.0.{}.{}:6443", i / 250, i % 250))
+            .collect();
+        let full = Ring::new(names[..MAX_SERVERS].iter().map(|s| (s.as_str(), 1))).unwrap();
+        assert_eq!(full.walk(7).count(), MAX_SERVERS);
+        let e = Ring::new(names.iter().map(|s| (s.as_str(), 1))).unwrap_err();
+        assert_eq!(
+            e,
+            TooManyServers {
+                given: MAX_SERVERS + 1
+            }
+        );
+        assert_eq!(e.to_string(), "129 servers, a ring holds at most 128");
+        // Counting stops at the first server too many: an endless list ends.
+        let endless = std::iter::repeat(("a:1", 1));
+        assert_eq!(Ring::new(endless).unwrap_err().given, MAX_SERVERS + 1);
     }
 }

@@ -34,6 +34,8 @@ pub enum ServerError {
     Workers(#[source] std::io::Error),
     #[error("could not register metrics")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Upstreams(#[from] crate::ring::TooManyServers),
 }
 
 /// A bound, not yet serving, proxy. `bind` then `serve`; tests and `main`
@@ -68,10 +70,11 @@ impl Server {
         let wiring = crate::discovery::run::Wiring::new(
             &config,
             crate::discovery::metrics::DiscoveryMetrics::new(metrics.registry())?,
-        );
+        )
+        .await;
         let own = crate::own::OwnSockets::new(local_addrs.clone());
         let mut table = StateTable::new(crate::wheel::Timers::new(config.workers.get()), own);
-        let built = Snapshot::build_with(&config, &wiring.entries(&config), &mut table, &metrics);
+        let built = Snapshot::build_with(&config, &wiring.entries(&config), &mut table, &metrics)?;
         wiring.count(&built.snapshot);
         resolve::resolve_upstreams(&built.snapshot, &built.added, false).await;
         metrics.last_reload_success_timestamp.set(Clock::unix_now());

@@ -96,7 +96,7 @@ impl Shared {
         let config = crate::Config::parse(yaml, std::path::Path::new("t.yaml")).unwrap();
         let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
         let mut table = crate::upstream::StateTable::default();
-        let built = Snapshot::build(&config, &mut table, &metrics);
+        let built = Snapshot::build(&config, &mut table, &metrics).unwrap();
         for u in &built.snapshot.upstreams {
             if let Ok(a) = u.config.address.parse() {
                 u.state.set_addrs(vec![a]);

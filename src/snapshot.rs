@@ -11,7 +11,7 @@ use crate::config::{Config, HashKey, UpstreamConfig};
 use crate::discovery::apply::{Entry, static_entries};
 use crate::health::Policy;
 use crate::metrics::Metrics;
-use crate::ring::{self, Ring};
+use crate::ring::{self, Ring, TooManyServers};
 use crate::status::model::Source;
 use crate::upstream::{StateTable, UpstreamState};
 
@@ -64,23 +64,30 @@ pub struct Built {
 
 impl Snapshot {
     /// The config's static upstreams (discovery off).
-    pub fn build(config: &Config, table: &mut StateTable, metrics: &Metrics) -> Built {
+    pub fn build(
+        config: &Config,
+        table: &mut StateTable,
+        metrics: &Metrics,
+    ) -> Result<Built, TooManyServers> {
         Self::build_with(config, &static_entries(config), table, metrics)
     }
 
     /// The settings of `config` with the upstreams `entries` (discovery
-    /// decides them when it is on).
+    /// decides them when it is on). More entries than a ring holds is an
+    /// error, and the state table is left as it was: validation and
+    /// discovery's cap keep lists within the bound, this reports a bug in
+    /// either instead of panicking.
     pub(crate) fn build_with(
         config: &Config,
         entries: &[Entry],
         table: &mut StateTable,
         metrics: &Metrics,
-    ) -> Built {
+    ) -> Result<Built, TooManyServers> {
         let ring = Ring::new(
             entries
                 .iter()
                 .map(|e| (e.config.address.as_str(), e.config.weight.get())),
-        );
+        )?;
         let mut added = Vec::new();
         let upstreams = entries
             .iter()
@@ -121,7 +128,7 @@ impl Snapshot {
                 config.failback.spread,
             ),
         };
-        Built {
+        Ok(Built {
             snapshot: Snapshot {
                 ring,
                 upstreams,
@@ -129,7 +136,7 @@ impl Snapshot {
             },
             added,
             removed,
-        }
+        })
     }
 
     /// The ring lookup hash for a client, per `hash.key`. Formats into a
@@ -190,7 +197,35 @@ mod tests {
         // Built in code, past validation: the snapshot must still not truncate.
         config.upstreams[0].fail_timeout = Duration::from_secs(u64::MAX / 1000 + 1);
         let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
-        let built = Snapshot::build(&config, &mut StateTable::default(), &metrics);
+        let built = Snapshot::build(&config, &mut StateTable::default(), &metrics).unwrap();
         assert_eq!(built.snapshot.upstreams[0].policy.fail_timeout_ms, u64::MAX);
+    }
+
+    #[test]
+    fn more_upstreams_than_a_ring_holds_is_an_error_and_changes_nothing() {
+        let mut config = Config::parse(
+            "upstreams:\n  - address: 10.0.0.1:6443\n",
+            std::path::Path::new("t.yaml"),
+        )
+        .unwrap();
+        let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
+        let mut table = StateTable::default();
+        Snapshot::build(&config, &mut table, &metrics).unwrap();
+        let before = config.clone();
+        // Built in code, past validation's limit.
+        let one = config.upstreams[0].clone();
+        config.upstreams = (0..=ring::MAX_SERVERS)
+            .map(|i| UpstreamConfig {
+                address: format!("10.1.{}.{}:6443", i / 250, i % 250),
+                ..one.clone()
+            })
+            .collect();
+        let e = Snapshot::build(&config, &mut table, &metrics)
+            .err()
+            .unwrap();
+        assert_eq!(e.given, ring::MAX_SERVERS + 1);
+        // The table still holds the one upstream of the last good build.
+        let again = Snapshot::build(&before, &mut table, &metrics).unwrap();
+        assert!(again.added.is_empty() && again.removed.is_empty());
     }
 }

@@ -14,6 +14,7 @@ fn reference_ring() -> Ring {
         ("server2.k8s.local:6443", 5),
         ("server3.k8s.local:6443", 5),
     ])
+    .unwrap()
 }
 
 #[test]
@@ -61,7 +62,8 @@ async fn key_node_routes_each_node_to_its_ring_master_and_sticks() {
             .collect::<Vec<_>>()
             .iter()
             .map(|(s, w)| (s.as_str(), *w)),
-    );
+    )
+    .unwrap();
     let mut landed = HashMap::new();
     for n in 0..24 {
         let node = format!("node-{n}");
@@ -113,7 +115,7 @@ async fn key_remote_addr_follows_the_ring_for_each_source_ip() {
     ];
     let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
     let texts: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-    let ring = Ring::new(texts.iter().map(|s| (s.as_str(), 1)));
+    let ring = Ring::new(texts.iter().map(|s| (s.as_str(), 1))).unwrap();
     let proxy = Proxy::start(TestConfig::new(&addrs).hash_key("remote_addr").config()).await;
     for i in 1..=50u8 {
         let ip = std::net::Ipv4Addr::new(127, 0, 3, i);

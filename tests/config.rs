@@ -79,7 +79,7 @@ fn defaults_are_nginx_defaults() {
     // set, which discovery can grow past the configured list.
     assert_eq!(c.next_upstream_tries.get(), usize::MAX);
     let m = cplb::metrics::Metrics::new(prometheus::Registry::new()).unwrap();
-    let built = cplb::snapshot::Snapshot::build(&c, &mut Default::default(), &m);
+    let built = cplb::snapshot::Snapshot::build(&c, &mut Default::default(), &m).unwrap();
     assert_eq!(built.snapshot.settings.tries, 1);
     assert_eq!(c.admin, Some("127.0.0.1:8081".parse().unwrap()));
     // cplb's own, beyond nginx (docs/configuration.md says why).
@@ -271,4 +271,57 @@ fn drain_grace_defaults_to_60s_and_is_read() {
         .join("tests/fixtures/config/valid/health-check-drain-grace.yaml");
     let c = cplb::Config::load(&p).unwrap();
     assert_eq!(c.health_check.unwrap().drain_grace.as_secs(), 86_400);
+}
+
+#[test]
+fn a_node_name_past_253_bytes_is_refused_and_a_non_utf8_one_warns() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = common::process::temp_dir("node-name");
+    let p = dir.join("cplb.yaml");
+    std::fs::write(&p, "upstreams: [{address: a:1}]\n").unwrap();
+    // 100 kB: near the kernel's limit for one environment string.
+    for len in [254, 100_000] {
+        let out = cplb()
+            .arg("-c")
+            .arg(&p)
+            .arg("-t")
+            .env("NODE_NAME", "n".repeat(len))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "hash.node_id: $NODE_NAME is {len} bytes, more than 253"
+            )),
+            "{stderr}"
+        );
+        assert!(
+            stderr.len() < 1000,
+            "the value is not echoed: {} bytes",
+            stderr.len()
+        );
+    }
+    let out = cplb()
+        .arg("-c")
+        .arg(&p)
+        .arg("-t")
+        .env("NODE_NAME", std::ffi::OsStr::from_bytes(b"worker-\xff\xfe"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("NODE_NAME is not valid UTF-8; the node id is the hostname instead"),
+        "{stderr}"
+    );
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert!(
+        stdout.contains(&format!("node id {:?}", host.trim())),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

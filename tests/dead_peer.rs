@@ -36,7 +36,7 @@ fn a_vanished_master_is_dropped_within_the_user_timeout() {
             FakeUpstream::start_at("b", SocketAddr::new("127.0.0.3".parse().unwrap(), port)).await;
         let addrs = [a.addr, b.addr];
         let text: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-        let ring = cplb::ring::Ring::new(text.iter().map(|a| (a.as_str(), 1)));
+        let ring = cplb::ring::Ring::new(text.iter().map(|a| (a.as_str(), 1))).unwrap();
         let node = (0..1000)
             .map(|i| format!("n{i}"))
             .find(|id| ring.first(cplb::ring::hash_key(id.as_bytes())) == Some(0))

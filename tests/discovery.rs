@@ -52,10 +52,28 @@ fn settings(kubeconfig: PathBuf) -> Settings {
         port_name: "https".into(),
         tls_server_name: "kubernetes".into(),
         debounce: Duration::from_millis(100),
+        debounce_max: Duration::from_secs(1),
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(300),
         sync_timeout: Duration::from_secs(1),
     }
+}
+
+/// The pacing cplb runs with (`Settings::new`: 1 s quiet time, 3 s
+/// maximum wait, backoff 200 ms to 10 s), for the tests that measure it.
+fn production(kubeconfig: PathBuf) -> Settings {
+    Settings::new(&cplb::discovery::DiscoveryConfig {
+        kubeconfig,
+        namespace: "default".into(),
+        service: "kubernetes".into(),
+        port_name: "https".into(),
+        tls_server_name: "kubernetes".into(),
+        state_file: "unused".into(),
+        remove_after: Duration::from_secs(300),
+        weight: std::num::NonZeroU32::MIN,
+        max_fails: 1,
+        fail_timeout: Duration::from_secs(10),
+    })
 }
 
 fn start(s: Settings, candidates: Vec<SocketAddr>) -> Running {
@@ -502,6 +520,167 @@ async fn a_master_that_never_answers_is_left_for_the_next() {
     d.wait_for(&texts(&c, &[0])).await;
     assert!(
         d.stats.errors(Reason::Timeout) >= 1,
+        "{:?}",
+        d.stats.last_error()
+    );
+}
+
+#[tokio::test]
+async fn a_kubeconfig_that_skips_tls_verification_is_refused_and_no_token_is_sent() {
+    let c = Cluster::start(1).await;
+    c.list(&[0]);
+    // A server with a certificate from another CA, taking the same token:
+    // what an EndpointSlice naming an attacker's address would reach.
+    let other = cplb::standin::pki::Pki::new("an attacker's CA").unwrap();
+    let api = cplb::standin::KubeApi::new(c.store.clone()).with_token(common::cluster::TOKEN);
+    let rogue =
+        cplb::standin::ApiServer::start_kube("rogue", &other, "127.0.0.1:0".parse().unwrap(), api)
+            .await
+            .unwrap();
+    let kc = c.kubeconfig("insecure", &closed_server(), Auth::Token);
+    let text = std::fs::read_to_string(&kc).unwrap();
+    let text = text.replace(
+        "    certificate-authority: ca.crt\n",
+        "    certificate-authority: ca.crt\n    insecure-skip-tls-verify: true\n",
+    );
+    assert!(text.contains("insecure-skip-tls-verify: true"), "{text}");
+    std::fs::write(&kc, text).unwrap();
+    let d = start(settings(kc.clone()), vec![rogue.addr, c.addr(0)]);
+    // Two rounds: each loads the kubeconfig and refuses it before dialling
+    // (or, were it accepted, the rogue server hears from it).
+    wait_until("the kubeconfig refused twice, or the rogue dialled", || {
+        d.stats.errors(Reason::Kubeconfig) >= 2 || rogue.requests() > 0
+    })
+    .await;
+    assert_eq!(
+        rogue.requests(),
+        0,
+        "the token went to an unverified server"
+    );
+    let e = d.stats.last_error().unwrap();
+    eprintln!("insecure kubeconfig: {e}");
+    assert!(
+        e.contains(&kc.display().to_string())
+            && e.contains("insecure-skip-tls-verify: true")
+            && e.contains("must verify their certificates"),
+        "{e}"
+    );
+    assert_eq!(
+        c.masters[0].requests(),
+        0,
+        "an unverified connection was made"
+    );
+    assert_eq!(d.list(), None, "nothing published");
+}
+
+/// Waits, at most `deadline`, for `cond`; panics naming `what`.
+async fn wait_long(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    common::eventually(deadline, async || cond().then_some(()))
+        .await
+        .unwrap_or_else(|_| panic!("timed out ({deadline:?}) waiting for: {what}"));
+}
+
+#[tokio::test]
+async fn an_api_answering_every_watch_with_410_is_relisted_with_backoff_and_published() {
+    let c = Cluster::start(1).await;
+    c.list(&[0]);
+    c.store.set_watch_gone(true);
+    let kc = c.kubeconfig("cert", &closed_server(), Auth::ClientCert);
+    let s = production(kc);
+    let (min, max) = (s.backoff_min, s.backoff_max);
+    let started = std::time::Instant::now();
+    let d = start(s, vec![c.addr(0)]);
+    // Published although no watch ever works.
+    d.wait_for(&texts(&c, &[0])).await;
+    let first = started.elapsed();
+    wait_long("six 410s", Duration::from_secs(60), || c.store.gone() >= 6).await;
+    let (elapsed, lists, gone) = (started.elapsed(), c.store.lists(), c.store.gone());
+    eprintln!(
+        "410 on every watch: {lists} lists and {gone} 410s in {elapsed:.2?} ({:.1} lists per second; \
+         without backoff 22 per second), first publish after {first:.2?}",
+        lists as f64 / elapsed.as_secs_f64()
+    );
+    assert!(d.stats.errors(Reason::Gone) >= 6);
+    // Five waits between six 410s, each at least half of its step of the
+    // doubling from 200 ms: 100 + 200 + 400 + 800 + 1600 ms. A machine
+    // slower than this one only makes it longer.
+    let least: Duration = (0..5).map(|i| (min * (1 << i)).min(max) / 2).sum();
+    assert!(
+        elapsed >= least,
+        "{lists} lists after {gone} 410s within {elapsed:?}, less than {least:?} for six: no backoff"
+    );
+    assert!(lists <= gone + 1, "a list per 410 at most");
+}
+
+#[tokio::test]
+async fn a_service_changing_every_half_second_is_published_every_few_seconds() {
+    let c = Cluster::start(1).await;
+    c.list(&[0]);
+    // The Service changes every 500 ms, each time to a set not seen before.
+    let (store, m0, port) = (c.store.clone(), c.addr(0), c.port);
+    let churn = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        for k in 0u32.. {
+            tick.tick().await;
+            let other = SocketAddr::new(
+                std::net::Ipv4Addr::new(127, 1, (k / 250) as u8, (k % 250 + 1) as u8).into(),
+                port,
+            );
+            store.set_masters(&[
+                Master {
+                    addr: m0,
+                    ready: true,
+                },
+                Master {
+                    addr: other,
+                    ready: true,
+                },
+            ]);
+        }
+    });
+    let kc = c.kubeconfig("cert", &closed_server(), Auth::ClientCert);
+    let s = production(kc);
+    let max_wait = s.debounce_max;
+    let started = std::time::Instant::now();
+    let d = start(s, vec![c.addr(0)]);
+    let mut at = Vec::new();
+    for n in 1..=4 {
+        // The first list included: published while the changes go on.
+        wait_long(
+            "a publication while the Service keeps changing",
+            Duration::from_secs(20),
+            || d.stats.published.load(Ordering::Relaxed) >= n,
+        )
+        .await;
+        at.push(started.elapsed());
+    }
+    assert!(!churn.is_finished());
+    churn.abort();
+    let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    eprintln!(
+        "a change every 500 ms: first publication after {:.2?}, then every {gaps:.2?} (maximum wait {max_wait:?})",
+        at[0]
+    );
+}
+
+#[tokio::test]
+async fn a_list_is_published_even_when_its_watch_fails_at_once() {
+    let c = Cluster::start(2).await;
+    c.list(&[0, 1]);
+    c.store.set_watch_fails(true);
+    let kc = c.kubeconfig("cert", &closed_server(), Auth::ClientCert);
+    let started = std::time::Instant::now();
+    let d = start(production(kc), vec![c.addr(0), c.addr(1)]);
+    d.wait_for(&texts(&c, &[0, 1])).await;
+    eprintln!(
+        "watch failing at once: published after {:.2?} ({} lists, {} watches failed; quiet time 1 s)",
+        started.elapsed(),
+        c.store.lists(),
+        c.store.watches()
+    );
+    assert!(c.store.watches() >= 1, "the watch was tried");
+    assert!(
+        d.stats.errors(Reason::Api) >= 1,
         "{:?}",
         d.stats.last_error()
     );

@@ -15,6 +15,7 @@ use common::process::{CplbProcess, Options};
 use common::{Proxy, TestConfig, http, wait_until};
 use cplb::config::Config;
 use cplb::standin::client::ApiClient;
+use cplb::standin::endpoints::Master;
 use serde_json::Value;
 
 /// The `discovery:` section for `kubeconfig`, state file `state`.
@@ -40,26 +41,19 @@ async fn start(yaml: &str, dir: &Path) -> Proxy {
 
 /// `/upstreams`, as JSON.
 async fn upstreams(p: &Proxy) -> Vec<Value> {
-    let (status, _, body) = http(p.admin.unwrap(), "GET", "/upstreams").await;
+    admin_upstreams(p.admin.unwrap()).await
+}
+
+/// `/upstreams` at `admin` (an in-process proxy's or a process's).
+async fn admin_upstreams(admin: SocketAddr) -> Vec<Value> {
+    let (status, _, body) = http(admin, "GET", "/upstreams").await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
 
 /// (address, source, draining) of every upstream, sorted by address.
 async fn set(p: &Proxy) -> Vec<(String, String, bool)> {
-    let mut v: Vec<_> = upstreams(p)
-        .await
-        .iter()
-        .map(|u| {
-            (
-                u["address"].as_str().unwrap().to_string(),
-                u["source"].as_str().unwrap().to_string(),
-                u["draining"].as_bool().unwrap(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
+    admin_set(p.admin.unwrap()).await
 }
 
 async fn wait_set(p: &Proxy, want: &[(String, &str, bool)]) {
@@ -528,4 +522,411 @@ async fn a_reload_turns_discovery_on_and_off() {
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     assert_eq!(set(&p).await, vec![(a(c, 0), "static".into(), false)]);
     p.shutdown().await;
+}
+
+/// `/upstreams` at `admin` as (address, source, draining), sorted.
+async fn admin_set(admin: SocketAddr) -> Vec<(String, String, bool)> {
+    let mut v: Vec<_> = admin_upstreams(admin)
+        .await
+        .iter()
+        .map(|u| {
+            (
+                u["address"].as_str().unwrap().to_string(),
+                u["source"].as_str().unwrap().to_string(),
+                u["draining"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// One sample of a `cplb` process's `/metrics`.
+async fn proc_metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (status, _, body) = http(admin, "GET", "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    common::metrics::Scrape::parse(&body).get(name, labels)
+}
+
+/// Polls `/upstreams` of a process until `cond` holds; the last set.
+async fn proc_wait(
+    proc: &CplbProcess,
+    what: &str,
+    cond: impl Fn(&[(String, String, bool)]) -> bool,
+) -> Vec<(String, String, bool)> {
+    let admin = proc.admin.unwrap();
+    let mut last = Vec::new();
+    let got = common::eventually(common::DEADLINE, async || {
+        last = admin_set(admin).await;
+        cond(&last).then(|| last.clone())
+    })
+    .await;
+    got.unwrap_or_else(|_| {
+        panic!(
+            "timed out waiting for {what}; upstreams: {} {:?}...\n{}",
+            last.len(),
+            &last[..last.len().min(5)],
+            proc.logs()
+        )
+    })
+}
+
+/// `n` ready endpoints on 127.`net`.x.y at `port`: addresses nobody
+/// serves (nothing dials them here; they only fill the Service).
+fn fillers(net: u8, n: usize, port: u16) -> Vec<Master> {
+    (0..n)
+        .map(|i| Master {
+            addr: SocketAddr::new(
+                std::net::Ipv4Addr::new(127, net, (i / 200) as u8, (i % 200 + 1) as u8).into(),
+                port,
+            ),
+            ready: true,
+        })
+        .collect()
+}
+
+// Multi-threaded: the stand-in masters answer while the test polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_upstreams_than_the_ring_holds_are_capped_and_discovery_keeps_applying() {
+    let s = setup(2, &[0]).await;
+    let c = &s.c;
+    let kc = c.kubeconfig("cert", &closed_server(), Auth::ClientCert);
+    let y = yaml(&[c.addr(0)], &discovery(&kc, &s.state, "5m"));
+    let proc = CplbProcess::spawn(&y, Options::default());
+    let admin = proc.admin.unwrap();
+    let master = |i: usize| Master {
+        addr: c.addr(i),
+        ready: true,
+    };
+    proc_wait(&proc, "the API's one master", |v| {
+        v == [(a(c, 0), "api".to_string(), false)]
+    })
+    .await;
+    // 100 listed, then 100 others: 100 listed and 99 draining, past 128.
+    let mut first = fillers(10, 99, c.port);
+    first.push(master(0));
+    c.store.set_masters(&first);
+    proc_wait(&proc, "100 upstreams", |v| v.len() == 100).await;
+    let mut second = fillers(11, 99, c.port);
+    second.push(master(0));
+    c.store.set_masters(&second);
+    let got = proc_wait(&proc, "the set capped at 128", |v| {
+        v.len() == 128 && v.iter().any(|u| u.0.starts_with("127.11."))
+    })
+    .await;
+    let listed = got.iter().filter(|u| !u.2).count();
+    assert_eq!(listed, 100, "every listed upstream is kept");
+    assert_eq!(
+        proc_metric(admin, "cplb_discovery_endpoints_dropped", &[]).await,
+        71.0
+    );
+    // More ready endpoints than the ring holds, all listed at once.
+    let mut big = fillers(12, 200, c.port);
+    big.push(master(0));
+    c.store.set_masters(&big);
+    let got = proc_wait(&proc, "the first 128 listed in address order", |v| {
+        v.iter().filter(|u| !u.2).count() == 128
+    })
+    .await;
+    assert_eq!(got.len(), 128, "{:?}", &got[..3]);
+    assert!(
+        got.contains(&(a(c, 0), "api".into(), false)),
+        "127.0.0.x sorts first"
+    );
+    // The reloader is alive: a later list still applies.
+    c.list(&[0, 1]);
+    let got = proc_wait(&proc, "the second master listed", |v| {
+        v.contains(&(a(c, 1), "api".into(), false))
+    })
+    .await;
+    let dropped = proc_metric(admin, "cplb_discovery_endpoints_dropped", &[]).await;
+    eprintln!(
+        "{} upstreams in the ring, {dropped} left out (99 + 99 + 200 draining)",
+        got.len()
+    );
+    assert_eq!(got.len(), 128);
+    assert_eq!(dropped, (99 + 99 + 200 + 2 - 128) as f64);
+    assert_eq!(
+        proc.count_logs("more upstreams than the ring holds"),
+        1,
+        "one warning for the episode:\n{}",
+        proc.logs()
+    );
+    // The state file keeps what the API lists.
+    wait_until("the state file lists the two masters", || {
+        state_addresses(&s.state) == vec![a(c, 0), a(c, 1)]
+    })
+    .await;
+}
+
+/// A kubeconfig whose CA is not the masters': discovery fails, and the
+/// proxy runs on what it started from.
+fn untrusting_kubeconfig(c: &Cluster) -> PathBuf {
+    let other = cplb::standin::pki::Pki::new("another CA").unwrap();
+    c.kubeconfig_with(
+        "wrong-ca",
+        &closed_server(),
+        &other.ca_pem(),
+        Auth::ClientCert,
+    )
+}
+
+// Multi-threaded: the stand-in masters answer while the test waits on
+// the child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_with_129_addresses_starts_and_serves() {
+    let s = setup(1, &[0]).await;
+    let c = &s.c;
+    // The master and 128 more: 129, one more than the ring holds. The
+    // master sorts first, so it is among the 128 kept.
+    let mut addresses: Vec<String> = fillers(10, 128, c.port)
+        .iter()
+        .map(|m| m.addr.to_string())
+        .collect();
+    addresses.push(a(c, 0));
+    let state = serde_json::json!({
+        "service": "default/kubernetes",
+        "addresses": addresses,
+        "written_at": "2026-01-01T00:00:00Z",
+    });
+    std::fs::write(&s.state, state.to_string()).unwrap();
+    let kc = untrusting_kubeconfig(c);
+    // The seed is a dead address: only the state file names the master.
+    let seed = common::refused_addr();
+    let y = yaml(&[seed], &discovery(&kc, &s.state, "5m"));
+    let proc = CplbProcess::spawn(&y, Options::default());
+    let got = proc_wait(&proc, "the state file's set", |v| v.len() == 128).await;
+    assert!(got.iter().all(|u| u.1 == "state"), "{:?}", &got[..3]);
+    assert!(got.contains(&(a(c, 0), "state".into(), false)));
+    assert_eq!(
+        proc_metric(proc.admin.unwrap(), "cplb_discovery_endpoints_dropped", &[]).await,
+        1.0
+    );
+    // It serves: a client reaches the master (past refused fillers).
+    let mut client = ApiClient::connect(proc.addr, &c.pki, None).await.unwrap();
+    let (status, body) = client.get("/whoami").await.unwrap();
+    assert_eq!(
+        (status, body.split_whitespace().next()),
+        (200, Some("master-1"))
+    );
+}
+
+// Multi-threaded: the stand-in masters answer while the test waits on
+// the child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_at_the_state_path_blocks_nothing() {
+    let s = setup(1, &[0]).await;
+    let c = &s.c;
+    let path = std::ffi::CString::new(s.state.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo touches nothing else.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let kc = untrusting_kubeconfig(c);
+    let y = yaml(&[c.addr(0)], &discovery(&kc, &s.state, "5m"));
+    let started = std::time::Instant::now();
+    // Waits for "cplb started", which comes after the state file is read.
+    let mut proc = CplbProcess::spawn(&y, Options::default());
+    eprintln!(
+        "started in {:?} with a FIFO at the state path",
+        started.elapsed()
+    );
+    let line = proc.wait_for_log("ignoring the discovery state file");
+    assert!(line.contains("a FIFO, not a regular file"), "{line}");
+    let mut client = ApiClient::connect(proc.addr, &c.pki, None).await.unwrap();
+    let (status, body) = client.get("/whoami").await.unwrap();
+    assert_eq!(
+        (status, body.split_whitespace().next()),
+        (200, Some("master-1"))
+    );
+    drop(client);
+    proc.signal(libc::SIGTERM);
+    assert_eq!(proc.wait_exit(), Some(0), "{}", proc.logs());
+}
+
+// Multi-threaded: the stand-in masters answer while the test polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_no_master_can_have_are_refused_warned_once_and_never_dialled() {
+    let s = setup(2, &[0]).await;
+    let c = &s.c;
+    let kc = c.kubeconfig("cert", &closed_server(), Auth::ClientCert);
+    let extra = format!(
+        "hash:\n  key: connection\n{}",
+        discovery(&kc, &s.state, "5m")
+    );
+    let proc = CplbProcess::spawn(&yaml(&[c.addr(0)], &extra), Options::default());
+    let admin = proc.admin.unwrap();
+    proc_wait(&proc, "the API's master", |v| {
+        v == [(a(c, 0), "api".to_string(), false)]
+    })
+    .await;
+    let at = |ip: &str, port: u16| Master {
+        addr: SocketAddr::new(ip.parse().unwrap(), port),
+        ready: true,
+    };
+    let bad = [
+        // cplb's own port on every address of this host: cplb itself.
+        at("0.0.0.0", proc.addr.port()),
+        at("169.254.169.254", c.port),
+        at("224.0.0.1", c.port),
+        at("255.255.255.255", c.port),
+        at("::", c.port),
+        at("fe80::1", c.port),
+    ];
+    let with = |real: &[usize]| {
+        let mut v: Vec<Master> = real
+            .iter()
+            .map(|&i| Master {
+                addr: c.addr(i),
+                ready: true,
+            })
+            .collect();
+        v.extend(bad);
+        v
+    };
+    c.store.set_masters(&with(&[0, 1]));
+    let want = vec![
+        (a(c, 0), "api".to_string(), false),
+        (a(c, 1), "api".to_string(), false),
+    ];
+    proc_wait(&proc, "only the real masters", |v| v == want).await;
+    for (reason, n) in [
+        ("unspecified", 2.0),
+        ("link_local", 2.0),
+        ("multicast", 1.0),
+        ("broadcast", 1.0),
+    ] {
+        assert_eq!(
+            proc_metric(
+                admin,
+                "cplb_discovery_endpoints_refused",
+                &[("reason", reason)]
+            )
+            .await,
+            n,
+            "{reason}"
+        );
+    }
+    // The same refused set in a later list warns no more.
+    c.store.set_masters(&with(&[0]));
+    proc_wait(&proc, "the second master draining", |v| {
+        v.contains(&(a(c, 1), "api".to_string(), true))
+    })
+    .await;
+    let warned = proc.count_logs("discovery refuses endpoints the API lists");
+    eprintln!(
+        "{warned} warning(s) for two lists with the same refused endpoints:\n{}",
+        proc.logs()
+            .lines()
+            .filter(|l| l.contains("refuses endpoints"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(warned, 1);
+    // Connections go to the real masters only; nothing else is dialled.
+    for _ in 0..10 {
+        let mut client = ApiClient::connect(proc.addr, &c.pki, None).await.unwrap();
+        let (status, body) = client.get("/whoami").await.unwrap();
+        assert_eq!(status, 200);
+        assert!(body.starts_with("master-1"), "{body}");
+    }
+    let (_, _, metrics) = http(admin, "GET", "/metrics").await;
+    for m in &bad {
+        assert!(
+            !metrics.contains(&m.addr.to_string()),
+            "{} appears in /metrics",
+            m.addr
+        );
+    }
+}
+
+/// The peak RSS of process `pid`, in kB (`VmHWM`).
+fn peak_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+// Multi-threaded: the stand-in masters answer while the test polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_endpoint_list_is_refused_within_bounded_memory() {
+    let s = setup(1, &[0]).await;
+    let c = &s.c;
+    let kc = c.kubeconfig("cert", &closed_server(), Auth::ClientCert);
+    let y = yaml(&[c.addr(0)], &discovery(&kc, &s.state, "1s"));
+    let mut proc = CplbProcess::spawn(&y, Options::default());
+    let admin = proc.admin.unwrap();
+    let master = Master {
+        addr: c.addr(0),
+        ready: true,
+    };
+    proc_wait(&proc, "the API's master", |v| {
+        v == [(a(c, 0), "api".to_string(), false)]
+    })
+    .await;
+    let before = peak_rss_kb(proc.pid());
+    // A slice past the API's own 1000 endpoints, small in bytes: the first
+    // 1000 are kept (the master sorts first), the ring takes 128.
+    let mut many = fillers(10, 1499, c.port);
+    many.push(master);
+    c.store.set_masters(&many);
+    proc_wait(&proc, "128 of the first 1000", |v| v.len() == 128).await;
+    let over = [("reason", "over_limit")];
+    assert_eq!(
+        proc_metric(admin, "cplb_discovery_endpoints_refused", &over).await,
+        500.0
+    );
+    assert_eq!(
+        proc_metric(admin, "cplb_discovery_endpoints_dropped", &[]).await,
+        (1000 - 128) as f64
+    );
+    // 200,000 endpoints in one slice: about 19 MB of JSON, by watch event
+    // and then by list.
+    c.list(&[0]);
+    // The others drain, and go after remove_after (1 s).
+    proc_wait(&proc, "back to one master", |v| v.len() == 1).await;
+    let mut huge = fillers(20, 200_000, c.port);
+    huge.push(master);
+    c.store.set_masters(&huge);
+    let too_large = async || {
+        proc_metric(
+            admin,
+            "cplb_discovery_errors_total",
+            &[("reason", "too_large")],
+        )
+        .await
+    };
+    common::eventually(std::time::Duration::from_secs(60), async || {
+        (too_large().await >= 2.0).then_some(())
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "no two too_large errors (peak RSS {} kB, {before} kB before):\n{}",
+            peak_rss_kb(proc.pid()),
+            proc.logs()
+        )
+    });
+    // The last good set stays.
+    assert_eq!(
+        admin_set(admin).await,
+        vec![(a(c, 0), "api".to_string(), false)]
+    );
+    let peak = peak_rss_kb(proc.pid());
+    let line = proc.wait_for_log("larger than 4 MiB");
+    eprintln!(
+        "200,000 endpoints refused: peak RSS {before} kB before, {peak} kB after ({} too_large errors)\n{line}",
+        too_large().await
+    );
+    assert!(
+        peak < before + 48 * 1024,
+        "peak RSS grew from {before} to {peak} kB for a refused answer"
+    );
+    assert_eq!(
+        proc.count_logs("more endpoints than discovery keeps"),
+        1,
+        "{}",
+        proc.logs()
+    );
 }

@@ -65,7 +65,7 @@ fn name(i: usize) -> String {
 /// home is another one, from the ring as cplb builds it.
 fn pick_nodes(addrs: &[SocketAddr], want_victim: usize, want_other: usize) -> Vec<(String, usize)> {
     let texts: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-    let ring = Ring::new(texts.iter().map(|s| (s.as_str(), 1)));
+    let ring = Ring::new(texts.iter().map(|s| (s.as_str(), 1))).unwrap();
     let (mut victim, mut other) = (Vec::new(), Vec::new());
     for i in 0..10_000 {
         let id = format!("node-{i}");

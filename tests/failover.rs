@@ -13,7 +13,7 @@ const NODE: &str = "node-a";
 /// node's own master, then its failover order.
 fn walk_order(addrs: &[SocketAddr]) -> Vec<usize> {
     let texts: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-    let ring = Ring::new(texts.iter().map(|s| (s.as_str(), 1)));
+    let ring = Ring::new(texts.iter().map(|s| (s.as_str(), 1))).unwrap();
     ring.walk(hash_key(NODE.as_bytes())).collect()
 }
 

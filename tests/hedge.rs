@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 /// The node id whose ring home (`hash.key: node`) is `addrs[want]`.
 fn node_homed_at(addrs: &[SocketAddr], want: usize) -> String {
     let text: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-    let ring = cplb::ring::Ring::new(text.iter().map(|a| (a.as_str(), 1)));
+    let ring = cplb::ring::Ring::new(text.iter().map(|a| (a.as_str(), 1))).unwrap();
     (0..10_000)
         .map(|i| format!("node-{i}"))
         .find(|id| ring.first(cplb::ring::hash_key(id.as_bytes())) == Some(want))

@@ -269,7 +269,8 @@ fn exercise(text: &str) {
     };
     let metrics = cplb::metrics::Metrics::new(prometheus::Registry::new()).unwrap();
     let mut table = cplb::upstream::StateTable::default();
-    let built = cplb::snapshot::Snapshot::build(&config, &mut table, &metrics);
+    let built = cplb::snapshot::Snapshot::build(&config, &mut table, &metrics)
+        .expect("a validated config fits the ring");
     let now = Instant::now();
     let s = &built.snapshot.settings;
     let mut durations = vec![

@@ -100,7 +100,8 @@ async fn a_name_resolving_to_cplb_itself_is_never_dialled() {
     let master = FakeUpstream::start("master").await;
     let port = free_port();
     let me = format!("localhost:{port}");
-    let ring = cplb::ring::Ring::new([(me.as_str(), 1), (master.addr.to_string().as_str(), 1)]);
+    let ring =
+        cplb::ring::Ring::new([(me.as_str(), 1), (master.addr.to_string().as_str(), 1)]).unwrap();
     let node = (0..1000)
         .map(|i| format!("n{i}"))
         .find(|id| ring.first(cplb::ring::hash_key(id.as_bytes())) == Some(0))

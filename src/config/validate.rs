@@ -117,7 +117,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
             ));
         }
     };
-    let node_id = resolve_node_id(&raw.hash.node_id);
+    let node_id = node_id(&cx, &raw.hash.node_id)?;
 
     let admin = match raw.admin.trim() {
         "off" | "" => None,
@@ -450,20 +450,49 @@ pub(crate) fn duration_at_most(
     Ctx { path }.at_most(field, d, max)
 }
 
+/// The longest node id: a Kubernetes node name is a DNS subdomain of at
+/// most 253 characters. It is hashed for every `hash.key: node` snapshot
+/// and logged, so a huge one (a 50 MiB `node_id` was accepted) is refused.
+pub(crate) const MAX_NODE_ID: usize = 253;
+
+/// The resolved node id, at most `MAX_NODE_ID` bytes; the error names
+/// where a longer one came from, not its text.
+fn node_id(cx: &Ctx, configured: &str) -> Result<String, ConfigError> {
+    let (id, from) = resolve_node_id(configured);
+    if id.len() > MAX_NODE_ID {
+        return Err(cx.err(
+            "hash.node_id",
+            format!(
+                "{from} is {} bytes, more than {MAX_NODE_ID} (the longest Kubernetes node name)",
+                id.len()
+            ),
+        ));
+    }
+    Ok(id)
+}
+
 /// The node identity for `hash.key: node`: the configured value, else
-/// `$NODE_NAME` (the Downward API convention), else the hostname.
-pub(crate) fn resolve_node_id(configured: &str) -> String {
+/// `$NODE_NAME` (the Downward API convention), else the hostname; with
+/// where it came from.
+pub(crate) fn resolve_node_id(configured: &str) -> (String, &'static str) {
     if !configured.trim().is_empty() {
-        return configured.trim().to_string();
+        return (configured.trim().to_string(), "the configured value");
     }
-    if let Ok(name) = std::env::var("NODE_NAME")
-        && !name.trim().is_empty()
-    {
-        return name.trim().to_string();
+    match std::env::var("NODE_NAME") {
+        Ok(name) if !name.trim().is_empty() => {
+            return (name.trim().to_string(), "$NODE_NAME");
+        }
+        // Its bytes are not logged: they may be anything, and long.
+        Err(std::env::VarError::NotUnicode(raw)) => tracing::warn!(
+            bytes = raw.len(),
+            "NODE_NAME is not valid UTF-8; the node id is the hostname instead"
+        ),
+        _ => {}
     }
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    (host, "the hostname")
 }
 
 #[cfg(test)]
@@ -486,7 +515,7 @@ mod tests {
 
     #[test]
     fn node_id_is_the_configured_one_trimmed_else_the_environment_or_host() {
-        assert_eq!(super::resolve_node_id(" n1 "), "n1");
+        assert_eq!(super::resolve_node_id(" n1 ").0, "n1");
         // Unset here: $NODE_NAME if the environment has one, else the hostname.
         let fallback = std::env::var("NODE_NAME")
             .ok()
@@ -499,7 +528,7 @@ mod tests {
                     .to_string()
             });
         assert!(!fallback.is_empty());
-        assert_eq!(super::resolve_node_id("  "), fallback);
+        assert_eq!(super::resolve_node_id("  ").0, fallback);
     }
 
     #[test]

@@ -41,18 +41,22 @@ pub(super) fn addr(port: u16, i: usize) -> SocketAddr {
 }
 
 /// Node -> index of its ring home among `n` masters on `port`.
-fn homes(port: u16, n: usize, nodes: usize) -> Vec<Option<usize>> {
+fn homes(port: u16, n: usize, nodes: usize) -> Result<Vec<Option<usize>>, DemoError> {
     let texts: Vec<String> = (0..n).map(|i| addr(port, i).to_string()).collect();
-    let ring = Ring::new(texts.iter().map(|s| (s.as_str(), 5)));
-    (1..=nodes)
+    let ring = Ring::new(texts.iter().map(|s| (s.as_str(), 5)))?;
+    Ok((1..=nodes)
         .map(|i| ring.first(hash_key(format!("worker-{i}").as_bytes())))
-        .collect()
+        .collect())
 }
 
 /// Which master (index) `node` (1-based) should reach once all four are
 /// listed and up.
-pub(super) fn home_of_four(port: u16, node: usize, nodes: usize) -> Option<usize> {
-    homes(port, 4, nodes).get(node - 1).copied().flatten()
+pub(super) fn home_of_four(
+    port: u16,
+    node: usize,
+    nodes: usize,
+) -> Result<Option<usize>, DemoError> {
+    Ok(homes(port, 4, nodes)?.get(node - 1).copied().flatten())
 }
 
 /// Starts the three masters. The port decides the ring, so it is chosen
@@ -76,13 +80,13 @@ pub(super) async fn start(pki: &Pki, nodes: usize) -> Result<Cluster, DemoError>
                 Err(e) => return Err(e.into()),
             }
         }
-        let three = homes(port, 3, nodes);
+        let three = homes(port, 3, nodes)?;
         let spread = three
             .iter()
             .collect::<std::collections::BTreeSet<_>>()
             .len()
             >= 2;
-        let moves = homes(port, 4, nodes).contains(&Some(3));
+        let moves = homes(port, 4, nodes)?.contains(&Some(3));
         // The fourth master binds later; check now that the port is free there.
         let free = std::net::TcpListener::bind(addr(port, 3)).is_ok();
         if masters.len() == MASTERS.len() && spread && moves && free {
@@ -248,7 +252,7 @@ pub(super) async fn step(
         seen.dedup();
         kept.sort();
         kept.dedup();
-        let home = home_of_four(cluster.port, i + 1, count)
+        let home = home_of_four(cluster.port, i + 1, count)?
             .map_or("?", |h| if h < 3 { MASTERS[h] } else { FOURTH });
         if seen != [home] {
             return Err(DemoError::Failed(format!(

@@ -6,6 +6,7 @@
 //! once; an address gone from the API turns draining and is removed only
 //! `remove_after` later; one that comes back before then is restored as it
 //! was (same literal address, so the same health state and connections).
+//! A snapshot gets at most as many as the ring holds (`entries`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, UpstreamConfig};
 use crate::discovery::DiscoveryConfig;
+use crate::ring::MAX_SERVERS;
 use crate::status::model::Source;
 
 /// One member of the applied set.
@@ -31,6 +33,10 @@ pub(crate) struct Entry {
     pub(crate) source: Source,
     pub(crate) draining: bool,
 }
+
+/// Most members kept: as many as the API may list (`fold::MAX_ADDRESSES`)
+/// and as many draining.
+const MAX_MEMBERS: usize = 2 * crate::discovery::fold::MAX_ADDRESSES;
 
 #[derive(Debug, Default)]
 pub(crate) struct Applied {
@@ -103,6 +109,22 @@ impl Applied {
                 changed = true;
             }
         }
+        // An API that lists a new full set every second would otherwise
+        // pile up draining members for `remove_after`: the longest
+        // draining go first, as they would at their expiry.
+        if self.members.len() > MAX_MEMBERS {
+            let mut draining: Vec<(Instant, String)> = self
+                .members
+                .iter()
+                .filter_map(|(a, m)| m.draining_since.map(|t| (t, a.clone())))
+                .collect();
+            draining.sort();
+            let excess = self.members.len() - MAX_MEMBERS;
+            for (_, a) in draining.into_iter().take(excess) {
+                self.members.remove(&a);
+            }
+            changed = true;
+        }
         changed
     }
 
@@ -146,25 +168,50 @@ impl Applied {
         &self.members
     }
 
-    /// The upstreams to build a snapshot from, in address order (the ring
-    /// does not depend on order). Seeds keep their configured settings;
-    /// the others get `discovery.upstream`.
-    pub(crate) fn entries(&self, d: &DiscoveryConfig) -> Vec<Entry> {
-        self.members
+    /// The upstreams to build a snapshot from: at most `MAX_SERVERS`, as
+    /// many as the ring holds. Listed members come first, then draining
+    /// ones, each in address order, so every node that sees the same lists
+    /// keeps the same ones; the rest are `dropped`. Seeds keep their
+    /// configured settings; the others get `discovery.upstream`.
+    pub(crate) fn entries(&self, d: &DiscoveryConfig) -> Capped {
+        let listed = self
+            .members
             .iter()
-            .filter_map(|(addr, m)| {
-                let config = match self.seeds.iter().find(|u| &u.address == addr) {
-                    Some(u) if m.source == Source::Static => u.clone(),
-                    _ => discovered_upstream(addr, d)?,
-                };
-                Some(Entry {
-                    config,
-                    source: m.source,
-                    draining: m.draining_since.is_some(),
-                })
-            })
-            .collect()
+            .filter(|(_, m)| m.draining_since.is_none());
+        let draining = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.draining_since.is_some());
+        let mut entries = Vec::new();
+        let mut dropped = Vec::new();
+        for (addr, m) in listed.chain(draining) {
+            let config = match self.seeds.iter().find(|u| &u.address == addr) {
+                Some(u) if m.source == Source::Static => u.clone(),
+                _ => match discovered_upstream(addr, d) {
+                    Some(u) => u,
+                    None => continue,
+                },
+            };
+            if entries.len() == MAX_SERVERS {
+                dropped.push(addr.clone());
+                continue;
+            }
+            entries.push(Entry {
+                config,
+                source: m.source,
+                draining: m.draining_since.is_some(),
+            });
+        }
+        Capped { entries, dropped }
     }
+}
+
+/// The applied set as a snapshot takes it: within the ring's bound.
+#[derive(Debug)]
+pub(crate) struct Capped {
+    pub(crate) entries: Vec<Entry>,
+    /// Members left out, listed ones last.
+    pub(crate) dropped: Vec<String>,
 }
 
 fn listed(source: Source) -> Member {
@@ -226,7 +273,7 @@ mod tests {
         let t0 = Instant::now();
         assert!(a.discovered(&list(&["10.0.0.1:6443", "10.0.0.2:6443"]), t0));
         // The seed is not listed by the API: it drains like any other.
-        let e = a.entries(&d);
+        let e = a.entries(&d).entries;
         assert_eq!(e.len(), 3);
         assert!(
             e.iter()
@@ -247,9 +294,103 @@ mod tests {
         assert_eq!(a.next_expiry(d.remove_after), None);
         assert!(
             a.entries(&d)
+                .entries
                 .iter()
                 .all(|e| e.source == Source::Api && !e.draining)
         );
+    }
+
+    fn many(prefix: &str, n: usize) -> Vec<String> {
+        let mut v: Vec<String> = (0..n)
+            .map(|i| format!("{prefix}.{}.{}:6443", i / 200, i % 200))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn at_most_a_ring_full_listed_first_then_draining_in_address_order() {
+        let c = config();
+        let d = c.discovery.clone().unwrap();
+        let t0 = Instant::now();
+        // More listed than a ring holds: the first MAX_SERVERS by address.
+        let mut a = Applied::seed(&c);
+        let big = many("10.1", MAX_SERVERS + 72);
+        a.discovered(&big, t0);
+        let got = a.entries(&d);
+        assert_eq!(got.entries.len(), MAX_SERVERS);
+        let kept: Vec<&str> = got
+            .entries
+            .iter()
+            .map(|e| e.config.address.as_str())
+            .collect();
+        assert_eq!(
+            kept,
+            big[..MAX_SERVERS]
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+        );
+        assert!(got.entries.iter().all(|e| !e.draining));
+        // 72 listed left out, and the draining seed.
+        assert_eq!(got.dropped.len(), 73);
+        assert!(got.dropped.contains(&"master-1.example:6443".to_string()));
+        // Listed plus draining past the bound: every listed one stays,
+        // draining ones fill the rest in address order.
+        let mut a = Applied::seed(&c);
+        let first = many("10.2", 100);
+        let second = many("10.3", 100);
+        a.discovered(&first, t0);
+        a.discovered(&second, t0 + Duration::from_secs(1));
+        let got = a.entries(&d);
+        assert_eq!(got.entries.len(), MAX_SERVERS);
+        let listed: Vec<&str> = got
+            .entries
+            .iter()
+            .filter(|e| !e.draining)
+            .map(|e| e.config.address.as_str())
+            .collect();
+        assert_eq!(
+            listed,
+            second.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        let draining: Vec<&str> = got
+            .entries
+            .iter()
+            .filter(|e| e.draining)
+            .map(|e| e.config.address.as_str())
+            .collect();
+        assert_eq!(
+            draining,
+            first[..28].iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        assert_eq!(got.dropped.len(), 100 + 1 - 28);
+        // Within the bound again once the drained ones expire.
+        a.expire(t0 + Duration::from_secs(1) + d.remove_after, d.remove_after);
+        let got = a.entries(&d);
+        assert_eq!((got.entries.len(), got.dropped.len()), (100, 0));
+    }
+
+    #[test]
+    fn draining_members_are_bounded_the_longest_draining_go_first() {
+        let c = config();
+        let mut a = Applied::seed(&c);
+        let t0 = Instant::now();
+        let lists: Vec<Vec<String>> = (0..4)
+            .map(|k| many(&format!("10.{}", 10 + k), MAX_MEMBERS / 2))
+            .collect();
+        for (k, l) in lists.iter().enumerate() {
+            a.discovered(l, t0 + Duration::from_secs(k as u64));
+        }
+        assert_eq!(a.members().len(), MAX_MEMBERS);
+        // The last list is listed, the one before drains; older ones went.
+        assert_eq!(a.listed(), lists[3]);
+        assert!(
+            lists[2]
+                .iter()
+                .all(|x| a.members()[x].draining_since.is_some())
+        );
+        assert!(!a.members().contains_key(&lists[1][0]));
     }
 
     #[test]
@@ -259,7 +400,7 @@ mod tests {
         assert!(!a.discovered(&[], Instant::now()));
         assert_eq!(a.listed(), list(&["10.0.0.9:6443"]));
         assert_eq!(
-            a.entries(c.discovery.as_ref().unwrap())[0].source,
+            a.entries(c.discovery.as_ref().unwrap()).entries[0].source,
             Source::State
         );
     }

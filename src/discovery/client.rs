@@ -29,10 +29,12 @@ pub enum Reason {
     Api,
     /// The API answered with no usable endpoint; the list was refused.
     Empty,
+    /// An answer or a watch event past `limit::MAX_ANSWER_BYTES`.
+    TooLarge,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::Kubeconfig,
         Reason::Connect,
         Reason::Tls,
@@ -41,6 +43,7 @@ impl Reason {
         Reason::Gone,
         Reason::Api,
         Reason::Empty,
+        Reason::TooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +56,7 @@ impl Reason {
             Reason::Gone => "gone",
             Reason::Api => "api",
             Reason::Empty => "empty",
+            Reason::TooLarge => "too_large",
         }
     }
 }
@@ -65,6 +69,12 @@ pub enum ClientError {
         #[source]
         source: KubeconfigError,
     },
+    #[error(
+        "the kubeconfig {path} sets insecure-skip-tls-verify: true, which discovery refuses: \
+         cplb dials the addresses the API lists and sends them its credentials, so it must \
+         verify their certificates (name the cluster's CA in certificate-authority instead)"
+    )]
+    Insecure { path: PathBuf },
     #[error("'{upstream}' is not a usable upstream address")]
     Address {
         upstream: String,
@@ -82,15 +92,24 @@ pub enum ClientError {
 
 /// Reads the kubeconfig's current context: CA, client certificate and key
 /// (files or inline data), bearer token or token file, as kube supports.
+/// A context that skips certificate verification is refused: the
+/// addresses discovery dials come from the API, so without verification
+/// an EndpointSlice could send the credentials anywhere.
 pub async fn load(path: &Path) -> Result<kube::Config, ClientError> {
     let err = |source| ClientError::Kubeconfig {
         path: path.to_owned(),
         source,
     };
     let kc = Kubeconfig::read_from(path).map_err(err)?;
-    kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
-        .map_err(err)
+        .map_err(err)?;
+    if config.accept_invalid_certs {
+        return Err(ClientError::Insecure {
+            path: path.to_owned(),
+        });
+    }
+    Ok(config)
 }
 
 /// A client that dials `upstream` (`host:port`, `ip:port`, `[v6]:port`)
@@ -110,15 +129,20 @@ pub fn for_upstream(
                 source,
             })?;
     config.tls_server_name = Some(tls_server_name.into());
+    // Whatever `base` says: `load` refuses it, and no caller may skip it.
+    config.accept_invalid_certs = false;
     // A proxy from the kubeconfig would be one more hop that can loop back.
     config.proxy_url = None;
     // Fail over quickly: another upstream is waiting.
     config.connect_timeout = Some(Duration::from_secs(5));
-    kube::Client::try_from(config).map_err(|source| ClientError::Client {
-        upstream: upstream.into(),
-        path: kubeconfig.to_owned(),
-        source,
-    })
+    // Every answer is read through the size cap (`limit`).
+    kube::client::ClientBuilder::try_from(config)
+        .map(|b| b.with_layer(&super::limit::CapLayer).build())
+        .map_err(|source| ClientError::Client {
+            upstream: upstream.into(),
+            path: kubeconfig.to_owned(),
+            source,
+        })
 }
 
 /// Every distinct message in `e`'s chain, joined with ": ". kube's errors
@@ -158,9 +182,16 @@ fn text(err: &(dyn StdError + 'static)) -> (String, bool) {
             other => (other.to_string(), false),
         };
     }
+    // These repeat their source's text: let the source say it.
+    if err
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.get_ref().is_some())
+    {
+        return (String::new(), false);
+    }
     match err.downcast_ref::<kube::Error>() {
         Some(kube::Error::Api(s)) => (status(s), true),
-        Some(kube::Error::Service(_)) => (String::new(), false),
+        Some(kube::Error::Service(_) | kube::Error::ReadEvents(_)) => (String::new(), false),
         _ => (err.to_string(), false),
     }
 }
@@ -201,6 +232,9 @@ pub fn classify(e: &(dyn StdError + 'static)) -> Reason {
         }
         if err.downcast_ref::<rustls::Error>().is_some() {
             return Reason::Tls;
+        }
+        if err.downcast_ref::<super::limit::TooLarge>().is_some() {
+            return Reason::TooLarge;
         }
         if err.downcast_ref::<KubeconfigError>().is_some() {
             return Reason::Kubeconfig;

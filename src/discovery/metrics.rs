@@ -8,19 +8,26 @@ use std::sync::atomic::Ordering;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{Gauge, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::Stats;
 use super::client::Reason;
+use super::fold::Refusal;
 use crate::status::model::Source;
 
 pub(crate) const SOURCES: [Source; 3] = [Source::Static, Source::State, Source::Api];
+
+/// The `reason` of `cplb_discovery_endpoints_refused` for endpoints past
+/// the fold's limits (the other reasons are `Refusal`s).
+const OVER_LIMIT: &str = "over_limit";
 
 #[derive(Clone)]
 pub(crate) struct DiscoveryMetrics {
     /// `cplb_upstreams{source}`: set by whoever applies a set.
     pub(crate) upstreams: IntGaugeVec,
     pub(crate) state_file_write_failures: IntCounter,
+    /// `cplb_discovery_endpoints_dropped`: set with each snapshot's set.
+    pub(crate) endpoints_dropped: IntGauge,
     pub(crate) stats: Arc<Stats>,
 }
 
@@ -29,6 +36,7 @@ struct FromStats {
     last_sync: Gauge,
     events: IntCounter,
     errors: IntCounterVec,
+    refused: IntGaugeVec,
 }
 
 impl Collector for FromStats {
@@ -36,6 +44,7 @@ impl Collector for FromStats {
         let mut d = self.last_sync.desc();
         d.extend(self.events.desc());
         d.extend(self.errors.desc());
+        d.extend(self.refused.desc());
         d
     }
 
@@ -47,9 +56,16 @@ impl Collector for FromStats {
         for r in Reason::ALL {
             catch_up(&self.errors.with_label_values(&[r.as_str()]), s.errors(r));
         }
+        for r in Refusal::ALL {
+            let n = i64::try_from(s.refused(r)).unwrap_or(i64::MAX);
+            self.refused.with_label_values(&[r.as_str()]).set(n);
+        }
+        let n = i64::try_from(s.over_limit()).unwrap_or(i64::MAX);
+        self.refused.with_label_values(&[OVER_LIMIT]).set(n);
         let mut out = self.last_sync.collect();
         out.extend(self.events.collect());
         out.extend(self.errors.collect());
+        out.extend(self.refused.collect());
         out
     }
 }
@@ -75,6 +91,17 @@ impl DiscoveryMetrics {
         for reason in Reason::ALL {
             errors.with_label_values(&[reason.as_str()]);
         }
+        let refused = IntGaugeVec::new(
+            Opts::new(
+                "cplb_discovery_endpoints_refused",
+                "Endpoints in the API's last list that discovery refuses, by reason (unspecified, multicast, broadcast, link_local: never dialled; over_limit: past 1000 per slice, 64 slices or 1024 in all).",
+            ),
+            &["reason"],
+        )?;
+        for r in Refusal::ALL {
+            refused.with_label_values(&[r.as_str()]);
+        }
+        refused.with_label_values(&[OVER_LIMIT]);
         r.register(Box::new(FromStats {
             stats: stats.clone(),
             last_sync: Gauge::new(
@@ -86,6 +113,7 @@ impl DiscoveryMetrics {
                 "EndpointSlice watch events received from the API.",
             )?,
             errors,
+            refused,
         }))?;
         let upstreams = IntGaugeVec::new(
             Opts::new(
@@ -103,9 +131,18 @@ impl DiscoveryMetrics {
             "Failed writes of discovery's state file (the running set is unaffected).",
         )?;
         r.register(Box::new(state_file_write_failures.clone()))?;
+        let endpoints_dropped = IntGauge::new(
+            "cplb_discovery_endpoints_dropped",
+            format!(
+                "Known upstreams (listed by the API or the state file, or draining) left out of the running set because the ring holds at most {}; draining ones go first.",
+                crate::ring::MAX_SERVERS
+            ),
+        )?;
+        r.register(Box::new(endpoints_dropped.clone()))?;
         Ok(DiscoveryMetrics {
             upstreams,
             state_file_write_failures,
+            endpoints_dropped,
             stats,
         })
     }

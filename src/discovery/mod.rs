@@ -5,16 +5,34 @@
 //! ([`config`]), the kube client that dials an upstream directly and never
 //! the kubeconfig's server ([`client`]), the watcher that folds slices into
 //! ready `ip:port` addresses and publishes them debounced ([`watcher`],
-//! [`fold`]), and the state file ([`state`]). See docs/discovery.md.
+//! [`fold`]; its timing in `pace`), and the state file ([`state`]). See
+//! docs/discovery.md.
 
 pub(crate) mod apply;
 pub mod client;
 pub mod config;
 pub mod fold;
+pub mod limit;
 pub(crate) mod metrics;
+mod pace;
 pub(crate) mod run;
 pub mod state;
 pub mod watcher;
 
 pub use config::{DiscoveryConfig, RawDiscovery};
 pub use watcher::{Discovered, Settings, Stats, run};
+
+/// The first few of a long list of addresses, for one log line.
+pub(crate) fn short_list(addrs: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut text = addrs
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if addrs.len() > SHOWN {
+        text.push_str(&format!(" and {} more", addrs.len() - SHOWN));
+    }
+    text
+}

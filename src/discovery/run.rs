@@ -11,11 +11,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::apply::{Applied, Entry, static_entries};
+use super::apply::{Applied, Capped, Entry, static_entries};
 use super::metrics::DiscoveryMetrics;
 use super::state::{self, Loaded};
 use super::{Discovered, DiscoveryConfig, Settings};
 use crate::config::Config;
+use crate::ring::MAX_SERVERS;
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 use crate::status::model::Source;
@@ -55,20 +56,52 @@ pub(crate) enum Event {
 
 impl Wiring {
     /// At start-up: with discovery on, the state file (if valid and for
-    /// this service) is the initial set, else the static seeds.
-    pub(crate) fn new(config: &Config, metrics: DiscoveryMetrics) -> Wiring {
+    /// this service, and read within `state::READ_TIMEOUT`) is the initial
+    /// set, else the static seeds.
+    pub(crate) async fn new(config: &Config, metrics: DiscoveryMetrics) -> Wiring {
+        let active = match &config.discovery {
+            Some(d) => Some(Active::new(config, d).await),
+            None => None,
+        };
         Wiring {
-            active: config.discovery.as_ref().map(|d| Active::new(config, d)),
+            active,
             metrics,
             shared: None,
         }
     }
 
-    /// The upstreams a snapshot of `config` gets now.
+    /// The upstreams a snapshot of `config` gets now: with discovery on,
+    /// at most as many as the ring holds (`Applied::entries`).
     pub(crate) fn entries(&self, config: &Config) -> Vec<Entry> {
-        match &self.active {
-            Some(a) => a.applied.entries(&a.config),
-            None => static_entries(config),
+        let Some(a) = &self.active else {
+            self.left_out(&[]);
+            return static_entries(config);
+        };
+        let Capped { entries, dropped } = a.applied.entries(&a.config);
+        self.left_out(&dropped);
+        entries
+    }
+
+    /// Sets `cplb_discovery_endpoints_dropped`; logs when the set first
+    /// outgrows the ring and when it fits again, not on every change
+    /// in between.
+    fn left_out(&self, dropped: &[String]) {
+        let gauge = &self.metrics.endpoints_dropped;
+        let before = gauge.get();
+        gauge.set(i64::try_from(dropped.len()).unwrap_or(i64::MAX));
+        match (before, dropped.len()) {
+            (0, 0) => {}
+            (0, n) => tracing::warn!(
+                left_out = n,
+                max = MAX_SERVERS,
+                upstreams = super::short_list(dropped).as_str(),
+                "discovery knows more upstreams than the ring holds: draining ones are left out first, then listed ones past the first in address order"
+            ),
+            (_, 0) => tracing::info!(
+                max = MAX_SERVERS,
+                "discovery's upstreams fit the ring again: none left out"
+            ),
+            _ => {}
         }
     }
 
@@ -175,7 +208,7 @@ impl Wiring {
     /// A reload changed the config from `old` to `new`: turn discovery on
     /// or off, restart the watcher when its settings changed, and let new
     /// seeds replace old ones while nothing else is known.
-    pub(crate) fn reconfigure(&mut self, old: &Config, new: &Config) {
+    pub(crate) async fn reconfigure(&mut self, old: &Config, new: &Config) {
         match (&mut self.active, &new.discovery) {
             (None, None) => {}
             (Some(_), None) => {
@@ -183,13 +216,13 @@ impl Wiring {
                 tracing::info!("discovery turned off: static upstreams only");
             }
             (None, Some(d)) => {
-                self.active = Some(Active::new(new, d));
+                self.active = Some(Active::new(new, d).await);
                 self.spawn();
             }
             (Some(a), Some(d)) => {
                 let service_changed = a.config.service_ref() != d.service_ref();
                 if service_changed || a.applied.only_seeds() {
-                    a.applied = Active::initial(new, d);
+                    a.applied = Active::initial(new, d).await;
                     a.written.clear();
                 } else if old.upstreams != new.upstreams {
                     a.applied.set_seeds(new);
@@ -247,21 +280,23 @@ impl Wiring {
 }
 
 impl Active {
-    fn new(config: &Config, d: &DiscoveryConfig) -> Active {
+    async fn new(config: &Config, d: &DiscoveryConfig) -> Active {
         Active {
             config: d.clone(),
-            applied: Active::initial(config, d),
+            applied: Active::initial(config, d).await,
             watcher: None,
             written: Vec::new(),
         }
     }
 
-    fn initial(config: &Config, d: &DiscoveryConfig) -> Applied {
-        match state::read(&d.state_file, &d.service_ref()) {
+    async fn initial(config: &Config, d: &DiscoveryConfig) -> Applied {
+        let service = d.service_ref();
+        match state::read_within(&d.state_file, &service, state::READ_TIMEOUT).await {
             Loaded::Found(s) => {
                 tracing::info!(
                     state_file = %d.state_file.display(),
-                    upstreams = s.addresses.join(", ").as_str(),
+                    count = s.addresses.len(),
+                    upstreams = super::short_list(&s.addresses).as_str(),
                     written_at = s.written_at.as_str(),
                     "starting from discovery's state file"
                 );

@@ -1,13 +1,18 @@
 //! The state file: the last applied list of discovered upstreams, so a
 //! restart while the API is unreachable starts from what the cluster said
-//! last rather than from the seed. Written atomically (temporary file,
-//! fsync, rename, fsync of the directory); a corrupt file or one written
-//! for another Service is ignored with a warning.
+//! last rather than from the seed. Written atomically (a temporary file
+//! created with `O_EXCL` under a random name, fsync, rename, fsync of the
+//! directory), so a symlink planted in the directory is never followed.
+//! Read only if it is a regular file (not through a symlink, never a FIFO
+//! that would block) of at most [`MAX_BYTES`], on a thread of its own with
+//! a deadline ([`read_within`]), so start-up never waits on it. A corrupt
+//! file or one written for another Service is ignored with a warning.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -41,13 +46,58 @@ pub enum Loaded {
     Ignored(String),
 }
 
+/// The largest state file read. A full ring's 128 addresses take about
+/// 5 kB; anything near this is not a file cplb wrote.
+pub const MAX_BYTES: u64 = 1 << 20;
+
+/// How long start-up (or a reload) waits for the state file: a hung
+/// volume must not hold the proxy, which then starts from the seeds.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads `path` for `service` on a thread of its own, at most `timeout`.
+/// The thread is detached: if the read hangs (a dead network volume), it
+/// is left behind rather than waited for, and exiting does not wait for
+/// it either (a runtime's blocking pool would).
+pub async fn read_within(path: &Path, service: &str, timeout: Duration) -> Loaded {
+    let (p, s) = (path.to_owned(), service.to_owned());
+    in_thread(path, timeout, move || read(&p, &s)).await
+}
+
+async fn in_thread(
+    path: &Path,
+    timeout: Duration,
+    f: impl FnOnce() -> Loaded + Send + 'static,
+) -> Loaded {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("cplb-state-file".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        });
+    if let Err(e) = spawned {
+        return ignored(path, format!("no thread to read it: {e}"));
+    }
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(loaded)) => loaded,
+        Ok(Err(_)) => ignored(path, "its reader ended without an answer".into()),
+        Err(_) => ignored(
+            path,
+            format!(
+                "not read within {} (a hung volume?); starting without it",
+                humantime::format_duration(timeout)
+            ),
+        ),
+    }
+}
+
 /// Reads `path` for `service`. Never fails: anything unusable is
-/// `Ignored` with the reason, logged once as a warning.
+/// `Ignored` with the reason, logged once as a warning. Blocking, but it
+/// cannot block on the file's kind: only a regular file is read.
 pub fn read(path: &Path, service: &str) -> Loaded {
-    let text = match std::fs::read(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Missing,
-        Err(e) => return ignored(path, format!("unreadable: {e}")),
+    let text = match read_regular(path) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Loaded::Missing,
+        Err(reason) => return ignored(path, reason),
     };
     let state: StateFile = match serde_json::from_slice(&text) {
         Ok(s) => s,
@@ -73,6 +123,55 @@ pub fn read(path: &Path, service: &str) -> Loaded {
         return ignored(path, format!("'{bad}' is not an ip:port address"));
     }
     Loaded::Found(state)
+}
+
+/// The bytes of the regular file at `path` (`None`: there is none), or
+/// why it is not read. `O_NOFOLLOW`: a symlink there is refused, not
+/// followed. `O_NONBLOCK`: opening a FIFO returns at once (without it,
+/// `open` waits for a writer, forever), and the type check refuses it.
+fn read_regular(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err("it is a symbolic link; only a regular file is read".into());
+        }
+        Err(e) => return Err(format!("unreadable: {e}")),
+    };
+    let meta = f.metadata().map_err(|e| format!("unreadable: {e}"))?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return Err(format!("it is {what}, not a regular file"));
+    }
+    let too_big = |n: u64| {
+        format!("it is {n} bytes, more than the {MAX_BYTES} bytes (1 MiB) a state file may have")
+    };
+    if meta.len() > MAX_BYTES {
+        return Err(too_big(meta.len()));
+    }
+    // The file may grow after the look at its size: read one byte past
+    // the cap at most.
+    let mut text = Vec::new();
+    f.take(MAX_BYTES + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| format!("unreadable: {e}"))?;
+    if text.len() as u64 > MAX_BYTES {
+        return Err(too_big(text.len() as u64));
+    }
+    Ok(Some(text))
 }
 
 fn ignored(path: &Path, reason: String) -> Loaded {
@@ -103,19 +202,22 @@ pub fn write(path: &Path, service: &str, addresses: &[String]) -> Result<(), Sta
         _ => Path::new("."),
     };
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&text)?;
+        // A random name created with O_EXCL: nothing planted in the
+        // directory (a symlink at a guessable name) is opened or followed.
+        // Dropped on any error below, the temporary file is removed.
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            .permissions(std::fs::Permissions::from_mode(0o644))
+            .tempfile_in(dir)?;
+        tmp.write_all(&text)?;
         // The data must be on disk before the rename makes it the file.
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).map_err(|e| e.error)?;
         // And the rename itself must survive a power loss.
         std::fs::File::open(dir)?.sync_all()
     })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
     written.map_err(err)
 }
 
@@ -191,5 +293,91 @@ mod tests {
         assert!(matches!(read(&p, "default/kubernetes"), Loaded::Found(_)));
         let missing = d.join("no-such-dir/upstreams.json");
         assert!(write(&missing, "default/kubernetes", &["10.0.0.1:6443".into()]).is_err());
+    }
+
+    /// Reads on a thread of the test's own, so a read that blocks fails
+    /// the test instead of hanging it.
+    fn read_or_hang(p: &Path) -> Loaded {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = p.to_owned();
+        std::thread::spawn(move || {
+            let _ = tx.send(read(&p, "default/kubernetes"));
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("reading the state file blocked")
+    }
+
+    #[test]
+    fn only_a_regular_file_within_the_cap_is_read() {
+        let d = dir("kinds");
+        let p = d.join("upstreams.json");
+        // A FIFO: a plain open() waits for a writer forever.
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo touches nothing else.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(
+            matches!(read_or_hang(&p), Loaded::Ignored(r) if r.contains("a FIFO, not a regular file"))
+        );
+        std::fs::remove_file(&p).unwrap();
+        // A symlink to a valid file is refused, not followed.
+        let real = d.join("real.json");
+        write(&real, "default/kubernetes", &["10.0.0.1:6443".into()]).unwrap();
+        std::os::unix::fs::symlink(&real, &p).unwrap();
+        assert!(matches!(read_or_hang(&p), Loaded::Ignored(r) if r.contains("symbolic link")));
+        std::fs::remove_file(&p).unwrap();
+        std::fs::create_dir(&p).unwrap();
+        assert!(matches!(read_or_hang(&p), Loaded::Ignored(r) if r.contains("a directory")));
+        std::fs::remove_dir(&p).unwrap();
+        // 1 GiB (sparse): refused by its size, nothing read.
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(1 << 30).unwrap();
+        let Loaded::Ignored(r) = read_or_hang(&p) else {
+            panic!("a 1 GiB file was read");
+        };
+        assert!(r.contains("1073741824 bytes") && r.contains("1 MiB"), "{r}");
+        // Just under the cap is read (and here refused as not JSON).
+        f.set_len(MAX_BYTES).unwrap();
+        assert!(matches!(read_or_hang(&p), Loaded::Ignored(r) if r.contains("not a valid")));
+    }
+
+    #[test]
+    fn a_symlink_at_the_old_temporary_name_is_not_followed() {
+        let d = dir("symlink");
+        let p = d.join("upstreams.json");
+        let victim = d.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        // The name the temporary file used to have: predictable from the pid.
+        let old_tmp = d.join(format!(".upstreams.json.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &old_tmp).unwrap();
+        write(&p, "default/kubernetes", &["10.0.0.1:6443".into()]).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(matches!(read(&p, "default/kubernetes"), Loaded::Found(_)));
+        assert!(old_tmp.is_symlink(), "the planted link is left alone");
+        let left: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp") && !n.contains(&std::process::id().to_string()))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+    }
+
+    #[tokio::test]
+    async fn a_read_that_hangs_is_given_up_after_the_timeout() {
+        let (_hold, hang) = std::sync::mpsc::channel::<()>();
+        let started = std::time::Instant::now();
+        let got = in_thread(
+            Path::new("/hung/volume/upstreams.json"),
+            Duration::from_millis(200),
+            move || {
+                let _ = hang.recv();
+                Loaded::Missing
+            },
+        )
+        .await;
+        assert!(
+            matches!(&got, Loaded::Ignored(r) if r.contains("not read within 200ms")),
+            "{got:?}"
+        );
+        eprintln!("gave up after {:?}", started.elapsed());
     }
 }

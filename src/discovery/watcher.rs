@@ -5,6 +5,7 @@
 //! failure it moves to the next upstream, with backoff. It never touches
 //! the data plane: the caller decides what to do with a published list.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +21,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{self, Reason, describe};
-use super::fold::Fold;
+use super::fold::{Fold, Folded, Refusal};
+use super::pace::{Debounce, GoneBackoff, jitter};
 
 /// What the loop needs; built from `DiscoveryConfig` by the caller.
 #[derive(Debug, Clone)]
@@ -33,6 +35,11 @@ pub struct Settings {
     /// Quiet time before a change is published (a joining API server adds
     /// and removes itself several times).
     pub debounce: Duration,
+    /// The longest a change waits for its publication while changes keep
+    /// coming closer together than `debounce`.
+    pub debounce_max: Duration,
+    /// Between sessions after a failure, and before listing again after a
+    /// 410 Gone: doubling from `backoff_min` to `backoff_max`, jittered.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     /// How long an upstream may take to deliver the first complete list.
@@ -50,6 +57,7 @@ impl Settings {
             port_name: c.port_name.clone(),
             tls_server_name: c.tls_server_name.clone(),
             debounce: Duration::from_secs(1),
+            debounce_max: Duration::from_secs(3),
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
             sync_timeout: Duration::from_secs(15),
@@ -77,6 +85,12 @@ pub struct Stats {
     pub published: AtomicU64,
     errors: [AtomicU64; Reason::ALL.len()],
     last_error: Mutex<Option<(Reason, String)>>,
+    /// Endpoints of the last list refused, by reason (gauges).
+    refused: [AtomicU64; Refusal::ALL.len()],
+    /// Endpoints of the last list left out past the fold's limits (gauge).
+    over_limit: AtomicU64,
+    /// The refused endpoints last logged: one log line per set.
+    refused_logged: Mutex<Vec<(SocketAddr, Refusal)>>,
 }
 
 impl Stats {
@@ -86,6 +100,59 @@ impl Stats {
 
     fn error(&self, r: Reason) {
         self.errors[r as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Endpoints of the API's last list refused for `r`.
+    pub fn refused(&self, r: Refusal) -> u64 {
+        self.refused[r as usize].load(Ordering::Relaxed)
+    }
+
+    /// Endpoints of the API's last list left out past the fold's limits.
+    pub fn over_limit(&self) -> u64 {
+        self.over_limit.load(Ordering::Relaxed)
+    }
+
+    /// Records the refused endpoints of a list from the API: the counts
+    /// by reason, and a log line when they differ from the last list's,
+    /// so a refused address warns once, not on every event.
+    fn set_refused(&self, folded: &Folded) {
+        let over = folded.over_limit as u64;
+        match (self.over_limit.swap(over, Ordering::Relaxed), over) {
+            (0, 0) | (1.., 1..) => {}
+            (0, n) => tracing::warn!(
+                left_out = n,
+                "the API lists more endpoints than discovery keeps: at most {} per EndpointSlice, {} slices and {} addresses in all (the first in address order); the rest are left out",
+                super::fold::MAX_SLICE_ENDPOINTS,
+                super::fold::MAX_SLICES,
+                super::fold::MAX_ADDRESSES,
+            ),
+            (_, 0) => tracing::info!("the API's endpoints are within discovery's limits again"),
+        }
+        let refused = folded.refused.as_slice();
+        for r in Refusal::ALL {
+            let n = refused.iter().filter(|(_, x)| *x == r).count();
+            self.refused[r as usize].store(n as u64, Ordering::Relaxed);
+        }
+        let mut logged = self
+            .refused_logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if logged.as_slice() == refused {
+            return;
+        }
+        if refused.is_empty() {
+            tracing::info!("discovery: the API lists no refused endpoint any more");
+        } else {
+            let named: Vec<String> = refused
+                .iter()
+                .map(|(a, r)| format!("{a} ({})", r.as_str()))
+                .collect();
+            tracing::warn!(
+                endpoints = super::short_list(&named).as_str(),
+                "discovery refuses endpoints the API lists: cplb never dials unspecified, multicast, broadcast or link-local addresses"
+            );
+        }
+        *logged = refused.to_vec();
     }
 
     /// The last failure, as logged: names the upstream and the cause.
@@ -186,10 +253,12 @@ fn backoff(s: &Settings, failures: u32) -> Duration {
         .min(s.backoff_max)
 }
 
+/// Sleeps `d`, jittered so that nodes failing together spread out; true
+/// when stopped.
 async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
     tokio::select! {
         _ = stop.cancelled() => true,
-        _ = tokio::time::sleep(d) => false,
+        _ = tokio::time::sleep(jitter(d, fastrand::f64())) => false,
     }
 }
 
@@ -226,36 +295,39 @@ async fn session(
         }
     };
     let api: Api<EndpointSlice> = Api::namespaced(client, &s.namespace);
-    let config =
-        watcher::Config::default().labels(&format!("{}={}", super::fold::SERVICE_LABEL, s.service));
+    let config = watcher::Config::default()
+        .labels(&format!("{}={}", super::fold::SERVICE_LABEL, s.service))
+        .page_size(super::limit::PAGE_SIZE);
     let mut stream = pin!(watcher::watcher(api, config));
     let mut fold = Fold::new(&s.port_name);
     let mut synced = false;
-    let mut publish_at: Option<Instant> = None;
+    let mut debounce = Debounce::new(s.debounce, s.debounce_max);
+    let mut gone = GoneBackoff::new(s.backoff_min, s.backoff_max);
+    // While set, the stream is not polled: kube's watcher lists again only
+    // when asked for its next item.
+    let mut resume_at: Option<Instant> = None;
     let sync_by = Instant::now() + s.sync_timeout;
-    loop {
-        let due = async {
-            match publish_at {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
+    let ended = loop {
         tokio::select! {
             _ = stop.cancelled() => return Ended::Stopped,
             _ = tokio::time::sleep_until(sync_by), if !synced => {
-                return Ended::Failed {
+                break Ended::Failed {
                     reason: Reason::Timeout,
                     message: format!("no complete list within {:?}", s.sync_timeout),
                     synced,
                 };
             }
-            _ = due => {
-                publish_at = None;
+            _ = until(debounce.due()) => {
+                debounce.take();
                 publish(fold.current(), upstream, out, stats);
             }
-            item = stream.next() => match item {
+            _ = until(resume_at) => resume_at = None,
+            item = stream.next(), if resume_at.is_none() => match item {
                 Some(Ok(ev)) => {
                     stats.events.fetch_add(1, Ordering::Relaxed);
+                    if matches!(ev, Event::Apply(_) | Event::Delete(_)) {
+                        gone.reset();
+                    }
                     let changed = match ev {
                         Event::Init => { fold.init(); false }
                         Event::InitApply(sl) => { fold.init_apply(&sl); false }
@@ -272,36 +344,50 @@ async fn session(
                     };
                     if changed {
                         stats.synced();
-                        publish_at = Some(Instant::now() + s.debounce);
+                        debounce.changed(Instant::now());
                     }
                 }
                 Some(Err(e)) => {
                     let reason = client::classify(&e);
-                    if reason == Reason::Gone {
-                        // The watcher lists again by itself: a normal resync.
+                    if reason == Reason::Gone && matches!(e, watcher::Error::WatchError(_)) {
+                        // The watch history was compacted: kube's watcher
+                        // lists again, a normal resync, but not at once.
                         stats.error(Reason::Gone);
+                        let wait = gone.gone(Instant::now(), fastrand::f64());
+                        resume_at = Some(crate::clock::deadline(Instant::now(), wait));
                         continue;
                     }
-                    return Ended::Failed { reason, message: describe(&e), synced };
+                    break Ended::Failed { reason, message: describe(&e), synced };
                 }
-                None => return Ended::Failed {
+                None => break Ended::Failed {
                     reason: Reason::Api,
                     message: "the watch ended".into(),
                     synced,
                 },
             }
         }
+    };
+    // A list that arrived is the API's answer even when its watch then
+    // failed (within the quiet time, it would otherwise never be seen).
+    if debounce.take() {
+        publish(fold.current(), upstream, out, stats);
+    }
+    ended
+}
+
+/// Sleeps until `t`; forever when `None`.
+async fn until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 
-/// Publishes `addresses` unless empty (refused: cplb never goes to zero
-/// upstreams) or unchanged.
-fn publish(
-    addresses: Vec<String>,
-    upstream: &str,
-    out: &watch::Sender<Option<Discovered>>,
-    stats: &Stats,
-) {
+/// Publishes the addresses to dial unless there are none (refused: cplb
+/// never goes to zero upstreams) or they are unchanged.
+fn publish(folded: Folded, upstream: &str, out: &watch::Sender<Option<Discovered>>, stats: &Stats) {
+    stats.set_refused(&folded);
+    let addresses = folded.addresses;
     if addresses.is_empty() {
         fail(
             stats,
@@ -318,7 +404,8 @@ fn publish(
         return;
     }
     tracing::info!(
-        upstreams = addresses.join(", ").as_str(),
+        count = addresses.len(),
+        upstreams = super::short_list(&addresses).as_str(),
         via = upstream,
         "discovery: the API lists new upstreams"
     );

@@ -234,7 +234,7 @@ mod tests {
             "hash:\n  node_id: n1\nfailback:\n{failback}upstreams:\n  - address: 10.0.0.1:6443\n  - address: 10.0.0.2:6443\n"
         );
         let config = crate::Config::parse(&yaml, std::path::Path::new("t.yaml")).unwrap();
-        let s = Snapshot::build(&config, table, metrics).snapshot;
+        let s = Snapshot::build(&config, table, metrics).unwrap().snapshot;
         for u in &s.upstreams {
             u.state.set_addrs(vec![u.config.address.parse().unwrap()]);
         }
@@ -341,7 +341,7 @@ mod tests {
         // The reload path: the new set without it, then its set retired.
         let yaml = "hash:\n  node_id: n1\nupstreams:\n  - address: 10.0.0.2:6443\n";
         let config = crate::Config::parse(yaml, std::path::Path::new("t.yaml")).unwrap();
-        let built = Snapshot::build(&config, &mut table, &shared.metrics);
+        let built = Snapshot::build(&config, &mut table, &shared.metrics).unwrap();
         shared.snapshot.store(Arc::new(built.snapshot));
         for gone in &built.removed {
             gone.displaced.retire();

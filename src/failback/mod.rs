@@ -77,6 +77,7 @@ mod tests {
             ("10.0.0.12:6443", 1),
             ("10.0.0.13:6443", 1),
         ])
+        .unwrap()
     }
 
     #[test]
@@ -86,7 +87,7 @@ mod tests {
             let h = hash_key(format!("node-{i}").as_bytes());
             assert_eq!(home(&r, h), r.walk(h).next());
         }
-        assert_eq!(home(&Ring::new(std::iter::empty::<(&str, u32)>()), 1), None);
+        assert_eq!(home(&Ring::empty(), 1), None);
     }
 
     #[test]

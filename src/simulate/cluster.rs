@@ -3,7 +3,7 @@
 
 use crate::choice::{self, Standing};
 use crate::failback;
-use crate::ring::{self, Ring};
+use crate::ring::{self, Ring, TooManyServers};
 
 pub(crate) struct Cluster {
     pub(crate) nodes: usize,
@@ -28,7 +28,7 @@ impl Cluster {
         masters: usize,
         total: usize,
         conns_per_node: usize,
-    ) -> Cluster {
+    ) -> Result<Cluster, TooManyServers> {
         let node_hash = (0..nodes)
             .map(|n| ring::hash_key(node_id(n).as_bytes()))
             .collect();
@@ -38,19 +38,20 @@ impl Cluster {
             total_masters: total,
             present: 0,
             up: vec![true; total],
-            ring: Ring::new(std::iter::empty::<(&str, u32)>()),
+            ring: Ring::empty(),
             node_hash,
         };
-        c.set_present(masters);
-        c
+        c.set_present(masters)?;
+        Ok(c)
     }
 
     /// Discovery changed the set to the first `present` masters: rebuild
     /// the ring.
-    pub(crate) fn set_present(&mut self, present: usize) {
+    pub(crate) fn set_present(&mut self, present: usize) -> Result<(), TooManyServers> {
         let addrs: Vec<String> = (0..present).map(address).collect();
-        self.ring = Ring::new(addrs.iter().map(|a| (a.as_str(), 1)));
+        self.ring = Ring::new(addrs.iter().map(|a| (a.as_str(), 1)))?;
         self.present = present;
+        Ok(())
     }
 
     pub(crate) fn home(&self, node: usize) -> usize {
@@ -92,7 +93,7 @@ mod tests {
 
     #[test]
     fn walks_follow_the_ring_and_skip_down_masters() {
-        let mut c = Cluster::new(50, 3, 3, 1);
+        let mut c = Cluster::new(50, 3, 3, 1).unwrap();
         for n in 0..50 {
             assert_eq!(c.first_usable(n), c.home(n));
         }

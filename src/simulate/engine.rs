@@ -5,7 +5,7 @@ use super::cluster::Cluster;
 use super::lane::{Episodes, Lane};
 use super::scenario::{self, Change};
 use super::strategy::Strategy;
-use super::{Params, Rng};
+use super::{Params, Rng, SimError};
 
 /// Balanced: max/mean connections across usable masters at most this.
 pub const BALANCED: f64 = 1.1;
@@ -53,9 +53,9 @@ pub struct Report {
     pub strategies: Vec<StrategyReport>,
 }
 
-pub(crate) fn run(p: &Params) -> Report {
+pub(crate) fn run(p: &Params) -> Result<Report, SimError> {
     let total = scenario::total_masters(p.scenario, p.masters);
-    let mut cl = Cluster::new(p.nodes, p.masters, total, p.conns_per_node);
+    let mut cl = Cluster::new(p.nodes, p.masters, total, p.conns_per_node)?;
     let ring_before = share_ratio(&cl.ring.shares());
     let mut lanes: Vec<Lane> = Strategy::ALL
         .iter()
@@ -115,7 +115,7 @@ pub(crate) fn run(p: &Params) -> Report {
                 }
                 Change::Add(m) => {
                     cl.up[m] = true;
-                    cl.set_present(m + 1);
+                    cl.set_present(m + 1)?;
                     returning = Some(m);
                     lanes.iter_mut().for_each(|l| l.master_added(&cl, t));
                 }
@@ -158,14 +158,14 @@ pub(crate) fn run(p: &Params) -> Report {
         r.failback_closes = lane.failback_closes;
         r.episodes = lane.episodes;
     }
-    Report {
+    Ok(Report {
         masters: total,
         seconds,
         recovered_s,
         churn_reconnects,
         ring_ratio: (ring_before, share_ratio(&cl.ring.shares())),
         strategies: out,
-    }
+    })
 }
 
 /// max/mean connections over the masters that are in the set and up.

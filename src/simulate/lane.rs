@@ -312,7 +312,7 @@ mod tests {
             2,
         )
         .unwrap();
-        let mut cl = Cluster::new(200, 3, 4, 4);
+        let mut cl = Cluster::new(200, 3, 4, 4).unwrap();
         let mut lanes: Vec<Lane> = Strategy::ALL
             .iter()
             .map(|&s| Lane::new(s, &cl, policy))
@@ -334,7 +334,7 @@ mod tests {
         assert_eq!(on.strategy, Strategy::CplbOn);
         assert!(on.fb.as_ref().unwrap().displaced.iter().all(|&d| d == 0));
         assert!(on.failback_closes > 0);
-        cl.set_present(4);
+        cl.set_present(4).unwrap();
         for l in &mut lanes {
             l.master_added(&cl, 70_000);
             check(l, &cl);
@@ -346,7 +346,7 @@ mod tests {
 
     #[test]
     fn least_conn_spreads_a_node_three_three_two() {
-        let cl = Cluster::new(2, 3, 3, 8);
+        let cl = Cluster::new(2, 3, 3, 8).unwrap();
         let lane = Lane::new(Strategy::LeastConn, &cl, Failback::default());
         // 8 per node over 3 masters: 3, 3, 2, the first in list order
         // getting the extra, as a fresh nginx does.

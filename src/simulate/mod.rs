@@ -58,6 +58,8 @@ pub enum SimError {
     Plot { path: String, reason: String },
     #[error("could not write the report")]
     Write(#[from] std::io::Error),
+    #[error(transparent)]
+    Ring(#[from] crate::ring::TooManyServers),
 }
 
 impl Params {
@@ -126,7 +128,7 @@ impl Params {
 /// Validates and runs the simulation.
 pub fn simulate(p: &Params) -> Result<Report, SimError> {
     p.validate()?;
-    Ok(engine::run(p))
+    engine::run(p)
 }
 
 /// `cplb simulate`: runs, prints the table, draws the plot if asked.

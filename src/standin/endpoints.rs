@@ -67,6 +67,10 @@ struct Counts {
     /// The API answers 500 to everything (an outage while the masters'
     /// TCP ports still accept).
     api_down: std::sync::atomic::AtomicBool,
+    /// Every watch that resumes from a version gets 410 Gone.
+    watch_gone: std::sync::atomic::AtomicBool,
+    /// Every watch gets 500 (lists still work).
+    watch_fails: std::sync::atomic::AtomicBool,
 }
 
 impl EndpointStore {
@@ -180,6 +184,28 @@ impl EndpointStore {
         self.counts.api_down.load(Ordering::SeqCst)
     }
 
+    /// Misbehaves (or stops): every watch that resumes from a
+    /// resourceVersion, as clients do after a list, gets 410 Gone, however
+    /// fresh the version. A client without backoff relists in a loop.
+    pub fn set_watch_gone(&self, on: bool) {
+        self.counts.watch_gone.store(on, Ordering::SeqCst);
+    }
+
+    /// Misbehaves (or stops): every watch gets HTTP 500 at once, while
+    /// lists work, so a client's watch fails right after its list.
+    pub fn set_watch_fails(&self, on: bool) {
+        self.counts.watch_fails.store(on, Ordering::SeqCst);
+    }
+
+    pub(crate) fn watch_fails(&self) -> bool {
+        self.counts.watch_fails.load(Ordering::SeqCst)
+    }
+
+    /// A watch refused before it reached the store still counts.
+    pub(crate) fn count_watch(&self) {
+        self.counts.watches.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Loses history, as etcd compaction does, and ends the open watches
     /// (as their timeout would): a client resuming from the version it
     /// saw gets 410 Gone and must list again. `change` is applied in the
@@ -234,7 +260,7 @@ impl EndpointStore {
                     })
                     .collect(),
             ),
-            Some(rv) if rv < g.floor => {
+            Some(rv) if rv < g.floor || self.counts.watch_gone.load(Ordering::SeqCst) => {
                 self.counts.gone.fetch_add(1, Ordering::SeqCst);
                 WatchStart::Gone
             }

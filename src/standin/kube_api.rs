@@ -274,6 +274,14 @@ fn gone_event() -> Bytes {
 /// older than the history gets a single ERROR event with a 410 Status and
 /// the stream ends, as kube-apiserver does.
 fn watch(api: &KubeApi, ns: Option<&str>, q: &Query) -> Response<Body> {
+    if api.store.watch_fails() {
+        api.store.count_watch();
+        return failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "the stand-in fails every watch",
+        );
+    }
     let from = match q.resource_version.as_deref() {
         None | Some("0") => None,
         Some(text) => match text.parse::<u64>() {
