@@ -271,5 +271,11 @@ mod tests {
                 .any(|m| matches!(m, Missing::NotCgroup2 { path } if path == &dir)),
             "{err}"
         );
+        // A build without clang names that first (CPLB_BPF=off shows it).
+        assert_eq!(
+            matches!(err.missing[0], Missing::Programs),
+            !programs::built_with_programs(),
+            "{err}"
+        );
     }
 }
