@@ -679,3 +679,36 @@ fn a_wildcard_listen_address_stands_for_the_hosts_own_addresses() {
     assert_eq!(got.greeting(), "proxy", "{got:?}");
     plane.detach().unwrap();
 }
+
+/// A figure, not a bound: new connections per second from one client
+/// process, rewritten through the listen address and direct to the
+/// master, side by side. `cargo test --release --test kernel_plane --
+/// --ignored --nocapture connect_rate`.
+#[test]
+#[ignore = "a measurement: run by hand with --ignored --nocapture"]
+fn connect_rate_rewritten_and_direct() {
+    let Some(Start {
+        env,
+        net: _net,
+        proxy,
+        a,
+    }) = start("connect_rate_rewritten_and_direct")
+    else {
+        return;
+    };
+    let plane = one_master(&env, proxy.addr, a.addr);
+    let mut client = env.client();
+    const N: u32 = 20_000;
+    for round in 0..3 {
+        let (via, rewritten) = client.rate(proxy.addr, N);
+        let (direct_to, direct) = client.rate(a.addr, N);
+        assert_eq!((via.as_str(), direct_to.as_str()), ("a", "a"));
+        eprintln!(
+            "round {round}: {N} connects: rewritten {rewritten:.0}/s, direct {direct:.0}/s ({:.2}x)",
+            rewritten / direct
+        );
+    }
+    assert_eq!(proxy.accepted(), 0);
+    drop(client);
+    plane.detach().unwrap();
+}

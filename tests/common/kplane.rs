@@ -344,6 +344,17 @@ impl Client {
         self.ask(&format!("publish {listen} {backend}"))
     }
 
+    /// `n` connects to `addr` (greeting read, closed): the last greeting
+    /// and the rate per second.
+    pub fn rate(&mut self, addr: SocketAddr, n: u32) -> (String, f64) {
+        let r = self.ask(&format!("rate {addr} {n}"));
+        let mut p = r.split(' ');
+        assert_eq!(p.next(), Some("ok"), "{r}");
+        let last = p.next().unwrap().to_string();
+        let secs: f64 = p.next().unwrap().parse().unwrap();
+        (last, f64::from(n) / secs)
+    }
+
     /// Moves the client into a network namespace of its own (loopback up)
     /// that runs a listener on 127.0.0.1:`port` announcing "netns".
     pub fn enter_netns(&mut self, port: u16) {
@@ -441,6 +452,10 @@ pub fn serve(procs: &str) {
                 "ok".into()
             }
             (Some("netns"), Some(port)) => netns(port.parse().unwrap()),
+            (Some("rate"), Some(addr)) => {
+                let n: u32 = words.next().unwrap().parse().unwrap();
+                rate(addr.parse().unwrap(), n)
+            }
             (Some("exit"), None) => return,
             _ => format!("err unknown command '{line}'"),
         };
@@ -503,6 +518,25 @@ fn connect(addr: SocketAddr, conns: &mut Vec<Option<BufReader<TcpStream>>>) -> S
         conns.len() - 1,
         greeting.trim_end()
     )
+}
+
+/// `n` connects to `addr`, each reading its greeting and closing: "ok
+/// <greeting of the last> <seconds>", or the first error.
+fn rate(addr: SocketAddr, n: u32) -> String {
+    let start = Instant::now();
+    let mut last = String::new();
+    for _ in 0..n {
+        let mut s = match TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => return format!("err {e}"),
+        };
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(k) if k > 0 => last = String::from_utf8_lossy(&buf[..k]).trim().to_string(),
+            other => return format!("err greeting {other:?}"),
+        }
+    }
+    format!("ok {last} {}", start.elapsed().as_secs_f64())
 }
 
 fn echo(c: &mut BufReader<TcpStream>) -> bool {
