@@ -22,6 +22,10 @@
 //!   worker, one waiter each, for idleness (no timer per connection) and
 //!   for events.
 //! - `metrics`: Prometheus metrics in an owned registry; one series table.
+//! - `kernel`: the kernel data plane: BPF programs (bpf/cplb.bpf.c) that
+//!   rewrite a connect to a listen address into a connect to the chosen
+//!   master, the tables user space publishes to them, and `SOCK_DESTROY`
+//!   of rewritten sockets. Not wired into the proxy yet.
 //!
 //! Control plane (the start-up runtime; never on a connection's path):
 //! - `server`: start-up, `run`, and the drain on shutdown.
@@ -96,6 +100,7 @@ pub mod discovery;
 pub mod failback;
 pub(crate) mod health;
 pub mod import;
+pub mod kernel;
 pub(crate) mod listener;
 pub mod logfmt;
 pub mod metrics;
