@@ -91,6 +91,7 @@
 
 pub(crate) mod admin;
 pub mod aligned_alloc;
+pub(crate) mod budget;
 pub(crate) mod choice;
 pub(crate) mod clock;
 pub mod config;

@@ -390,7 +390,7 @@ impl Reloader {
         self.shared.metrics.last_reload_successful.set(1);
         self.shared
             .last_load
-            .store(Arc::new(crate::status::LoadRecord::reload(
+            .store(Arc::new(crate::shared::LoadRecord::reload(
                 Some(path.to_path_buf()),
                 Clock::unix_now(),
                 None,
@@ -404,7 +404,7 @@ impl Reloader {
         m.last_reload_successful.set(0);
         self.shared
             .last_load
-            .store(Arc::new(crate::status::LoadRecord::reload(
+            .store(Arc::new(crate::shared::LoadRecord::reload(
                 self.config.source.clone(),
                 Clock::unix_now(),
                 Some(Chain(e).to_string()),

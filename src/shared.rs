@@ -1,9 +1,11 @@
 //! State shared by every task of one running proxy.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
@@ -21,7 +23,7 @@ pub(crate) struct Shared {
     /// Inside a last-resort episode (every upstream unusable); logged once.
     pub all_down: AtomicBool,
     /// How many first flights may hedge (see `proxy::flight`).
-    pub hedge_budget: crate::proxy::HedgeBudget,
+    pub hedge_budget: crate::budget::HedgeBudget,
     /// Inside an accept-failure episode (e.g. out of descriptors), across
     /// all listeners, and when the last failure was (`Clock` ms).
     pub accept_failing: AtomicBool,
@@ -39,7 +41,7 @@ pub(crate) struct Shared {
     /// `listener::skippable`); named in `/readyz`.
     pub skipped_listen: Vec<Skipped>,
     /// The last config load and its result, for `/status`.
-    pub last_load: ArcSwap<crate::status::LoadRecord>,
+    pub last_load: ArcSwap<LoadRecord>,
 }
 
 impl Shared {
@@ -67,10 +69,7 @@ impl Shared {
             force_close: CancellationToken::new(),
             timers,
             skipped_listen,
-            last_load: ArcSwap::from_pointee(crate::status::LoadRecord::startup(
-                source,
-                Clock::unix_now(),
-            )),
+            last_load: ArcSwap::from_pointee(LoadRecord::startup(source, Clock::unix_now())),
         }
     }
 }
@@ -135,4 +134,56 @@ impl Drop for ClientSlot {
         self.0.clients.fetch_sub(1, Ordering::AcqRel);
         self.0.metrics.client_connections_active.dec();
     }
+}
+
+/// The last time the config file was loaded, kept by the reloader for
+/// `/status`. Written on start-up and on each reload (rare), never on the
+/// proxy's path.
+#[derive(Debug, Clone)]
+pub(crate) struct LoadRecord {
+    pub file: Option<PathBuf>,
+    /// Unix seconds.
+    pub at: f64,
+    pub kind: LoadKind,
+    pub result: LoadResult,
+    pub error: Option<String>,
+}
+
+impl LoadRecord {
+    pub(crate) fn startup(file: Option<PathBuf>, at: f64) -> LoadRecord {
+        LoadRecord {
+            file,
+            at,
+            kind: LoadKind::Startup,
+            result: LoadResult::Success,
+            error: None,
+        }
+    }
+
+    pub(crate) fn reload(file: Option<PathBuf>, at: f64, error: Option<String>) -> LoadRecord {
+        LoadRecord {
+            file,
+            at,
+            kind: LoadKind::Reload,
+            result: match error {
+                None => LoadResult::Success,
+                Some(_) => LoadResult::Failure,
+            },
+            error,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LoadKind {
+    Startup,
+    Reload,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LoadResult {
+    Success,
+    Failure,
 }

@@ -7,12 +7,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::{Config, HashKey, UpstreamConfig};
-use crate::discovery::apply::{Entry, static_entries};
 use crate::health::Policy;
 use crate::metrics::Metrics;
 use crate::ring::{self, Ring, TooManyServers};
-use crate::status::model::Source;
 use crate::upstream::{StateTable, UpstreamState};
 
 pub struct Snapshot {
@@ -55,6 +55,50 @@ pub struct Settings {
     pub failback_delay: Duration,
 }
 
+/// Where an upstream came from: the config file (the seed list when
+/// discovery is on), discovery's state file, or the API.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Source {
+    Static,
+    State,
+    Api,
+}
+
+impl Source {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Source::Static => "static",
+            Source::State => "state",
+            Source::Api => "api",
+        }
+    }
+}
+
+/// One upstream of a snapshot-to-be, as its producer hands it over: the
+/// static config, or discovery's applied set.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Entry {
+    pub(crate) config: UpstreamConfig,
+    pub(crate) source: Source,
+    pub(crate) draining: bool,
+}
+
+impl Entry {
+    /// The config's static upstreams (discovery off).
+    pub(crate) fn statics(config: &Config) -> Vec<Entry> {
+        config
+            .upstreams
+            .iter()
+            .map(|u| Entry {
+                config: u.clone(),
+                source: Source::Static,
+                draining: false,
+            })
+            .collect()
+    }
+}
+
 /// What building a snapshot changed in the state table.
 pub struct Built {
     pub snapshot: Snapshot,
@@ -69,7 +113,7 @@ impl Snapshot {
         table: &mut StateTable,
         metrics: &Metrics,
     ) -> Result<Built, TooManyServers> {
-        Self::build_with(config, &static_entries(config), table, metrics)
+        Self::build_with(config, &Entry::statics(config), table, metrics)
     }
 
     /// The settings of `config` with the upstreams `entries` (discovery

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::config::{Config, UpstreamConfig};
 use crate::discovery::DiscoveryConfig;
 use crate::ring::MAX_SERVERS;
-use crate::status::model::Source;
+use crate::snapshot::{Entry, Source};
 
 /// One member of the applied set.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,14 +24,6 @@ pub(crate) struct Member {
     pub(crate) source: Source,
     /// Since when it is draining; `None` while listed.
     pub(crate) draining_since: Option<Instant>,
-}
-
-/// One upstream of the set, ready for a snapshot.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Entry {
-    pub(crate) config: UpstreamConfig,
-    pub(crate) source: Source,
-    pub(crate) draining: bool,
 }
 
 /// Most members kept: as many as the API may list (`fold::MAX_ADDRESSES`)
@@ -233,19 +225,6 @@ fn discovered_upstream(addr: &str, d: &DiscoveryConfig) -> Option<UpstreamConfig
         max_fails: d.max_fails,
         fail_timeout: d.fail_timeout,
     })
-}
-
-/// The static upstreams as entries: discovery off.
-pub(crate) fn static_entries(config: &Config) -> Vec<Entry> {
-    config
-        .upstreams
-        .iter()
-        .map(|u| Entry {
-            config: u.clone(),
-            source: Source::Static,
-            draining: false,
-        })
-        .collect()
 }
 
 #[cfg(test)]

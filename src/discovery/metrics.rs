@@ -13,7 +13,7 @@ use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, 
 use super::Stats;
 use super::client::Reason;
 use super::fold::Refusal;
-use crate::status::model::Source;
+use crate::snapshot::Source;
 
 pub(crate) const SOURCES: [Source; 3] = [Source::Static, Source::State, Source::Api];
 

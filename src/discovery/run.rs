@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::apply::{Applied, Capped, Entry, static_entries};
+use super::apply::{Applied, Capped};
 use super::metrics::DiscoveryMetrics;
 use super::state::{self, Loaded};
 use super::{Discovered, DiscoveryConfig, Settings};
@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::ring::MAX_SERVERS;
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
-use crate::status::model::Source;
+use crate::snapshot::{Entry, Source};
 
 pub(crate) struct Wiring {
     metrics: DiscoveryMetrics,
@@ -75,7 +75,7 @@ impl Wiring {
     pub(crate) fn entries(&self, config: &Config) -> Vec<Entry> {
         let Some(a) = &self.active else {
             self.left_out(&[]);
-            return static_entries(config);
+            return Entry::statics(config);
         };
         let Capped { entries, dropped } = a.applied.entries(&a.config);
         self.left_out(&dropped);

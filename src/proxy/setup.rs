@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::proxying::Proxying;
-use super::{Attached, SentHome, flight};
+use super::flight;
+use super::proxying::{Attached, Proxying, SentHome};
 use crate::choice::{Choice, Pass, Standing};
 use crate::copy;
 use crate::failback::{self, Placement, registry::DisplacedGuard};

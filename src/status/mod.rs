@@ -18,7 +18,6 @@ pub(crate) mod model;
 mod render;
 
 use std::io::Write;
-use std::path::PathBuf;
 
 pub(crate) use client::fetch;
 
@@ -31,44 +30,6 @@ pub(crate) const EXIT_UNREACHABLE: u8 = 3;
 pub enum Output {
     Table,
     Json,
-}
-
-/// The last time the config file was loaded, kept by the reloader for
-/// `/status`. Written on start-up and on each reload (rare), never on the
-/// proxy's path.
-#[derive(Debug, Clone)]
-pub(crate) struct LoadRecord {
-    pub file: Option<PathBuf>,
-    /// Unix seconds.
-    pub at: f64,
-    pub kind: model::LoadKind,
-    pub result: model::LoadResult,
-    pub error: Option<String>,
-}
-
-impl LoadRecord {
-    pub(crate) fn startup(file: Option<PathBuf>, at: f64) -> LoadRecord {
-        LoadRecord {
-            file,
-            at,
-            kind: model::LoadKind::Startup,
-            result: model::LoadResult::Success,
-            error: None,
-        }
-    }
-
-    pub(crate) fn reload(file: Option<PathBuf>, at: f64, error: Option<String>) -> LoadRecord {
-        LoadRecord {
-            file,
-            at,
-            kind: model::LoadKind::Reload,
-            result: match error {
-                None => model::LoadResult::Success,
-                Some(_) => model::LoadResult::Failure,
-            },
-            error,
-        }
-    }
 }
 
 /// Runs `cplb status` against `admin` (`host:port`); writes the table or

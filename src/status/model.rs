@@ -5,6 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use crate::shared::{LoadKind, LoadResult};
+pub(crate) use crate::snapshot::Source;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct Status {
     pub version: String,
@@ -28,40 +31,6 @@ pub(crate) struct Load {
     pub result: LoadResult,
     /// Why a reload was refused (the running config stayed in force).
     pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum LoadKind {
-    Startup,
-    Reload,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum LoadResult {
-    Success,
-    Failure,
-}
-
-/// Where an upstream came from: the config file (the seed list when
-/// discovery is on), discovery's state file, or the API.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum Source {
-    Static,
-    State,
-    Api,
-}
-
-impl Source {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Source::Static => "static",
-            Source::State => "state",
-            Source::Api => "api",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
