@@ -1,15 +1,17 @@
-//! One client connection, in three files: `proxying` (the connection's
-//! task: `handle`, then the copy both ways until either side ends, the
-//! upstream is evicted or removed, fail-back sends a displaced connection
-//! home, or shutdown forces the close), `setup` (choose upstreams in ring
-//! order through `choice` and connect with failover and the last resort)
-//! and `flight` (see the client's first flight answered, or hedge it to the
-//! next master within the `budget`).
+//! One client connection, in three files:
+//! - `setup`: the connection's task (`handle`) and its set-up, which
+//!   chooses upstreams in ring order through `choice`;
+//! - `connect`: connect with failover and the last resort, and see the
+//!   client's first flight answered or hedge it to the next master (within
+//!   the `budget`);
+//! - `proxying`: the copy both ways (`copy::Copy`) until either side ends,
+//!   the upstream is evicted or removed, fail-back sends a displaced
+//!   connection home, or shutdown forces the close.
 
-mod flight;
+mod connect;
 mod proxying;
 mod setup;
 
 #[cfg(test)]
-pub(crate) use proxying::Connection;
-pub(crate) use proxying::handle;
+pub(crate) use setup::Connection;
+pub(crate) use setup::handle;

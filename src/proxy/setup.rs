@@ -1,26 +1,86 @@
-//! A connection's set-up: choose upstreams in ring order (`choice`),
-//! connect with failover and the last resort, and, when hedging is on, see
-//! the client's first flight answered (`flight`). What the copy needs comes
-//! back in a `Proxying`.
+//! A connection's task (`handle`): its set-up, boxed, chooses upstreams in
+//! ring order (`choice`, with the proxy's view of each upstream's
+//! standing), connects and sees the first flight answered (`connect`),
+//! then the task becomes the `Proxying` that copies the bytes.
 
-use std::io;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
 
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
-use super::flight;
+use super::connect::{Attempt, Connected, connect_next, first_flight};
 use super::proxying::{Attached, Proxying, SentHome};
-use crate::choice::{Choice, Pass, Standing};
-use crate::copy;
+use crate::choice::{Choice, Standing};
 use crate::failback::{self, Placement, registry::DisplacedGuard};
 use crate::health::Admission;
 use crate::metrics::{FailureReason, GaugeGuard};
 use crate::shared::{ClientSlot, Shared};
 use crate::snapshot::{Snapshot, Upstream};
 use crate::wheel::Worker;
+
+/// One connection's task: its size is what every open connection costs in
+/// memory besides the kernel's sockets and tokio's two I/O registrations
+/// (`listener`'s test bounds it). `snapshot` is the one the accept loop
+/// checked `max_connections` against; `slot` counts the client until the
+/// connection ends; `worker` is the worker whose wheels it waits on.
+pub(crate) fn handle(
+    slot: ClientSlot,
+    snapshot: Arc<Snapshot>,
+    client: TcpStream,
+    peer: SocketAddr,
+    worker: Worker,
+) -> Connection<impl Future<Output = Option<Proxying>> + Send> {
+    // The set-up (the ring walk, each connect with its timer, the first
+    // flight) takes more room than the copy, but only for a round trip to
+    // a master; the copy lasts the connection's life. Boxed, it costs one
+    // short-lived allocation per connection instead of a task cell twice
+    // the size for as long as the connection is open.
+    Connection::Setup {
+        setup: Box::pin(setup(slot, snapshot, client, peer, worker)),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The spawned task: the boxed set-up, then the proxied connection.
+    #[project = ConnectionProj]
+    pub(crate) enum Connection<S> {
+        Setup { setup: Pin<Box<S>> },
+        Proxying { #[pin] proxying: Proxying },
+        Done,
+    }
+}
+
+impl<S: Future<Output = Option<Proxying>>> Future for Connection<S> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match self.as_mut().project() {
+                ConnectionProj::Setup { setup } => match ready!(setup.as_mut().poll(cx)) {
+                    Some(proxying) => {
+                        self.set(Connection::Proxying { proxying });
+                        if let ConnectionProj::Proxying { proxying } = self.as_mut().project()
+                            && proxying.start()
+                        {
+                            continue;
+                        }
+                        self.set(Connection::Done);
+                    }
+                    None => self.set(Connection::Done),
+                },
+                // Done drops the sockets now, not when tokio frees the task.
+                ConnectionProj::Proxying { proxying } => {
+                    ready!(proxying.poll(cx));
+                    self.set(Connection::Done);
+                }
+                ConnectionProj::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
 
 /// Connects to an upstream; what the copy needs comes back in `Proxying`.
 pub(super) async fn setup(
@@ -48,8 +108,7 @@ pub(super) async fn setup(
         && let Some(up) = connected.take()
     {
         shared.hedge_budget.attempt(shared.clock.now_ms());
-        let (up, first) =
-            flight::first_flight(shared, &snapshot, &mut choice, &client, up, timeout).await;
+        let (up, first) = first_flight(shared, &snapshot, &mut choice, &client, up, timeout).await;
         (connected, answer) = (Some(up), first);
     }
     let Some(Connected {
@@ -120,128 +179,139 @@ fn standing(shared: &Shared, up: &Upstream) -> Standing {
     Standing::Usable
 }
 
-/// An upstream connection, with where it stands on the ring.
-pub(super) struct Connected {
-    pub index: usize,
-    pub stream: TcpStream,
-}
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
 
-/// What a connect is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Attempt {
-    /// A new connection, hedging off: a connect is a success for passive
-    /// health (nginx's rule).
-    Connect,
-    /// A new connection, hedging on: the master's first byte is the
-    /// success (`flight`), not the connect.
-    FirstFlight,
-    /// A hedge: usable masters only, never the last resort.
-    Hedge,
-}
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
 
-/// Connects to the next candidates of `choice` until one accepts: the
-/// usable ones first, then (once none is left, and not for a hedge) the
-/// last resort, whose episode is logged once.
-pub(super) async fn connect_next<V: FnMut(usize) -> Standing>(
-    shared: &Shared,
-    snap: &Snapshot,
-    choice: &mut Choice<'_, V>,
-    attempt: Attempt,
-) -> Option<Connected> {
-    let count_success = attempt == Attempt::Connect;
-    for (index, pass) in choice.by_ref() {
-        if pass == Pass::LastResort && attempt == Attempt::Hedge {
-            return None;
-        }
-        if pass == Pass::LastResort && !shared.all_down.swap(true, Ordering::AcqRel) {
-            shared.metrics.all_upstreams_down.inc();
-            tracing::warn!("no usable upstream; trying every upstream as a last resort");
-        }
-        let Some(stream) = try_connect(shared, snap, &snap.upstreams[index], count_success).await
-        else {
-            continue;
-        };
-        if pass == Pass::First
-            && shared.all_down.load(Ordering::Relaxed)
-            && shared.all_down.swap(false, Ordering::AcqRel)
-        {
-            tracing::info!("an upstream is usable again; last-resort episode over");
-        }
-        return Some(Connected { index, stream });
+    use super::*;
+    use crate::upstream::EvictReason;
+    use crate::wheel::with_worker;
+    use std::sync::atomic::Ordering;
+
+    /// One connection through `handle` to a listening upstream; returns
+    /// whether its task ended by itself, and what the client then read.
+    async fn one_connection(prepare: impl FnOnce(&Shared)) -> (bool, usize) {
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // Hedging off: the client of these tests sends nothing.
+        let shared = Arc::new(Shared::for_config(&format!(
+            "first_byte_timeout: 0s\nupstreams:\n  - address: {}\n",
+            upstream.local_addr().unwrap()
+        )));
+        prepare(&shared);
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (near, peer) = l.accept().await.unwrap();
+        shared.clients.fetch_add(1, Ordering::AcqRel);
+        let timers = shared.timers.clone();
+        with_worker(&timers, Duration::from_millis(50), |worker| async move {
+            let task = handle(
+                ClientSlot::new(shared.clone()),
+                shared.snapshot.load_full(),
+                near,
+                peer,
+                worker,
+            );
+            // The upstream accepts (the kernel completes the connect) and
+            // stays silent; nothing else would end the connection for an
+            // hour.
+            let ended = tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_ok();
+            let mut buf = [0u8; 16];
+            let read = client.read(&mut buf).await.unwrap_or(0);
+            (ended, read)
+        })
+        .await
     }
-    None
-}
 
-/// One connect to one upstream (each of its addresses in turn, within one
-/// `connect_timeout`), with a failure fed to passive health, and a success
-/// too with `count_success`.
-async fn try_connect(
-    shared: &Shared,
-    snap: &Snapshot,
-    up: &Upstream,
-    count_success: bool,
-) -> Option<TcpStream> {
-    let state = &up.state;
-    let start = Instant::now();
-    let deadline = crate::clock::deadline(start, snap.settings.connect_timeout);
-    let mut reason = FailureReason::Resolve;
-    for addr in state.addrs().iter() {
-        let socket = match copy::upstream_socket(*addr) {
-            Ok(s) => s,
-            Err(e) => {
-                // Out of file descriptors or memory here: our problem, not
-                // the upstream's, so its health is left alone.
-                tracing::debug!(error = %e, "could not create upstream socket");
-                return None;
+    /// Removed by discovery while the connection was connecting: the wake
+    /// came before its waiter existed, and `start` finds the flag.
+    #[tokio::test]
+    async fn a_connection_set_up_to_a_retired_upstream_closes_at_once() {
+        let (ended, read) = one_connection(|s| s.snapshot.load().upstreams[0].state.retire()).await;
+        assert!(ended, "the connection stayed open to a retired upstream");
+        assert_eq!(read, 0, "the client sees the close");
+    }
+
+    /// Set up after the drain's end: `close_all` had nothing to wake yet.
+    #[tokio::test]
+    async fn a_connection_set_up_after_the_drain_ended_closes_at_once() {
+        let closed = std::sync::Mutex::new(None);
+        let (ended, read) = one_connection(|s| {
+            s.close_all();
+            *closed.lock().unwrap() = Some(s.snapshot.load().upstreams[0].state.clone());
+        })
+        .await;
+        assert!(ended, "the connection outlived the drain");
+        assert_eq!(read, 0, "the client sees the close");
+        let state = closed.lock().unwrap().take().unwrap();
+        assert_eq!(state.metrics.closed_shutdown.get(), 1);
+    }
+
+    /// An eviction wakes its own upstream's connections: only those close.
+    #[tokio::test]
+    async fn only_its_own_upstreams_eviction_closes_a_connection() {
+        let (a, b) = (
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        );
+        let shared = Arc::new(Shared::for_config(&format!(
+            "first_byte_timeout: 0s\nupstreams:\n  - address: {}\n  - address: {}\n",
+            a.local_addr().unwrap(),
+            b.local_addr().unwrap()
+        )));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (near, peer) = l.accept().await.unwrap();
+        shared.clients.fetch_add(1, Ordering::AcqRel);
+        let timers = shared.timers.clone();
+        with_worker(&timers, Duration::from_secs(3600), |worker| async move {
+            let mut task = tokio::spawn(handle(
+                ClientSlot::new(shared.clone()),
+                shared.snapshot.load_full(),
+                near,
+                peer,
+                worker,
+            ));
+            let (own, _accepted) = tokio::select! {
+                r = a.accept() => (0, r.unwrap()),
+                r = b.accept() => (1, r.unwrap()),
+            };
+            let snap = shared.snapshot.load_full();
+            let (own, other) = (&snap.upstreams[own].state, &snap.upstreams[1 - own].state);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while own.metrics.connections_active.get() == 0 {
+                assert!(tokio::time::Instant::now() < deadline, "never proxying");
+                tokio::task::yield_now().await;
             }
-        };
-        match copy::connect(socket, *addr, deadline).await {
-            Ok(stream) => {
-                shared
-                    .metrics
-                    .connect_duration
-                    .observe(start.elapsed().as_secs_f64());
-                if count_success {
-                    passive_success(shared, up, "connect succeeded");
-                }
-                return Some(stream);
+            // On this single-threaded runtime the woken task runs before the
+            // test's next turn.
+            other.evict(EvictReason::Dead);
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
             }
-            Err(e) => {
-                let r = classify(&e);
-                reason = r;
-                if r == FailureReason::Timeout {
-                    break;
-                }
-            }
-        }
+            assert!(
+                !task.is_finished(),
+                "closed by the other upstream's eviction"
+            );
+            own.evict(EvictReason::Dead);
+            tokio::time::timeout(Duration::from_secs(10), &mut task)
+                .await
+                .expect("its own upstream's eviction did not close it")
+                .unwrap();
+            assert_eq!(own.metrics.closed_upstream_down.get(), 1);
+            assert_eq!(other.metrics.closed_upstream_down.get(), 0);
+        })
+        .await;
     }
-    state.metrics.failure(reason).inc();
-    tracing::debug!(upstream = %state.address, reason = reason.as_str(), "connect failed");
-    passive_failure(shared, up, reason.as_str());
-    None
-}
 
-/// A success for `up`'s passive health: clears a mark, logged on the change.
-pub(super) fn passive_success(shared: &Shared, up: &Upstream, why: &str) {
-    let state = &up.state;
-    if let Some(t) = state.passive.on_success(shared.clock.now_ms()) {
-        state.passive_transition(t, why, Some(up.policy));
-    }
-}
-
-/// A failure for `up`'s passive health (`max_fails` within `fail_timeout`).
-pub(super) fn passive_failure(shared: &Shared, up: &Upstream, reason: &str) {
-    let state = &up.state;
-    if let Some(t) = state.passive.on_failure(up.policy, shared.clock.now_ms()) {
-        state.passive_transition(t, reason, Some(up.policy));
-    }
-}
-
-fn classify(e: &io::Error) -> FailureReason {
-    match e.kind() {
-        io::ErrorKind::ConnectionRefused => FailureReason::Refused,
-        io::ErrorKind::TimedOut => FailureReason::Timeout,
-        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => FailureReason::Reset,
-        _ => FailureReason::Other,
+    /// The control: without either, the same connection stays open.
+    #[tokio::test]
+    async fn a_connection_to_a_live_upstream_stays_open() {
+        let (ended, _) = one_connection(|_| {}).await;
+        assert!(!ended, "the connection ended by itself");
     }
 }

@@ -1,3 +1,7 @@
+//! Connecting a new connection to a master: the candidates of `choice` in
+//! order with failover and the last resort (`connect_next`), and, when
+//! hedging is on, the first flight (`first_flight`).
+//!
 //! The hedged first flight. A frozen or overloaded master still completes
 //! TCP handshakes (its kernel does), so a connect that succeeds says
 //! nothing about whether it will answer. Once the client's first bytes (a
@@ -14,16 +18,144 @@
 //! server-speaks-first protocol: nothing to replay), and a spent hedging
 //! budget (`budget`: hedges must not double the load on slow masters).
 
+use std::io;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
-use super::setup::{Attempt, Connected, connect_next, passive_failure, passive_success};
-use crate::choice::{Choice, Standing};
-use crate::copy::{Answer, Replay};
-use crate::metrics::Hedge;
+use crate::choice::{Choice, Pass, Standing};
+use crate::copy::{self, Answer, Replay};
+use crate::metrics::{FailureReason, Hedge};
 use crate::shared::Shared;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, Upstream};
+
+/// An upstream connection, with where it stands on the ring.
+pub(super) struct Connected {
+    pub index: usize,
+    pub stream: TcpStream,
+}
+
+/// What a connect is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Attempt {
+    /// A new connection, hedging off: a connect is a success for passive
+    /// health (nginx's rule).
+    Connect,
+    /// A new connection, hedging on: the master's first byte is the
+    /// success (`flight`), not the connect.
+    FirstFlight,
+    /// A hedge: usable masters only, never the last resort.
+    Hedge,
+}
+
+/// Connects to the next candidates of `choice` until one accepts: the
+/// usable ones first, then (once none is left, and not for a hedge) the
+/// last resort, whose episode is logged once.
+pub(super) async fn connect_next<V: FnMut(usize) -> Standing>(
+    shared: &Shared,
+    snap: &Snapshot,
+    choice: &mut Choice<'_, V>,
+    attempt: Attempt,
+) -> Option<Connected> {
+    let count_success = attempt == Attempt::Connect;
+    for (index, pass) in choice.by_ref() {
+        if pass == Pass::LastResort && attempt == Attempt::Hedge {
+            return None;
+        }
+        if pass == Pass::LastResort && !shared.all_down.swap(true, Ordering::AcqRel) {
+            shared.metrics.all_upstreams_down.inc();
+            tracing::warn!("no usable upstream; trying every upstream as a last resort");
+        }
+        let Some(stream) = try_connect(shared, snap, &snap.upstreams[index], count_success).await
+        else {
+            continue;
+        };
+        if pass == Pass::First
+            && shared.all_down.load(Ordering::Relaxed)
+            && shared.all_down.swap(false, Ordering::AcqRel)
+        {
+            tracing::info!("an upstream is usable again; last-resort episode over");
+        }
+        return Some(Connected { index, stream });
+    }
+    None
+}
+
+/// One connect to one upstream (each of its addresses in turn, within one
+/// `connect_timeout`), with a failure fed to passive health, and a success
+/// too with `count_success`.
+async fn try_connect(
+    shared: &Shared,
+    snap: &Snapshot,
+    up: &Upstream,
+    count_success: bool,
+) -> Option<TcpStream> {
+    let state = &up.state;
+    let start = Instant::now();
+    let deadline = crate::clock::deadline(start, snap.settings.connect_timeout);
+    let mut reason = FailureReason::Resolve;
+    for addr in state.addrs().iter() {
+        let socket = match copy::upstream_socket(*addr) {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors or memory here: our problem, not
+                // the upstream's, so its health is left alone.
+                tracing::debug!(error = %e, "could not create upstream socket");
+                return None;
+            }
+        };
+        match copy::connect(socket, *addr, deadline).await {
+            Ok(stream) => {
+                shared
+                    .metrics
+                    .connect_duration
+                    .observe(start.elapsed().as_secs_f64());
+                if count_success {
+                    passive_success(shared, up, "connect succeeded");
+                }
+                return Some(stream);
+            }
+            Err(e) => {
+                let r = classify(&e);
+                reason = r;
+                if r == FailureReason::Timeout {
+                    break;
+                }
+            }
+        }
+    }
+    state.metrics.failure(reason).inc();
+    tracing::debug!(upstream = %state.address, reason = reason.as_str(), "connect failed");
+    passive_failure(shared, up, reason.as_str());
+    None
+}
+
+/// A success for `up`'s passive health: clears a mark, logged on the change.
+pub(super) fn passive_success(shared: &Shared, up: &Upstream, why: &str) {
+    let state = &up.state;
+    if let Some(t) = state.passive.on_success(shared.clock.now_ms()) {
+        state.passive_transition(t, why, Some(up.policy));
+    }
+}
+
+/// A failure for `up`'s passive health (`max_fails` within `fail_timeout`).
+pub(super) fn passive_failure(shared: &Shared, up: &Upstream, reason: &str) {
+    let state = &up.state;
+    if let Some(t) = state.passive.on_failure(up.policy, shared.clock.now_ms()) {
+        state.passive_transition(t, reason, Some(up.policy));
+    }
+}
+
+fn classify(e: &io::Error) -> FailureReason {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => FailureReason::Refused,
+        io::ErrorKind::TimedOut => FailureReason::Timeout,
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => FailureReason::Reset,
+        _ => FailureReason::Other,
+    }
+}
 
 /// Sees the first flight of `client` answered by `up` or by a master it
 /// hedged to, and returns the upstream the connection is committed to
