@@ -10,7 +10,6 @@
 //! - `copy`: the byte copy both ways; private `pool`, `splice`, `sockopt`,
 //!   `idle` (when a byte last moved: no timer per connection).
 //! - `ring`: nginx-identical ketama ring; pure code.
-//! - `aligned_alloc`: the global allocator: tokio's 128-aligned blocks, pooled.
 //!
 //! Shared state (read lock-free on the data plane):
 //! - `snapshot`: ring + upstreams + settings, published through one `ArcSwap`.
@@ -90,12 +89,12 @@
 #![warn(unreachable_pub)]
 
 pub(crate) mod admin;
-pub mod aligned_alloc;
 pub(crate) mod budget;
 pub(crate) mod choice;
 pub(crate) mod clock;
 pub mod config;
 pub(crate) mod copy;
+#[cfg(feature = "tools")]
 pub mod demo;
 pub mod discovery;
 pub mod failback;
@@ -114,8 +113,10 @@ pub(crate) mod reuseport;
 pub mod ring;
 pub(crate) mod server;
 pub(crate) mod shared;
+#[cfg(feature = "tools")]
 pub mod simulate;
 pub mod snapshot;
+#[cfg(feature = "tools")]
 pub mod standin;
 pub mod status;
 pub mod upstream;

@@ -8,14 +8,10 @@ use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use cplb::Config;
 
-// tokio makes three 128-byte-aligned allocations per connection (the task
-// cell and two I/O registrations, `repr(align(128))`); glibc's memalign
-// strands ~160 B of heap fragments around each. Served from per-thread free
-// lists instead (src/aligned_alloc.rs): 1,944 -> 1,516 B per idle proxied
-// connection at 5,000 (bench/e2e memory), as with mimalloc preloaded, but
-// without the 2 to 8 MB more idle RSS of mimalloc or jemalloc.
-#[global_allocator]
-static ALLOC: cplb::aligned_alloc::AlignedAlloc = cplb::aligned_alloc::AlignedAlloc;
+// The system allocator. A global allocator of cplb's own (pooling tokio's
+// 128-aligned blocks) saved 12 kB at 100 idle connections and 0.5 MB at
+// 1,000, what a node holds, for 800 lines of unsafe code; mimalloc and
+// jemalloc cost 8 to 30 MB more idle RSS (docs/architecture.md, "Memory").
 
 #[derive(Parser)]
 #[command(
@@ -74,7 +70,15 @@ enum Command {
     /// servers the cluster lists, one JSON line per change. Proxies nothing.
     /// Simulate a cluster's proxies and masters (no sockets) and compare
     /// fail-back strategies; see docs/failback.md.
+    #[cfg(feature = "tools")]
     Simulate(cplb::simulate::Args),
+    /// Simulate a cluster's proxies and masters: not in this build (see
+    /// `cplb simulate`).
+    #[cfg(not(feature = "tools"))]
+    Simulate {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
     Discover {
         /// Exit after the first list.
         #[arg(long)]
@@ -140,10 +144,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             return Ok(ExitCode::from(code));
         }
+        #[cfg(feature = "tools")]
         Some(Command::Simulate(args)) => {
             cplb::simulate::command(args, &mut std::io::stdout().lock())?;
             return Ok(ExitCode::SUCCESS);
         }
+        #[cfg(not(feature = "tools"))]
+        Some(Command::Simulate { .. }) => return Ok(not_in_this_build("simulate")),
         Some(Command::Discover { .. }) | None => {}
     }
     let path = cli.config.context("--config FILE is required")?;
@@ -327,6 +334,24 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// A tool left out of this build (`--no-default-features`, as the
+/// container image is built): said plainly, with a distinct exit code.
+#[cfg(not(feature = "tools"))]
+fn not_in_this_build(command: &str) -> ExitCode {
+    eprintln!(
+        "cplb: `cplb {command}` is not in this build: it was built without the `tools` feature \
+         (the container image leaves out the demo, the simulator and the stand-in API server); \
+         a build with default features has it (`cargo install --path .`, or `cargo run --release -- {command}`)"
+    );
+    ExitCode::from(2)
+}
+
+#[cfg(not(feature = "tools"))]
+fn demo() -> anyhow::Result<ExitCode> {
+    Ok(not_in_this_build("demo"))
+}
+
+#[cfg(feature = "tools")]
 fn demo() -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

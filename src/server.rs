@@ -350,9 +350,13 @@ mod tests {
                 path: "ca.pem".into(),
                 error: os(),
             })),
+            #[cfg(feature = "tools")]
             Box::new(crate::demo::DemoError::Server(listen(Role::Proxy).into())),
+            #[cfg(feature = "tools")]
             Box::new(crate::demo::DemoError::Io(os())),
+            #[cfg(feature = "tools")]
             Box::new(crate::standin::StandinError::Listen { addr, source: os() }),
+            #[cfg(feature = "tools")]
             Box::new(crate::standin::client::ClientError::Io(os())),
             Box::new(crate::config::ConfigError::Read {
                 path: "/etc/cplb/cplb.yaml".into(),
@@ -364,6 +368,7 @@ mod tests {
                     source: os(),
                 },
             )),
+            #[cfg(feature = "tools")]
             Box::new(crate::demo::DemoError::Config(
                 crate::config::ConfigError::Read {
                     path: "/etc/cplb/cplb.yaml".into(),

@@ -4,8 +4,10 @@
 Started by run.py as its own process (standard library only). It binds three
 loopback listeners on free ports and prints them as one JSON line on stdout:
 
-* sink: accepts connections and holds them open, discarding whatever arrives,
-  until the peer closes. Used for the idle-connection memory figure.
+* sink: accepts connections and holds them open until the peer closes,
+  answering the first bytes of each with one byte ("y") and discarding the
+  rest: an answered request, as a watch has, then silence. Used for the
+  idle-connection memory figure.
 * sha: integrity check for both directions. The client sends one header line
   "SEED <seed> <n_down> <n_up>\\n", then n_up payload bytes (n_up = -1: any
   number of bytes, ended by the client's half-close). The server replies
@@ -89,6 +91,12 @@ class Sink:
                         conn.close()
                         with self.lock:
                             self.open -= 1
+                    elif key.data == "c":
+                        try:
+                            conn.send(b"y")
+                        except OSError:
+                            pass
+                        sel.modify(conn, selectors.EVENT_READ, "answered")
 
 
 class ShaHandler(socketserver.BaseRequestHandler):

@@ -566,10 +566,17 @@ def wait_sink(env: Env, ctl: int, want: int, timeout: float, proc: Proc | None =
 
 
 def open_idle(port: int, n: int, socks: list[socket.socket]) -> None:
-    """Opens idle connections to port until socks holds n."""
+    """Opens idle connections to port until socks holds n. Each sends one
+    byte and reads the sink's one-byte answer first: an idle watch has had
+    its request answered (and a proxy that waits for the first answer, as
+    cplb's hedging does, is past it)."""
     while len(socks) < n:
         try:
-            socks.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(b"x")
+            if s.recv(1) != b"y":
+                raise OSError("no answer from the sink")
+            socks.append(s)
         except OSError as e:
             raise BenchError(f"opening idle connection {len(socks) + 1}/{n}: {e}")
 
@@ -931,7 +938,7 @@ def report(results: dict, errors: list[str], info: dict, st: Settings, command: 
           "Resident memory summed over all processes of the proxy (nginx master + workers, haproxy, cplb), "
           "from `VmRSS` in `/proc/PID/status`, right after start, then with "
           + ", ".join(f"{n:,}" for n in st.levels) + " idle client connections open through the proxy to a sink "
-          "that holds them (opened in turn on the same proxy; the harness waits until the sink holds all of "
+          "that answers each one's first byte with one byte and then holds them, silent (opened in turn on the same proxy; the harness waits until the sink holds all of "
           "them), then after they are closed. The idle reading is taken after 100 connections were opened and "
           "closed, so one-time allocations on the first connections do not count per connection. "
           "Per-connection cost at n connections = (RSS with n − RSS idle) / n, and between two levels = "

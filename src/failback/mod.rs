@@ -19,11 +19,15 @@ pub(crate) mod schedule;
 pub use config::{Failback, FailbackError};
 pub(crate) use schedule::{EndReason, Event, HomeSchedule, node_delay};
 
+#[cfg(any(test, feature = "tools"))]
 use crate::ring::Ring;
 
 /// The home of a key: the first upstream on its ring walk, usable or not.
 /// For `key: node` that is the node's master; for `key: connection` and
 /// `key: remote_addr`, the first choice for that key.
+// `cplb simulate` runs the policy on its own clock (the proxy knows home
+// from its connect walk, `choice`).
+#[cfg(any(test, feature = "tools"))]
 pub(crate) fn home(ring: &Ring, key_hash: u32) -> Option<usize> {
     ring.first(key_hash)
 }
@@ -38,6 +42,9 @@ pub(crate) enum Placement {
     },
 }
 
+// `cplb simulate` runs the policy on its own clock (the proxy knows home
+// from its connect walk, `choice`).
+#[cfg(any(test, feature = "tools"))]
 pub(crate) fn placement(ring: &Ring, key_hash: u32, chosen: usize) -> Placement {
     placed(home(ring, key_hash), chosen)
 }
@@ -59,6 +66,9 @@ pub(crate) fn placed(home: Option<usize>, chosen: usize) -> Placement {
 /// Otherwise home is recomputed on the new ring: a connection whose key now
 /// belongs to an added upstream is displaced towards it, so a new master
 /// fills at the fail-back rate instead of only through churn.
+// `cplb simulate` runs the policy on its own clock (the proxy knows home
+// from its connect walk, `choice`).
+#[cfg(any(test, feature = "tools"))]
 pub(crate) fn rehome(old_home_kept: bool, new_home: Option<usize>, current: usize) -> Placement {
     match new_home {
         Some(h) if old_home_kept && h != current => Placement::Displaced { home: h },
