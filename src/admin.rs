@@ -82,7 +82,18 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/metrics" => {
             let now = shared.clock.now_ms();
             shared.snapshot.load().refresh_up_gauges(now);
-            let mut r = text(StatusCode::OK, &shared.metrics.render());
+            let mut r = match shared.metrics.render() {
+                Ok(body) => text(StatusCode::OK, &body),
+                // Prometheus then records the scrape as failed (`up == 0`),
+                // instead of a partial exposition read as gaps.
+                Err(e) => {
+                    tracing::error!(error = %e, "could not encode the metrics");
+                    return text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &format!("could not encode the metrics: {e}\n"),
+                    );
+                }
+            };
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8"

@@ -323,7 +323,7 @@ async fn demo(out: &mut impl Write, dir: &Path) -> Result<(), DemoError> {
         "\n== 7. key metrics of {} (from its /metrics) ==",
         shown.name
     )?;
-    for line in shown.metrics.render().lines() {
+    for line in shown.metrics.render().unwrap_or_default().lines() {
         let keep = [
             "cplb_upstream_up{",
             "cplb_connections_total{",
@@ -458,6 +458,7 @@ fn print_table(out: &mut impl Write, table: &BTreeMap<String, String>) -> std::i
 fn metric(m: &Metrics, name: &str, upstream: &str) -> f64 {
     let prefix = format!("{name}{{upstream=\"{upstream}\"}} ");
     m.render()
+        .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.parse().ok()))
         .unwrap_or(f64::NAN)

@@ -51,6 +51,9 @@ pub struct Metrics {
     pub all_upstreams_down: IntCounter,
     reloads: IntCounterVec,
     pub last_reload_successful: IntGauge,
+    /// 1 while the config file has changes to fields that only apply at
+    /// start-up (`listen`, `workers`, `backlog`, `admin`).
+    pub restart_needed: IntGauge,
     pub last_reload_success_timestamp: Gauge,
     pub probes: IntCounterVec,
     pub probe_duration: Histogram,
@@ -116,6 +119,11 @@ impl Metrics {
         )?;
         r.register(Box::new(last_reload_successful.clone()))?;
         last_reload_successful.set(1);
+        let restart_needed = IntGauge::new(
+            "cplb_config_restart_needed",
+            "1 if the last reload changed fields that only apply at start-up (listen, workers, backlog, admin): they keep their running values until cplb is restarted; else 0.",
+        )?;
+        r.register(Box::new(restart_needed.clone()))?;
         let last_reload_success_timestamp = Gauge::new(
             "cplb_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful configuration load.",
@@ -206,6 +214,7 @@ impl Metrics {
             all_upstreams_down,
             reloads,
             last_reload_successful,
+            restart_needed,
             last_reload_success_timestamp,
             probes: counter_vec(
                 r,
@@ -234,15 +243,21 @@ impl Metrics {
         &self.registry
     }
 
-    /// Prometheus text exposition of everything registered.
-    pub fn render(&self) -> String {
+    /// Prometheus text exposition of everything registered. An error (a
+    /// malformed family, which cplb's own registrations should never make)
+    /// is an error for the scraper too, never a partial or empty 200.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        self.render_families(&self.registry.gather())
+    }
+
+    fn render_families(
+        &self,
+        families: &[prometheus::proto::MetricFamily],
+    ) -> Result<String, prometheus::Error> {
         use prometheus::Encoder;
         let mut out = Vec::new();
-        let enc = prometheus::TextEncoder::new();
-        // Encoding into a Vec only fails on a malformed metric family, which
-        // our own registrations cannot produce; an empty scrape is the fallback.
-        let _ = enc.encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
+        prometheus::TextEncoder::new().encode(families, &mut out)?;
+        String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }
 
     pub fn reload(&self, result: &str) -> IntCounter {
@@ -499,7 +514,7 @@ mod tests {
         handles.connections_total.inc();
         handles.probe_ok.inc();
         handles.failure(FailureReason::Refused).inc();
-        let before = m.render();
+        let before = m.render().unwrap();
         let label = format!("upstream=\"{gone}\"");
         let count = |text: &str, l: &str| text.lines().filter(|x| x.contains(l)).count();
         println!(
@@ -508,10 +523,23 @@ mod tests {
         );
         assert!(count(&before, &label) >= 20, "{before}");
         m.forget_upstream(gone);
-        let after = m.render();
+        let after = m.render().unwrap();
         let left: Vec<&str> = after.lines().filter(|l| l.contains(&label)).collect();
         assert!(left.is_empty(), "left behind: {left:#?}");
         let kept_label = format!("upstream=\"{kept}\"");
         assert_eq!(count(&after, &kept_label), count(&before, &kept_label));
+    }
+
+    /// A family the encoder refuses is an error, not an empty exposition.
+    #[test]
+    fn an_encoding_error_is_an_error() {
+        let m = Metrics::new(Registry::new()).unwrap();
+        // The encoder refuses a family without a metric.
+        let mut bad = prometheus::proto::MetricFamily::default();
+        bad.set_name("cplb_bad".into());
+        bad.set_help("a family with no metric".into());
+        bad.set_field_type(prometheus::proto::MetricType::COUNTER);
+        assert!(m.render_families(&[bad]).is_err());
+        assert!(m.render().is_ok());
     }
 }

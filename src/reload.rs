@@ -272,7 +272,10 @@ impl Reloader {
                 // A bad edit was undone: the file is what is running again,
                 // so the alert on the gauge must clear.
                 self.refused_text = None;
-                self.loaded_good(&path);
+                // The file is what was applied last, restart-only fields
+                // included: what waited for a restart still does.
+                let pending = self.shared.last_load.load().restart_needed.clone();
+                self.loaded_good(&path, &pending);
                 tracing::info!(file = %path.display(), "config file is valid again: its content is the running config");
             } else {
                 tracing::debug!(file = %path.display(), "config file event, content unchanged; nothing to do");
@@ -333,7 +336,7 @@ impl Reloader {
         self.disc.published(&snapshot).await;
         m.reload("success").inc();
         m.last_reload_success_timestamp.set(Clock::unix_now());
-        self.loaded_good(&path);
+        self.loaded_good(&path, &changes.restart_needed);
         let nothing = changes.added.is_empty()
             && changes.removed.is_empty()
             && changes.modified.is_empty()
@@ -351,7 +354,7 @@ impl Reloader {
         if !changes.restart_needed.is_empty() {
             tracing::warn!(
                 fields = ?Json(&changes.restart_needed),
-                "config reloaded, but these fields only take effect after a restart; the running values stay"
+                "config reloaded, but these fields only apply at start-up and keep their running values: restart cplb to apply them (a restart hands the listening sockets over without dropping a connection; `cplb status` and cplb_config_restart_needed show it until then)"
             );
         }
         self.config = new;
@@ -384,17 +387,17 @@ impl Reloader {
     }
 
     /// The file at `path` is the running config, freshly applied or a
-    /// refused edit undone: the gauge and `/status` say so again.
-    fn loaded_good(&mut self, path: &std::path::Path) {
+    /// refused edit undone: the gauge and `/status` say so again, and name
+    /// the fields that wait for a restart.
+    fn loaded_good(&mut self, path: &std::path::Path, restart_needed: &[&'static str]) {
         self.refusing = false;
-        self.shared.metrics.last_reload_successful.set(1);
-        self.shared
-            .last_load
-            .store(Arc::new(crate::shared::LoadRecord::reload(
-                Some(path.to_path_buf()),
-                Clock::unix_now(),
-                None,
-            )));
+        let m = &self.shared.metrics;
+        m.last_reload_successful.set(1);
+        m.restart_needed.set(i64::from(!restart_needed.is_empty()));
+        let mut record =
+            crate::shared::LoadRecord::reload(Some(path.to_path_buf()), Clock::unix_now(), None);
+        record.restart_needed = restart_needed.to_vec();
+        self.shared.last_load.store(Arc::new(record));
     }
 
     fn refused(&mut self, e: &dyn std::error::Error) {

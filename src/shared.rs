@@ -147,6 +147,9 @@ pub(crate) struct LoadRecord {
     pub kind: LoadKind,
     pub result: LoadResult,
     pub error: Option<String>,
+    /// Fields the file changed that only apply at start-up: the running
+    /// process keeps their old values until it is restarted.
+    pub restart_needed: Vec<&'static str>,
 }
 
 impl LoadRecord {
@@ -157,11 +160,13 @@ impl LoadRecord {
             kind: LoadKind::Startup,
             result: LoadResult::Success,
             error: None,
+            restart_needed: Vec::new(),
         }
     }
 
     pub(crate) fn reload(file: Option<PathBuf>, at: f64, error: Option<String>) -> LoadRecord {
         LoadRecord {
+            restart_needed: Vec::new(),
             file,
             at,
             kind: LoadKind::Reload,

@@ -305,6 +305,47 @@ async fn restart_only_fields_are_kept_and_the_rest_applies() {
     proxy.shutdown().await;
 }
 
+/// What waits for a restart is shown until the file no longer asks for
+/// it: `cplb_config_restart_needed`, `/status` and `cplb status` name the
+/// fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_only_changes_are_shown_until_the_file_drops_them() {
+    let a = FakeUpstream::start("a").await;
+    let dir = temp_dir("restart-shown");
+    let path = dir.join("cplb.yaml");
+    let original = file_conf(&[a.addr]).yaml();
+    std::fs::write(&path, &original).unwrap();
+    let proxy = start_from_file(&path).await;
+    let admin = proxy.admin.unwrap();
+    assert_eq!(proxy.scrape().get("cplb_config_restart_needed", &[]), 0.0);
+    std::fs::write(&path, file_conf(&[a.addr]).workers(3).yaml()).unwrap();
+    proxy.reload.reload().await.unwrap();
+    assert_eq!(proxy.scrape().get("cplb_config_restart_needed", &[]), 1.0);
+    let (_, _, body) = common::http(admin, "GET", "/status").await;
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        doc["last_load"]["restart_needed"],
+        serde_json::json!(["workers"])
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cplb"))
+        .args(["status", "--admin", &admin.to_string()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table
+            .contains("restart needed: workers changed in the file; they apply when cplb restarts"),
+        "{table}"
+    );
+    std::fs::write(&path, &original).unwrap();
+    proxy.reload.reload().await.unwrap();
+    assert_eq!(proxy.scrape().get("cplb_config_restart_needed", &[]), 0.0);
+    let (_, _, body) = common::http(admin, "GET", "/status").await;
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["last_load"]["restart_needed"], serde_json::json!([]));
+    proxy.shutdown().await;
+}
+
 /// 100 reloads alternating two upstream sets under a steady stream of new
 /// connections and long-lived ones carrying data: zero failures allowed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

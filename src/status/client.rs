@@ -1,21 +1,31 @@
-//! A bounded HTTP/1.1 GET of `/status`: plain blocking I/O, since the
-//! command does one request and exits.
+//! A GET of a JSON document from cplb's admin endpoint (`/status`) with
+//! hyper's HTTP/1.1 client, bounded in time and size; on a runtime of its
+//! own, since the command does one request and exits.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::model::Status;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpStream;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// A status document is a few hundred bytes per upstream.
-const MAX_RESPONSE: u64 = 4 << 20;
+const MAX_RESPONSE: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StatusError {
     #[error("'{0}' is not a host:port address of cplb's admin endpoint")]
     Address(String),
+    #[error("could not resolve '{addr}'")]
+    Resolve {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "could not reach cplb's admin endpoint at {addr} (is cplb running, and is `admin` set to this address?)"
     )]
@@ -25,108 +35,164 @@ pub(crate) enum StatusError {
         source: std::io::Error,
     },
     #[error("no complete answer from cplb's admin endpoint at {addr}")]
-    Read {
+    Http {
         addr: String,
         #[source]
-        source: std::io::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("cplb's admin endpoint at {addr} answered {status} to GET /status: {body}")]
+    #[error("cplb's admin endpoint at {addr} answered {status} to GET {path}: {body}")]
     Status {
         addr: String,
-        status: String,
+        path: String,
+        status: u16,
         body: String,
     },
-    #[error("the answer from {addr} is not a cplb status document")]
+    #[error("the answer from {addr} is not a cplb {what} document")]
     Json {
         addr: String,
+        what: &'static str,
         #[source]
         source: serde_json::Error,
     },
 }
 
-/// GETs `http://{admin}/status` and parses it.
-pub(crate) fn fetch(admin: &str) -> Result<Status, StatusError> {
-    let addrs: Vec<SocketAddr> = admin
-        .to_socket_addrs()
-        .map_err(|_| StatusError::Address(admin.to_string()))?
-        .collect();
-    let mut last = None;
+/// GETs `http://{admin}{path}` and parses it as JSON (`what` names the
+/// document in errors).
+pub(crate) fn get_json<T: DeserializeOwned>(
+    admin: &str,
+    path: &str,
+    what: &'static str,
+) -> Result<T, StatusError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| StatusError::Connect {
+            addr: admin.to_string(),
+            source,
+        })?;
+    let body = runtime.block_on(get(admin, path))?;
+    serde_json::from_slice(&body).map_err(|source| StatusError::Json {
+        addr: admin.to_string(),
+        what,
+        source,
+    })
+}
+
+async fn get(admin: &str, path: &str) -> Result<Bytes, StatusError> {
+    let addr = || admin.to_string();
+    // The syntax first: a typo is not a DNS failure.
+    let well_formed = admin
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !well_formed {
+        return Err(StatusError::Address(addr()));
+    }
+    let addrs: Vec<SocketAddr> =
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host(admin)).await {
+            Ok(Ok(a)) => a.collect(),
+            Ok(Err(source)) => {
+                return Err(StatusError::Resolve {
+                    addr: addr(),
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(StatusError::Resolve {
+                    addr: addr(),
+                    source: std::io::ErrorKind::TimedOut.into(),
+                });
+            }
+        };
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
     let mut stream = None;
-    for a in &addrs {
-        match TcpStream::connect_timeout(a, CONNECT_TIMEOUT) {
-            Ok(s) => {
+    for a in addrs {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(a)).await {
+            Ok(Ok(s)) => {
                 stream = Some(s);
                 break;
             }
-            Err(e) => last = Some(e),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = std::io::ErrorKind::TimedOut.into(),
         }
     }
-    let connect_err = |source| StatusError::Connect {
-        addr: admin.to_string(),
+    let Some(stream) = stream else {
+        return Err(StatusError::Connect {
+            addr: addr(),
+            source: last,
+        });
+    };
+    let http = |source: Box<dyn std::error::Error + Send + Sync>| StatusError::Http {
+        addr: addr(),
         source,
     };
-    let mut s = match stream {
-        Some(s) => s,
-        None => {
-            return Err(connect_err(last.unwrap_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no address")
-            })));
-        }
+    let exchange = async {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| http(e.into()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = hyper::Request::get(path)
+            .header(hyper::header::HOST, admin)
+            .header(hyper::header::ACCEPT, "application/json")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| http(e.into()))?;
+        let resp = sender.send_request(req).await.map_err(|e| http(e.into()))?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(http)?
+            .to_bytes();
+        Ok::<_, StatusError>((status, body))
     };
-    let read_err = |source| StatusError::Read {
-        addr: admin.to_string(),
-        source,
-    };
-    s.set_read_timeout(Some(IO_TIMEOUT)).map_err(read_err)?;
-    s.set_write_timeout(Some(IO_TIMEOUT)).map_err(read_err)?;
-    let req = format!(
-        "GET /status HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\nAccept: application/json\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).map_err(read_err)?;
-    let mut raw = Vec::new();
-    s.take(MAX_RESPONSE)
-        .read_to_end(&mut raw)
-        .map_err(read_err)?;
-    let (status, body) = split_response(&raw).ok_or_else(|| {
-        read_err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "not an HTTP response",
-        ))
-    })?;
-    if status != "200" {
+    let (status, body) = tokio::time::timeout(IO_TIMEOUT, exchange)
+        .await
+        .map_err(|_| http(Box::new(std::io::Error::from(std::io::ErrorKind::TimedOut))))??;
+    if status != hyper::StatusCode::OK {
         return Err(StatusError::Status {
-            addr: admin.to_string(),
-            status: status.to_string(),
-            body: String::from_utf8_lossy(body)
+            addr: addr(),
+            path: path.to_string(),
+            status: status.as_u16(),
+            body: String::from_utf8_lossy(&body)
                 .trim()
                 .chars()
                 .take(200)
                 .collect(),
         });
     }
-    serde_json::from_slice(body).map_err(|source| StatusError::Json {
-        addr: admin.to_string(),
-        source,
-    })
-}
-
-/// (status code, body) of a `Connection: close` response with a
-/// Content-Length body, which is what cplb's admin endpoint sends.
-fn split_response(raw: &[u8]) -> Option<(&str, &[u8])> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..end]).ok()?;
-    let status = head.lines().next()?.split(' ').nth(1)?;
-    Some((status, &raw[end + 4..]))
+    Ok(body)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A typo in the address is said to be one; a name that does not
+    /// resolve is said to be that, not a malformed address.
     #[test]
-    fn splits_a_response() {
-        let raw = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
-        assert_eq!(split_response(raw), Some(("200", &b"{}"[..])));
-        assert_eq!(split_response(b"garbage"), None);
+    fn a_bad_address_and_an_unknown_name_are_told_apart() {
+        let e = get_json::<serde_json::Value>("localhost", "/status", "status").unwrap_err();
+        assert!(matches!(e, StatusError::Address(_)), "{e}");
+        let e = get_json::<serde_json::Value>("no-such-host.invalid:8081", "/status", "status")
+            .unwrap_err();
+        assert!(matches!(e, StatusError::Resolve { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "could not resolve 'no-such-host.invalid:8081'"
+        );
+    }
+
+    /// A closed port is a connect error naming the address.
+    #[test]
+    fn a_closed_port_is_a_connect_error() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let e = get_json::<serde_json::Value>(&addr, "/status", "status").unwrap_err();
+        assert!(matches!(e, StatusError::Connect { .. }), "{e}");
     }
 }

@@ -65,6 +65,7 @@ pub(crate) fn collect(shared: &Shared) -> Status {
             kind: load.kind,
             result: load.result,
             error: load.error.clone(),
+            restart_needed: load.restart_needed.iter().map(|f| f.to_string()).collect(),
         },
         upstreams,
     }

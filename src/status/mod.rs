@@ -19,8 +19,6 @@ mod render;
 
 use std::io::Write;
 
-pub(crate) use client::fetch;
-
 pub(crate) const EXIT_OK: u8 = 0;
 pub(crate) const EXIT_NO_USABLE: u8 = 1;
 pub(crate) const EXIT_UNREACHABLE: u8 = 3;
@@ -35,17 +33,11 @@ pub enum Output {
 /// Runs `cplb status` against `admin` (`host:port`); writes the table or
 /// JSON to `out` and errors to `err`; returns the exit code.
 pub fn run(admin: &str, output: Output, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    let status = match fetch(admin) {
+    let status: model::Status = match client::get_json(admin, "/status", "status") {
         Ok(s) => s,
         Err(e) => {
             // The cause (connection refused, timed out...) is the useful part.
-            let mut msg = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                msg.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            let _ = writeln!(err, "cplb status: {msg}");
+            let _ = writeln!(err, "cplb status: {}", crate::logfmt::Chain(&e));
             return EXIT_UNREACHABLE;
         }
     };

@@ -31,6 +31,11 @@ pub(crate) struct Load {
     pub result: LoadResult,
     /// Why a reload was refused (the running config stayed in force).
     pub error: Option<String>,
+    /// Fields the file changed that only apply at start-up: they keep
+    /// their running values until cplb restarts. Absent from an older
+    /// cplb's document: none.
+    #[serde(default)]
+    pub restart_needed: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -33,6 +33,13 @@ pub(super) fn table(s: &Status, admin: &str, now: f64) -> String {
     if let Some(e) = &l.error {
         let _ = writeln!(out, "load error:   {e}");
     }
+    if !l.restart_needed.is_empty() {
+        let _ = writeln!(
+            out,
+            "restart needed: {} changed in the file; they apply when cplb restarts",
+            l.restart_needed.join(", ")
+        );
+    }
     let _ = writeln!(
         out,
         "upstreams:    {} of {} usable\n",

@@ -235,7 +235,7 @@ impl Proxy {
     }
 
     pub fn scrape(&self) -> metrics::Scrape {
-        metrics::Scrape::parse(&self.metrics.render())
+        metrics::Scrape::parse(&self.metrics.render().unwrap())
     }
 
     /// Begins shutdown and waits for `serve` to return.
