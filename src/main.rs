@@ -69,12 +69,12 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: StatusOutput,
     },
-    /// Check the config's `discovery:` section from this node: dial the
-    /// upstreams directly (never the kubeconfig's server) and print the API
-    /// servers the cluster lists, one JSON line per change. Proxies nothing.
     /// Simulate a cluster's proxies and masters (no sockets) and compare
     /// fail-back strategies; see docs/failback.md.
     Simulate(cplb::simulate::Args),
+    /// Check the config's `discovery:` section from this node: dial the
+    /// upstreams directly (never the kubeconfig's server) and print the API
+    /// servers the cluster lists, one JSON line per change. Proxies nothing.
     Discover {
         /// Exit after the first list.
         #[arg(long)]

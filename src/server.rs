@@ -23,8 +23,8 @@ use crate::snapshot::Snapshot;
 use crate::upstream::StateTable;
 use crate::workers::Workers;
 
-/// How long start-up waits for names to resolve before serving anyway.
-
+/// Why a proxy could not start: `bind` (listeners, TLS for the probes,
+/// metrics) or `serve` (the worker threads, the admin listener).
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
