@@ -38,6 +38,8 @@
 //! - `probe`: active health check probes (TLS `GET /readyz` or TCP), probers.
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/upstreams`, `/status`.
 //! - `reuseport`: names another process sharing a `listen` address.
+//! - `offload`: blocking file reads on a thread of their own, bounded in
+//!   time, so a hung volume never stalls the control-plane thread.
 //! - `logfmt`: JSON log lines with real JSON values; error chains.
 //! - `pageout`: after start-up, gives back the executable's code pages it
 //!   touched only to start (`MADV_PAGEOUT`), for a small idle RSS.
@@ -100,6 +102,7 @@ pub mod import;
 pub(crate) mod listener;
 pub mod logfmt;
 pub mod metrics;
+pub(crate) mod offload;
 pub(crate) mod pageout;
 pub mod probe;
 pub(crate) mod proxy;

@@ -7,7 +7,8 @@
 //! Best effort, from /proc: the LISTEN sockets on the address come from
 //! `net/tcp{,6}` (this network namespace), their owners from `/proc/*/fd`
 //! (only the processes this one may see: same PID namespace, same user or
-//! root). Nothing here can fail start-up.
+//! root). Nothing here can fail start-up, nor hold it up: the walk runs on
+//! a thread of its own, waited for a bounded time (see `server`).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -18,12 +19,24 @@ const HANDOVER_FROM: [&str; 2] = ["cplb", "nginx"];
 /// At most this many processes are named in the log line.
 const MAX_NAMED: usize = 8;
 
-/// Logs one line when a socket other than `ours` listens on `addr`.
-pub(crate) fn report(addr: SocketAddr, ours: &[std::net::TcpListener]) {
-    let ours: BTreeSet<u64> = ours
-        .iter()
-        .filter_map(|l| socket_inode(&format!("/proc/self/fd/{}", l.as_raw_fd())))
-        .collect();
+/// The inodes of our own sockets, from `fstat` (no `/proc` walk), for
+/// `report` to tell them from others.
+pub(crate) fn inodes(ours: &[std::net::TcpListener]) -> BTreeSet<u64> {
+    ours.iter()
+        .filter_map(|l| {
+            let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+            // SAFETY: the fd is an open socket `l` owns for the whole call,
+            // and `st` is writable memory of the size fstat fills.
+            let rc = unsafe { libc::fstat(l.as_raw_fd(), st.as_mut_ptr()) };
+            // SAFETY: fstat returned 0, so it filled `st`.
+            (rc == 0).then(|| unsafe { st.assume_init() }.st_ino)
+        })
+        .collect()
+}
+
+/// Logs one line when a socket other than `ours` (their inodes) listens on
+/// `addr`. Reads `/proc`: call it off the control-plane thread.
+pub(crate) fn report(addr: SocketAddr, ours: &BTreeSet<u64>) {
     let others: Vec<(u64, u32)> = listeners_on(addr)
         .into_iter()
         .filter(|(inode, _)| !ours.contains(inode))
@@ -194,6 +207,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let inode = socket_inode(&format!("/proc/self/fd/{}", l.as_raw_fd())).unwrap();
+        assert_eq!(inodes(std::slice::from_ref(&l)), BTreeSet::from([inode]));
         assert!(listeners_on(addr).iter().any(|(i, _)| *i == inode));
         let owners = owners_of(&BTreeSet::from([inode]));
         assert!(owners.iter().any(|(pid, _)| *pid == std::process::id()));

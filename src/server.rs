@@ -58,7 +58,8 @@ impl Server {
     ) -> Result<Server, ServerError> {
         let metrics = Metrics::new(registry)?;
         let checks = crate::probe::prepare(&config)?;
-        let (listeners, local_addrs, skipped) = bind_listen(&config, &metrics)?;
+        let (listeners, local_addrs, skipped, shared_with) = bind_listen(&config, &metrics)?;
+        report_other_listeners(shared_with).await;
         let (admin, admin_addr) = match config.admin {
             None => (None, None),
             Some(addr) => {
@@ -224,13 +225,35 @@ type Bound = (
     Vec<std::net::TcpListener>,
     Vec<SocketAddr>,
     Vec<crate::shared::Skipped>,
+    // Each fixed-port address and the inodes of our sockets on it.
+    Vec<(SocketAddr, std::collections::BTreeSet<u64>)>,
 );
+
+/// How long start-up waits for the `/proc` walk that names another
+/// listener on a `listen` address before it serves anyway.
+const REPORT_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Logs another process listening on each address (`reuseport::report`),
+/// before "cplb started" as a rule; a `/proc` that hangs delays start-up
+/// by `REPORT_LIMIT` at most, and the line comes when the walk returns.
+async fn report_other_listeners(addrs: Vec<(SocketAddr, std::collections::BTreeSet<u64>)>) {
+    let mut walk = crate::offload::Offload::new(REPORT_LIMIT);
+    for (addr, ours) in addrs {
+        if let Err(e) = walk
+            .run(move || crate::reuseport::report(addr, &ours))
+            .await
+        {
+            tracing::warn!(address = %addr, error = %e, "could not look for other listeners on this address");
+        }
+    }
+}
 
 /// Binds every `listen` address. A loopback IPv6 address on a node without
 /// IPv6 is skipped (one warning, `/readyz` detail, `cplb_listen_skipped`);
 /// every other failure is fatal, and so is skipping all of them.
 fn bind_listen(config: &Config, metrics: &Metrics) -> Result<Bound, ServerError> {
     let (mut listeners, mut local_addrs, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
+    let mut shared_with = Vec::new();
     let mut first_skip_error = None;
     for addr in &config.listen {
         metrics.listen_skipped(&addr.to_string()).set(0);
@@ -243,7 +266,7 @@ fn bind_listen(config: &Config, metrics: &Metrics) -> Result<Bound, ServerError>
             Ok(socks) => {
                 local_addrs.push(local_addr(&socks[0], *addr, Role::Proxy)?);
                 if addr.port() != 0 {
-                    crate::reuseport::report(*addr, &socks);
+                    shared_with.push((*addr, crate::reuseport::inodes(&socks)));
                 }
                 listeners.extend(socks);
             }
@@ -269,7 +292,7 @@ fn bind_listen(config: &Config, metrics: &Metrics) -> Result<Bound, ServerError>
             "not listening on this loopback IPv6 address: the node has no IPv6, so no IPv6 client can exist here"
         );
     }
-    Ok((listeners, local_addrs, skipped))
+    Ok((listeners, local_addrs, skipped, shared_with))
 }
 
 fn local_addr(
