@@ -19,13 +19,19 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::shared::Shared;
+use crate::supervise::{Supervisor, Task};
 
 const MAX_CLIENTS: usize = 64;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Prometheus reconnects per scrape after this; a stuck client is cut here.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+pub(crate) async fn serve(
+    listener: Arc<TcpListener>,
+    shared: Arc<Shared>,
+    supervisor: Supervisor,
+    stop: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
         let (stream, _) = tokio::select! {
@@ -45,26 +51,36 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Canc
         };
         let shared = shared.clone();
         let stop = stop.clone();
+        let sup = supervisor.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let health = sup.clone();
             let service = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, &req)) }
+                let health = health.clone();
+                async move { Ok::<_, Infallible>(route(&shared, &health, &req)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(16 * 1024)
                 .serve_connection(TokioIo::new(stream), service);
+            // A panic while answering (a bug in one page) closes this
+            // connection only, and is counted like a task's.
+            let conn = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(conn));
             tokio::select! {
-                _ = tokio::time::timeout(CONNECTION_LIFETIME, conn) => {}
+                r = tokio::time::timeout(CONNECTION_LIFETIME, conn) => {
+                    if let Ok(Err(panic)) = r {
+                        sup.caught(Task::Admin, &*panic);
+                    }
+                }
                 _ = stop.cancelled() => {}
             }
         });
     }
 }
 
-fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(shared: &Shared, health: &Supervisor, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let known = ["/healthz", "/readyz", "/metrics", "/upstreams", "/status"];
     if !known.contains(&path) {
@@ -77,7 +93,7 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         return r;
     }
     match path {
-        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/healthz" => healthz(health),
         "/readyz" => readyz(shared),
         "/metrics" => {
             let now = shared.clock.now_ms();
@@ -121,6 +137,24 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
         "text/plain; charset=utf-8".parse().expect("static header"),
     );
     r
+}
+
+/// 200 while every control-plane task runs (or was restarted); 503 once
+/// one that cannot be restarted in place panicked, so that the liveness
+/// probe restarts cplb.
+fn healthz(health: &Supervisor) -> Response<Full<Bytes>> {
+    let failures = health.failures();
+    if failures.is_empty() {
+        return text(StatusCode::OK, "ok\n");
+    }
+    let mut body = String::new();
+    for f in failures {
+        body.push_str(&format!(
+            "the {} task panicked ({}); {}: restart cplb\n",
+            f.task, f.panic, f.lost
+        ));
+    }
+    text(StatusCode::SERVICE_UNAVAILABLE, &body)
 }
 
 fn readyz(shared: &Shared) -> Response<Full<Bytes>> {

@@ -40,6 +40,8 @@
 //! - `reuseport`: names another process sharing a `listen` address.
 //! - `offload`: blocking file reads on a thread of their own, bounded in
 //!   time, so a hung volume never stalls the control-plane thread.
+//! - `supervise`: spawns the control-plane tasks; a panic is logged,
+//!   counted, and restarts the task or fails `/healthz`.
 //! - `logfmt`: JSON log lines with real JSON values; error chains.
 //! - `pageout`: after start-up, gives back the executable's code pages it
 //!   touched only to start (`MADV_PAGEOUT`), for a small idle RSS.
@@ -116,6 +118,7 @@ pub mod simulate;
 pub mod snapshot;
 pub mod standin;
 pub mod status;
+pub(crate) mod supervise;
 pub mod upstream;
 pub(crate) mod watch;
 pub(crate) mod wheel;

@@ -144,32 +144,62 @@ fn line(timestamp: &str, level: &str, fields: Map<String, Value>, target: &str) 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    /// Log text written by a subscriber, for tests to read.
+    #[derive(Clone, Default)]
+    pub(crate) struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Logs {
+        /// Text log lines of this thread's events (a current-thread
+        /// runtime runs every control-plane task on it) while the guard
+        /// lives.
+        pub(crate) fn capture() -> (tracing::subscriber::DefaultGuard, Logs) {
+            let logs = Logs::default();
+            let w = logs.clone();
+            let sub = tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_writer(move || w.clone())
+                .finish();
+            (tracing::subscriber::set_default(sub), logs)
+        }
+
+        pub(crate) fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+
+        pub(crate) fn lines(&self, needle: &str) -> Vec<String> {
+            self.text()
+                .lines()
+                .filter(|l| l.contains(needle))
+                .map(str::to_string)
+                .collect()
+        }
+    }
+
     /// Captures what the formatter writes for events logged in `f`.
     fn capture(f: impl FnOnce()) -> Vec<Value> {
-        #[derive(Clone, Default)]
-        struct Buf(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buf = Buf::default();
-        let out = buf.clone();
+        let logs = Logs::default();
+        let out = logs.clone();
         let sub = tracing_subscriber::fmt()
             .event_format(JsonLines)
             .with_writer(move || out.clone())
             .finish();
         tracing::subscriber::with_default(sub, f);
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        text.lines()
+        logs.text()
+            .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect()
     }

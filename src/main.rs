@@ -197,7 +197,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let shutdown = shutdown_signal()?;
         let server = cplb::Server::bind(config, prometheus::Registry::new()).await?;
-        reload_on_sighup(server.reload_handle())?;
+        server
+            .reload_on_sighup()
+            .context("could not install SIGHUP handler")?;
         server.serve(shutdown).await?;
         Ok(ExitCode::SUCCESS)
     })
@@ -335,19 +337,6 @@ fn demo() -> anyhow::Result<ExitCode> {
         }
         Err(e) => Err(e).context("demo failed"),
     }
-}
-
-/// SIGHUP goes through the same reload path as a file change.
-fn reload_on_sighup(handle: cplb::reload::ReloadHandle) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup()).context("could not install SIGHUP handler")?;
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading configuration");
-            handle.signal();
-        }
-    });
-    Ok(())
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {

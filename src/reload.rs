@@ -217,6 +217,24 @@ impl ReloadHandle {
     }
 }
 
+/// The SIGHUP task: each signal asks for a forced reload. `hup` is the
+/// stream installed at start-up, or `None` in a restarted task, which
+/// installs its own.
+pub(crate) async fn on_sighup(hup: Option<tokio::signal::unix::Signal>, handle: ReloadHandle) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match hup.map_or_else(|| signal(SignalKind::hangup()), Ok) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "could not install the SIGHUP handler; file changes still reload");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading configuration");
+        handle.signal();
+    }
+}
+
 /// One reload's worth of triggers, taken from `Pending`.
 struct Taken {
     due: bool,
