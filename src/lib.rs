@@ -36,7 +36,8 @@
 //!   connections home. Its `registry` is the one part on a connection's
 //!   path: `proxy` holds a guard (atomics only) per displaced connection.
 //! - `probe`: active health check probes (TLS `GET /readyz` or TCP), probers.
-//! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/upstreams`, `/status`.
+//! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/upstreams`, `/status`;
+//!   `admin::clients` bounds its clients (places, head deadline, eviction).
 //! - `reuseport`: names another process sharing a `listen` address.
 //! - `offload`: blocking file reads on a thread of their own, bounded in
 //!   time, so a hung volume never stalls the control-plane thread.

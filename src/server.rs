@@ -51,6 +51,7 @@ pub struct Server {
     admin: Option<std::net::TcpListener>,
     admin_addr: Option<SocketAddr>,
     supervisor: Supervisor,
+    admin_metrics: crate::admin::AdminMetrics,
 }
 
 impl Server {
@@ -60,13 +61,14 @@ impl Server {
     ) -> Result<Server, ServerError> {
         let metrics = Metrics::new(registry)?;
         let supervisor = Supervisor::new(metrics.registry())?;
+        let admin_metrics = crate::admin::AdminMetrics::new(metrics.registry())?;
         let checks = crate::probe::prepare(&config)?;
         let (listeners, local_addrs, skipped, shared_with) = bind_listen(&config, &metrics)?;
         report_other_listeners(shared_with).await;
         let (admin, admin_addr) = match config.admin {
             None => (None, None),
             Some(addr) => {
-                let l = listener::bind(addr, Role::Admin, 1, 128)?.remove(0);
+                let l = listener::bind(addr, Role::Admin, 1, crate::admin::BACKLOG)?.remove(0);
                 let local = local_addr(&l, addr, Role::Admin)?;
                 (Some(l), Some(local))
             }
@@ -99,6 +101,7 @@ impl Server {
             admin,
             admin_addr,
             supervisor,
+            admin_metrics,
         })
     }
 
@@ -148,6 +151,7 @@ impl Server {
             admin,
             admin_addr,
             supervisor,
+            admin_metrics,
         } = self;
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -203,7 +207,13 @@ impl Server {
             })?);
             let (shared, sup, stop) = (shared.clone(), supervisor.clone(), stop_rest.clone());
             supervisor.restarting(Task::Admin, stop_rest.clone(), move || {
-                crate::admin::serve(l.clone(), shared.clone(), sup.clone(), stop.clone())
+                crate::admin::serve(
+                    l.clone(),
+                    shared.clone(),
+                    sup.clone(),
+                    admin_metrics.clone(),
+                    stop.clone(),
+                )
             });
         }
         if let Some(path) = config.source.clone() {
