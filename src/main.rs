@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use cplb::Config;
+// What cplb prints about its input (errors, warnings, the `-t` line)
+// carries that input's text: control characters in it are escaped.
+use cplb::logfmt::Escaped;
 
 // tokio makes three 128-byte-aligned allocations per connection (the task
 // cell and two I/O registrations, `repr(align(128))`); glibc's memalign
@@ -117,7 +120,7 @@ fn main() -> ExitCode {
     match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("cplb: {e:#}");
+            eprintln!("cplb: {}", Escaped(format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -153,17 +156,23 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("cplb: {}", cplb::logfmt::Chain(&e));
+            eprintln!("cplb: {}", Escaped(cplb::logfmt::Chain(&e)));
             if cli.check {
-                eprintln!("cplb: configuration file {} test failed", path.display());
+                eprintln!(
+                    "cplb: configuration file {} test failed",
+                    Escaped(path.display())
+                );
             }
             return Ok(ExitCode::FAILURE);
         }
     };
     if let Err(e) = cplb::probe::prepare(&config) {
-        eprintln!("cplb: {}: {e}", path.display());
+        eprintln!("cplb: {}", Escaped(format!("{}: {e}", path.display())));
         if cli.check {
-            eprintln!("cplb: configuration file {} test failed", path.display());
+            eprintln!(
+                "cplb: configuration file {} test failed",
+                Escaped(path.display())
+            );
         }
         return Ok(ExitCode::FAILURE);
     }
@@ -179,7 +188,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         });
         print_out(&format!(
             "cplb: configuration file {} test is successful ({n} upstream{}, listen {:?}, admin {admin}, active health checks {checks}, hash key {}, node id {:?})\n",
-            path.display(),
+            Escaped(path.display()),
             if n == 1 { "" } else { "s" },
             config.listen,
             config.hash.key.as_str(),
@@ -272,13 +281,13 @@ fn import_nginx(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     match cplb::import::convert(&text) {
         Ok(conversion) => {
             for w in &conversion.warnings {
-                eprintln!("cplb: warning: {w}");
+                eprintln!("cplb: warning: {}", Escaped(w));
             }
             print_out(&conversion.yaml).context("could not write the converted config")?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("cplb: {}:{e}", file.display());
+            eprintln!("cplb: {}", Escaped(format!("{}:{e}", file.display())));
             Ok(ExitCode::FAILURE)
         }
     }
@@ -357,7 +366,8 @@ fn init_logging(format: LogFormat, default_level: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
+        // Control characters in a value or a message are escaped (see `logfmt`).
+        LogFormat::Text => builder.fmt_fields(cplb::logfmt::TextFields).init(),
         // Real JSON values for list and number fields (see `logfmt`).
         LogFormat::Json => builder.event_format(cplb::logfmt::JsonLines).init(),
     }
