@@ -37,6 +37,15 @@ pub enum ServerError {
     Workers(#[source] std::io::Error),
     #[error("could not register metrics")]
     Metrics(#[from] prometheus::Error),
+    /// EADDRINUSE, with whoever holds the address (`reuseport::holders`).
+    #[error("could not listen on {role}{addr}: {holders}")]
+    Taken {
+        addr: SocketAddr,
+        role: Role,
+        holders: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A bound, not yet serving, proxy. `bind` then `serve`; tests and `main`
@@ -56,6 +65,16 @@ pub struct Server {
 
 impl Server {
     pub async fn bind(
+        config: Config,
+        registry: prometheus::Registry,
+    ) -> Result<Server, ServerError> {
+        match Self::bind_inner(config, registry).await {
+            Err(ServerError::Listen(e)) => Err(name_holders(e).await),
+            r => r,
+        }
+    }
+
+    async fn bind_inner(
         config: Config,
         registry: prometheus::Registry,
     ) -> Result<Server, ServerError> {
@@ -270,6 +289,28 @@ type Bound = (
     Vec<(SocketAddr, std::collections::BTreeSet<u64>)>,
 );
 
+/// An address already in use: says who holds it, as far as `/proc` shows
+/// (a squatter on cplb's port, another proxy), within `REPORT_LIMIT`.
+async fn name_holders(e: ListenError) -> ServerError {
+    if e.source.raw_os_error() != Some(libc::EADDRINUSE) {
+        return e.into();
+    }
+    let addr = e.addr;
+    let holders = match crate::offload::Offload::new(REPORT_LIMIT)
+        .run(move || crate::reuseport::holders(addr).to_string())
+        .await
+    {
+        Ok(h) => h,
+        Err(stalled) => format!("could not look for its holder in /proc: {stalled}"),
+    };
+    ServerError::Taken {
+        addr,
+        role: e.role,
+        holders,
+        source: e.source,
+    }
+}
+
 /// How long start-up waits for the `/proc` walk that names another
 /// listener on a `listen` address before it serves anyway.
 const REPORT_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -389,6 +430,12 @@ mod tests {
             Box::new(ServerError::from(listen(Role::Proxy))),
             Box::new(ServerError::from(listen(Role::Admin))),
             Box::new(ServerError::Workers(os())),
+            Box::new(ServerError::Taken {
+                addr,
+                role: Role::Admin,
+                holders: "it is held by python3 (pid 7, uid 1000) on 127.0.0.1:8081".into(),
+                source: os(),
+            }),
             Box::new(ServerError::Metrics(prometheus::Error::AlreadyReg)),
             Box::new(ServerError::Tls(TlsError::Read {
                 path: "ca.pem".into(),
