@@ -98,9 +98,13 @@ async fn probe(admin: SocketAddr) -> Option<Duration> {
     Some(start.elapsed())
 }
 
+/// One flood at a time: two at once would measure the machine, not cplb.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// `attackers` slowloris clients for `RUN_FOR` while `/healthz` is probed:
 /// at least 99% of the probes are answered within `ANSWERED_WITHIN`.
 async fn flood(attackers: usize) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let up = FakeUpstream::start("m").await;
     let mut p = CplbProcess::spawn(
         &TestConfig::new(&[up.addr]).admin().yaml(),

@@ -20,7 +20,8 @@ use std::time::Duration;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
 
 /// Places on the admin endpoint. Each holds a descriptor, so the cap
 /// keeps a flood from eating the descriptors the proxy needs.
@@ -31,6 +32,12 @@ pub(super) const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 /// A request head longer than this is refused (431); the endpoint's own
 /// requests are a few hundred bytes.
 pub(super) const HEAD_LIMIT: usize = 4096;
+/// A client is evicted only after this long without a whole head. With
+/// every place taken by younger clients, newcomers wait in the listen
+/// queue, where their request arrives meanwhile: a probe is then accepted
+/// with its whole head in and answered. It also bounds the churn a flood
+/// that reconnects when evicted can cause (places / this, per second).
+pub(super) const EVICT_AFTER: Duration = Duration::from_millis(100);
 
 /// `cplb_admin_connections_closed_total{reason}`, resolved once.
 #[derive(Clone)]
@@ -77,7 +84,7 @@ struct Places {
     next: u64,
     /// Clients still sending their head, in eviction order; dropping a
     /// sender tells its client to go.
-    waiting: BTreeMap<(Stage, u64), oneshot::Sender<()>>,
+    waiting: BTreeMap<(Stage, u64), (oneshot::Sender<()>, Instant)>,
     answering: usize,
 }
 
@@ -85,6 +92,8 @@ struct Places {
 #[derive(Clone)]
 pub(super) struct Clients {
     places: Arc<Mutex<Places>>,
+    /// A place was given back.
+    freed: Arc<Notify>,
     metrics: AdminMetrics,
     max: usize,
 }
@@ -93,8 +102,37 @@ impl Clients {
     pub(super) fn new(metrics: AdminMetrics, max: usize) -> Clients {
         Clients {
             places: Arc::default(),
+            freed: Arc::default(),
             metrics,
             max,
+        }
+    }
+
+    /// Waits until a newcomer can have a place: one is free, or a client
+    /// without a whole head has had `EVICT_AFTER` to send it. Meanwhile
+    /// newcomers stay in the listen queue.
+    pub(super) async fn room(&self) {
+        loop {
+            let freed = self.freed.notified();
+            let until = {
+                let p = self.lock();
+                if p.waiting.len() + p.answering < self.max {
+                    return;
+                }
+                // All being answered: a place frees within ANSWER_TIMEOUT.
+                match p.waiting.values().map(|(_, at)| *at).min() {
+                    Some(at) if at + EVICT_AFTER <= Instant::now() => return,
+                    Some(at) => Some(at + EVICT_AFTER),
+                    None => None,
+                }
+            };
+            match until {
+                Some(t) => tokio::select! {
+                    _ = freed => {}
+                    _ = tokio::time::sleep_until(t) => {}
+                },
+                None => freed.await,
+            }
         }
     }
 
@@ -113,11 +151,21 @@ impl Clients {
         let answering = ends_head(&first);
         let mut p = self.lock();
         if p.waiting.len() + p.answering >= self.max {
-            // Dropping its sender wakes it, and it closes.
-            if p.waiting.pop_first().is_none() {
+            // The first in eviction order that has had its time (`room`
+            // waited for one), else the first. Dropping its sender wakes
+            // it, and it closes.
+            let now = Instant::now();
+            let victim = p
+                .waiting
+                .iter()
+                .find(|(_, (_, at))| *at + EVICT_AFTER <= now)
+                .or_else(|| p.waiting.iter().next())
+                .map(|(k, _)| *k);
+            let Some(victim) = victim else {
                 self.metrics.full.inc();
                 return None;
-            }
+            };
+            p.waiting.remove(&victim);
             self.metrics.evicted.inc();
         }
         let id = p.next;
@@ -131,7 +179,7 @@ impl Clients {
         if answering {
             p.answering += 1;
         } else {
-            p.waiting.insert((stage, id), tx);
+            p.waiting.insert((stage, id), (tx, Instant::now()));
         }
         Some(Place {
             clients: self.clone(),
@@ -148,11 +196,11 @@ impl Clients {
             return true;
         }
         let mut p = self.lock();
-        let Some(tx) = p.waiting.remove(at) else {
+        let Some(entry) = p.waiting.remove(at) else {
             return false;
         };
         at.0 = to;
-        p.waiting.insert(*at, tx);
+        p.waiting.insert(*at, entry);
         true
     }
 }
@@ -226,6 +274,8 @@ impl Drop for Place {
         } else {
             p.waiting.remove(&self.at);
         }
+        drop(p);
+        self.clients.freed.notify_one();
     }
 }
 
@@ -409,6 +459,53 @@ mod tests {
         assert_eq!(closed(&r, "full"), 2);
         drop(done);
         assert!(c.admit(Vec::new()).is_some(), "a place given back");
+    }
+
+    /// With every place taken by clients younger than `EVICT_AFTER`, a
+    /// newcomer waits (in the listen queue) until one is old enough, or a
+    /// place is given back; then the one old enough is evicted.
+    #[tokio::test(start_paused = true)]
+    async fn newcomers_wait_until_a_client_has_had_its_time() {
+        let (c, r) = clients(2);
+        let free = tokio::time::timeout(Duration::ZERO, c.room()).await;
+        assert!(free.is_ok(), "room while places are free");
+        let old = c.admit(Vec::new()).unwrap();
+        tokio::time::sleep(EVICT_AFTER / 2).await;
+        let mut young = c.admit(b"GET /".to_vec()).unwrap();
+        let started = Instant::now();
+        c.room().await;
+        println!("room after {:?}", started.elapsed());
+        assert_eq!(
+            started.elapsed(),
+            EVICT_AFTER / 2,
+            "when `old` had its time"
+        );
+        let _newcomer = c.admit(Vec::new()).unwrap();
+        assert!(
+            c.lock()
+                .waiting
+                .values()
+                .all(|(_, at)| *at > started - EVICT_AFTER / 2)
+        );
+        assert_eq!(closed(&r, "evicted"), 1);
+        drop(old);
+        // Full again (young and the newcomer), both too young: a place
+        // given back ends the wait at once.
+        let waiting = tokio::spawn({
+            let c = c.clone();
+            async move { c.room().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (_cl, sv) = pair(&l).await;
+        drop(_cl);
+        assert_eq!(young.read_head(&sv).await, Err(Gone::Closed));
+        drop(young);
+        tokio::time::timeout(Duration::from_millis(1), waiting)
+            .await
+            .expect("room when a place was given back")
+            .unwrap();
     }
 
     /// A client that sent part of a head goes before one that has sent
