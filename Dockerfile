@@ -17,10 +17,14 @@ RUN cargo build --release --locked
 
 # cc-debian12 carries the glibc and libgcc the binary links against, and
 # nothing else: no shell, no package manager.
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM gcr.io/distroless/cc-debian12
 COPY --from=build /src/target/release/cplb /usr/local/bin/cplb
 # The example config; deployments mount their own over /etc/cplb.
 COPY config/cplb.yaml /etc/cplb/cplb.yaml
-USER nonroot
+# A uid of cplb's own, not distroless' nonroot (65532), which every image
+# built on it shares: a process of the same uid may join cplb's
+# SO_REUSEPORT listeners and take a share of its connections
+# (docs/deployment.md, "Port squatting").
+USER 58443:58443
 ENTRYPOINT ["/usr/local/bin/cplb"]
 CMD ["--config", "/etc/cplb/cplb.yaml"]

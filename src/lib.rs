@@ -39,8 +39,13 @@
 //!   connections home. Its `registry` is the one part on a connection's
 //!   path: `proxy` holds a guard (atomics only) per displaced connection.
 //! - `probe`: active health check probes (TLS `GET /readyz` or TCP), probers.
-//! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/upstreams`, `/status`.
+//! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/upstreams`, `/status`;
+//!   `admin::clients` bounds its clients (places, head deadline, eviction).
 //! - `reuseport`: names another process sharing a `listen` address.
+//! - `offload`: blocking file reads on a thread of their own, bounded in
+//!   time, so a hung volume never stalls the control-plane thread.
+//! - `supervise`: spawns the control-plane tasks; a panic is logged,
+//!   counted, and restarts the task or fails `/healthz`.
 //! - `logfmt`: JSON log lines with real JSON values; error chains.
 //!
 //! Commands besides the proxy:
@@ -104,6 +109,7 @@ pub mod kernel;
 pub(crate) mod listener;
 pub mod logfmt;
 pub mod metrics;
+pub(crate) mod offload;
 pub(crate) mod own;
 pub mod probe;
 pub(crate) mod proxy;
@@ -119,6 +125,7 @@ pub mod snapshot;
 #[cfg(feature = "tools")]
 pub mod standin;
 pub mod status;
+pub(crate) mod supervise;
 pub mod upstream;
 pub(crate) mod watch;
 pub(crate) mod wheel;

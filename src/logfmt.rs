@@ -5,6 +5,11 @@
 //!
 //! The line layout is tracing-subscriber's: `timestamp`, `level`, `fields`
 //! (with `message`), `target`.
+//!
+//! Text logs (`TextFields`) and the messages `main` prints escape control
+//! characters (`Escaped`): a node name, a YAML key or a discovered address
+//! comes from outside, and a newline in it would forge a log line, an ESC
+//! would drive the reader's terminal. JSON escapes them by itself.
 
 use std::cell::Cell;
 use std::fmt;
@@ -37,6 +42,109 @@ impl fmt::Display for Chain<'_> {
             cur = e.source();
         }
         Ok(())
+    }
+}
+
+/// `T`'s text with control characters escaped as Rust writes them (`\n`,
+/// `\u{1b}`), and the Unicode line and paragraph separators too (YAML and
+/// some terminals break lines there): one line of text, inert in a
+/// terminal, whatever `T` holds.
+pub struct Escaped<T>(pub T);
+
+impl<T: fmt::Display> fmt::Display for Escaped<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write;
+        write!(EscapeControls(f), "{}", self.0)
+    }
+}
+
+/// Whether `c` is escaped in text meant for one line of a terminal.
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// Passes text on with `is_unsafe_char` characters escaped.
+struct EscapeControls<W>(W);
+
+impl<W: fmt::Write> fmt::Write for EscapeControls<W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut rest = s;
+        while let Some(at) = rest.find(is_unsafe_char) {
+            self.0.write_str(&rest[..at])?;
+            let c = rest[at..].chars().next().unwrap_or_default();
+            for e in c.escape_debug() {
+                self.0.write_char(e)?;
+            }
+            rest = &rest[at + c.len_utf8()..];
+        }
+        self.0.write_str(rest)
+    }
+}
+
+/// A `Debug` value's text, as `Display`.
+struct DebugText<'a>(&'a dyn fmt::Debug);
+
+impl fmt::Display for DebugText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// The fields of a text log line, as tracing-subscriber's default writes
+/// them (the message, then ` name=value`, names in italics on a terminal),
+/// with every value and the message `Escaped`.
+pub struct TextFields;
+
+impl<'w> FormatFields<'w> for TextFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: Writer<'w>,
+        fields: R,
+    ) -> fmt::Result {
+        let mut v = TextVisitor {
+            writer,
+            result: Ok(()),
+            first: true,
+        };
+        fields.record(&mut v);
+        v.result
+    }
+}
+
+struct TextVisitor<'w> {
+    writer: Writer<'w>,
+    result: fmt::Result,
+    first: bool,
+}
+
+impl Visit for TextVisitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if self.result.is_err() {
+            return;
+        }
+        let name = field.name();
+        // Fields `tracing-log` adds to bridged `log` records.
+        if name.starts_with("log.") {
+            return;
+        }
+        let sep = if std::mem::take(&mut self.first) {
+            ""
+        } else {
+            " "
+        };
+        let value = Escaped(DebugText(value));
+        let w = &mut self.writer;
+        self.result = if name == "message" {
+            write!(w, "{sep}{value}")
+        } else {
+            let name = name.strip_prefix("r#").unwrap_or(name);
+            if w.has_ansi_escapes() {
+                // tracing-subscriber's own styles: italic name, dimmed `=`.
+                write!(w, "{sep}\x1b[3m{name}\x1b[0m\x1b[2m=\x1b[0m{value}")
+            } else {
+                write!(w, "{sep}{name}={value}")
+            }
+        };
     }
 }
 
@@ -144,34 +252,106 @@ fn line(timestamp: &str, level: &str, fields: Map<String, Value>, target: &str) 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    /// Log text written by a subscriber, for tests to read.
+    #[derive(Clone, Default)]
+    pub(crate) struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Logs {
+        /// Text log lines of this thread's events (a current-thread
+        /// runtime runs every control-plane task on it) while the guard
+        /// lives.
+        pub(crate) fn capture() -> (tracing::subscriber::DefaultGuard, Logs) {
+            let logs = Logs::default();
+            let w = logs.clone();
+            let sub = tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_writer(move || w.clone())
+                .finish();
+            (tracing::subscriber::set_default(sub), logs)
+        }
+
+        pub(crate) fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+
+        pub(crate) fn lines(&self, needle: &str) -> Vec<String> {
+            self.text()
+                .lines()
+                .filter(|l| l.contains(needle))
+                .map(str::to_string)
+                .collect()
+        }
+    }
+
     /// Captures what the formatter writes for events logged in `f`.
     fn capture(f: impl FnOnce()) -> Vec<Value> {
-        #[derive(Clone, Default)]
-        struct Buf(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buf = Buf::default();
-        let out = buf.clone();
+        let logs = Logs::default();
+        let out = logs.clone();
         let sub = tracing_subscriber::fmt()
             .event_format(JsonLines)
             .with_writer(move || out.clone())
             .finish();
         tracing::subscriber::with_default(sub, f);
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        text.lines()
+        logs.text()
+            .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect()
+    }
+
+    #[test]
+    fn escaped_text_is_one_inert_line() {
+        let raw = "node\n2026-01-01T00:00:00Z ERROR forged\x1b[31m\r\t\u{7f}\u{85}\u{2028}é✓";
+        let e = Escaped(raw).to_string();
+        assert_eq!(
+            e,
+            "node\\n2026-01-01T00:00:00Z ERROR forged\\u{1b}[31m\\r\\t\\u{7f}\\u{85}\\u{2028}é✓"
+        );
+        assert!(!e.chars().any(is_unsafe_char), "{e}");
+        assert_eq!(
+            Escaped("plain \"text\" \\ kept").to_string(),
+            "plain \"text\" \\ kept"
+        );
+    }
+
+    /// Text lines escape control characters in the message and in every
+    /// kind of value; the layout is tracing-subscriber's own.
+    #[test]
+    fn text_fields_escape_messages_and_values() {
+        let logs = Logs::default();
+        let out = logs.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .fmt_fields(TextFields)
+            .with_writer(move || out.clone())
+            .finish();
+        let evil = "n1\nFORGED\x1b[31m";
+        tracing::subscriber::with_default(sub, || {
+            tracing::info!(node_id = %evil, debug = ?evil, count = 3u64, list = ?Json(&[evil]), "started {evil}");
+        });
+        let text = logs.text();
+        print!("{text}");
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(!text.contains('\x1b'), "{text}");
+        assert!(
+            text.contains(
+                r#"started n1\nFORGED\u{1b}[31m node_id=n1\nFORGED\u{1b}[31m debug="n1\nFORGED\u{1b}[31m" count=3 list=["n1\nFORGED\u001b[31m"]"#
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -2,17 +2,27 @@
 //! explicit request) goes through one task and one code path: read the
 //! whole file, validate it, then publish a new snapshot in one swap. An
 //! invalid file changes nothing but a log line and a metric.
+//!
+//! Triggers are flags, not a queue: any number of them before a reload
+//! begins are served by that reload, and one that arrives while a reload
+//! runs makes one more reload after it, so none is ever dropped and a
+//! burst costs one reload. The file and certificate reads run off the
+//! control-plane thread (`offload`), so a hung volume stalls the reload,
+//! never `/healthz` or the probes.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::discovery::run::Wiring;
 use crate::logfmt::{Chain, Json};
+use crate::offload::{Offload, Stalled};
 use crate::probe::{ProbeSettings, Probers};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
@@ -22,6 +32,10 @@ use crate::upstream::StateTable;
 /// kubelet's three-step ConfigMap swap); wait for this much quiet.
 const DEBOUNCE: Duration = Duration::from_millis(150);
 const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
+/// A config file and its certificates are a few kB on a local disk or a
+/// ConfigMap volume: a read that takes longer is stuck, and the reload is
+/// refused rather than left to wait (discovery keeps applying meanwhile).
+const READ_LIMIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -33,6 +47,12 @@ pub enum ReloadError {
     Tls(#[from] crate::probe::TlsError),
     #[error(transparent)]
     Upstreams(#[from] crate::ring::TooManyServers),
+    #[error("could not load {path}")]
+    Stalled {
+        path: PathBuf,
+        #[source]
+        source: Stalled,
+    },
     #[error("the proxy is shutting down")]
     Stopped,
 }
@@ -112,6 +132,20 @@ pub(crate) fn changed_settings(old: &Config, new: &Config) -> Vec<&'static str> 
     out
 }
 
+/// Why a read config was refused before anything changed.
+enum Refusal {
+    Config(ConfigError),
+    Tls(crate::probe::TlsError),
+}
+
+/// Parses and validates `text`, and prepares the probes' TLS (reading the
+/// certificate files): the blocking part of a reload.
+fn load(text: &str, path: &Path) -> Result<(Config, Option<Arc<ProbeSettings>>), Refusal> {
+    let config = Config::parse(text, path).map_err(Refusal::Config)?;
+    let checks = crate::probe::prepare(&config).map_err(Refusal::Tls)?;
+    Ok((config, checks))
+}
+
 /// A list field for a log line, left out when empty: `modified=[]` says
 /// nothing.
 fn listed<T: serde::Serialize>(v: &[T]) -> Option<tracing::field::DebugValue<Json<&[T]>>> {
@@ -120,41 +154,102 @@ fn listed<T: serde::Serialize>(v: &[T]) -> Option<tracing::field::DebugValue<Jso
 
 type Reply = oneshot::Sender<Result<Outcome, ReloadError>>;
 
-enum Trigger {
-    /// The watcher saw the file or its directory change: skip if the
-    /// content is unchanged.
-    FileChanged,
-    /// SIGHUP or an API call: reload even if unchanged (certificates and
-    /// names are re-read), and report back if asked.
-    Requested(Option<Reply>),
+/// What the reloader has yet to do.
+#[derive(Default)]
+struct Pending {
+    /// The watcher saw the file or its directory change: reload if the
+    /// content differs.
+    file: bool,
+    /// SIGHUP or a request: reload even if unchanged (certificates and
+    /// names are re-read).
+    forced: bool,
+    /// Requests waiting for their result, one reload each.
+    replies: VecDeque<Reply>,
+    /// The reloader is gone: requests get `Stopped`.
+    stopped: bool,
+}
+
+/// The triggers a handle sets and the reloader takes.
+#[derive(Default)]
+struct Triggers {
+    pending: Mutex<Pending>,
+    wake: Notify,
+}
+
+impl Triggers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // A guard is only held to flip flags; none can panic while held.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets what `set` sets and wakes the reloader; false once it is gone.
+    fn raise(&self, set: impl FnOnce(&mut Pending)) -> bool {
+        let mut p = self.lock();
+        if p.stopped {
+            return false;
+        }
+        set(&mut p);
+        drop(p);
+        self.wake.notify_one();
+        true
+    }
 }
 
 /// Sends reload triggers to the reload task. Cheap to clone.
 #[derive(Clone)]
 pub struct ReloadHandle {
-    tx: mpsc::Sender<Trigger>,
+    triggers: Arc<Triggers>,
 }
 
 impl ReloadHandle {
-    /// From the file watcher: a no-op if a trigger is already pending.
+    /// From the file watcher: covered by any reload that has not begun.
     pub fn file_changed(&self) {
-        let _ = self.tx.try_send(Trigger::FileChanged);
+        self.triggers.raise(|p| p.file = true);
     }
 
-    /// From SIGHUP: fire and forget.
+    /// From SIGHUP: fire and forget. Covered by a reload that has not
+    /// begun; during a reload, makes one more after it.
     pub fn signal(&self) {
-        let _ = self.tx.try_send(Trigger::Requested(None));
+        self.triggers.raise(|p| p.forced = true);
     }
 
     /// Reloads now and reports the result.
     pub async fn reload(&self) -> Result<Outcome, ReloadError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Trigger::Requested(Some(tx)))
-            .await
-            .map_err(|_| ReloadError::Stopped)?;
+        let raised = self.triggers.raise(move |p| {
+            p.forced = true;
+            p.replies.push_back(tx);
+        });
+        if !raised {
+            return Err(ReloadError::Stopped);
+        }
         rx.await.map_err(|_| ReloadError::Stopped)?
     }
+}
+
+/// The SIGHUP task: each signal asks for a forced reload. `hup` is the
+/// stream installed at start-up, or `None` in a restarted task, which
+/// installs its own.
+pub(crate) async fn on_sighup(hup: Option<tokio::signal::unix::Signal>, handle: ReloadHandle) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match hup.map_or_else(|| signal(SignalKind::hangup()), Ok) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "could not install the SIGHUP handler; file changes still reload");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading configuration");
+        handle.signal();
+    }
+}
+
+/// One reload's worth of triggers, taken from `Pending`.
+struct Taken {
+    due: bool,
+    forced: bool,
+    reply: Option<Reply>,
 }
 
 /// Owns the running config and the upstream state table.
@@ -162,7 +257,9 @@ pub(crate) struct Reloader {
     shared: Arc<Shared>,
     config: Config,
     table: StateTable,
-    rx: mpsc::Receiver<Trigger>,
+    triggers: Arc<Triggers>,
+    /// The file and certificate reads, off the control-plane thread.
+    files: Offload,
     checker: Probers,
     /// The last refused text: unforced events that see it again stay quiet
     /// instead of logging and counting the same refusal over and over.
@@ -185,8 +282,10 @@ impl Reloader {
         checks: Option<Arc<ProbeSettings>>,
         disc: Wiring,
     ) -> (Reloader, ReloadHandle) {
-        let (tx, rx) = mpsc::channel(16);
+        let triggers = Arc::new(Triggers::default());
         let r = Reloader {
+            triggers: triggers.clone(),
+            files: Offload::new(READ_LIMIT),
             checker: Probers::new(shared.clone()),
             refused_text: None,
             refusing: false,
@@ -196,9 +295,8 @@ impl Reloader {
             shared,
             config,
             table,
-            rx,
         };
-        (r, ReloadHandle { tx })
+        (r, ReloadHandle { triggers })
     }
 
     pub(crate) async fn run(mut self, stop: CancellationToken) {
@@ -207,57 +305,82 @@ impl Reloader {
         self.checker.apply(self.checks.clone(), &snapshot);
         self.disc.start(self.shared.clone());
         loop {
-            let trigger = tokio::select! {
-                _ = stop.cancelled() => return,
-                t = self.rx.recv() => match t { Some(t) => t, None => return },
-                ev = self.disc.next() => {
-                    if self.disc.handle(ev) {
-                        self.rebuild().await;
-                    }
-                    continue;
-                }
-            };
-            match trigger {
-                Trigger::FileChanged => match self.debounce().await {
-                    // A request arrived during the burst: one forced reload serves both.
-                    Some(reply) => {
-                        let r = self.reload(true).await;
-                        if let Some(reply) = reply {
-                            let _ = reply.send(r);
+            // Flags raised meanwhile are served without waiting: a wake-up
+            // is only a hint to look.
+            let (file, forced) = self.peek();
+            if !file && !forced {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = self.triggers.wake.notified() => {}
+                    ev = self.disc.next() => {
+                        if self.disc.handle(ev) {
+                            self.rebuild().await;
                         }
                     }
-                    None => {
-                        let _ = self.reload(false).await;
-                    }
-                },
-                Trigger::Requested(reply) => {
-                    let r = self.reload(true).await;
-                    if let Some(reply) = reply {
-                        let _ = reply.send(r);
-                    }
                 }
+                continue;
+            }
+            if stop.is_cancelled() {
+                return;
+            }
+            if !forced {
+                self.debounce().await;
+            }
+            let Taken { due, forced, reply } = self.take();
+            if !due {
+                continue;
+            }
+            let r = self.reload(forced).await;
+            if let Some(reply) = reply {
+                let _ = reply.send(r);
             }
         }
     }
 
-    /// Swallows the rest of a burst of file events. A request arriving
-    /// meanwhile ends the wait and is returned, to be served by this reload.
-    async fn debounce(&mut self) -> Option<Option<Reply>> {
+    fn peek(&self) -> (bool, bool) {
+        let p = self.triggers.lock();
+        (p.file, p.forced)
+    }
+
+    /// Takes what one reload serves: every flag, and one waiting request
+    /// (the others keep `forced` raised, for a reload each).
+    fn take(&self) -> Taken {
+        let mut p = self.triggers.lock();
+        let reply = p.replies.pop_front();
+        let taken = Taken {
+            due: p.file || p.forced,
+            forced: p.forced,
+            reply,
+        };
+        p.file = false;
+        p.forced = !p.replies.is_empty();
+        taken
+    }
+
+    /// Swallows the rest of a burst of file events: returns after
+    /// `DEBOUNCE` without one (`DEBOUNCE_MAX` at most), or as soon as a
+    /// forced trigger arrives, which this reload then serves.
+    async fn debounce(&self) {
         let end = tokio::time::Instant::now() + DEBOUNCE_MAX;
         loop {
             let quiet = (tokio::time::Instant::now() + DEBOUNCE).min(end);
-            match tokio::time::timeout_at(quiet, self.rx.recv()).await {
-                Ok(Some(Trigger::FileChanged)) => continue,
-                Ok(Some(Trigger::Requested(reply))) => return Some(reply),
-                Ok(None) | Err(_) => return None,
+            if tokio::time::timeout_at(quiet, self.triggers.wake.notified())
+                .await
+                .is_err()
+                || self.peek().1
+            {
+                return;
             }
         }
     }
 
     async fn reload(&mut self, forced: bool) -> Result<Outcome, ReloadError> {
         let path = self.config.source.clone().ok_or(ReloadError::NoSource)?;
-        let m = &self.shared.metrics;
-        let text = match std::fs::read_to_string(&path) {
+        let file = path.clone();
+        let text = match self
+            .off_thread(&path, move || std::fs::read_to_string(file))
+            .await?
+        {
             Ok(t) => t,
             Err(source) => {
                 // A ConfigMap swap or an editor's rename can leave the path
@@ -282,16 +405,26 @@ impl Reloader {
             }
             return Ok(Outcome::Unchanged);
         }
-        let mut new = match Config::parse(&text, &path) {
-            Ok(c) => c,
-            Err(e) => {
+        // Validation looks at the files the config names, and the probes'
+        // TLS set-up reads the certificates: off the thread as well.
+        let (t, p) = (text.clone(), path.clone());
+        let (mut new, checks) = match self.off_thread(&path, move || load(&t, &p)).await? {
+            Ok(loaded) => loaded,
+            Err(Refusal::Config(e)) => {
                 if forced || self.refused_text.as_deref() != Some(text.as_str()) {
                     self.refused(&e);
                 }
                 self.refused_text = Some(text);
                 return Err(e.into());
             }
+            Err(Refusal::Tls(e)) => {
+                // Certificate files are re-read on every reload; a bad one
+                // refuses the whole config, before anything is swapped.
+                self.refused(&e);
+                return Err(e.into());
+            }
         };
+        let m = &self.shared.metrics;
         new.source = Some(path.clone());
         new.source_text = Some(text.into());
         let restart_needed = self.config.restart_only_changes(&new);
@@ -300,16 +433,6 @@ impl Reloader {
         new.workers = self.config.workers;
         new.backlog = self.config.backlog;
         new.admin = self.config.admin;
-
-        // Certificate files are re-read on every reload; a bad one refuses
-        // the whole config, before anything is swapped.
-        let checks = match crate::probe::prepare(&new) {
-            Ok(c) => c,
-            Err(e) => {
-                self.refused(&e);
-                return Err(e.into());
-            }
-        };
         self.refused_text = None;
         let changes = self.diff(&new, restart_needed);
         self.disc.reconfigure(&self.config, &new).await;
@@ -359,6 +482,26 @@ impl Reloader {
         }
         self.config = new;
         Ok(Outcome::Applied(changes))
+    }
+
+    /// Runs a read of `path` off the control-plane thread; a read that
+    /// hangs refuses the reload (logged, counted) like a bad file.
+    async fn off_thread<T: Send + 'static>(
+        &mut self,
+        path: &Path,
+        read: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ReloadError> {
+        match self.files.run(read).await {
+            Ok(v) => Ok(v),
+            Err(source) => {
+                let e = ReloadError::Stalled {
+                    path: path.to_owned(),
+                    source,
+                };
+                self.refused(&e);
+                Err(e)
+            }
+        }
     }
 
     /// Discovery changed the set: the same path as a reload, with the
@@ -441,5 +584,15 @@ impl Reloader {
             settings: changed_settings(&self.config, new),
             restart_needed,
         }
+    }
+}
+
+/// However the reloader ends (stopped, or unwound by a panic), waiting and
+/// later requests get `Stopped` instead of waiting forever.
+impl Drop for Reloader {
+    fn drop(&mut self) {
+        let mut p = self.triggers.lock();
+        p.stopped = true;
+        p.replies.clear();
     }
 }

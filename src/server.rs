@@ -20,9 +20,12 @@ use crate::reload::{ReloadHandle, Reloader};
 use crate::resolve;
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
+use crate::supervise::{Supervisor, Task};
 use crate::upstream::StateTable;
 use crate::workers::Workers;
 
+/// Why a proxy could not start: `bind` (listeners, TLS for the probes,
+/// metrics) or `serve` (the worker threads, the admin listener).
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
@@ -36,6 +39,15 @@ pub enum ServerError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Upstreams(#[from] crate::ring::TooManyServers),
+    /// EADDRINUSE, with whoever holds the address (`reuseport::holders`).
+    #[error("could not listen on {role}{addr}: {holders}")]
+    Taken {
+        addr: SocketAddr,
+        role: Role,
+        holders: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A bound, not yet serving, proxy. `bind` then `serve`; tests and `main`
@@ -49,6 +61,8 @@ pub struct Server {
     local_addrs: Vec<SocketAddr>,
     admin: Option<std::net::TcpListener>,
     admin_addr: Option<SocketAddr>,
+    supervisor: Supervisor,
+    admin_metrics: crate::admin::AdminMetrics,
 }
 
 impl Server {
@@ -56,13 +70,26 @@ impl Server {
         config: Config,
         registry: prometheus::Registry,
     ) -> Result<Server, ServerError> {
+        match Self::bind_inner(config, registry).await {
+            Err(ServerError::Listen(e)) => Err(name_holders(e).await),
+            r => r,
+        }
+    }
+
+    async fn bind_inner(
+        config: Config,
+        registry: prometheus::Registry,
+    ) -> Result<Server, ServerError> {
         let metrics = Metrics::new(registry)?;
+        let supervisor = Supervisor::new(metrics.registry())?;
+        let admin_metrics = crate::admin::AdminMetrics::new(metrics.registry())?;
         let checks = crate::probe::prepare(&config)?;
-        let (listeners, local_addrs, skipped) = bind_listen(&config, &metrics)?;
+        let (listeners, local_addrs, skipped, shared_with) = bind_listen(&config, &metrics)?;
+        report_other_listeners(shared_with).await;
         let (admin, admin_addr) = match config.admin {
             None => (None, None),
             Some(addr) => {
-                let l = listener::bind(addr, Role::Admin, 1, 128)?.remove(0);
+                let l = listener::bind(addr, Role::Admin, 1, crate::admin::BACKLOG)?.remove(0);
                 let local = local_addr(&l, addr, Role::Admin)?;
                 (Some(l), Some(local))
             }
@@ -96,6 +123,8 @@ impl Server {
             local_addrs,
             admin,
             admin_addr,
+            supervisor,
+            admin_metrics,
         })
     }
 
@@ -117,6 +146,21 @@ impl Server {
         self.reload.clone()
     }
 
+    /// Reloads on every SIGHUP, through the same path as a file change, in
+    /// a supervised task. Fails only if the handler cannot be installed.
+    pub fn reload_on_sighup(&self) -> std::io::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        // The first stream now, so a failure stops start-up; a restarted
+        // task installs its own.
+        let mut first = Some(signal(SignalKind::hangup())?);
+        let handle = self.reload.clone();
+        self.supervisor
+            .restarting(Task::Sighup, CancellationToken::new(), move || {
+                crate::reload::on_sighup(first.take(), handle.clone())
+            });
+        Ok(())
+    }
+
     /// Serves until `shutdown` completes, then stops accepting, lets open
     /// connections finish for up to `shutdown_grace`, and closes the rest.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
@@ -129,6 +173,8 @@ impl Server {
             local_addrs,
             admin,
             admin_addr,
+            supervisor,
+            admin_metrics,
         } = self;
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -194,24 +240,38 @@ impl Server {
             let _ = s.await;
         }
         accepts.close();
+        // Every control-plane task is supervised (`supervise`): a panic is
+        // logged and counted; the reloader's fails /healthz (its state
+        // cannot be rebuilt in place), the others restart.
         if let (Some(l), Some(addr)) = (admin, admin_addr) {
-            let l = TcpListener::from_std(l).map_err(|source| ListenError {
+            let l = Arc::new(TcpListener::from_std(l).map_err(|source| ListenError {
                 addr,
                 role: Role::Admin,
                 source,
-            })?;
-            tokio::spawn(crate::admin::serve(l, shared.clone(), stop_rest.clone()));
+            })?);
+            let (shared, sup, stop) = (shared.clone(), supervisor.clone(), stop_rest.clone());
+            supervisor.restarting(Task::Admin, stop_rest.clone(), move || {
+                crate::admin::serve(
+                    l.clone(),
+                    shared.clone(),
+                    sup.clone(),
+                    admin_metrics.clone(),
+                    stop.clone(),
+                )
+            });
         }
         if let Some(path) = config.source.clone() {
-            tokio::spawn(crate::watch::run(path, reload.clone(), stop_rest.clone()));
+            let (reload, stop) = (reload.clone(), stop_rest.clone());
+            supervisor.restarting(Task::Watch, stop_rest.clone(), move || {
+                crate::watch::run(path.clone(), reload.clone(), stop.clone())
+            });
         }
-        tokio::spawn(reloader.run(stop_rest.clone()));
+        supervisor.vital(Task::Reloader, reloader.run(stop_rest.clone()));
         // Fail-back stops with the listeners: a drain closes by itself.
-        tokio::spawn(crate::failback::driver::run(
-            shared.clone(),
-            stop_accept.clone(),
-        ));
-
+        let (failback_shared, stop) = (shared.clone(), stop_accept.clone());
+        supervisor.restarting(Task::Failback, stop_accept.clone(), move || {
+            crate::failback::driver::run(failback_shared.clone(), stop.clone())
+        });
         shutdown.await;
 
         // /readyz turns 503 before the listeners close.
@@ -244,13 +304,57 @@ type Bound = (
     Vec<std::net::TcpListener>,
     Vec<SocketAddr>,
     Vec<crate::shared::Skipped>,
+    // Each fixed-port address and the inodes of our sockets on it.
+    Vec<(SocketAddr, std::collections::BTreeSet<u64>)>,
 );
+
+/// An address already in use: says who holds it, as far as `/proc` shows
+/// (a squatter on cplb's port, another proxy), within `REPORT_LIMIT`.
+async fn name_holders(e: ListenError) -> ServerError {
+    if e.source.raw_os_error() != Some(libc::EADDRINUSE) {
+        return e.into();
+    }
+    let addr = e.addr;
+    let holders = match crate::offload::Offload::new(REPORT_LIMIT)
+        .run(move || crate::reuseport::holders(addr).to_string())
+        .await
+    {
+        Ok(h) => h,
+        Err(stalled) => format!("could not look for its holder in /proc: {stalled}"),
+    };
+    ServerError::Taken {
+        addr,
+        role: e.role,
+        holders,
+        source: e.source,
+    }
+}
+
+/// How long start-up waits for the `/proc` walk that names another
+/// listener on a `listen` address before it serves anyway.
+const REPORT_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Logs another process listening on each address (`reuseport::report`),
+/// before "cplb started" as a rule; a `/proc` that hangs delays start-up
+/// by `REPORT_LIMIT` at most, and the line comes when the walk returns.
+async fn report_other_listeners(addrs: Vec<(SocketAddr, std::collections::BTreeSet<u64>)>) {
+    let mut walk = crate::offload::Offload::new(REPORT_LIMIT);
+    for (addr, ours) in addrs {
+        if let Err(e) = walk
+            .run(move || crate::reuseport::report(addr, &ours))
+            .await
+        {
+            tracing::warn!(address = %addr, error = %e, "could not look for other listeners on this address");
+        }
+    }
+}
 
 /// Binds every `listen` address. A loopback IPv6 address on a node without
 /// IPv6 is skipped (one warning, `/readyz` detail, `cplb_listen_skipped`);
 /// every other failure is fatal, and so is skipping all of them.
 fn bind_listen(config: &Config, metrics: &Metrics) -> Result<Bound, ServerError> {
     let (mut listeners, mut local_addrs, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
+    let mut shared_with = Vec::new();
     let mut first_skip_error = None;
     for addr in &config.listen {
         metrics.listen_skipped(&addr.to_string()).set(0);
@@ -263,7 +367,7 @@ fn bind_listen(config: &Config, metrics: &Metrics) -> Result<Bound, ServerError>
             Ok(socks) => {
                 local_addrs.push(local_addr(&socks[0], *addr, Role::Proxy)?);
                 if addr.port() != 0 {
-                    crate::reuseport::report(*addr, &socks);
+                    shared_with.push((*addr, crate::reuseport::inodes(&socks)));
                 }
                 listeners.extend(socks);
             }
@@ -289,7 +393,7 @@ fn bind_listen(config: &Config, metrics: &Metrics) -> Result<Bound, ServerError>
             "not listening on this loopback IPv6 address: the node has no IPv6, so no IPv6 client can exist here"
         );
     }
-    Ok((listeners, local_addrs, skipped))
+    Ok((listeners, local_addrs, skipped, shared_with))
 }
 
 fn local_addr(
@@ -345,6 +449,12 @@ mod tests {
             Box::new(ServerError::from(listen(Role::Proxy))),
             Box::new(ServerError::from(listen(Role::Admin))),
             Box::new(ServerError::Workers(os())),
+            Box::new(ServerError::Taken {
+                addr,
+                role: Role::Admin,
+                holders: "it is held by python3 (pid 7, uid 1000) on 127.0.0.1:8081".into(),
+                source: os(),
+            }),
             Box::new(ServerError::Metrics(prometheus::Error::AlreadyReg)),
             Box::new(ServerError::Tls(TlsError::Read {
                 path: "ca.pem".into(),
@@ -395,5 +505,157 @@ mod tests {
             all,
             "could not listen on admin address 127.0.0.1:8081: Address already in use (os error 98)"
         );
+    }
+
+    /// Supervision of the real tasks: faults armed in each start of
+    /// `serve`, on this thread (the control plane's current-thread runtime).
+    mod supervision {
+        use super::*;
+        use crate::logfmt::tests::Logs;
+        use crate::supervise::fault;
+        use std::time::Duration;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        const DEADLINE: Duration = Duration::from_secs(10);
+
+        async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+            let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+            let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            s.write_all(req.as_bytes()).await.ok()?;
+            let mut raw = String::new();
+            tokio::time::timeout(DEADLINE, s.read_to_string(&mut raw))
+                .await
+                .ok()?
+                .ok()?;
+            let status = raw.split(' ').nth(1)?.parse().ok()?;
+            Some((status, raw.split_once("\r\n\r\n")?.1.to_string()))
+        }
+
+        async fn until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+            let end = tokio::time::Instant::now() + DEADLINE;
+            while !cond().await {
+                assert!(tokio::time::Instant::now() < end, "timed out: {what}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        fn yaml(idle: &str) -> String {
+            format!(
+                "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\nidle_timeout: {idle}\nupstreams:\n  - address: 127.0.0.1:1\n"
+            )
+        }
+
+        /// Starts a server from a config file, with faults armed first.
+        async fn start(tag: &str, faults: &[Task]) -> (Server, std::path::PathBuf) {
+            let dir = std::env::temp_dir().join(format!("cplb-sup-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("cplb.yaml");
+            std::fs::write(&path, yaml("10m")).unwrap();
+            for t in faults {
+                fault::arm(*t);
+            }
+            let config = Config::load(&path).unwrap();
+            (
+                Server::bind(config, prometheus::Registry::new())
+                    .await
+                    .unwrap(),
+                path,
+            )
+        }
+
+        fn panics(m: &Metrics, task: Task) -> f64 {
+            let text = m.render().unwrap();
+            let series = format!("cplb_task_panics_total{{task=\"{}\"}} ", task.name());
+            text.lines()
+                .find_map(|l| l.strip_prefix(&series))
+                .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+                .parse()
+                .unwrap()
+        }
+
+        /// Admin, watch, fail-back and SIGHUP each panic at their first
+        /// start: each is logged and counted, and runs again (the admin
+        /// answers, a file edit and a SIGHUP reload); /healthz stays 200.
+        #[tokio::test]
+        async fn tasks_that_panic_are_logged_counted_and_restarted() {
+            let (_g, logs) = Logs::capture();
+            let restarted = [Task::Admin, Task::Watch, Task::Failback, Task::Sighup];
+            let faults = restarted.to_vec();
+            let (server, path) = start("restart", &faults).await;
+            server.reload_on_sighup().unwrap();
+            let (admin, m) = (server.admin_addr().unwrap(), server.metrics().clone());
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let serving = tokio::spawn(server.serve(async {
+                let _ = stopped.await;
+            }));
+            until("the restarted admin answers", async || {
+                get(admin, "/healthz").await == Some((200, "ok\n".into()))
+            })
+            .await;
+            // The restarted watcher sees an edit; the restarted SIGHUP task
+            // a signal (tokio's handler is installed: the process lives).
+            let reloads = |m: &Metrics| m.reload("success").get();
+            std::fs::write(&path, yaml("20m")).unwrap();
+            until("the edit reloaded", async || reloads(&m) == 1).await;
+            // SAFETY: raise has no preconditions; SIGHUP is handled.
+            unsafe { libc::raise(libc::SIGHUP) };
+            until("SIGHUP reloaded", async || reloads(&m) == 2).await;
+            for t in &faults {
+                assert_eq!(panics(&m, *t), 1.0, "{}", t.name());
+            }
+            assert_eq!(panics(&m, Task::Reloader), 0.0);
+            for t in restarted {
+                let lines = logs.lines(&format!("task=\"{}\"", t.name()));
+                println!("{}", lines.join("\n"));
+                assert!(
+                    lines.len() == 1
+                        && lines[0].contains("ERROR")
+                        && lines[0].contains("restarting it")
+                        && lines[0]
+                            .contains(&format!("panic=injected fault in the {} task", t.name())),
+                    "{lines:?}"
+                );
+            }
+            assert_eq!(get(admin, "/healthz").await, Some((200, "ok\n".into())));
+            let _ = stop.send(());
+            serving.await.unwrap().unwrap();
+        }
+
+        /// The reloader's panic cannot be undone in place: /healthz turns
+        /// 503 naming it, so the liveness probe restarts cplb.
+        #[tokio::test]
+        async fn a_reloader_panic_fails_healthz() {
+            let (_g, logs) = Logs::capture();
+            let (server, _) = start("vital", &[Task::Reloader]).await;
+            let (admin, m) = (server.admin_addr().unwrap(), server.metrics().clone());
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let serving = tokio::spawn(server.serve(async {
+                let _ = stopped.await;
+            }));
+            let mut answer = None;
+            until("/healthz fails", async || {
+                answer = get(admin, "/healthz").await;
+                answer.as_ref().is_some_and(|(st, _)| *st == 503)
+            })
+            .await;
+            assert_eq!(panics(&m, Task::Reloader), 1.0);
+            let body = answer.unwrap().1;
+            println!("/healthz: {body}");
+            assert!(
+                body.contains("the reloader task panicked (injected fault in the reloader task)")
+                    && body.contains("config reloads")
+                    && body.contains("restart cplb"),
+                "{body}"
+            );
+            let lines = logs.lines("/healthz now fails");
+            println!("{}", lines.join("\n"));
+            assert!(
+                lines.len() == 1 && lines[0].contains("task=\"reloader\""),
+                "{lines:?}"
+            );
+            let _ = stop.send(());
+            serving.await.unwrap().unwrap();
+        }
     }
 }

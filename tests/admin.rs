@@ -329,6 +329,9 @@ async fn known_label_values_exist_at_zero_from_start_up() {
         ));
     }
     want.push(("cplb_all_upstreams_down_total", vec![]));
+    for t in ["admin", "watch", "reloader", "failback", "sighup"] {
+        want.push(("cplb_task_panics_total", vec![("task", t.into())]));
+    }
     want.extend(upstream_series(&a.addr.to_string()));
     for (name, labels) in &want {
         assert_zero(&s, name, labels);

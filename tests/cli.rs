@@ -147,3 +147,54 @@ fn check_and_import_into_a_closed_pipe_do_not_panic() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// `cplb --help` lists each subcommand with its own one-line description:
+/// `simulate` with the simulation's, `discover` with discovery's (each was
+/// once given the other's, or none).
+#[test]
+fn help_describes_each_subcommand_with_its_own_text() {
+    let out = cplb().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    println!("{help}");
+    let line = |cmd: &str| {
+        help.lines()
+            .find(|l| l.split_whitespace().next() == Some(cmd))
+            .unwrap_or_else(|| panic!("no `{cmd}` in --help:\n{help}"))
+            .to_string()
+    };
+    let expect = [
+        ("demo", "Watch cplb work"),
+        ("import-nginx", "Convert an nginx `stream` proxy config"),
+        ("status", "Show the upstreams of a running cplb"),
+        ("simulate", "Simulate a cluster's proxies and masters"),
+        ("discover", "Check the config's `discovery:` section"),
+    ];
+    for (cmd, about) in expect {
+        let l = line(cmd);
+        assert!(l.contains(about), "`{cmd}` is described as {l:?}");
+        for (other, other_about) in expect {
+            if other != cmd {
+                assert!(
+                    !l.contains(other_about),
+                    "`{cmd}` has {other}'s text: {l:?}"
+                );
+            }
+        }
+    }
+    // The long help of each says what the command does, not the other's.
+    let long = |cmd: &str| {
+        let out = cplb().args([cmd, "--help"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let d = long("discover");
+    assert!(
+        d.contains("one JSON line per change") && !d.contains("fail-back"),
+        "{d}"
+    );
+    let s = long("simulate");
+    assert!(
+        s.contains("fail-back") && !s.contains("EndpointSlice") && !s.contains("JSON line"),
+        "{s}"
+    );
+}

@@ -592,3 +592,64 @@ fn a_commented_discovery_section_is_offered() {
     assert_eq!(d.service_ref(), "default/kubernetes");
     assert_eq!(d.remove_after, std::time::Duration::from_secs(300));
 }
+
+/// Finding 15 of issue 19: a quoted upstream name holding a newline
+/// injected a top-level `max_connections: 1` into the output, which `-t`
+/// then accepted. The name stays in its comment, escaped.
+#[test]
+fn a_name_with_line_breaks_injects_nothing() {
+    for brk in ["\n", "\r\n", "\r", "\u{85}", "\u{2028}"] {
+        let name = format!("m{brk}max_connections: 1{brk}#");
+        let text = format!(
+            "stream {{\n  upstream \"{name}\" {{ server 10.0.0.7:6443; }}\n  server {{ listen 127.0.0.1:6443; proxy_pass \"{name}\"; }}\n}}\n"
+        );
+        let c = convert(&text).unwrap_or_else(|e| panic!("{brk:?}: {e}"));
+        let v = yaml(&c);
+        assert_eq!(
+            keys(&v),
+            ["listen", "admin", "hash", "upstreams"],
+            "{brk:?}:\n{}",
+            c.yaml
+        );
+        let plain = convert(&text.replace(&name, "m")).unwrap();
+        assert_eq!(config(&c).max_connections, config(&plain).max_connections);
+        assert_eq!(
+            c.yaml
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<Vec<_>>(),
+            plain
+                .yaml
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<Vec<_>>(),
+            "only the comment differs"
+        );
+        let escaped = cplb::logfmt::Escaped(&name).to_string();
+        assert!(
+            c.yaml
+                .contains(&format!("\n# nginx: upstream {escaped} (line 2).\n")),
+            "{brk:?}:\n{}",
+            c.yaml
+        );
+    }
+    // The binary: import, then `-t` on what it printed.
+    let file = TempFile::new("injection.conf");
+    std::fs::write(
+        &file.0,
+        "stream {\n  upstream \"m\nmax_connections: 1\n#\" { server 10.0.0.7:6443; }\n  server { listen 127.0.0.1:6443; proxy_pass \"m\nmax_connections: 1\n#\"; }\n}\n",
+    )
+    .unwrap();
+    let out = cplb(&["import-nginx".as_ref(), file.0.as_os_str()]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    println!("{stdout}");
+    assert!(
+        !stdout.lines().any(|l| l.starts_with("max_connections")),
+        "{stdout}"
+    );
+    let yaml_file = TempFile::new("injection.yaml");
+    std::fs::write(&yaml_file.0, &stdout).unwrap();
+    let check = cplb(&["-t".as_ref(), "-c".as_ref(), yaml_file.0.as_os_str()]);
+    assert!(check.status.success(), "{check:?}");
+}

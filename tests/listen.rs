@@ -205,7 +205,10 @@ fn a_taken_ipv6_loopback_port_stays_fatal_when_ipv6_is_enabled() {
         drop(taken);
         assert_eq!(code, Some(1), "{err}");
         assert!(
-            err.contains("could not listen on [::1]:6443: Address already in use"),
+            err.contains(&format!(
+                "could not listen on [::1]:6443: it is held by {}",
+                holder(std::process::id(), "[::1]:6443".parse().unwrap())
+            )) && err.contains("Address already in use"),
             "{err}"
         );
         assert!(!err.contains(SKIP_LINE), "{err}");
@@ -214,17 +217,26 @@ fn a_taken_ipv6_loopback_port_stays_fatal_when_ipv6_is_enabled() {
 
 // --- clear, single error messages ---------------------------------------------
 
+/// How the start-up error names a process holding `addr`.
+fn holder(pid: u32, addr: SocketAddr) -> String {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    format!("{} (pid {pid}, uid {uid}) on {addr}", comm.trim_end())
+}
+
 #[test]
-fn a_listen_port_in_use_is_fatal_naming_the_address_and_the_os_error_once() {
+fn a_listen_port_in_use_is_fatal_naming_the_address_its_holder_and_the_os_error_once() {
     // A plain listener (no SO_REUSEPORT): cplb cannot join it.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let (code, err) = run_to_exit(&yaml(&[&addr.to_string()], "", refused_addr()));
     println!("{err}");
     assert_eq!(code, Some(1), "{err}");
+    let held = holder(std::process::id(), addr);
     assert!(
         err.contains(&format!(
-            "cplb: could not listen on {addr}: Address already in use"
+            "cplb: could not listen on {addr}: it is held by {held} (cplb shares a port only with SO_REUSEPORT sockets of its own uid): Address already in use"
         )),
         "{err}"
     );
@@ -241,11 +253,58 @@ fn an_admin_port_in_use_says_admin() {
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains(&format!(
-            "cplb: could not listen on admin address {addr}: Address already in use"
+            "cplb: could not listen on admin address {addr}: it is held by {}",
+            holder(std::process::id(), addr)
         )),
         "{err}"
     );
     assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+}
+
+/// Finding 14 of issue 19: a local user's process squatting on cplb's
+/// port (here on the wildcard, without SO_REUSEPORT, as a squatter binds
+/// while cplb is down) is named in the start-up error: its process, pid
+/// and uid.
+#[test]
+fn a_squatter_on_the_listen_port_is_named() {
+    let test = "a_squatter_on_the_listen_port_is_named";
+    if !require::tool(test, "python3", "python3-minimal") {
+        return;
+    }
+    let mut squatter = Command::new("python3")
+        .args([
+            "-c",
+            "import socket, sys, time\n\
+             s = socket.socket()\n\
+             s.bind(('0.0.0.0', 0))\n\
+             s.listen()\n\
+             print(s.getsockname()[1], flush=True)\n\
+             time.sleep(60)\n",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(squatter.stdout.take().unwrap()),
+        &mut port,
+    )
+    .unwrap();
+    let port: u16 = port.trim().parse().unwrap();
+    let wildcard: SocketAddr = format!("0.0.0.0:{port}").parse().unwrap();
+    let ours: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (code, err) = run_to_exit(&yaml(&[&ours.to_string()], "", refused_addr()));
+    let named = holder(squatter.id(), wildcard);
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    println!("{err}");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cplb: could not listen on {ours}: it is held by {named}"
+        )),
+        "should name {named}: {err}"
+    );
 }
 
 // --- another process on a listen address ----------------------------------------

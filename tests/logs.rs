@@ -146,3 +146,57 @@ async fn json_logs_carry_json_values_and_no_empty_reports() {
     let drain = with_message(&lines, "draining connections");
     assert!(drain[0]["fields"]["grace_seconds"].is_number());
 }
+
+/// Finding 16 of issue 19: text logs and `-t` carried control characters
+/// from input raw. A `NODE_NAME` with a newline and an ESC forged a log
+/// line and drove the reader's terminal; a YAML key did the same in a
+/// refused reload's log line and in `-t`. Each must come out escaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_from_input_are_escaped_in_text_logs_and_check_output() {
+    const FORGED: &str = "2026-01-01T00:00:00.000000Z ERROR cplb::server: forged";
+    let a = FakeUpstream::start("a").await;
+    let yaml = TestConfig::new(&[a.addr]).hash_key("node").yaml();
+    let node = format!("worker-1\n{FORGED}\x1b[31m");
+    let mut p = CplbProcess::spawn(
+        &yaml,
+        Options {
+            env: vec![("NODE_NAME".into(), node)],
+            ..Default::default()
+        },
+    );
+    // A key YAML decodes to a newline and an ESC, refused on reload.
+    let bad = format!("{yaml}\"bad\\u001b[31m\\n{FORGED}\": 1\n");
+    std::fs::write(&p.config_path, &bad).unwrap();
+    let refused = p.wait_for_log("config reload refused");
+    let logs = p.logs();
+    println!("{logs}");
+    assert!(!logs.contains('\x1b'), "a raw ESC on stderr:\n{logs}");
+    assert!(
+        !logs.lines().any(|l| l.starts_with(FORGED)),
+        "a forged line:\n{logs}"
+    );
+    let started = p.wait_for_log("cplb started");
+    assert!(
+        started.contains(
+            r"node_id=worker-1\n2026-01-01T00:00:00.000000Z ERROR cplb::server: forged\u{1b}[31m"
+        ),
+        "{started}"
+    );
+    assert!(refused.contains(r"bad\u{1b}[31m\n2026-01-01"), "{refused}");
+
+    // `-t` prints the same refusal on stderr.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cplb"))
+        .args(["-t", "-c"])
+        .arg(&p.config_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("-t: {stderr}");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!out.stderr.contains(&0x1b), "a raw ESC from -t: {stderr}");
+    assert!(
+        stderr.lines().all(|l| l.starts_with("cplb: ")),
+        "a forged line from -t: {stderr}"
+    );
+    assert!(stderr.contains(r"bad\u{1b}[31m\n2026-01-01"), "{stderr}");
+}

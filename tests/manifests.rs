@@ -11,6 +11,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
+/// The uid and gid cplb runs as in every shipped image and pod: its own,
+/// not distroless' nonroot 65532 (docs/deployment.md).
+const CPLB_UID: u32 = 58443;
+
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -350,7 +354,8 @@ fn pods_have_what_a_node_local_proxy_needs() {
             assert_eq!(sc["readOnlyRootFilesystem"], true, "{file}");
             assert_eq!(sc["allowPrivilegeEscalation"], false, "{file}");
             assert_eq!(sc["runAsNonRoot"], true, "{file}");
-            assert_eq!(sc["runAsUser"], 65532, "{file}");
+            assert_eq!(sc["runAsUser"], CPLB_UID, "{file}");
+            assert_eq!(sc["runAsGroup"], CPLB_UID, "{file}");
             let drop: Vec<&str> = sc["capabilities"]["drop"]
                 .as_sequence()
                 .expect("capabilities.drop")
@@ -516,7 +521,7 @@ fn dockerfile_builds_like_ci() {
     }
 
     // Runtime stage: distroless, the binary and the config only.
-    assert_eq!(froms[1], "gcr.io/distroless/cc-debian12:nonroot");
+    assert_eq!(froms[1], "gcr.io/distroless/cc-debian12");
     let runtime: Vec<&(String, String)> = ins
         .iter()
         .skip_while(|(k, r)| !(k == "FROM" && r == froms[1]))
@@ -527,7 +532,8 @@ fn dockerfile_builds_like_ci() {
             format!("--from={stage} /src/target/release/cplb /usr/local/bin/cplb"),
         ),
         ("COPY", "config/cplb.yaml /etc/cplb/cplb.yaml".to_string()),
-        ("USER", "nonroot".to_string()),
+        // cplb's own uid (not distroless' shared nonroot 65532).
+        ("USER", format!("{CPLB_UID}:{CPLB_UID}")),
         ("ENTRYPOINT", "[\"/usr/local/bin/cplb\"]".to_string()),
         ("CMD", "[\"--config\", \"/etc/cplb/cplb.yaml\"]".to_string()),
     ];

@@ -79,6 +79,7 @@ fn the_prometheusrule_manifest_has_the_same_groups_as_the_rules_file() {
         "CplbConnectionsRejectedAtLimit",
         "CplbLastResortEpisodes",
         "CplbAcceptErrors",
+        "CplbTaskPanicked",
     ]
     .map(String::from)
     .into();

@@ -375,3 +375,121 @@ fn deep_and_unbalanced_nesting_never_panics() {
 fn generated_stream_configs_never_panic() {
     run("stream configs", stream_config(), true);
 }
+
+/// Text as an nginx name or host may hold it: any character, with line
+/// breaks of every kind, controls, quotes and YAML syntax over-represented.
+fn nasty_text() -> impl Strategy<Value = String> {
+    let c = prop_oneof![
+        4 => any::<char>(),
+        3 => prop::sample::select(vec!['a', 'm', '1', '.', '-', ' ']),
+        4 => prop::sample::select(vec![
+            '\n', '\r', '\t', '\u{1b}', '\u{0}', '\u{7f}', '\u{85}', '\u{2028}', '\u{2029}',
+            '\u{feff}', '"', '\'', '\\', ':', '#', '-', '{', '}', '[', ']', ',', '&', '*', '!',
+            '|', '>', '%', '@', '`', ';',
+        ]),
+    ];
+    prop::collection::vec(c, 1..40).prop_map(String::from_iter)
+}
+
+/// `text` as one quoted nginx word: only `"` and `\` need escaping.
+fn nginx_quoted(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn stream_with(name: &str, host: &str) -> String {
+    let n = nginx_quoted(name);
+    format!(
+        "stream {{\n  upstream {n} {{ server {}; }}\n  server {{ listen 127.0.0.1:6443; proxy_pass {n}; }}\n}}\n",
+        nginx_quoted(host)
+    )
+}
+
+/// The YAML of `c` read back: exactly the keys a one-server conversion
+/// has, and the one upstream with exactly `address`, equal to `address`.
+fn round_trips(c: &cplb::import::Conversion, address: &str) -> Result<(), TestCaseError> {
+    let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&c.yaml)
+        .map_err(|e| TestCaseError::fail(format!("{e}\n{}", c.yaml)))?;
+    let keys: Vec<&str> = v
+        .as_mapping()
+        .ok_or_else(|| TestCaseError::fail(format!("not a mapping:\n{}", c.yaml)))?
+        .keys()
+        .filter_map(|k| k.as_str())
+        .collect();
+    prop_assert_eq!(
+        &keys,
+        &["listen", "admin", "hash", "upstreams"],
+        "{}",
+        c.yaml
+    );
+    let ups = v["upstreams"].as_sequence().cloned().unwrap_or_default();
+    prop_assert_eq!(ups.len(), 1, "{}", c.yaml);
+    let u = ups[0].as_mapping().cloned().unwrap_or_default();
+    prop_assert_eq!(u.len(), 1, "{}", c.yaml);
+    prop_assert_eq!(u["address"].as_str(), Some(address), "{}", c.yaml);
+    prop_assert!(
+        cplb::Config::parse(&c.yaml, Path::new("imported.yaml")).is_ok(),
+        "{}",
+        c.yaml
+    );
+    Ok(())
+}
+
+/// Finding 15 of issue 19: a quoted upstream name with a newline injected
+/// a top-level key into the output. Any name converts, and the output has
+/// exactly the keys it should (the name lives only in a comment).
+#[test]
+fn any_upstream_name_round_trips() {
+    let mut runner = TestRunner::new(ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::with_cases(cases())
+    });
+    let result = runner.run(&nasty_text(), |name| {
+        let c = cplb::import::convert(&stream_with(&name, "10.0.0.7:6443"))
+            .map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        round_trips(&c, "10.0.0.7:6443")
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// Any server text is refused, or emitted as exactly that address.
+#[test]
+fn any_server_host_text_is_refused_or_round_trips() {
+    let (ok, refused) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let mut runner = TestRunner::new(ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::with_cases(cases())
+    });
+    let host = prop_oneof![
+        2 => "[a-z0-9-]{1,10}(\\.[a-z0-9-]{1,8}){0,3}:[0-9]{1,5}",
+        1 => "\\[[0-9a-f:]{2,12}\\]:[0-9]{1,5}",
+        2 => nasty_text().prop_map(|h| format!("{h}:6443")),
+        1 => nasty_text().prop_map(|h| format!("m{h}.example:6443")),
+        1 => nasty_text(),
+    ];
+    let result = runner.run(&host, |host| {
+        match cplb::import::convert(&stream_with("m", &host)) {
+            Ok(c) => {
+                ok.fetch_add(1, Relaxed);
+                round_trips(&c, &host)?;
+            }
+            Err(_) => {
+                refused.fetch_add(1, Relaxed);
+            }
+        }
+        Ok(())
+    });
+    println!(
+        "server text: {} emitted, {} refused",
+        ok.load(Relaxed),
+        refused.load(Relaxed)
+    );
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    assert!(
+        ok.load(Relaxed) > 0 && refused.load(Relaxed) > 0,
+        "one side never reached"
+    );
+}

@@ -550,3 +550,154 @@ async fn undoing_a_bad_edit_logs_that_the_file_is_valid_again() {
     p.wait_for_log("config file is valid again");
     assert_eq!(p.count_logs("config file is valid again"), 1);
 }
+
+/// Makes a FIFO at `path`: a read of it blocks until a writer comes, as a
+/// read from a hung volume does.
+fn mkfifo(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
+    assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
+}
+
+/// Points `path` at `target` in one rename, as a ConfigMap swap does.
+fn swap_symlink(path: &Path, target: &Path) {
+    let tmp = path.with_extension("tmp-link");
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Waits until someone has `fifo` open for reading (a reload blocked on
+/// it): opening it for writing without blocking fails with ENXIO until
+/// then. Returns the writing end.
+async fn reader_of(fifo: &Path, what: &str) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    eventually(DEADLINE, async || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(fifo)
+            .ok()
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: nothing read {}", fifo.display()))
+}
+
+/// Hands `text` to the blocked reader and closes: its read returns.
+fn feed(mut w: std::fs::File, text: &str) {
+    use std::io::Write;
+    // A config is far below the pipe's 64 KiB: the write never waits.
+    w.write_all(text.as_bytes()).unwrap();
+}
+
+/// Defect 3 of issue 19: triggers used to wait in a 16-deep queue, and a
+/// SIGHUP that found it full was dropped. With the reloader held by a
+/// read that hangs (the config path swapped for a symlink to a FIFO
+/// outside the watched directory, so reading it makes no file event),
+/// 20 file events and then 20 SIGHUPs arrive. After that reload, exactly
+/// one forced reload must follow (the SIGHUPs, coalesced with the file
+/// events), then nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighups_during_a_reload_make_exactly_one_more_reload() {
+    let (a, b) = (
+        FakeUpstream::start("a").await,
+        FakeUpstream::start("b").await,
+    );
+    let dir = temp_dir("hup-during");
+    let path = dir.join("cplb.yaml");
+    std::fs::write(&path, file_conf(&[a.addr]).yaml()).unwrap();
+    // As in the binary: a read that blocks its thread (before the fix)
+    // must not block this test's deadlines.
+    let proxy = Proxy::start_on_own_thread(cplb::Config::load(&path).unwrap()).await;
+    let base = reloads(&proxy, "success");
+    let fifo = temp_dir("hup-fifo").join("cplb.yaml");
+    mkfifo(&fifo);
+    swap_symlink(&path, &fifo);
+    // The swap's file event: a reload, blocked reading the FIFO.
+    let w = reader_of(&fifo, "the swap's reload").await;
+    for _ in 0..20 {
+        proxy.reload.file_changed();
+    }
+    for _ in 0..20 {
+        proxy.reload.signal();
+    }
+    let b_yaml = file_conf(&[b.addr]).yaml();
+    feed(w, &b_yaml);
+    wait_until("the blocked reload applied", || {
+        reloads(&proxy, "success") == base + 1.0
+    })
+    .await;
+    wait_for_upstream(&proxy, "b").await;
+    // The SIGHUPs: a forced reload, which reads the FIFO again. The same
+    // content: only a forced reload counts it as a success.
+    let w = reader_of(&fifo, "a reload after the SIGHUPs").await;
+    feed(w, &b_yaml);
+    wait_until(
+        "the SIGHUPs' forced reload (a SIGHUP that came during a reload was dropped)",
+        || reloads(&proxy, "success") == base + 2.0,
+    )
+    .await;
+    // Only one: with the path a plain file again, an explicit reload is
+    // the next forced one, and the last.
+    let plain = dir.join("plain.yaml");
+    std::fs::write(&plain, &b_yaml).unwrap();
+    std::fs::rename(&plain, &path).unwrap();
+    let out = tokio::time::timeout(DEADLINE, proxy.reload.reload())
+        .await
+        .expect("the explicit reload waited behind others")
+        .unwrap();
+    assert!(matches!(out, cplb::reload::Outcome::Applied(_)), "{out:?}");
+    let total = reloads(&proxy, "success") - base;
+    println!("reloads after the swap: {total} (20 file events and 20 SIGHUPs during the first)");
+    assert_eq!(
+        total, 3.0,
+        "the blocked one, one for the SIGHUPs, the explicit one"
+    );
+    proxy.shutdown().await;
+}
+
+/// Defect 4 of issue 19: a config read that hangs (a FIFO standing in for
+/// a hung volume) used to block the control-plane thread of the binary,
+/// so `/healthz` went unanswered. It must keep answering while the read
+/// hangs, the read's config must apply once it returns, and a read that
+/// never returns must not hold up shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_config_read_stalls_neither_healthz_nor_shutdown() {
+    let (a, b) = (
+        FakeUpstream::start("a").await,
+        FakeUpstream::start("b").await,
+    );
+    let dir = temp_dir("hung-read");
+    let path = dir.join("cplb.yaml");
+    std::fs::write(&path, file_conf(&[a.addr]).yaml()).unwrap();
+    let mut p = CplbProcess::spawn_with_file(path.clone(), Options::default());
+    let admin = p.admin.expect("admin enabled");
+    let fifo = temp_dir("hung-fifo").join("cplb.yaml");
+    mkfifo(&fifo);
+    swap_symlink(&path, &fifo);
+    let w = reader_of(&fifo, "the swap's reload").await;
+    let mut worst = Duration::ZERO;
+    for _ in 0..10 {
+        let t = std::time::Instant::now();
+        let (status, _, body) = http(admin, "GET", "/healthz").await;
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+        worst = worst.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _, _) = http(admin, "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    println!("/healthz while the config read hangs: 10 of 10 answered, worst {worst:?}");
+    feed(w, &file_conf(&[b.addr]).yaml());
+    p.wait_for_log("config reloaded");
+    assert_eq!(Client::connect(p.addr).await.upstream, "b");
+    // A read that never returns: SIGHUP reads the FIFO, and the writer
+    // held open sends nothing, so the read waits for data.
+    p.signal(libc::SIGHUP);
+    let w = reader_of(&fifo, "the SIGHUP's reload").await;
+    let t = std::time::Instant::now();
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(), Some(0), "{}", p.logs());
+    println!("exit with a read still hanging: {:?}", t.elapsed());
+    drop(w);
+}

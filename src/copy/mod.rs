@@ -543,11 +543,14 @@ mod tests {
             let mut state = Copy::new(Duration::from_secs(3600), clock.now_ms(), None);
             std::future::poll_fn(|cx| state.poll(cx, ends, false)).await
         });
+        // Every wait has a deadline: under a broken half-close this test
+        // fails, it does not hang.
+        let within = Duration::from_secs(10);
         let peers = async {
             client.write_all(b"ping").await.unwrap();
             client.shutdown().await.unwrap();
             let mut got = vec![];
-            let eof = tokio::time::timeout(Duration::from_secs(10), upstream.read_to_end(&mut got));
+            let eof = tokio::time::timeout(within, upstream.read_to_end(&mut got));
             eof.await
                 .expect("the FIN did not reach the upstream")
                 .unwrap();
@@ -555,11 +558,18 @@ mod tests {
             upstream.write_all(b"pong").await.unwrap();
             upstream.shutdown().await.unwrap();
             got.clear();
-            client.read_to_end(&mut got).await.unwrap();
+            let reply = tokio::time::timeout(within, client.read_to_end(&mut got));
+            reply
+                .await
+                .expect("the reply and its FIN did not reach the client")
+                .unwrap();
             assert_eq!(got, b"pong");
         };
         peers.await;
-        let (result, _) = copy.await.unwrap();
+        let (result, _) = tokio::time::timeout(within, copy)
+            .await
+            .expect("the copy did not end once both sides closed")
+            .unwrap();
         assert_eq!(result.unwrap(), CopyEnd::Closed);
     }
 
@@ -584,10 +594,23 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "no reset seen");
             tokio::task::yield_now().await;
         }
-        let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
-        let ends = ends(&client_near, &upstream_near, &counter, &clock);
-        let mut state = Copy::new(Duration::from_secs(3600), clock.now_ms(), None);
-        let (result, _) = std::future::poll_fn(|cx| state.poll(cx, ends, false)).await;
+        // A copy that took the error for EAGAIN spins inside one poll and
+        // never yields, so no timer of this thread could end the test: it
+        // runs on a thread of its own (this thread's runtime still drives
+        // the sockets), and this one waits for its result with a deadline.
+        let runtime = tokio::runtime::Handle::current();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
+            let ends = ends(&client_near, &upstream_near, &counter, &clock);
+            let mut state = Copy::new(Duration::from_secs(3600), clock.now_ms(), None);
+            let copy = std::future::poll_fn(|cx| state.poll(cx, ends, false));
+            let _ = tx.send(runtime.block_on(copy).0.map_err(|e| e.to_string()));
+        });
+        let result = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .expect("the copy neither ended nor yielded within 10 s: it spins on the error")
+            .unwrap();
         let e = result.expect_err("the copy ended without an error");
         println!("copy ended with: {e}");
     }

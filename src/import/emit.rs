@@ -1,6 +1,10 @@
 //! The converted settings, and their YAML text. Written by hand rather than
 //! serialised, because the comments explaining each changed meaning are the
-//! point of the output.
+//! point of the output. Text from the nginx file never reaches the YAML
+//! raw: every value goes through `scalar` (plain only when it cannot be
+//! read as YAML syntax, else double-quoted with escapes), every comment
+//! line through `comment` (line breaks and control characters escaped), so
+//! no name or address can end a line and start a key of its own.
 
 use std::fmt::Write;
 
@@ -134,9 +138,11 @@ const DISCOVERY: &str = "\
 #   remove_after: 5m
 ";
 
+/// Comment lines; a line break or control character in them (an nginx
+/// name can hold one) is escaped, so each stays one comment line.
 fn comment(out: &mut String, indent: &str, lines: &[String]) {
     for l in lines {
-        let _ = writeln!(out, "{indent}# {l}");
+        let _ = writeln!(out, "{indent}# {}", crate::logfmt::Escaped(l));
     }
 }
 
@@ -154,8 +160,31 @@ fn scalar(text: &str) -> String {
     if plain {
         text.to_string()
     } else {
-        serde_json::to_string(text).unwrap_or_else(|_| format!("{text:?}"))
+        quoted(text)
     }
+}
+
+/// A YAML double-quoted scalar: `"` and `\` escaped, and every character
+/// YAML does not allow raw or reads as a line break (controls, NEL, the
+/// line and paragraph separators, DEL, the BOM) as `\uXXXX`. For plain
+/// text this is the JSON string, which is valid YAML.
+fn quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if crate::logfmt::is_unsafe_char(c) || c == '\u{feff}' => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 #[cfg(test)]
@@ -169,5 +198,25 @@ mod tests {
         assert_eq!(scalar("[::1]:6443"), "\"[::1]:6443\"");
         assert_eq!(scalar("a b\"c"), "\"a b\\\"c\"");
         assert_eq!(scalar(""), "\"\"");
+    }
+
+    /// Whatever a value holds, YAML reads it back as that one string.
+    #[test]
+    fn quoted_scalars_read_back_as_the_same_text() {
+        for text in [
+            "a\nmax_connections: 1",
+            "tab\there\r\n",
+            "esc\u{1b}[31m del\u{7f} nel\u{85} ls\u{2028} ps\u{2029} bom\u{feff}",
+            "quote\" back\\slash \\u0041 é✓ 😀",
+            "# not a comment",
+            "- not a list",
+            "{not: a map}",
+        ] {
+            let y = format!("k: {}\n", scalar(text));
+            let v: serde_yaml_ng::Value =
+                serde_yaml_ng::from_str(&y).unwrap_or_else(|e| panic!("{y}: {e}"));
+            assert_eq!(v["k"].as_str(), Some(text), "{y}");
+            assert_eq!(v.as_mapping().unwrap().len(), 1, "{y}");
+        }
     }
 }

@@ -206,32 +206,90 @@ pub struct Proxy {
     pub reload: cplb::reload::ReloadHandle,
     pub metrics: cplb::metrics::Metrics,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), cplb::ServerError>>>,
+    task: Option<Serving>,
+}
+
+/// Where a `Proxy` serves: a task of the test's runtime, or a runtime of
+/// its own thread.
+enum Serving {
+    Task(JoinHandle<Result<(), cplb::ServerError>>),
+    Thread(oneshot::Receiver<Result<(), cplb::ServerError>>),
+}
+
+/// What a test keeps of a bound server before it serves.
+struct Bound {
+    addrs: Vec<SocketAddr>,
+    admin: Option<SocketAddr>,
+    reload: cplb::reload::ReloadHandle,
+    metrics: cplb::metrics::Metrics,
+}
+
+impl Bound {
+    fn of(server: &cplb::Server) -> Bound {
+        Bound {
+            addrs: server.local_addrs().to_vec(),
+            admin: server.admin_addr(),
+            reload: server.reload_handle(),
+            metrics: server.metrics().clone(),
+        }
+    }
+
+    fn proxy(self, stop: oneshot::Sender<()>, task: Serving) -> Proxy {
+        Proxy {
+            addr: self.addrs[0],
+            addrs: self.addrs,
+            admin: self.admin,
+            reload: self.reload,
+            metrics: self.metrics,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+}
+
+async fn bind(config: Config) -> cplb::Server {
+    init_logs();
+    cplb::Server::bind(config, prometheus::Registry::new())
+        .await
+        .unwrap()
 }
 
 impl Proxy {
     pub async fn start(config: Config) -> Proxy {
-        init_logs();
-        let server = cplb::Server::bind(config, prometheus::Registry::new())
-            .await
-            .unwrap();
-        let addrs = server.local_addrs().to_vec();
-        let metrics = server.metrics().clone();
-        let admin = server.admin_addr();
-        let reload = server.reload_handle();
+        let server = bind(config).await;
+        let bound = Bound::of(&server);
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(server.serve(async {
             let _ = rx.await;
         }));
-        Proxy {
-            addr: addrs[0],
-            addrs,
-            admin,
-            reload,
-            metrics,
-            stop: Some(tx),
-            task: Some(task),
-        }
+        bound.proxy(tx, Serving::Task(task))
+    }
+
+    /// As `start`, with the control plane on a current-thread runtime of
+    /// its own thread, as the binary runs it: whatever blocks that thread
+    /// blocks neither the test's runtime nor its deadlines.
+    pub async fn start_on_own_thread(config: Config) -> Proxy {
+        let (up_tx, up_rx) = oneshot::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (done_tx, done_rx) = oneshot::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let r = rt.block_on(async move {
+                let server = bind(config).await;
+                let _ = up_tx.send(Bound::of(&server));
+                server
+                    .serve(async {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+            });
+            let _ = done_tx.send(r);
+        });
+        let bound = up_rx.await.expect("the proxy's thread started");
+        bound.proxy(stop_tx, Serving::Thread(done_rx))
     }
 
     pub fn scrape(&self) -> metrics::Scrape {
@@ -243,8 +301,10 @@ impl Proxy {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
-        if let Some(t) = self.task.take() {
-            t.await.unwrap().unwrap();
+        match self.task.take() {
+            Some(Serving::Task(t)) => t.await.unwrap().unwrap(),
+            Some(Serving::Thread(t)) => t.await.unwrap().unwrap(),
+            None => {}
         }
     }
 }
@@ -323,7 +383,9 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String, S
         .expect("admin answered")
         .unwrap();
     let raw = String::from_utf8(raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("complete HTTP response");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or_else(|| {
+        panic!("no complete HTTP response from {addr} to {method} {path}: {raw:?}")
+    });
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     (status, head.to_string(), body.to_string())
 }

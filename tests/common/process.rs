@@ -34,6 +34,8 @@ pub struct Options {
     /// Runs the child as this uid (and gid), with no supplementary groups;
     /// needs root.
     pub uid: Option<u32>,
+    /// More environment variables for the child.
+    pub env: Vec<(String, String)>,
 }
 
 /// A fresh temp directory for one test.
@@ -61,6 +63,7 @@ impl CplbProcess {
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_cplb").into());
         let mut cmd = Command::new(bin);
         cmd.arg("--config").arg(&config_path).args(&opts.args);
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         cmd.env("RUST_LOG", opts.log_filter.as_deref().unwrap_or("info"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

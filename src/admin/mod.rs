@@ -1,8 +1,13 @@
 //! The admin endpoint: `/healthz` (liveness), `/readyz` (readiness),
 //! `/metrics` (Prometheus), `/upstreams` (JSON) and `/status` (JSON, for
-//! `cplb status`; see `status::model`). A listener of its own,
-//! loopback by default. Each client is bounded in time and in number, so a
-//! slow or hostile one ties up only its own task, never the proxy.
+//! `cplb status`; see `status::model`). A listener of its own, loopback by
+//! default. Who gets a place, and for how long, is `clients`: a slow or
+//! hostile client ties up only its own small task, and a flood of them
+//! cannot keep a liveness probe out. One request per connection.
+
+mod clients;
+
+pub(crate) use clients::AdminMetrics;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,20 +19,37 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::shared::Shared;
+use crate::supervise::{Supervisor, Task};
+use clients::{Clients, Gone, HEAD_TIMEOUT, MAX_CLIENTS, Place, Prefixed};
 
-const MAX_CLIENTS: usize = 64;
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Prometheus reconnects per scrape after this; a stuck client is cut here.
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// The admin listener's accept queue. A flood of clients that reconnect
+/// as soon as they are closed keeps a short queue full, and a probe's SYN
+/// that finds it full is dropped and retried a second later: the queue
+/// holds more than the endpoint has places (the kernel caps it at
+/// `net.core.somaxconn`, 4096 by default).
+pub(crate) const BACKLOG: u32 = 1024;
 
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+/// From a complete head to the answer written: a client that does not
+/// read its answer is cut here.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) async fn serve(
+    listener: Arc<TcpListener>,
+    shared: Arc<Shared>,
+    supervisor: Supervisor,
+    metrics: AdminMetrics,
+    stop: CancellationToken,
+) {
+    let clients = Clients::new(metrics, MAX_CLIENTS);
     loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = clients.room() => {}
+        }
         let (stream, _) = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r {
@@ -39,32 +61,85 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Canc
                 }
             },
         };
-        // Over the limit: close at once rather than queue.
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        // Every place taken by a client being answered (`room` gave up
+        // waiting for one only if it raced): closed at once.
+        let Some(place) = clients.admit(clients::sent_already(&stream)) else {
             continue;
         };
-        let shared = shared.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, &req)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(16 * 1024)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = tokio::time::timeout(CONNECTION_LIFETIME, conn) => {}
-                _ = stop.cancelled() => {}
-            }
-        });
+        tokio::spawn(client(
+            stream,
+            place,
+            shared.clone(),
+            supervisor.clone(),
+            stop.clone(),
+        ));
     }
 }
 
-fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// One client: its head, then its answer.
+async fn client(
+    stream: TcpStream,
+    mut place: Place,
+    shared: Arc<Shared>,
+    supervisor: Supervisor,
+    stop: CancellationToken,
+) {
+    // No look at `stop` here: a head comes or fails within HEAD_TIMEOUT,
+    // and the wait stays smaller without it.
+    match place.read_head(&stream).await {
+        Ok(head) => {
+            // Boxed: hyper's connection is large, and only a client whose
+            // head is complete needs it, not every one still waiting.
+            Box::pin(answer(
+                Prefixed::new(head, stream),
+                shared,
+                supervisor,
+                stop,
+            ))
+            .await;
+        }
+        Err(Gone::TooLarge) => {
+            let _ = stream.try_write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+        Err(Gone::Evicted | Gone::TimedOut | Gone::Closed) => {}
+    }
+    drop(place);
+}
+
+async fn answer(
+    io: Prefixed,
+    shared: Arc<Shared>,
+    supervisor: Supervisor,
+    stop: CancellationToken,
+) {
+    let health = supervisor.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        let health = health.clone();
+        async move { Ok::<_, Infallible>(route(&shared, &health, &req)) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .keep_alive(false)
+        .max_buf_size(16 * 1024)
+        .serve_connection(TokioIo::new(io), service);
+    // A panic while answering (a bug in one page) closes this connection
+    // only, and is counted like a task's.
+    let conn = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(conn));
+    tokio::select! {
+        r = tokio::time::timeout(ANSWER_TIMEOUT, conn) => {
+            if let Ok(Err(panic)) = r {
+                supervisor.caught(Task::Admin, &*panic);
+            }
+        }
+        _ = stop.cancelled() => {}
+    }
+}
+
+fn route(shared: &Shared, health: &Supervisor, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let known = ["/healthz", "/readyz", "/metrics", "/upstreams", "/status"];
     if !known.contains(&path) {
@@ -77,7 +152,7 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         return r;
     }
     match path {
-        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/healthz" => healthz(health),
         "/readyz" => readyz(shared),
         "/metrics" => {
             let now = shared.clock.now_ms();
@@ -132,6 +207,24 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
         "text/plain; charset=utf-8".parse().expect("static header"),
     );
     r
+}
+
+/// 200 while every control-plane task runs (or was restarted); 503 once
+/// one that cannot be restarted in place panicked, so that the liveness
+/// probe restarts cplb.
+fn healthz(health: &Supervisor) -> Response<Full<Bytes>> {
+    let failures = health.failures();
+    if failures.is_empty() {
+        return text(StatusCode::OK, "ok\n");
+    }
+    let mut body = String::new();
+    for f in failures {
+        body.push_str(&format!(
+            "the {} task panicked ({}); {}: restart cplb\n",
+            f.task, f.panic, f.lost
+        ));
+    }
+    text(StatusCode::SERVICE_UNAVAILABLE, &body)
 }
 
 fn readyz(shared: &Shared) -> Response<Full<Bytes>> {
@@ -211,4 +304,30 @@ fn upstreams_json(shared: &Shared) -> String {
     let mut out = serde_json::to_string_pretty(&list).unwrap_or_else(|_| "[]".into());
     out.push('\n');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a client still sending its head holds, beyond its socket and
+    /// the bytes it sent: its task's future, with hyper boxed away. A
+    /// flood of such clients stays small.
+    #[tokio::test]
+    async fn a_waiting_client_is_small() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        let shared = Arc::new(Shared::for_config("upstreams:\n  - address: 127.0.0.1:1\n"));
+        let r = prometheus::Registry::new();
+        let clients = Clients::new(AdminMetrics::new(&r).unwrap(), 8);
+        let sup = Supervisor::new(&r).unwrap();
+        let place = clients.admit(Vec::new()).unwrap();
+        let fut = client(s, place, shared, sup, CancellationToken::new());
+        let size = std::mem::size_of_val(&fut);
+        println!("a waiting admin client's future: {size} bytes");
+        // 824 bytes measured; 1,320 (before the eviction stages) with the
+        // answer (hyper) not boxed.
+        assert!(size <= 1024, "{size} bytes");
+    }
 }
