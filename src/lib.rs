@@ -2,24 +2,33 @@
 //! kubelets and other node components one local address for the Kubernetes
 //! API servers. docs/architecture.md has the longer tour.
 //!
-//! # Modules
+//! # The product
 //! Data plane (the path of a connection):
 //! - `listener`: SO_REUSEPORT sockets, the accept loop, `max_connections`.
 //! - `workers`: one single-threaded runtime per worker thread.
-//! - `proxy`: one client connection: upstream choice, connect, failover, close.
+//! - `proxy`: one client connection: `proxy::setup` (the task and its
+//!   set-up), `proxy::connect` (failover, last resort, the hedged first
+//!   flight), `proxy::proxying` (the copy, and what ends it).
+//! - `choice`: the one seam for choosing a master: home, walk order, tries,
+//!   last resort, over a view of each upstream's standing; pure code.
+//! - `budget`: how many first flights may hedge (10% of attempts, >= 3).
 //! - `copy`: the byte copy both ways; private `pool`, `splice`, `sockopt`,
-//!   `idle` (when a byte last moved: no timer per connection).
+//!   `idle` (when a byte last moved: no timer per connection), `replay`
+//!   (the first flight kept for a hedge, and the master's first bytes).
 //! - `ring`: nginx-identical ketama ring; pure code.
+//! - `own`: cplb's own listening sockets, which it never dials.
 //!
 //! Shared state (read lock-free on the data plane):
-//! - `snapshot`: ring + upstreams + settings, published through one `ArcSwap`.
+//! - `snapshot`: ring + upstreams + settings, published through one
+//!   `ArcSwap`; the `Entry`s its producers (the config, discovery) hand it.
 //! - `upstream`: per-upstream runtime state that outlives snapshots.
 //! - `health`: passive (max_fails / fail_timeout) and active (rise/fall) state.
-//! - `shared`: what every task of one proxy shares (snapshot, metrics, clock).
+//! - `shared`: what every task of one proxy shares (snapshot, metrics,
+//!   clock, the last config load).
 //! - `clock`: the monotonic clock of health state; the one wall-clock reader.
-//! - `wheel`: where connections wait: a timing wheel of `Notify` slots per
-//!   worker, one waiter each, for idleness (no timer per connection) and
-//!   for events.
+//! - `wheel`: the timer: per upstream and worker, a timing wheel of
+//!   `Notify` slots turned by the worker; a connection's one waiter is
+//!   woken by its tick, its upstream's events or the drain's end.
 //! - `metrics`: Prometheus metrics in an owned registry; one series table.
 //! - `kernel`: the kernel data plane: BPF programs (bpf/cplb.bpf.c) that
 //!   rewrite a connect to a listen address into a connect to the chosen
@@ -47,49 +56,53 @@
 //! - `supervise`: spawns the control-plane tasks; a panic is logged,
 //!   counted, and restarts the task or fails `/healthz`.
 //! - `logfmt`: JSON log lines with real JSON values; error chains.
-//!
-//! Commands besides the proxy:
-//! - `status`: `cplb status`, the `/status` document and its table.
+//! - `status`: `cplb status` (reads `/status` and prints it) and the
+//!   `/status` document.
 //! - `import`: `cplb import-nginx`, nginx `stream` config to cplb YAML.
-//! - `simulate`: `cplb simulate`, the cluster-scale fail-back simulation.
+//!
+//! # The tools (the default feature `tools`; not in the container image)
+//! - `simulate`: `cplb simulate`, the cluster-scale fail-back simulation
+//!   (it chooses through `choice`, as the proxy does).
 //! - `demo`: `cplb demo`: stand-in masters (one stops and fails back, a
 //!   fourth joins through discovery) and one in-process cplb per simulated
 //!   node.
 //! - `standin`: stand-in HTTPS API server and client (demo and tests).
 //!
-//! `demo` and `standin` are in the default build, not behind a feature: the
-//! README's first steps run `cplb demo` on the binary as shipped, and the
-//! integration tests use the same stand-in masters. They stay off the
-//! production path all the same: nothing in the proxy, reload or probe code
-//! refers to them; only `main.rs` (the `demo` subcommand) and unit tests
-//! do. They cost only binary size (rcgen, for the stand-in certificates).
+//! Nothing in the product refers to them; a build without the feature has
+//! `cplb demo` and `cplb simulate` say that they are not in it.
 //!
 //! # Life of a connection
+//! Six files, from `accept()` to the byte copy: `listener`, `proxy/setup`,
+//! `choice`, `proxy/connect`, `proxy/proxying`, `copy`.
 //! 1. `listener::accept_loop`, on the worker thread that owns one of the
 //!    SO_REUSEPORT sockets, accepts; `listener::dispatch` loads the current
 //!    `Snapshot` once, counts the client against its `max_connections`
 //!    (`shared::ClientSlot`) and spawns `proxy::handle` as the connection's
 //!    task, which stays on that thread for its whole life.
 //! 2. The task's set-up (`proxy::setup`, boxed: it is larger than the copy
-//!    and lasts one round trip) gets that snapshot and hashes the key
-//!    (`hash.key`: node id, client IP, or client ip:port).
-//! 3. `Ring::walk` yields distinct upstreams in ring order; usable ones are
-//!    tried first, each with `connect_timeout`; failures feed
-//!    `PassiveHealth`, which may mark the upstream down. If none connects,
-//!    the upstreams marked down (and those discovery is draining) are tried
-//!    as a last resort.
-//! 4. The set-up returns a `proxy::Proxying`, which keeps the upstream's
-//!    state but not the snapshot, and the set-up's box is freed.
-//!    `Proxying` polls `copy::Copy`, which moves bytes both ways (buffered,
-//!    or spliced once bulk data shows up) until both sides close, and
-//!    races it against one waiter on its worker's `wheel`: its upstream's
-//!    eviction (at once when the active check finds it dead, after
-//!    `drain_grace` when it answers "not ready": the prober times that,
-//!    not the connection), its removal by discovery (`retire`), the end
-//!    of the shutdown drain (`Shared::close_all`), and its tick, on which
-//!    the copy looks at how long it has been idle; a connection
-//!    established away from its home (displaced: home unusable when it
-//!    connected) also waits for the fail-back driver to send it home.
+//!    and lasts one round trip) gets that snapshot, hashes the key
+//!    (`hash.key`: node id, client IP, or client ip:port) and makes a
+//!    `choice::Choice` over the ring with the proxy's view of each
+//!    upstream's standing (usable; down or draining, left for the last
+//!    resort; unresolved or cplb's own address, never).
+//! 3. `proxy::connect` tries the candidates in turn, each within
+//!    `connect_timeout`; failures feed `PassiveHealth`, which may mark the
+//!    upstream down; the last-resort ones come once every usable one has
+//!    failed. With hedging on (`first_byte_timeout`), it then sees the
+//!    client's first bytes answered: none within the timeout, and it
+//!    replays them to the choice's next usable master (within `budget`).
+//! 4. The set-up returns a `proxy::proxying::Proxying`, which keeps the
+//!    upstream's state but not the snapshot, and the set-up's box is
+//!    freed. `Proxying` polls `copy::Copy`, which moves bytes both ways
+//!    (buffered, or spliced once bulk data shows up) until both sides
+//!    close, and races it against one waiter on its upstream's `wheel`:
+//!    its upstream's eviction (at once when the active check finds it
+//!    dead, after `drain_grace` when it answers "not ready"), its removal
+//!    by discovery (`retire`), the end of the shutdown drain
+//!    (`Shared::close_all`), and its tick, on which the copy looks at how
+//!    long it has been idle (`Wake` says which); a connection established
+//!    away from its home (displaced: home unusable when it connected) also
+//!    waits for the fail-back driver to send it home.
 
 #![warn(unreachable_pub)]
 
