@@ -159,7 +159,7 @@ fn state_len(path: &Path) -> usize {
 }
 
 /// The uid of the shipped manifests' non-root cplb.
-const SHIPPED_UID: u32 = 65532;
+const SHIPPED_UID: u32 = 58443;
 
 /// As root: a root-owned copy of `bin` in a fresh directory, to run as
 /// `SHIPPED_UID`, as the image and the manifests run it. Otherwise `bin`,
