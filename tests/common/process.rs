@@ -200,7 +200,10 @@ impl CplbProcess {
     }
 
     pub fn logs(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
+        self.logs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .join("\n")
     }
 
     pub fn signal(&self, sig: i32) {
@@ -233,6 +236,25 @@ impl CplbProcess {
 
 impl Drop for CplbProcess {
     fn drop(&mut self) {
+        // A failing test shows whether cplb was still running, and what it
+        // logged last: a closed connection alone does not say which.
+        if std::thread::panicking() {
+            let status = self.child.try_wait();
+            let logs = self.logs();
+            let tail: Vec<&str> = logs.lines().rev().take(40).collect();
+            eprintln!(
+                "cplb (pid {}) at the test's failure: {}; its last log lines:",
+                self.child.id(),
+                match status {
+                    Ok(Some(s)) => format!("exited, {s}"),
+                    Ok(None) => "running".to_string(),
+                    Err(e) => format!("unknown ({e})"),
+                }
+            );
+            for line in tail.iter().rev() {
+                eprintln!("  {line}");
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
