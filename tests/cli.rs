@@ -198,3 +198,105 @@ fn help_describes_each_subcommand_with_its_own_text() {
         "{s}"
     );
 }
+
+/// A kubeconfig with a token and no files: loads without a cluster.
+const TOKEN_KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:1\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n";
+
+fn dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("cplb-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A config whose discovery can never get a list: its only upstream is a
+/// closed port.
+fn discovery_config(d: &std::path::Path, kubeconfig: &std::path::Path) -> std::path::PathBuf {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let config = d.join("cplb.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "upstreams:\n  - address: {addr}\ndiscovery:\n  kubeconfig: {}\n  state_file: {}\n",
+            kubeconfig.display(),
+            d.join("state/upstreams.json").display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn discover_takes_config_after_the_subcommand_and_once_ends_with_an_error() {
+    let d = dir("discover");
+    let missing = d.join("no-such.conf");
+    let config = discovery_config(&d, &missing);
+    let t = std::time::Instant::now();
+    let out = cplb()
+        .args(["discover", "-c", config.to_str().unwrap(), "--once"])
+        .args(["--timeout", "1s"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("discover --once --timeout 1s ended after {:?}", t.elapsed());
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert!(stderr.contains("no list within 1s"), "{stderr}");
+    // The path once, unquoted; and no claim to serve anything.
+    assert_eq!(
+        stderr
+            .lines()
+            .last()
+            .unwrap()
+            .matches(missing.to_str().unwrap())
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(!stderr.contains("serving"), "{stderr}");
+    assert!(!stderr.contains('\''), "{stderr}");
+}
+
+#[test]
+fn check_reads_the_kubeconfig_and_writes_beside_the_state_file() {
+    let d = dir("check");
+    let kubeconfig = d.join("kubelet.conf");
+    let config = discovery_config(&d, &kubeconfig);
+    let check = || {
+        let out = cplb()
+            .args(["-t", "-c", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Neither the kubeconfig nor the state file's directory exists yet.
+    let (code, _, stderr) = check();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cplb.yaml: discovery.kubeconfig: could not read the kubeconfig"),
+        "{stderr}"
+    );
+    std::fs::write(&kubeconfig, TOKEN_KUBECONFIG).unwrap();
+    let (code, _, stderr) = check();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cplb.yaml: discovery.state_file: could not write the state file"),
+        "{stderr}"
+    );
+    std::fs::create_dir(d.join("state")).unwrap();
+    let (code, stdout, stderr) = check();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains(", discovery default/kubernetes (kubeconfig ")
+            && stdout.contains(", fail-back on (settle 30s))"),
+        "{stdout}"
+    );
+    // The check leaves nothing behind.
+    assert_eq!(std::fs::read_dir(d.join("state")).unwrap().count(), 0);
+}
