@@ -543,15 +543,32 @@ fn kubespray_config_keeps_nginx_proxy_choices() {
 
 // --- Dockerfile -------------------------------------------------------------
 
-/// Instructions (keyword, rest) with comments and blank lines removed.
+/// Instructions (keyword, rest) with comments and blank lines removed,
+/// and the global `ARG`s' defaults put in for `${NAME}` (what a build
+/// without `--build-arg` uses).
 fn dockerfile() -> Vec<(String, String)> {
-    read("Dockerfile")
+    let ins: Vec<(String, String)> = read("Dockerfile")
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {
             let (k, rest) = l.split_once(char::is_whitespace).unwrap_or((l, ""));
             (k.to_ascii_uppercase(), rest.trim().to_string())
+        })
+        .collect();
+    let args: Vec<(String, String)> = ins
+        .iter()
+        .take_while(|(k, _)| k == "ARG")
+        .filter_map(|(_, r)| r.split_once('='))
+        .map(|(n, v)| (format!("${{{n}}}"), v.to_string()))
+        .collect();
+    ins.into_iter()
+        .filter(|(k, _)| k != "ARG")
+        .map(|(k, mut r)| {
+            for (name, value) in &args {
+                r = r.replace(name, value);
+            }
+            (k, r)
         })
         .collect()
 }
@@ -564,7 +581,7 @@ fn dockerfile_builds_like_ci() {
         .filter(|(k, _)| k == "FROM")
         .map(|(_, r)| r.as_str())
         .collect();
-    assert_eq!(froms.len(), 2, "{froms:?}");
+    assert_eq!(froms.len(), 3, "{froms:?}");
 
     // Build stage: the official image on the stable channel. CI uses the
     // stable toolchain and there is no rust-toolchain file to say otherwise.
@@ -612,16 +629,18 @@ fn dockerfile_builds_like_ci() {
         );
     }
 
+    // The binary: the build stage's by default (BINARY_FROM).
+    assert_eq!(froms[1], format!("{stage} AS binary"));
     // Runtime stage: distroless, the binary and the config only.
-    assert_eq!(froms[1], "gcr.io/distroless/cc-debian12");
+    assert_eq!(froms[2], "gcr.io/distroless/cc-debian12 AS runtime");
     let runtime: Vec<&(String, String)> = ins
         .iter()
-        .skip_while(|(k, r)| !(k == "FROM" && r == froms[1]))
+        .skip_while(|(k, r)| !(k == "FROM" && r == froms[2]))
         .collect();
     let expect = [
         (
             "COPY",
-            format!("--from={stage} /src/target/release/cplb /usr/local/bin/cplb"),
+            "--from=binary /src/target/release/cplb /usr/local/bin/cplb".to_string(),
         ),
         ("COPY", "config/cplb.yaml /etc/cplb/cplb.yaml".to_string()),
         // cplb's own uid (not distroless' shared nonroot 65532).
