@@ -713,7 +713,16 @@ async fn configmap_swap_logs_no_debug_text() {
     );
     let dir = temp_dir("configmap-logs");
     configmap_publish(&dir, "2026_11_24_10_00_00.1", &proc_yaml(&[a.addr]));
-    let mut p = CplbProcess::spawn_with_file(dir.join("cplb.yaml"), Options::default());
+    // The watcher's own debug line says when it watches: a swap before
+    // that would be picked up at its start, not seen as a swap.
+    let mut p = CplbProcess::spawn_with_file(
+        dir.join("cplb.yaml"),
+        Options {
+            log_filter: Some("info,cplb::watch=debug".into()),
+            ..Default::default()
+        },
+    );
+    p.wait_for_count("watching config directory", 1);
     for (n, (version, up, name)) in [
         ("2026_11_24_10_01_00.2", b.addr, "b"),
         ("2026_11_24_10_02_00.3", a.addr, "a"),
@@ -726,6 +735,7 @@ async fn configmap_swap_logs_no_debug_text() {
         std::fs::remove_dir_all(dir.join(old)).unwrap();
         p.wait_for_count("config reloaded", n + 1);
         p.wait_for_count("watching the new one", n + 1);
+        p.wait_for_count("watching config directory", n + 2);
         assert_eq!(Client::connect(p.addr).await.upstream, name);
     }
     let logs = p.logs();
