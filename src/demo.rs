@@ -269,6 +269,12 @@ async fn demo(out: &mut impl Write, dir: &Path) -> Result<(), DemoError> {
             &victim_addr.to_string(),
         )
     };
+    // The short connections of the placement above count while they close:
+    // wait for them to end, so the count is the long-lived ones step 5 moves.
+    wait(Duration::from_secs(10), || {
+        nodes.iter().map(displaced).sum::<f64>() == moved as f64
+    })
+    .await;
     let away: f64 = nodes.iter().map(displaced).sum();
     writeln!(
         out,

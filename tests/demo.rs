@@ -141,6 +141,14 @@ fn failback_episode(out: &str, victim: &str) {
         .and_then(|r| r.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("step 4 counts the displaced connections:\n{out}"));
+    // The displaced count is the long-lived connections step 4 cut, not
+    // also the short ones of its table still closing.
+    let cut: usize = out
+        .lines()
+        .find_map(|l| l.trim().split_once(" long-lived connections were cut"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("step 4 says how many were cut:\n{out}"));
+    assert_eq!(moved, cut, "{out}");
     let counted = out
         .lines()
         .find(|l| l.contains("cplb counts the "))
