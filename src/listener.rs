@@ -33,24 +33,12 @@ impl std::fmt::Display for Role {
 }
 
 impl Role {
-    /// The config setting the address comes from.
-    pub(crate) fn field(self) -> &'static str {
+    /// The config setting the address comes from: what a failed start
+    /// tells the operator to edit.
+    pub fn field(self) -> &'static str {
         match self {
             Role::Proxy => "listen",
             Role::Admin => "admin",
-        }
-    }
-}
-
-// Beside `Role` rather than in server.rs: what a failed start tells the
-// operator to edit.
-impl crate::server::ServerError {
-    /// The config setting to look at when the start failed on binding.
-    pub fn config_field(&self) -> Option<&'static str> {
-        match self {
-            crate::server::ServerError::Listen(e) => Some(e.role.field()),
-            crate::server::ServerError::Taken { role, .. } => Some(role.field()),
-            _ => None,
         }
     }
 }

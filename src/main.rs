@@ -261,7 +261,12 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(s) => s,
             // Name the file and the setting to change, as a config error does.
             Err(e) => {
-                return Err(match e.config_field() {
+                let field = match &e {
+                    cplb::ServerError::Listen(l) => Some(l.role.field()),
+                    cplb::ServerError::Taken { role, .. } => Some(role.field()),
+                    _ => None,
+                };
+                return Err(match field {
                     Some(field) => {
                         anyhow::Error::new(e).context(format!("{}: {field}", path.display()))
                     }
