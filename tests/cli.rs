@@ -1,6 +1,8 @@
 //! The command line: options that do not apply are refused, `-` is
 //! standard input, and a closed stdout pipe is not an error.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 
@@ -299,4 +301,73 @@ fn check_reads_the_kubeconfig_and_writes_beside_the_state_file() {
     );
     // The check leaves nothing behind.
     assert_eq!(std::fs::read_dir(d.join("state")).unwrap().count(), 0);
+}
+
+/// As the user cplb runs as: a kubeconfig it can read that names a client
+/// certificate it cannot (kubeadm's, root's 0600) is refused by --check,
+/// though kube itself reads the certificate only when it builds a client.
+#[test]
+fn check_reads_the_credentials_as_the_running_user() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let test = "check_reads_the_credentials_as_the_running_user";
+    if !common::require::root(test, "files of root's that uid 58443 cannot read") {
+        return;
+    }
+    let d = dir("credentials");
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["system:node:worker-1".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let pem = d.join("kubelet-client-current.pem");
+    std::fs::write(&pem, format!("{}{}", cert.pem(), key.serialize_pem())).unwrap();
+    let kubeconfig = d.join("kubelet.conf");
+    std::fs::write(
+        &kubeconfig,
+        TOKEN_KUBECONFIG.replace(
+            "    token: t\n",
+            &format!(
+                "    client-certificate: {0}\n    client-key: {0}\n",
+                pem.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let config = discovery_config(&d, &kubeconfig);
+    std::fs::create_dir(d.join("state")).unwrap();
+    for (p, m) in [
+        (&d, 0o755),
+        (&kubeconfig, 0o644),
+        (&config, 0o644),
+        (&d.join("state"), 0o777),
+        (&pem, 0o600),
+    ] {
+        mode(p, m);
+    }
+    let check = || {
+        let out = cplb()
+            .args(["-t", "-c", config.to_str().unwrap()])
+            .uid(58443)
+            .gid(58443)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("discovery.kubeconfig: could not load the credentials")
+            && stderr.contains("Permission denied"),
+        "{stderr}"
+    );
+    mode(&pem, 0o644);
+    let (code, stderr) = check();
+    assert_eq!(code, Some(0), "{stderr}");
 }
