@@ -197,19 +197,26 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::FAILURE);
     }
+    // With discovery: the files it needs, read and written as the user
+    // cplb runs as (a static pod's uid decides this).
     if cli.check
         && let Some(d) = &config.discovery
-        && let Err(e) = check_discovery(d)
     {
-        eprintln!(
-            "cplb: {}",
-            Escaped(format!("{}: {}", path.display(), cplb::logfmt::Chain(&e)))
-        );
-        eprintln!(
-            "cplb: configuration file {} test failed",
-            Escaped(path.display())
-        );
-        return Ok(ExitCode::FAILURE);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("could not start the async runtime")?;
+        if let Err(e) = runtime.block_on(cplb::discovery::check::access(d)) {
+            eprintln!(
+                "cplb: {}",
+                Escaped(format!("{}: {}", path.display(), cplb::logfmt::Chain(&e)))
+            );
+            eprintln!(
+                "cplb: configuration file {} test failed",
+                Escaped(path.display())
+            );
+            return Ok(ExitCode::FAILURE);
+        }
     }
     if cli.check {
         let n = config.upstreams.len();
@@ -280,21 +287,6 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         server.serve(shutdown).await?;
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// `--check` with `discovery:`: the files discovery needs, read and
-/// written as the user cplb runs as (a static pod's uid decides this).
-fn check_discovery(
-    d: &cplb::discovery::DiscoveryConfig,
-) -> Result<(), cplb::discovery::check::CheckError> {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt.block_on(cplb::discovery::check::access(d)),
-        // No runtime, no check; the start reports the same files.
-        Err(_) => Ok(()),
-    }
 }
 
 /// `cplb discover`: runs the discovery watcher alone, seeded with the
