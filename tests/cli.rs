@@ -201,8 +201,14 @@ fn help_describes_each_subcommand_with_its_own_text() {
     );
 }
 
-/// A kubeconfig with a token and no files: loads without a cluster.
-const TOKEN_KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:1\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n";
+/// A kubeconfig with a token: loads without a cluster. It names a CA, as
+/// kubeadm's do, so it does not depend on the machine's trust store.
+fn token_kubeconfig() -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:1\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n",
+        common::shipped::test_ca().display()
+    )
+}
 
 fn dir(tag: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("cplb-cli-{tag}-{}", std::process::id()));
@@ -284,7 +290,7 @@ fn check_reads_the_kubeconfig_and_writes_beside_the_state_file() {
         stderr.contains("cplb.yaml: discovery.kubeconfig: could not read the kubeconfig"),
         "{stderr}"
     );
-    std::fs::write(&kubeconfig, TOKEN_KUBECONFIG).unwrap();
+    std::fs::write(&kubeconfig, token_kubeconfig()).unwrap();
     let (code, _, stderr) = check();
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
@@ -328,7 +334,7 @@ fn check_reads_the_credentials_as_the_running_user() {
     let kubeconfig = d.join("kubelet.conf");
     std::fs::write(
         &kubeconfig,
-        TOKEN_KUBECONFIG.replace(
+        token_kubeconfig().replace(
             "    token: t\n",
             &format!(
                 "    client-certificate: {0}\n    client-key: {0}\n",

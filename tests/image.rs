@@ -401,12 +401,18 @@ fn discovery_identity(e: &Engine) {
     let client = pki.join("kubelet-client-current.pem");
     std::fs::write(&client, format!("{}{}", cert.pem(), key.serialize_pem())).unwrap();
     let kubeconfig = host.join("kubelet.conf");
+    // As kubeadm writes it: the cluster CA inline, the client certificate
+    // and key in one file under /var/lib/kubelet/pki.
     std::fs::write(
         &kubeconfig,
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:6443\n\
-         users:\n- name: u\n  user:\n    client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem\n    \
-         client-key: /var/lib/kubelet/pki/kubelet-client-current.pem\n\
-         contexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n",
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    \
+             certificate-authority-data: {}\n    server: https://127.0.0.1:6443\n\
+             users:\n- name: u\n  user:\n    client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem\n    \
+             client-key: /var/lib/kubelet/pki/kubelet-client-current.pem\n\
+             contexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n",
+            common::cluster::base64(cert.pem().as_bytes())
+        ),
     )
     .unwrap();
     for f in [&client, &kubeconfig] {
