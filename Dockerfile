@@ -4,9 +4,18 @@
 #   docker build -t cplb:0.1.0 .
 #   docker run --rm --network host cplb:0.1.0 --config /etc/cplb/cplb.yaml --check
 
+# The base images are build arguments: a registry's by default. Where none
+# is reachable, build the runtime stage on a local base with a binary cargo
+# built, as tests/image.rs does:
+#   podman build --target runtime --build-arg RUNTIME_IMAGE=<local base> \
+#     --build-arg BINARY_FROM=<image holding /src/target/release/cplb> .
+ARG RUST_IMAGE=rust:1-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12
+ARG BINARY_FROM=build
+
 # Build the way CI does: the stable toolchain (no rust-toolchain file pins
 # another), a release build, and the committed Cargo.lock (--locked).
-FROM rust:1-bookworm AS build
+FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 # benches/ is declared in Cargo.toml ([[bench]]), so cargo needs it to read
@@ -15,10 +24,13 @@ COPY benches benches
 COPY src src
 RUN cargo build --release --locked
 
+# The binary: the build stage's, unless BINARY_FROM names another image.
+FROM ${BINARY_FROM} AS binary
+
 # cc-debian12 carries the glibc and libgcc the binary links against, and
 # nothing else: no shell, no package manager.
-FROM gcr.io/distroless/cc-debian12
-COPY --from=build /src/target/release/cplb /usr/local/bin/cplb
+FROM ${RUNTIME_IMAGE} AS runtime
+COPY --from=binary /src/target/release/cplb /usr/local/bin/cplb
 # The example config; deployments mount their own over /etc/cplb.
 COPY config/cplb.yaml /etc/cplb/cplb.yaml
 # A uid of cplb's own, not distroless' nonroot (65532), which every image

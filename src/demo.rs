@@ -269,10 +269,16 @@ async fn demo(out: &mut impl Write, dir: &Path) -> Result<(), DemoError> {
             &victim_addr.to_string(),
         )
     };
+    // The short connections of the placement above count while they close:
+    // wait for them to end, so the count is the long-lived ones step 5 moves.
+    wait(Duration::from_secs(10), || {
+        nodes.iter().map(displaced).sum::<f64>() == moved as f64
+    })
+    .await;
     let away: f64 = nodes.iter().map(displaced).sum();
     writeln!(
         out,
-        "   cplb counts the {away} moved connections as displaced from their home (cplb_connections_displaced{{upstream=\"{victim_name}\"}})"
+        "   cplb counts the {away} moved connections as displaced from their home (cplb_connections_displaced{{upstream=\"{victim_addr}\"}}, {victim_name}'s address)"
     )?;
 
     writeln!(
@@ -323,6 +329,13 @@ async fn demo(out: &mut impl Write, dir: &Path) -> Result<(), DemoError> {
         "\n== 7. key metrics of {} (from its /metrics) ==",
         shown.name
     )?;
+    // As /metrics has them: labelled by address. The names, once, here.
+    let names: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{a} is {}", MASTERS.get(i).unwrap_or(&fourth::FOURTH)))
+        .collect();
+    writeln!(out, "   ({})", names.join(", "))?;
     for line in shown.metrics.render().unwrap_or_default().lines() {
         let keep = [
             "cplb_upstream_up{",
@@ -335,11 +348,7 @@ async fn demo(out: &mut impl Write, dir: &Path) -> Result<(), DemoError> {
             "cplb_health_checks_total{",
         ];
         if keep.iter().any(|k| line.starts_with(k)) && !line.ends_with(" 0") {
-            let mut l = line.to_string();
-            for (i, a) in addrs.iter().enumerate() {
-                l = l.replace(&a.to_string(), MASTERS.get(i).unwrap_or(&fourth::FOURTH));
-            }
-            writeln!(out, "   {l}")?;
+            writeln!(out, "   {line}")?;
         }
     }
 

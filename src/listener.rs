@@ -32,6 +32,17 @@ impl std::fmt::Display for Role {
     }
 }
 
+impl Role {
+    /// The config setting the address comes from: what a failed start
+    /// tells the operator to edit.
+    pub fn field(self) -> &'static str {
+        match self {
+            Role::Proxy => "listen",
+            Role::Admin => "admin",
+        }
+    }
+}
+
 // The OS error is the source, printed once by whoever prints the chain.
 #[derive(Debug, thiserror::Error)]
 #[error("could not listen on {role}{addr}")]

@@ -23,8 +23,8 @@ use cplb::logfmt::Escaped;
     about = "Control-plane load balancer: a node-local TCP proxy for Kubernetes API servers"
 )]
 struct Cli {
-    /// Configuration file (YAML).
-    #[arg(short, long, value_name = "FILE")]
+    /// Configuration file (YAML). Also after `discover`: `cplb discover -c FILE`.
+    #[arg(short, long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// Validate the configuration and exit (like `nginx -t`).
     #[arg(short = 't', long)]
@@ -58,7 +58,8 @@ enum Command {
     /// the last health check, connections and bytes; and the last config load.
     ///
     /// Exit codes: 0 at least one upstream is usable; 1 none is usable;
-    /// 3 cplb's admin endpoint cannot be reached or its answer is not understood.
+    /// 3 cplb's admin endpoint cannot be reached or its answer is not understood;
+    /// 4 cplb is shutting down (draining connections, as /readyz says).
     Status {
         /// The admin endpoint of the cplb to ask (its `admin` setting).
         // The default is the config's `admin` default.
@@ -83,9 +84,13 @@ enum Command {
     /// upstreams directly (never the kubeconfig's server) and print the API
     /// servers the cluster lists, one JSON line per change. Proxies nothing.
     Discover {
-        /// Exit after the first list.
+        /// Exit after the first list: 0 with a list, 1 when none came
+        /// within `--timeout` (the last error is printed).
         #[arg(long)]
         once: bool,
+        /// With `--once`: how long to wait for the first list.
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
 }
 
@@ -114,9 +119,11 @@ fn main() -> ExitCode {
             }
         }
     }
-    // The demo narrates on stdout; only warnings (state changes) are logged.
+    // The demo narrates on stdout, naming the masters; cplb's own logs
+    // (addresses, timestamps) would land in the middle of its steps.
+    // RUST_LOG=warn shows them.
     let default_level = if matches!(cli.command, Some(Command::Demo)) {
-        "warn"
+        "off"
     } else {
         "info"
     };
@@ -157,8 +164,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Discover { .. }) | None => {}
     }
     let path = cli.config.context("--config FILE is required")?;
-    if let Some(Command::Discover { once }) = cli.command {
-        return discover(&path, once);
+    if let Some(Command::Discover { once, timeout }) = cli.command {
+        return discover(&path, once.then_some(timeout));
     }
     let config = match Config::load(&path) {
         Ok(c) => c,
@@ -190,8 +197,45 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::FAILURE);
     }
+    // With discovery: the files it needs, read and written as the user
+    // cplb runs as (a static pod's uid decides this).
+    if cli.check
+        && let Some(d) = &config.discovery
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("could not start the async runtime")?;
+        if let Err(e) = runtime.block_on(cplb::discovery::check::access(d)) {
+            eprintln!(
+                "cplb: {}",
+                Escaped(format!("{}: {}", path.display(), cplb::logfmt::Chain(&e)))
+            );
+            eprintln!(
+                "cplb: configuration file {} test failed",
+                Escaped(path.display())
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     if cli.check {
         let n = config.upstreams.len();
+        let discovery = config.discovery.as_ref().map_or("off".into(), |d| {
+            format!(
+                "{} (kubeconfig {}, state file {})",
+                d.service_ref(),
+                d.kubeconfig.display(),
+                d.state_file.display()
+            )
+        });
+        let failback = if config.failback.enabled {
+            format!(
+                "on (settle {})",
+                humantime::format_duration(config.failback.settle)
+            )
+        } else {
+            "off".into()
+        };
         let admin = config.admin.map_or("off".into(), |a| a.to_string());
         let checks = config.health_check.as_ref().map_or("off".into(), |hc| {
             let mode = match hc.mode {
@@ -201,12 +245,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             format!("{mode} every {}", humantime::format_duration(hc.interval))
         });
         print_out(&format!(
-            "cplb: configuration file {} test is successful ({n} upstream{}, listen {:?}, admin {admin}, active health checks {checks}, hash key {}, node id {:?})\n",
+            "cplb: configuration file {} test is successful ({n} upstream{}, listen {:?}, admin {admin}, active health checks {checks}, hash key {}, node id {:?}, discovery {}, fail-back {failback})\n",
             Escaped(path.display()),
             if n == 1 { "" } else { "s" },
             config.listen,
             config.hash.key.as_str(),
-            config.hash.node_id
+            config.hash.node_id,
+            Escaped(discovery),
         ))
         .context("could not write the result")?;
         return Ok(ExitCode::SUCCESS);
@@ -219,7 +264,23 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         .context("could not start the async runtime")?;
     runtime.block_on(async move {
         let shutdown = shutdown_signal()?;
-        let server = cplb::Server::bind(config, prometheus::Registry::new()).await?;
+        let server = match cplb::Server::bind(config, prometheus::Registry::new()).await {
+            Ok(s) => s,
+            // Name the file and the setting to change, as a config error does.
+            Err(e) => {
+                let field = match &e {
+                    cplb::ServerError::Listen(l) => Some(l.role.field()),
+                    cplb::ServerError::Taken { role, .. } => Some(role.field()),
+                    _ => None,
+                };
+                return Err(match field {
+                    Some(field) => {
+                        anyhow::Error::new(e).context(format!("{}: {field}", path.display()))
+                    }
+                    None => e.into(),
+                });
+            }
+        };
         server
             .reload_on_sighup()
             .context("could not install SIGHUP handler")?;
@@ -229,8 +290,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// `cplb discover`: runs the discovery watcher alone, seeded with the
-/// config's static upstreams in their order.
-fn discover(path: &std::path::Path, once: bool) -> anyhow::Result<ExitCode> {
+/// config's static upstreams in their order. `once`: the deadline for the
+/// first list; a script must not wait forever on an API that fails.
+fn discover(path: &std::path::Path, once: Option<std::time::Duration>) -> anyhow::Result<ExitCode> {
     use cplb::discovery::{Settings, Stats, run};
     let config = Config::load(path)?;
     let d = config
@@ -250,13 +312,26 @@ fn discover(path: &std::path::Path, once: bool) -> anyhow::Result<ExitCode> {
             Settings::new(&d),
             move || seeds.clone(),
             tx,
-            stats,
+            stats.clone(),
             stop.clone(),
         ));
         let mut shutdown = std::pin::pin!(shutdown_signal()?);
+        // Polled only with --once: without, it watches until stopped.
+        let mut deadline = std::pin::pin!(tokio::time::sleep(once.unwrap_or_default()));
+        let mut code = ExitCode::SUCCESS;
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                () = &mut deadline, if once.is_some() => {
+                    let why = stats.last_error().unwrap_or_else(|| "no answer yet".into());
+                    eprintln!(
+                        "cplb: discover: no list within {}: {}",
+                        humantime::format_duration(once.unwrap_or_default()),
+                        Escaped(why)
+                    );
+                    code = ExitCode::FAILURE;
+                    break;
+                }
                 changed = rx.changed() => {
                     if changed.is_err() {
                         break;
@@ -266,7 +341,7 @@ fn discover(path: &std::path::Path, once: bool) -> anyhow::Result<ExitCode> {
                         "service": d.service_ref(), "addresses": list.addresses, "via": list.via,
                     });
                     println!("{line}");
-                    if once {
+                    if once.is_some() {
                         break;
                     }
                 }
@@ -274,7 +349,7 @@ fn discover(path: &std::path::Path, once: bool) -> anyhow::Result<ExitCode> {
         }
         stop.cancel();
         let _ = task.await;
-        Ok(ExitCode::SUCCESS)
+        Ok(code)
     })
 }
 
@@ -386,8 +461,18 @@ fn init_logging(format: LogFormat, default_level: &str) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     // kube logs every failed request at ERROR; discovery logs its failures
     // itself, once per transition. Unless RUST_LOG asks for kube by name.
-    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("kube")) {
-        for d in ["kube_client=off", "kube_runtime=off"] {
+    // notify logs its internal inotify errors as Rust debug text at INFO
+    // and WARN (`Os { code: 22, .. }`, `WatchNotFound`) on every ConfigMap
+    // swap; the config watcher says what happened itself (`watch`).
+    let rust_log = std::env::var("RUST_LOG").unwrap_or_default();
+    for (name, directives) in [
+        ("kube", &["kube_client=off", "kube_runtime=off"][..]),
+        ("notify", &["notify=off"][..]),
+    ] {
+        if rust_log.contains(name) {
+            continue;
+        }
+        for d in directives {
             if let Ok(d) = d.parse() {
                 filter = filter.add_directive(d);
             }

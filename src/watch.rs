@@ -41,7 +41,13 @@ pub(crate) async fn run(path: PathBuf, handle: ReloadHandle, stop: CancellationT
                 drop(watcher);
                 match failure {
                     // The old target of a swapped symlink went away: re-arm now.
-                    Failure::TargetMoved => continue,
+                    Failure::TargetMoved => {
+                        tracing::info!(
+                            config = %path.display(),
+                            "the config's directory was swapped (a ConfigMap update); watching the new one"
+                        );
+                        continue;
+                    }
                     Failure::Fatal(reason) => {
                         tracing::warn!(error = %reason, "config watcher failed; SIGHUP still reloads; retrying");
                         failing = true;

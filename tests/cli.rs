@@ -1,6 +1,8 @@
 //! The command line: options that do not apply are refused, `-` is
 //! standard input, and a closed stdout pipe is not an error.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 
@@ -197,4 +199,181 @@ fn help_describes_each_subcommand_with_its_own_text() {
         s.contains("fail-back") && !s.contains("EndpointSlice") && !s.contains("JSON line"),
         "{s}"
     );
+}
+
+/// A kubeconfig with a token: loads without a cluster. It names a CA, as
+/// kubeadm's do, so it does not depend on the machine's trust store.
+fn token_kubeconfig() -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:1\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n",
+        common::shipped::test_ca().display()
+    )
+}
+
+fn dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("cplb-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A config whose discovery can never get a list: its only upstream is a
+/// closed port.
+fn discovery_config(d: &std::path::Path, kubeconfig: &std::path::Path) -> std::path::PathBuf {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let config = d.join("cplb.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "upstreams:\n  - address: {addr}\ndiscovery:\n  kubeconfig: {}\n  state_file: {}\n",
+            kubeconfig.display(),
+            d.join("state/upstreams.json").display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn discover_takes_config_after_the_subcommand_and_once_ends_with_an_error() {
+    let d = dir("discover");
+    let missing = d.join("no-such.conf");
+    let config = discovery_config(&d, &missing);
+    let t = std::time::Instant::now();
+    let out = cplb()
+        .args(["discover", "-c", config.to_str().unwrap(), "--once"])
+        .args(["--timeout", "1s"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("discover --once --timeout 1s ended after {:?}", t.elapsed());
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert!(stderr.contains("no list within 1s"), "{stderr}");
+    // The path once, unquoted; and no claim to serve anything.
+    assert_eq!(
+        stderr
+            .lines()
+            .last()
+            .unwrap()
+            .matches(missing.to_str().unwrap())
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(!stderr.contains("serving"), "{stderr}");
+    assert!(!stderr.contains('\''), "{stderr}");
+}
+
+#[test]
+fn check_reads_the_kubeconfig_and_writes_beside_the_state_file() {
+    let d = dir("check");
+    let kubeconfig = d.join("kubelet.conf");
+    let config = discovery_config(&d, &kubeconfig);
+    let check = || {
+        let out = cplb()
+            .args(["-t", "-c", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Neither the kubeconfig nor the state file's directory exists yet.
+    let (code, _, stderr) = check();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cplb.yaml: discovery.kubeconfig: could not read the kubeconfig"),
+        "{stderr}"
+    );
+    std::fs::write(&kubeconfig, token_kubeconfig()).unwrap();
+    let (code, _, stderr) = check();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cplb.yaml: discovery.state_file: could not write the state file"),
+        "{stderr}"
+    );
+    std::fs::create_dir(d.join("state")).unwrap();
+    let (code, stdout, stderr) = check();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains(", discovery default/kubernetes (kubeconfig ")
+            && stdout.contains(", fail-back on (settle 30s))"),
+        "{stdout}"
+    );
+    // The check leaves nothing behind.
+    assert_eq!(std::fs::read_dir(d.join("state")).unwrap().count(), 0);
+}
+
+/// As the user cplb runs as: a kubeconfig it can read that names a client
+/// certificate it cannot (kubeadm's, root's 0600) is refused by --check,
+/// though kube itself reads the certificate only when it builds a client.
+#[test]
+fn check_reads_the_credentials_as_the_running_user() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let test = "check_reads_the_credentials_as_the_running_user";
+    if !common::require::root(test, "files of root's that uid 58443 cannot read") {
+        return;
+    }
+    let d = dir("credentials");
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["system:node:worker-1".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let pem = d.join("kubelet-client-current.pem");
+    std::fs::write(&pem, format!("{}{}", cert.pem(), key.serialize_pem())).unwrap();
+    let kubeconfig = d.join("kubelet.conf");
+    std::fs::write(
+        &kubeconfig,
+        token_kubeconfig().replace(
+            "    token: t\n",
+            &format!(
+                "    client-certificate: {0}\n    client-key: {0}\n",
+                pem.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let config = discovery_config(&d, &kubeconfig);
+    std::fs::create_dir(d.join("state")).unwrap();
+    for (p, m) in [
+        (&d, 0o755),
+        (&kubeconfig, 0o644),
+        (&config, 0o644),
+        (&d.join("state"), 0o777),
+        (&pem, 0o600),
+    ] {
+        mode(p, m);
+    }
+    let check = || {
+        let out = cplb()
+            .args(["-t", "-c", config.to_str().unwrap()])
+            .uid(58443)
+            .gid(58443)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("discovery.kubeconfig: could not load the credentials")
+            && stderr.contains("Permission denied"),
+        "{stderr}"
+    );
+    mode(&pem, 0o644);
+    let (code, stderr) = check();
+    assert_eq!(code, Some(0), "{stderr}");
 }

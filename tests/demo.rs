@@ -110,10 +110,24 @@ fn demo_exits_zero_and_shows_spread_failover_failback_and_a_fourth_master() {
         stdout.contains("would send all 6 to"),
         "the nginx comparison is shown"
     );
+    // Step 7: the lines as /metrics has them (labelled by address), with
+    // the address of each master said once above them.
+    let legend = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("== 7. "))
+        .nth(1)
+        .unwrap_or_default();
+    let master_1 = legend
+        .split(", ")
+        .find_map(|p| p.trim_start_matches("   (").strip_suffix(" is master-1"))
+        .unwrap_or_else(|| panic!("step 7 names master-1's address:\n{stdout}"));
     assert!(
-        stdout.contains("cplb_upstream_up{upstream=\"master-1\"} 1"),
-        "metrics printed:\n{stdout}"
+        stdout.contains(&format!("cplb_upstream_up{{upstream=\"{master_1}\"}} 1")),
+        "metrics printed as /metrics has them:\n{stdout}"
     );
+    assert!(!stdout.contains("upstream=\"master-"), "{stdout}");
+    // Nothing on stderr: no log line lands in the middle of a step.
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{stdout}");
     assert!(stdout.contains("demo finished in"));
 }
 
@@ -127,10 +141,21 @@ fn failback_episode(out: &str, victim: &str) {
         .and_then(|r| r.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("step 4 counts the displaced connections:\n{out}"));
+    // The displaced count is the long-lived connections step 4 cut, not
+    // also the short ones of its table still closing.
+    let cut: usize = out
+        .lines()
+        .find_map(|l| l.trim().split_once(" long-lived connections were cut"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("step 4 says how many were cut:\n{out}"));
+    assert_eq!(moved, cut, "{out}");
+    let counted = out
+        .lines()
+        .find(|l| l.contains("cplb counts the "))
+        .unwrap_or_default();
     assert!(
-        out.contains(&format!(
-            "cplb_connections_displaced{{upstream=\"{victim}\"}}"
-        )),
+        counted.contains("cplb_connections_displaced{upstream=\"127.0.0.")
+            && counted.ends_with(&format!(", {victim}'s address)")),
         "{out}"
     );
     let head = "closed by cplb (s after the return was seen)";

@@ -328,7 +328,6 @@ fn error(text: &str) -> ImportError {
 #[test]
 fn broken_files_name_the_line() {
     for (name, line, reason) in [
-        ("no_upstream.conf", 2, "the stream block has no upstream"),
         (
             "no_stream.conf",
             1,
@@ -354,6 +353,79 @@ fn broken_files_name_the_line() {
         let e = error(&fixture(name));
         assert_eq!(e.line(), line, "{name}: {e}");
         assert_eq!(e.to_string(), format!("{line}: {reason}"), "{name}");
+    }
+}
+
+/// `proxy_pass host:port` with no upstream block is valid nginx: a group
+/// of that one server.
+#[test]
+fn proxy_pass_to_an_address_is_a_group_of_one() {
+    let c = converted("no_upstream.conf");
+    assert_eq!(
+        upstream_fields(&yaml(&c)),
+        [pairs(&[("address", "10.0.0.1:6443")])]
+    );
+    assert_eq!(config(&c).upstreams.len(), 1);
+    let e = error("stream {\n server { listen 127.0.0.1:6443; proxy_pass masters; }\n}\n");
+    assert_eq!(e.line(), 1, "{e}");
+    assert!(e.to_string().contains("no upstream"), "{e}");
+}
+
+/// A name nginx does not know is refused with the one meant; one it knows
+/// and cplb has no use for is a warning; an `include` inside stream may
+/// hold the upstreams, so it is refused, never dropped.
+#[test]
+fn unknown_directives_and_includes_in_stream_are_errors() {
+    let text = |extra: &str| {
+        format!(
+            "stream {{\n upstream m {{ server 10.0.0.7:6443; }}\n server {{ listen 127.0.0.1:6443; proxy_pass m; }}\n {extra}\n}}\n"
+        )
+    };
+    for (extra, needle) in [
+        (
+            "proxy_timout 10m;",
+            "4: unknown directive \"proxy_timout\" (did you mean \"proxy_timeout\"?)",
+        ),
+        (
+            "frobnicate on;",
+            "4: unknown directive \"frobnicate\": not an nginx directive",
+        ),
+        (
+            "include /etc/nginx/stream.d/*.conf;",
+            "4: \"include /etc/nginx/stream.d/*.conf\": import-nginx does not read included files",
+        ),
+    ] {
+        let e = error(&text(extra));
+        assert!(e.to_string().starts_with(needle), "{extra}: {e}");
+    }
+    // Inside a server and an upstream too.
+    let e = error(
+        "stream {\n upstream m { server 10.0.0.7:6443; hsah $remote_addr; }\n server { listen 127.0.0.1:6443; proxy_pass m; }\n}\n",
+    );
+    assert_eq!(
+        e.to_string(),
+        "2: unknown directive \"hsah\" (did you mean \"hash\"?)"
+    );
+    // Known to nginx, nothing in cplb: converted with a warning.
+    let c = convert(&text("tcp_nodelay on;")).unwrap();
+    assert_eq!(
+        c.warnings.last().map(String::as_str),
+        Some("line 4: \"tcp_nodelay on\" ignored: cplb has no equivalent")
+    );
+}
+
+/// `server` equal to `listen` converts into cplb proxying to itself.
+#[test]
+fn a_server_that_is_the_listen_address_is_a_self_loop() {
+    for (server, listen) in [
+        ("127.0.0.1:8443", "127.0.0.1:8443"),
+        ("127.0.0.1:8443", "8443"),
+    ] {
+        let e = error(&format!(
+            "stream {{\n upstream m {{\n  server 10.0.0.2:6443;\n  server {server};\n }}\n server {{ listen {listen}; proxy_pass m; }}\n}}\n"
+        ));
+        assert_eq!(e.line(), 4, "{e}");
+        assert!(e.to_string().contains("(a self-loop)"), "{e}");
     }
 }
 

@@ -236,7 +236,7 @@ fn a_listen_port_in_use_is_fatal_naming_the_address_its_holder_and_the_os_error_
     let held = holder(std::process::id(), addr);
     assert!(
         err.contains(&format!(
-            "cplb: could not listen on {addr}: it is held by {held} (cplb shares a port only with SO_REUSEPORT sockets of its own uid): Address already in use"
+            "/cplb.yaml: listen: could not listen on {addr}: it is held by {held} (cplb shares a port only with SO_REUSEPORT sockets of its own uid): Address already in use"
         )),
         "{err}"
     );
@@ -253,7 +253,7 @@ fn an_admin_port_in_use_says_admin() {
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains(&format!(
-            "cplb: could not listen on admin address {addr}: it is held by {}",
+            "/cplb.yaml: admin: could not listen on admin address {addr}: it is held by {}",
             holder(std::process::id(), addr)
         )),
         "{err}"
@@ -301,7 +301,7 @@ fn a_squatter_on_the_listen_port_is_named() {
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains(&format!(
-            "cplb: could not listen on {ours}: it is held by {named}"
+            "/cplb.yaml: listen: could not listen on {ours}: it is held by {named}"
         )),
         "should name {named}: {err}"
     );

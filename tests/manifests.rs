@@ -104,6 +104,10 @@ fn the_manifests_are_the_expected_objects() {
             "config/kubernetes/rbac.yaml",
             vec!["clusterrole/cplb-discovery", "rolebinding/cplb-discovery"],
         ),
+        (
+            "config/kubernetes/static-pod-discovery.yaml",
+            vec!["pod/cplb"],
+        ),
         ("config/kubernetes/static-pod.yaml", vec!["pod/cplb"]),
         ("config/kubespray/cplb-proxy.yaml", vec!["pod/cplb-proxy"]),
     ];
@@ -269,15 +273,133 @@ fn config_for(path: &Path, docs: &[Value]) -> cplb::Config {
             .expect("the ConfigMap holds cplb.yaml")
             .to_string(),
         "config/kubernetes/static-pod.yaml" => read("config/cplb.yaml"),
+        "config/kubernetes/static-pod-discovery.yaml" => with_discovery(&read("config/cplb.yaml")),
         "config/kubespray/cplb-proxy.yaml" => read("config/kubespray/cplb.yaml"),
         other => panic!("which config does {other} run?"),
     };
     common::shipped::parse(&text, path)
 }
 
+/// config/cplb.yaml with its commented `discovery:` section turned on, as
+/// the discovery static pod's comment tells the operator to do.
+fn with_discovery(text: &str) -> String {
+    let (head, tail) = text
+        .split_once("\n# discovery:\n")
+        .expect("config/cplb.yaml offers a commented discovery: section");
+    let section: String = std::iter::once("discovery:")
+        .chain(tail.lines().map_while(|l| l.strip_prefix("# ")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    format!("{head}\n{section}")
+}
+
+/// The security context and the node's credentials, by whether the pod
+/// runs discovery: root with no capability where it must read kubeadm's
+/// root-owned 0600 kubelet.conf and client certificate and write
+/// /var/lib/cplb; cplb's own non-root uid, with no credential mounted,
+/// everywhere else.
+fn check_identity(file: &str, spec: &Value, c: &Value, config: &cplb::Config) {
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true, "{file}");
+    assert_eq!(sc["allowPrivilegeEscalation"], false, "{file}");
+    let drop: Vec<&str> = sc["capabilities"]["drop"]
+        .as_sequence()
+        .expect("capabilities.drop")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(drop, ["ALL"], "{file}");
+    assert!(sc["capabilities"].get("add").is_none(), "{file}");
+    assert!(sc.get("privileged").is_none_or(|p| *p == false), "{file}");
+    let mount = |path: &str| {
+        c["volumeMounts"]
+            .as_sequence()
+            .and_then(|ms| ms.iter().find(|m| m["mountPath"] == path))
+    };
+    let credentials = [
+        ("/etc/kubernetes/kubelet.conf", true, "File"),
+        ("/var/lib/kubelet/pki", true, "Directory"),
+        ("/var/lib/cplb", false, "DirectoryOrCreate"),
+    ];
+    let Some(d) = &config.discovery else {
+        assert_eq!(sc["runAsNonRoot"], true, "{file}");
+        assert_eq!(sc["runAsUser"], CPLB_UID, "{file}");
+        assert_eq!(sc["runAsGroup"], CPLB_UID, "{file}");
+        for (path, _, _) in credentials {
+            assert!(
+                mount(path).is_none(),
+                "{file}: mounts {path} without discovery"
+            );
+        }
+        return;
+    };
+    assert_eq!(
+        sc["runAsUser"], 0,
+        "{file}: root reads kubeadm's 0600 files"
+    );
+    assert_eq!(sc["runAsGroup"], 0, "{file}");
+    assert_eq!(sc["runAsNonRoot"], false, "{file}");
+    for (path, read_only, kind) in credentials {
+        let m = mount(path).unwrap_or_else(|| panic!("{file}: {path} is mounted"));
+        assert_eq!(
+            m["readOnly"].as_bool().unwrap_or(false),
+            read_only,
+            "{file}: {path}"
+        );
+        let v = spec["volumes"]
+            .as_sequence()
+            .and_then(|vs| vs.iter().find(|v| v["name"] == m["name"]))
+            .unwrap_or_else(|| panic!("{file}: the volume for {path}"));
+        assert_eq!(v["hostPath"]["path"], path, "{file}");
+        assert_eq!(v["hostPath"]["type"], kind, "{file}: {path}");
+    }
+    // The config's paths are the mounted ones.
+    assert_eq!(
+        d.kubeconfig,
+        Path::new("/etc/kubernetes/kubelet.conf"),
+        "{file}"
+    );
+    assert_eq!(
+        d.state_file.parent(),
+        Some(Path::new("/var/lib/cplb")),
+        "{file}"
+    );
+    // The only writable mount is the state file's directory.
+    let writable: Vec<&str> = c["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts")
+        .iter()
+        .filter(|m| m["readOnly"] != true)
+        .filter_map(|m| m["mountPath"].as_str())
+        .collect();
+    assert_eq!(writable, ["/var/lib/cplb"], "{file}");
+}
+
+#[test]
+fn daemonset_updates_surge_before_the_old_pod_drains() {
+    let docs = documents(&read("config/kubernetes/daemonset.yaml"));
+    let ds = docs
+        .iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .expect("a DaemonSet");
+    let strategy = &ds["spec"]["updateStrategy"];
+    assert_eq!(strategy["type"], "RollingUpdate");
+    assert_eq!(strategy["rollingUpdate"]["maxSurge"], 1);
+    assert_eq!(strategy["rollingUpdate"]["maxUnavailable"], 0);
+    // Surge needs both pods on the node at once: no hostPort to collide
+    // on (cplb shares its ports through SO_REUSEPORT, same uid).
+    let spec = pod_spec(ds).expect("pod spec");
+    for c in spec["containers"].as_sequence().expect("containers") {
+        assert!(
+            c.get("ports").is_none(),
+            "a hostPort would block the surge pod"
+        );
+    }
+}
+
 #[test]
 fn pods_have_what_a_node_local_proxy_needs() {
-    let mut pods = 0;
+    let (mut pods, mut discovery_pods) = (0, 0);
     for (path, docs) in manifests() {
         let file = rel(&path);
         for doc in &docs {
@@ -302,28 +424,9 @@ fn pods_have_what_a_node_local_proxy_needs() {
             let containers = spec["containers"].as_sequence().expect("containers");
             assert_eq!(containers.len(), 1, "{file}");
             let c = &containers[0];
-            // What discovery needs: the kubelet's kubeconfig and PKI
-            // read-only, /var/lib/cplb writable and created if missing.
-            for (path, read_only, kind) in [
-                ("/etc/kubernetes/kubelet.conf", true, "File"),
-                ("/var/lib/kubelet/pki", true, "Directory"),
-                ("/var/lib/cplb", false, "DirectoryOrCreate"),
-            ] {
-                let m = c["volumeMounts"]
-                    .as_sequence()
-                    .and_then(|ms| ms.iter().find(|m| m["mountPath"] == path))
-                    .unwrap_or_else(|| panic!("{file}: {path} is mounted"));
-                assert_eq!(
-                    m["readOnly"].as_bool().unwrap_or(false),
-                    read_only,
-                    "{file}: {path}"
-                );
-                let v = spec["volumes"]
-                    .as_sequence()
-                    .and_then(|vs| vs.iter().find(|v| v["name"] == m["name"]))
-                    .unwrap_or_else(|| panic!("{file}: the volume for {path}"));
-                assert_eq!(v["hostPath"]["path"], path, "{file}");
-                assert_eq!(v["hostPath"]["type"], kind, "{file}: {path}");
+            check_identity(&file, spec, c, &config);
+            if config.discovery.is_some() {
+                discovery_pods += 1;
             }
             let args: Vec<&str> = c["args"]
                 .as_sequence()
@@ -349,21 +452,6 @@ fn pods_have_what_a_node_local_proxy_needs() {
 
             assert_eq!(c["resources"]["requests"]["cpu"], "25m", "{file}");
             assert_eq!(c["resources"]["requests"]["memory"], "32M", "{file}");
-
-            let sc = &c["securityContext"];
-            assert_eq!(sc["readOnlyRootFilesystem"], true, "{file}");
-            assert_eq!(sc["allowPrivilegeEscalation"], false, "{file}");
-            assert_eq!(sc["runAsNonRoot"], true, "{file}");
-            assert_eq!(sc["runAsUser"], CPLB_UID, "{file}");
-            assert_eq!(sc["runAsGroup"], CPLB_UID, "{file}");
-            let drop: Vec<&str> = sc["capabilities"]["drop"]
-                .as_sequence()
-                .expect("capabilities.drop")
-                .iter()
-                .filter_map(Value::as_str)
-                .collect();
-            assert_eq!(drop, ["ALL"], "{file}");
-            assert!(sc.get("privileged").is_none_or(|p| *p == false), "{file}");
 
             // The config directory, read-only, and never through subPath
             // (a subPath mount does not see ConfigMap updates).
@@ -395,7 +483,11 @@ fn pods_have_what_a_node_local_proxy_needs() {
             }
         }
     }
-    assert_eq!(pods, 3, "static pod, DaemonSet, kubespray static pod");
+    assert_eq!(
+        (pods, discovery_pods),
+        (4, 1),
+        "static pods with and without discovery, DaemonSet, kubespray static pod"
+    );
 }
 
 #[test]
@@ -451,15 +543,32 @@ fn kubespray_config_keeps_nginx_proxy_choices() {
 
 // --- Dockerfile -------------------------------------------------------------
 
-/// Instructions (keyword, rest) with comments and blank lines removed.
+/// Instructions (keyword, rest) with comments and blank lines removed,
+/// and the global `ARG`s' defaults put in for `${NAME}` (what a build
+/// without `--build-arg` uses).
 fn dockerfile() -> Vec<(String, String)> {
-    read("Dockerfile")
+    let ins: Vec<(String, String)> = read("Dockerfile")
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {
             let (k, rest) = l.split_once(char::is_whitespace).unwrap_or((l, ""));
             (k.to_ascii_uppercase(), rest.trim().to_string())
+        })
+        .collect();
+    let args: Vec<(String, String)> = ins
+        .iter()
+        .take_while(|(k, _)| k == "ARG")
+        .filter_map(|(_, r)| r.split_once('='))
+        .map(|(n, v)| (format!("${{{n}}}"), v.to_string()))
+        .collect();
+    ins.into_iter()
+        .filter(|(k, _)| k != "ARG")
+        .map(|(k, mut r)| {
+            for (name, value) in &args {
+                r = r.replace(name, value);
+            }
+            (k, r)
         })
         .collect()
 }
@@ -472,7 +581,7 @@ fn dockerfile_builds_like_ci() {
         .filter(|(k, _)| k == "FROM")
         .map(|(_, r)| r.as_str())
         .collect();
-    assert_eq!(froms.len(), 2, "{froms:?}");
+    assert_eq!(froms.len(), 3, "{froms:?}");
 
     // Build stage: the official image on the stable channel. CI uses the
     // stable toolchain and there is no rust-toolchain file to say otherwise.
@@ -520,16 +629,18 @@ fn dockerfile_builds_like_ci() {
         );
     }
 
+    // The binary: the build stage's by default (BINARY_FROM).
+    assert_eq!(froms[1], format!("{stage} AS binary"));
     // Runtime stage: distroless, the binary and the config only.
-    assert_eq!(froms[1], "gcr.io/distroless/cc-debian12");
+    assert_eq!(froms[2], "gcr.io/distroless/cc-debian12 AS runtime");
     let runtime: Vec<&(String, String)> = ins
         .iter()
-        .skip_while(|(k, r)| !(k == "FROM" && r == froms[1]))
+        .skip_while(|(k, r)| !(k == "FROM" && r == froms[2]))
         .collect();
     let expect = [
         (
             "COPY",
-            format!("--from={stage} /src/target/release/cplb /usr/local/bin/cplb"),
+            "--from=binary /src/target/release/cplb /usr/local/bin/cplb".to_string(),
         ),
         ("COPY", "config/cplb.yaml /etc/cplb/cplb.yaml".to_string()),
         // cplb's own uid (not distroless' shared nonroot 65532).

@@ -701,3 +701,45 @@ async fn a_hung_config_read_stalls_neither_healthz_nor_shutdown() {
     println!("exit with a read still hanging: {:?}", t.elapsed());
     drop(w);
 }
+
+/// A ConfigMap update as the running binary logs it: one plain line of
+/// cplb's own, none of notify's internals (Rust debug text such as
+/// `Os { code: 22, .. }` or `WatchNotFound`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmap_swap_logs_no_debug_text() {
+    let (a, b) = (
+        FakeUpstream::start("a").await,
+        FakeUpstream::start("b").await,
+    );
+    let dir = temp_dir("configmap-logs");
+    configmap_publish(&dir, "2026_11_24_10_00_00.1", &proc_yaml(&[a.addr]));
+    // The watcher's own debug line says when it watches: a swap before
+    // that would be picked up at its start, not seen as a swap.
+    let mut p = CplbProcess::spawn_with_file(
+        dir.join("cplb.yaml"),
+        Options {
+            log_filter: Some("info,cplb::watch=debug".into()),
+            ..Default::default()
+        },
+    );
+    p.wait_for_count("watching config directory", 1);
+    for (n, (version, up, name)) in [
+        ("2026_11_24_10_01_00.2", b.addr, "b"),
+        ("2026_11_24_10_02_00.3", a.addr, "a"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let old = std::fs::read_link(dir.join("..data")).unwrap();
+        configmap_publish(&dir, version, &proc_yaml(&[up]));
+        std::fs::remove_dir_all(dir.join(old)).unwrap();
+        p.wait_for_count("config reloaded", n + 1);
+        p.wait_for_count("watching the new one", n + 1);
+        p.wait_for_count("watching config directory", n + 2);
+        assert_eq!(Client::connect(p.addr).await.upstream, name);
+    }
+    let logs = p.logs();
+    for debug_text in ["Os {", "WatchNotFound", "notify", "code: "] {
+        assert!(!logs.contains(debug_text), "{debug_text:?} in:\n{logs}");
+    }
+}

@@ -66,6 +66,10 @@ fn pods() -> Vec<(&'static str, String)> {
             "config/kubernetes/static-pod.yaml",
             read("config/cplb.yaml"),
         ),
+        (
+            "config/kubernetes/static-pod-discovery.yaml",
+            read("config/cplb.yaml"),
+        ),
         ("config/kubernetes/daemonset.yaml", configmap_config()),
         (
             "config/kubespray/cplb-proxy.yaml",

@@ -230,6 +230,33 @@ async fn no_usable_upstream_exits_one() {
     assert!(err.contains("no usable upstream (2 configured)"), "{err}");
 }
 
+/// A drain (SIGTERM with a connection open): the table says so and the
+/// exit code is 4, as `/readyz` answers 503, though every upstream is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_cplb_says_so_and_exits_four() {
+    let m0 = FakeUpstream::start("m0").await;
+    let m1 = FakeUpstream::start("m1").await;
+    let c = conf(&[m0.addr, m1.addr], false).set("shutdown_grace", "30s");
+    let mut p = CplbProcess::spawn(&c.yaml(), Options::default());
+    let admin = p.admin.unwrap().to_string();
+    let (_, v) = json_until(&admin, "running", |code, _| code == 0).await;
+    assert_eq!(v["shutting_down"], false, "{v:#}");
+    // Held open, it keeps the drain going until the test ends.
+    let mut held = Client::connect(p.addr).await;
+    held.ping("hold").await;
+    p.signal(libc::SIGTERM);
+    let (code, v) = json_until(&admin, "draining", |_, v| v["shutting_down"] == true).await;
+    assert_eq!(code, 4, "{v:#}");
+    let (code, table, err) = status(&admin, &[]).await;
+    println!("{table}{err}");
+    assert_eq!(code, 4, "{err}");
+    assert!(table.contains("\ndraining:     shutting down"), "{table}");
+    assert!(table.contains("upstreams:    2 of 2 usable"), "{table}");
+    assert!(err.contains("shutting down: draining connections"), "{err}");
+    drop(held);
+    assert_eq!(p.wait_exit(), Some(0), "{}", p.logs());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_admin_exits_three_with_a_clear_message() {
     let nobody = refused_addr().to_string();

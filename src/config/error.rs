@@ -56,6 +56,20 @@ pub(super) fn yaml_message(e: &serde_yaml_ng::Error) -> String {
             .map_or(end, |n| at + "struct Raw".len() + n);
         message.replace_range(at..end, "a mapping of settings (`key: value` lines)");
     }
+    // libyaml's words for a tab where indentation belongs.
+    if message.contains("found character that cannot start any token") {
+        message = message.replace(
+            "found character that cannot start any token",
+            "found character that cannot start any token (a tab? YAML indents with spaces only)",
+        );
+    }
+    // `interval: 2`: the number is fine, the unit is missing.
+    if let Some(number) = bare_number_for_duration(&message) {
+        message = message.replace(
+            ", expected a duration",
+            &format!(", expected a duration with a unit, such as {number}s or {number}ms"),
+        );
+    }
     if let Some(loc) = e.location() {
         let suffix = format!(" at line {} column {}", loc.line(), loc.column());
         if !message.contains(" at line ") {
@@ -63,4 +77,13 @@ pub(super) fn yaml_message(e: &serde_yaml_ng::Error) -> String {
         }
     }
     message
+}
+
+/// The number in `invalid value: string "2", expected a duration`, when
+/// that is all the value is.
+fn bare_number_for_duration(message: &str) -> Option<&str> {
+    let (head, _) = message.split_once("\", expected a duration")?;
+    let (_, value) = head.rsplit_once("string \"")?;
+    let numeric = !value.is_empty() && value.chars().all(|c| c.is_ascii_digit() || c == '.');
+    numeric.then_some(value)
 }

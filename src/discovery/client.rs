@@ -63,6 +63,13 @@ impl Reason {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The file itself: said once (kube's own message repeats the path, quoted).
+    #[error("could not read the kubeconfig {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("could not load the kubeconfig {path}")]
     Kubeconfig {
         path: PathBuf,
@@ -100,7 +107,13 @@ pub async fn load(path: &Path) -> Result<kube::Config, ClientError> {
         path: path.to_owned(),
         source,
     };
-    let kc = Kubeconfig::read_from(path).map_err(err)?;
+    let kc = Kubeconfig::read_from(path).map_err(|e| match e {
+        KubeconfigError::ReadConfig(source, _) => ClientError::Read {
+            path: path.to_owned(),
+            source,
+        },
+        other => err(other),
+    })?;
     let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .map_err(err)?;

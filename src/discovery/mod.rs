@@ -5,10 +5,11 @@
 //! ([`config`]), the kube client that dials an upstream directly and never
 //! the kubeconfig's server ([`client`]), the watcher that folds slices into
 //! ready `ip:port` addresses and publishes them debounced ([`watcher`],
-//! [`fold`]; its timing in `pace`), and the state file ([`state`]). See
-//! docs/discovery.md.
+//! [`fold`]; its timing in `pace`), the state file ([`state`]), and what
+//! `cplb --check` asks of both ([`check`]). See docs/discovery.md.
 
 pub(crate) mod apply;
+pub mod check;
 pub mod client;
 pub mod config;
 pub mod fold;

@@ -221,6 +221,23 @@ pub fn write(path: &Path, service: &str, addresses: &[String]) -> Result<(), Sta
     written.map_err(err)
 }
 
+/// What `cplb --check` asks of the state file: that this user can create
+/// a file in its directory, as `write` does (a file made and removed).
+pub fn check_writable(path: &Path) -> Result<(), StateError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    tempfile::Builder::new()
+        .prefix(".cplb-check.")
+        .tempfile_in(dir)
+        .map(drop)
+        .map_err(|source| StateError::Write {
+            path: path.to_owned(),
+            source,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

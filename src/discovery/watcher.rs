@@ -270,7 +270,7 @@ fn fail(stats: &Stats, reason: Reason, message: String) {
         tracing::warn!(
             reason = reason.as_str(),
             error = message.as_str(),
-            "discovery failed; serving the current upstreams"
+            "discovery failed; retrying"
         );
     }
 }

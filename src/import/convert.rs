@@ -9,7 +9,7 @@ use super::emit::{self, Plan, Value};
 use super::parse::Directive;
 use super::upstream::convert_upstream;
 use super::values::{block, number, one_arg, one_arg_block, positive_time, time};
-use super::warnings::{Cx, why_unsupported};
+use super::warnings::Cx;
 use super::{Conversion, ImportError};
 
 /// Settings a stream `server` inherits from the `stream` block.
@@ -71,7 +71,7 @@ pub(super) fn convert(top: &[Directive]) -> Result<Conversion, ImportError> {
                         let arg = one_arg(e)?;
                         connections = Some((number(e, arg, 1, 10_000_000)?, e.line));
                     } else {
-                        cx.ignored(e, why_unsupported(&e.name));
+                        cx.unsupported(e)?;
                     }
                 }
             }
@@ -94,7 +94,7 @@ pub(super) fn convert(top: &[Directive]) -> Result<Conversion, ImportError> {
                 d,
                 "cplb is not an HTTP server; its admin endpoint (admin: 127.0.0.1:8081) answers GET /healthz and /readyz in place of an http server's /healthz",
             ),
-            _ => cx.ignored(d, why_unsupported(&d.name)),
+            _ => cx.unsupported(d)?,
         }
     }
 
@@ -203,16 +203,10 @@ fn convert_stream(cx: &mut Cx, plan: &mut Plan, stream: &Directive) -> Result<()
             }
             _ => {
                 if !proxy_setting(&mut defaults, d)? {
-                    cx.ignored(d, why_unsupported(&d.name));
+                    cx.unsupported_in_stream(d)?;
                 }
             }
         }
-    }
-    if upstreams.is_empty() {
-        return Err(ImportError::at(
-            stream.line,
-            "the stream block has no upstream",
-        ));
     }
     let Some(first_server) = servers.first() else {
         return Err(ImportError::at(
@@ -245,7 +239,7 @@ fn convert_stream(cx: &mut Cx, plan: &mut Plan, stream: &Directive) -> Result<()
                 "proxy_pass" => pass = Some((one_arg(d)?.to_string(), d.line)),
                 _ => {
                     if !proxy_setting(&mut own, d)? {
-                        cx.ignored(d, why_unsupported(&d.name));
+                        cx.unsupported_in_stream(d)?;
                     }
                 }
             }
@@ -275,11 +269,29 @@ fn convert_stream(cx: &mut Cx, plan: &mut Plan, stream: &Directive) -> Result<()
         }
     }
     let (target, target_line) = target.unwrap_or_default();
-    let Some(upstream) = upstreams.iter().find(|u| u.args.first() == Some(&target)) else {
-        return Err(ImportError::at(
-            target_line,
-            format!("proxy_pass {target}: no upstream \"{target}\" in the stream block"),
-        ));
+    // As nginx: a name is an upstream block's first; else `host:port` is
+    // a group of that one server.
+    let direct;
+    let upstream = match upstreams.iter().find(|u| u.args.first() == Some(&target)) {
+        Some(u) => *u,
+        None if has_port(&target) => {
+            direct = one_server_upstream(&target, target_line);
+            &direct
+        }
+        None if upstreams.is_empty() => {
+            return Err(ImportError::at(
+                stream.line,
+                format!(
+                    "the stream block has no upstream, and proxy_pass {target} at line {target_line} is not a host:port"
+                ),
+            ));
+        }
+        None => {
+            return Err(ImportError::at(
+                target_line,
+                format!("proxy_pass {target}: no upstream \"{target}\" in the stream block"),
+            ));
+        }
     };
     for u in &upstreams {
         if u.line != upstream.line {
@@ -299,7 +311,65 @@ fn convert_stream(cx: &mut Cx, plan: &mut Plan, stream: &Directive) -> Result<()
     if let Some((settings, _)) = effective {
         apply_settings(plan, &settings);
     }
-    convert_upstream(cx, plan, upstream)
+    convert_upstream(cx, plan, upstream)?;
+    refuse_self_loop(plan, upstream, &listens)
+}
+
+/// `proxy_pass 10.0.0.1:6443;` as the upstream block nginx makes of it.
+fn one_server_upstream(address: &str, line: usize) -> Directive {
+    Directive {
+        name: "upstream".into(),
+        args: vec![address.into()],
+        line,
+        block: Some(vec![Directive {
+            name: "server".into(),
+            args: vec![address.into()],
+            line,
+            block: None,
+        }]),
+    }
+}
+
+/// Whether `proxy_pass` names an address rather than an upstream.
+fn has_port(target: &str) -> bool {
+    target.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && matches!(port.parse::<u32>(), Ok(1..=65535))
+    })
+}
+
+/// A server that is one of the listen addresses would be cplb proxying to
+/// itself (nginx did too, until its connections ran out): refused at the
+/// server's line, naming the listen.
+fn refuse_self_loop(
+    plan: &Plan,
+    upstream: &Directive,
+    listens: &[(SocketAddr, usize)],
+) -> Result<(), ImportError> {
+    for s in &plan.upstreams {
+        let Ok(addr) = s.address.parse::<SocketAddr>() else {
+            continue;
+        };
+        let Some((l, listen_line)) = listens.iter().find(|(l, _)| {
+            *l == addr
+                || (l.port() == addr.port() && l.ip().is_unspecified() && addr.ip().is_loopback())
+        }) else {
+            continue;
+        };
+        let line = upstream
+            .block
+            .iter()
+            .flatten()
+            .find(|d| d.name == "server" && d.args.first() == Some(&s.address))
+            .map_or(upstream.line, |d| d.line);
+        return Err(ImportError::at(
+            line,
+            format!(
+                "server {}: it is the listen address {l} at line {listen_line}: cplb would proxy every connection back to itself (a self-loop); list the API servers' addresses",
+                s.address
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Reads the proxy_* directives cplb has; false when `d` is not one of them.

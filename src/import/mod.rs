@@ -2,12 +2,14 @@
 //! replaces into a cplb YAML config. Three stages, each in its own file:
 //! `lexer` (tokens with line numbers), `parse` (directives and blocks) and
 //! `convert` (the mapping, with a warning for everything it cannot carry;
-//! `upstream` for the upstream block, `values` for argument parsing).
+//! `upstream` for the upstream block, `values` for argument parsing,
+//! `known` for the directive names nginx has).
 
 mod convert;
 mod duration;
 mod emit;
 mod error;
+mod known;
 mod lexer;
 mod parse;
 mod upstream;

@@ -39,7 +39,7 @@ pub(super) fn convert_upstream(
                     servers.push(s);
                 }
             }
-            _ => cx.ignored(d, why_unsupported(&d.name)),
+            _ => cx.unsupported_in_stream(d)?,
         }
     }
     if servers.is_empty() {

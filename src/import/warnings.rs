@@ -1,6 +1,8 @@
 //! Collected warnings, and the reason each common nginx directive has no
 //! cplb counterpart.
 
+use super::ImportError;
+use super::known;
 use super::parse::Directive;
 
 #[derive(Default)]
@@ -14,6 +16,43 @@ impl Cx {
     pub(super) fn ignored(&mut self, d: &Directive, reason: &str) {
         let what = if d.block.is_some() { " block" } else { "" };
         self.warn(d.line, format!("\"{}\"{what} ignored: {reason}", shown(d)));
+    }
+
+    /// A directive cplb does not convert: a warning for one nginx knows,
+    /// an error for any other name, since what it meant is unknown (nginx
+    /// itself refuses it: `unknown directive`).
+    pub(super) fn unsupported(&mut self, d: &Directive) -> Result<(), ImportError> {
+        if known::is_known(&d.name) {
+            self.ignored(d, why_unsupported(&d.name));
+            return Ok(());
+        }
+        let hint = match known::nearest(&d.name) {
+            Some(k) => format!(" (did you mean \"{k}\"?)"),
+            None => {
+                ": not an nginx directive (a third-party module's? remove it and convert again)"
+                    .into()
+            }
+        };
+        Err(ImportError::at(
+            d.line,
+            format!("unknown directive \"{}\"{hint}", d.name),
+        ))
+    }
+
+    /// As `unsupported`, inside `stream`, where an included file may hold
+    /// the upstreams and servers themselves: converting without them
+    /// would be a different proxy, so `include` there is an error.
+    pub(super) fn unsupported_in_stream(&mut self, d: &Directive) -> Result<(), ImportError> {
+        if d.name == "include" {
+            return Err(ImportError::at(
+                d.line,
+                format!(
+                    "\"{}\": import-nginx does not read included files, and inside stream they may hold upstreams and servers; copy their text in its place and convert again",
+                    shown(d)
+                ),
+            ));
+        }
+        self.unsupported(d)
     }
 
     pub(super) fn warn(&mut self, line: usize, message: impl AsRef<str>) {

@@ -67,6 +67,7 @@ pub(crate) fn collect(shared: &Shared) -> Status {
             error: load.error.clone(),
             restart_needed: load.restart_needed.iter().map(|f| f.to_string()).collect(),
         },
+        shutting_down: shared.draining.load(std::sync::atomic::Ordering::Acquire),
         upstreams,
     }
 }

@@ -9,8 +9,9 @@
 //! Exit codes, so the command can be a probe or a script check:
 //! `EXIT_OK` when at least one upstream is usable, `EXIT_NO_USABLE` when
 //! cplb answers but no upstream is usable, `EXIT_UNREACHABLE` when cplb
-//! cannot be reached or its answer is not understood. (2 stays clap's
-//! code for a usage error.)
+//! cannot be reached or its answer is not understood, `EXIT_SHUTTING_DOWN`
+//! while it drains before exit (as `/readyz` says). (2 stays clap's code
+//! for a usage error.)
 
 mod client;
 pub(crate) mod collect;
@@ -22,6 +23,7 @@ use std::io::Write;
 pub(crate) const EXIT_OK: u8 = 0;
 pub(crate) const EXIT_NO_USABLE: u8 = 1;
 pub(crate) const EXIT_UNREACHABLE: u8 = 3;
+pub(crate) const EXIT_SHUTTING_DOWN: u8 = 4;
 
 /// `--output`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +52,14 @@ pub fn run(admin: &str, output: Output, out: &mut dyn Write, err: &mut dyn Write
     };
     if let Err(e) = written {
         let _ = writeln!(err, "cplb status: could not write the output: {e}");
+    }
+    // Before "usable": a draining cplb takes no new connection at all.
+    if status.shutting_down {
+        let _ = writeln!(
+            err,
+            "cplb status: cplb is shutting down: draining connections"
+        );
+        return EXIT_SHUTTING_DOWN;
     }
     if status.usable_upstreams() == 0 {
         let _ = writeln!(

@@ -14,6 +14,10 @@ pub(crate) struct Status {
     /// The config file cplb runs from; `None` when started without one.
     pub config_file: Option<String>,
     pub last_load: Load,
+    /// Draining before exit (SIGTERM): `/readyz` answers 503 and no new
+    /// connection is accepted. Absent from an older cplb's document: false.
+    #[serde(default)]
+    pub shutting_down: bool,
     pub upstreams: Vec<Upstream>,
 }
 

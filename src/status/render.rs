@@ -40,6 +40,12 @@ pub(super) fn table(s: &Status, admin: &str, now: f64) -> String {
             l.restart_needed.join(", ")
         );
     }
+    if s.shutting_down {
+        let _ = writeln!(
+            out,
+            "draining:     shutting down; no new connections, open ones finish or are closed at shutdown_grace"
+        );
+    }
     let _ = writeln!(
         out,
         "upstreams:    {} of {} usable\n",

@@ -152,6 +152,11 @@ pub fn refused_addr() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
+/// A port free on 127.0.0.1 now, for a process that binds it right after.
+pub fn free_port() -> u16 {
+    refused_addr().port()
+}
+
 /// A listener that never accepts, with its accept queue already full, so
 /// further SYNs are dropped and connects time out: a blackholed master.
 pub struct Blackhole {
