@@ -613,6 +613,9 @@ fn dockerfile_builds_like_ci() {
         flags.contains(&"--release") && flags.contains(&"--locked"),
         "{build}"
     );
+    // The image is the product without its tools, with its kernel programs.
+    assert!(flags.contains(&"--no-default-features"), "{build}");
+    assert!(flags.contains(&"CPLB_BPF=require"), "{build}");
     // CI builds with the lock file too.
     assert!(read(".ci/run").contains("--locked"));
 
@@ -622,7 +625,12 @@ fn dockerfile_builds_like_ci() {
         .filter(|(k, _)| k == "COPY")
         .map(|(_, r)| r.as_str())
         .collect();
-    for needed in ["Cargo.toml Cargo.lock", "src src", "benches benches"] {
+    for needed in [
+        "Cargo.toml Cargo.lock build.rs",
+        "src src",
+        "benches benches",
+        "bpf bpf",
+    ] {
         assert!(
             copies.iter().any(|c| c.contains(needed)),
             "COPY {needed}: {copies:?}"
