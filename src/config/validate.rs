@@ -208,6 +208,8 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         discovery: raw.discovery.map(|d| d.validate(path)).transpose()?,
         failback: crate::failback::Failback::from_raw(&raw.failback)
             .map_err(|e| cx.err(format!("failback.{}", e.field), e.reason))?,
+        dataplane: crate::kernel::config::Dataplane::from_raw(&raw.dataplane)
+            .map_err(|e| cx.err(format!("dataplane.{}", e.field), e.reason))?,
     })
 }
 
