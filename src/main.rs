@@ -87,12 +87,62 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// The kernel data plane's programs and maps (docs/kernel.md).
+    #[command(subcommand)]
+    Dataplane(DataplaneCommand),
+}
+
+#[derive(Subcommand)]
+enum DataplaneCommand {
+    /// Detach the kernel programs of the cplb that runs from this config
+    /// file and remove its pins under `dataplane.bpffs`. Needed when
+    /// uninstalling cplb, or going back to proxy mode without restarting
+    /// cplb: otherwise the last masters it published keep being chosen,
+    /// with no cplb to follow their health.
+    Detach {
+        /// The config file of that cplb (its `listen` and `dataplane.bpffs`
+        /// name the pins).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum StatusOutput {
     Table,
     Json,
+}
+
+/// `cplb dataplane detach --config FILE`.
+fn dataplane_detach(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cplb: {}", Escaped(cplb::logfmt::Chain(&e)));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let (bpffs, listen) = (&config.dataplane.bpffs, &config.listen);
+    let dir = cplb::kernel::Instance::new(bpffs, listen)
+        .dir()
+        .to_path_buf();
+    let done = cplb::kernel::detach(bpffs, listen).with_context(|| {
+        format!(
+            "could not detach the kernel data plane pinned at {}",
+            dir.display()
+        )
+    })?;
+    if done.links == 0 && done.maps == 0 {
+        println!("nothing was pinned at {}", dir.display());
+    } else {
+        println!(
+            "detached {} links and removed {} maps pinned at {}",
+            done.links,
+            done.maps,
+            dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -154,6 +204,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         #[cfg(not(feature = "tools"))]
         Some(Command::Simulate { .. }) => return Ok(not_in_this_build("simulate")),
+        Some(Command::Dataplane(DataplaneCommand::Detach { config })) => {
+            return dataplane_detach(config);
+        }
         Some(Command::Discover { .. }) | None => {}
     }
     let path = cli.config.context("--config FILE is required")?;

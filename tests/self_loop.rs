@@ -11,16 +11,7 @@ use std::process::Command;
 
 use common::cluster::{Auth, Cluster};
 use common::process::{CplbProcess, Options};
-use common::{FakeUpstream, TestConfig, http, wait_until};
-
-/// A port free on 127.0.0.1 now (cplb binds it right after).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{FakeUpstream, TestConfig, free_port, http, wait_until};
 
 fn check(yaml: &str) -> (bool, String) {
     let dir = common::process::temp_dir("selfcheck");

@@ -47,6 +47,17 @@ pub enum Mode {
     Auto,
 }
 
+impl Mode {
+    /// As written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Proxy => "proxy",
+            Mode::Kernel => "kernel",
+            Mode::Auto => "auto",
+        }
+    }
+}
+
 /// Validated `dataplane:`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dataplane {

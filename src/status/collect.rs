@@ -1,6 +1,6 @@
 //! The server side of `/status`: the document built from the live state.
 
-use super::model::{Check, Load, State, Status, Upstream};
+use super::model::{Check, Dataplane, Load, State, Status, Upstream};
 use crate::shared::Shared;
 
 pub(crate) fn collect(shared: &Shared) -> Status {
@@ -67,6 +67,17 @@ pub(crate) fn collect(shared: &Shared) -> Status {
             error: load.error.clone(),
             restart_needed: load.restart_needed.iter().map(|f| f.to_string()).collect(),
         },
+        dataplane: shared
+            .dataplane
+            .in_force
+            .get()
+            .map(|d| Dataplane {
+                configured: d.configured.as_str().to_string(),
+                mode: if d.kernel { "kernel" } else { "proxy" }.to_string(),
+                why_proxy: d.why_proxy.clone(),
+                instance: d.instance.clone(),
+            })
+            .unwrap_or_default(),
         upstreams,
     }
 }

@@ -14,7 +14,35 @@ pub(crate) struct Status {
     /// The config file cplb runs from; `None` when started without one.
     pub config_file: Option<String>,
     pub last_load: Load,
+    /// The data plane in force. Absent from an older cplb's document: the
+    /// proxy.
+    #[serde(default)]
+    pub dataplane: Dataplane,
     pub upstreams: Vec<Upstream>,
+}
+
+/// Where new connections are balanced (docs/kernel.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Dataplane {
+    /// `dataplane.mode` as configured: `proxy`, `kernel` or `auto`.
+    pub configured: String,
+    /// In force: `proxy` or `kernel`.
+    pub mode: String,
+    /// In `auto`, why the kernel could not be used.
+    pub why_proxy: Option<String>,
+    /// The instance's pins under bpffs, in kernel mode.
+    pub instance: Option<String>,
+}
+
+impl Default for Dataplane {
+    fn default() -> Self {
+        Dataplane {
+            configured: "proxy".into(),
+            mode: "proxy".into(),
+            why_proxy: None,
+            instance: None,
+        }
+    }
 }
 
 impl Status {

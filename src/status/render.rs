@@ -40,6 +40,20 @@ pub(super) fn table(s: &Status, admin: &str, now: f64) -> String {
             l.restart_needed.join(", ")
         );
     }
+    let d = &s.dataplane;
+    let _ = match (&d.why_proxy, &d.instance) {
+        (Some(why), _) => writeln!(
+            out,
+            "data plane:   proxy ({} configured: {why})",
+            d.configured
+        ),
+        (None, Some(instance)) => writeln!(
+            out,
+            "data plane:   {} (configured {}; instance {instance}; CONNS include rewritten connections, BYTES only proxied ones)",
+            d.mode, d.configured
+        ),
+        (None, None) => writeln!(out, "data plane:   {}", d.mode),
+    };
     let _ = writeln!(
         out,
         "upstreams:    {} of {} usable\n",

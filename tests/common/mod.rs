@@ -40,6 +40,16 @@ pub enum Mode {
     Ticker { ms: u64 },
 }
 
+/// A port free on 127.0.0.1 now (cplb binds it right after): for a
+/// listen address fixed in a config file.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A TCP server on 127.0.0.1:0 that writes `name\n` on accept.
 pub struct FakeUpstream {
     pub name: String,

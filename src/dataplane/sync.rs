@@ -1,0 +1,205 @@
+//! The task that keeps the kernel's maps in step with the snapshot and
+//! the health of its masters, and feeds the kernel's per-master counters
+//! into the proxy's metrics.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::tables::{self, Built};
+use crate::kernel::{KernelError, Plane, Tables};
+use crate::logfmt::Chain;
+use crate::metrics::FailureReason;
+use crate::shared::Shared;
+
+/// How often the maps are looked at without a kick: a passive mark that
+/// lapsed, an address the resolver changed, the counters for /metrics.
+const TICK: Duration = Duration::from_millis(500);
+/// A wildcard listen address stands for the host's addresses at publish
+/// time: published again this often to follow them.
+const REPUBLISH: Duration = Duration::from_secs(30);
+
+/// What one task run keeps between looks.
+#[derive(Default)]
+struct Step {
+    last: Option<Built>,
+    published_at: Option<Instant>,
+    /// The kernel's counters as last read, per master, and how much of
+    /// `open` is in the gauge.
+    seen: HashMap<SocketAddr, Seen>,
+    /// Inside an episode of failed writes: logged at its start and end.
+    failing: bool,
+}
+
+#[derive(Clone, Copy)]
+struct Seen {
+    connects: u64,
+    failures: u64,
+    open: i64,
+}
+
+/// Runs until `stop`: publishes at once, then on each kick (a reload, an
+/// active check's transition) and each tick. The plane is behind a mutex
+/// only so that a restarted run (after a panic) finds it.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    plane: Arc<Mutex<Plane>>,
+    listen: Vec<SocketAddr>,
+    stop: CancellationToken,
+) {
+    let mut step = Step::default();
+    loop {
+        let snap = shared.snapshot.load_full();
+        let built = tables::build(&snap, &listen, shared.clock.now_ms());
+        let plane = plane.clone();
+        // Map writes and reads are system calls: off the control-plane
+        // thread, as a publish of 4096 slots takes milliseconds.
+        let done = tokio::task::spawn_blocking(move || {
+            let mut plane = plane.lock().unwrap_or_else(PoisonError::into_inner);
+            let result = step.apply(&mut plane, built);
+            let counters = plane.backends();
+            (step, result, counters)
+        })
+        .await;
+        // Err: the blocking pool is gone, the runtime is shutting down.
+        let Ok((s, result, counters)) = done else {
+            return;
+        };
+        step = s;
+        step.report(result);
+        step.counters(&snap, counters);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = shared.dataplane.kick.notified() => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+impl Step {
+    /// Writes what changed: nothing, the usable flags of some masters (one
+    /// write each), or a whole publish.
+    fn apply(&mut self, plane: &mut Plane, built: Built) -> Result<(), KernelError> {
+        let due = self.published_at.is_none_or(|t| t.elapsed() >= REPUBLISH);
+        let last = self.last.as_ref().map(|b| &b.tables);
+        let came_up = |t: &Tables| -> Vec<SocketAddr> {
+            t.backends
+                .iter()
+                .filter(|b| {
+                    b.usable
+                        && last.is_some_and(|l| {
+                            l.backends.iter().any(|o| o.addr == b.addr && !o.usable)
+                        })
+                })
+                .map(|b| b.addr)
+                .collect()
+        };
+        let up = came_up(&built.tables);
+        match last {
+            Some(l) if *l == built.tables && !due => return Ok(()),
+            Some(l) if !due && same_but_usable(l, &built.tables) => {
+                for (old, new) in l.backends.iter().zip(&built.tables.backends) {
+                    if old.usable != new.usable {
+                        plane.set_usable(new.addr, new.usable)?;
+                    }
+                }
+            }
+            _ => {
+                plane.publish(&built.tables)?;
+                if self.published_at.is_none() {
+                    let t = &built.tables;
+                    tracing::info!(
+                        masters = t.backends.len(),
+                        usable = t.backends.iter().filter(|b| b.usable).count(),
+                        "kernel data plane tables published: connects to the listen addresses are rewritten to usable masters"
+                    );
+                }
+                self.published_at = Some(Instant::now());
+            }
+        }
+        // Usable again (an active check passed): the kernel's own passive
+        // mark goes too, as the proxy's does on a passing probe.
+        for addr in up {
+            plane.clear_down(addr)?;
+        }
+        self.last = Some(built);
+        Ok(())
+    }
+
+    /// Logs the start and the end of an episode of failed writes.
+    fn report(&mut self, result: Result<(), KernelError>) {
+        match (result, self.failing) {
+            (Err(e), false) => {
+                self.failing = true;
+                // Published again whole at the next look.
+                self.last = None;
+                tracing::error!(error = %Chain(&e), "could not update the kernel data plane's maps; connects are chosen from the last tables written until this succeeds");
+            }
+            (Err(_), true) => self.last = None,
+            (Ok(()), true) => {
+                self.failing = false;
+                tracing::info!("the kernel data plane's maps are up to date again");
+            }
+            (Ok(()), false) => {}
+        }
+    }
+
+    /// Adds what the kernel counted since the last look to the proxy's
+    /// per-upstream series: connects to `cplb_connections_total`, failed
+    /// connects to `cplb_connect_failures_total{reason="other"}` (the
+    /// programs cannot tell a refusal from a timeout), open rewritten
+    /// connections to `cplb_connections_active`. Counts from before this
+    /// process started are a baseline, not an increase.
+    fn counters(
+        &mut self,
+        snap: &crate::snapshot::Snapshot,
+        read: Result<Vec<crate::kernel::BackendStatus>, KernelError>,
+    ) {
+        let Ok(read) = read else {
+            return;
+        };
+        let Some(built) = &self.last else {
+            return;
+        };
+        for k in read {
+            let Some(b) = built.tables.backends.iter().position(|b| b.addr == k.addr) else {
+                continue;
+            };
+            let Some(up) = built
+                .upstream_of
+                .get(b)
+                .and_then(|&i| snap.upstreams.get(i))
+            else {
+                continue;
+            };
+            let m = &up.state.metrics;
+            let now = Seen {
+                connects: k.connects,
+                failures: k.failures,
+                open: k.open.max(0),
+            };
+            match self.seen.insert(k.addr, now) {
+                None => m.connections_active.add(now.open),
+                Some(was) => {
+                    m.connections_total
+                        .inc_by(now.connects.saturating_sub(was.connects));
+                    m.failure(FailureReason::Other)
+                        .inc_by(now.failures.saturating_sub(was.failures));
+                    m.connections_active.add(now.open - was.open);
+                }
+            }
+        }
+    }
+}
+
+/// The same services and masters, only some usable flags differ.
+fn same_but_usable(a: &Tables, b: &Tables) -> bool {
+    a.services == b.services
+        && a.backends.len() == b.backends.len()
+        && a.backends.iter().zip(&b.backends).all(|(x, y)| {
+            x.addr == y.addr && x.max_fails == y.max_fails && x.fail_timeout_ms == y.fail_timeout_ms
+        })
+}
