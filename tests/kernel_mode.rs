@@ -103,8 +103,8 @@ fn greeting(c: &Connect) -> Option<&str> {
 /// The daemon rewrites a connect from the cgroup to the master the proxy
 /// would choose; getpeername shows the listen address; the proxy carries
 /// nothing. The home marked down by the active check stops being chosen
-/// (the next on the walk, still not through the proxy); its return makes
-/// it the choice again. /status, `cplb status` and the metrics say
+/// (the next on the walk, still not through the proxy) and its rewritten
+/// connection is closed; its return makes it the choice again. /status, `cplb status` and the metrics say
 /// kernel; the kernel's connects are in the proxy's series.
 #[test]
 fn the_daemon_rewrites_to_the_proxys_choice_and_follows_the_active_check() {
@@ -131,9 +131,13 @@ fn the_daemon_rewrites_to_the_proxys_choice_and_follows_the_active_check() {
     let mut client = env.client();
 
     let got = client.connect(listen);
-    let Connect::Ok { peer, .. } = &got else {
+    let Connect::Ok {
+        peer, id: first, ..
+    } = &got
+    else {
         panic!("{got:?}")
     };
+    let first = *first;
     assert_eq!(
         greeting(&got),
         Some(order[0].as_str()),
@@ -189,6 +193,15 @@ fn the_daemon_rewrites_to_the_proxys_choice_and_follows_the_active_check() {
         t0.elapsed()
     );
     assert_eq!(proxied(admin), 0.0, "still not through the proxy");
+    // Its rewritten connection is closed (SOCK_DESTROY), as the proxy
+    // closes its own (close_on_down), under the same label.
+    wait_for("the dead home's connection closed", || !client.ping(first));
+    let closed =
+        format!("cplb_connections_closed_total{{reason=\"upstream_down\",upstream=\"{home}\"}}");
+    assert_eq!(metric(admin, &closed), 1.0);
+    let (alive, dead) = client.ping_all();
+    println!("after the eviction: alive {alive:?}, dead {dead:?}");
+    assert_eq!(dead, vec![first], "only the dead home's connection");
 
     // Back: the choice returns home.
     let back = net

@@ -32,6 +32,9 @@ struct Step {
     seen: HashMap<SocketAddr, Seen>,
     /// Inside an episode of failed writes: logged at its start and end.
     failing: bool,
+    /// Each master's eviction count (`UpstreamState::evictions`) as last
+    /// acted on.
+    evictions: HashMap<SocketAddr, u32>,
 }
 
 #[derive(Clone, Copy)]
@@ -54,12 +57,13 @@ pub(crate) async fn run(
     loop {
         let snap = shared.snapshot.load_full();
         let built = tables::build(&snap, &listen, shared.clock.now_ms());
-        let plane = plane.clone();
+        let (plane, snap_for) = (plane.clone(), snap.clone());
         // Map writes and reads are system calls: off the control-plane
         // thread, as a publish of 4096 slots takes milliseconds.
         let done = tokio::task::spawn_blocking(move || {
             let mut plane = plane.lock().unwrap_or_else(PoisonError::into_inner);
             let result = step.apply(&mut plane, built);
+            step.close_evicted(&plane, &snap_for);
             let counters = plane.backends();
             (step, result, counters)
         })
@@ -127,6 +131,45 @@ impl Step {
         }
         self.last = Some(built);
         Ok(())
+    }
+
+    /// Closes the rewritten connections of a master the active check
+    /// evicted since the last look (dead at once, draining after
+    /// `drain_grace`; the prober decides, with the proxy's rules, and
+    /// counts an eviction), with `SOCK_DESTROY`, under the proxy's
+    /// `cplb_connections_closed_total` labels. An eviction from before
+    /// this run started is a baseline.
+    fn close_evicted(&mut self, plane: &Plane, snap: &crate::snapshot::Snapshot) {
+        let Some(built) = &self.last else {
+            return;
+        };
+        for (b, &i) in built.upstream_of.iter().enumerate() {
+            let (Some(master), Some(up)) = (built.tables.backends.get(b), snap.upstreams.get(i))
+            else {
+                continue;
+            };
+            let now = up.state.evictions();
+            let was = self.evictions.insert(master.addr, now);
+            if was.is_none_or(|w| w == now) {
+                continue;
+            }
+            let m = &up.state.metrics;
+            match plane.destroy_to(master.addr, crate::kernel::Filter::all()) {
+                Ok(n) => {
+                    let counter = match up.state.evict_reason() {
+                        crate::upstream::EvictReason::Dead => &m.closed_upstream_down,
+                        crate::upstream::EvictReason::Draining => &m.closed_upstream_draining,
+                    };
+                    counter.inc_by(n as u64);
+                    if n > 0 {
+                        tracing::info!(upstream = %up.state.address, closed = n, "closed rewritten connections of an evicted upstream");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(upstream = %up.state.address, error = %Chain(&e), "could not close the rewritten connections of an evicted upstream")
+                }
+            }
+        }
     }
 
     /// Logs the start and the end of an episode of failed writes.
