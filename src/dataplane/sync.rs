@@ -35,6 +35,9 @@ struct Step {
     /// Each master's eviction count (`UpstreamState::evictions`) as last
     /// acted on.
     evictions: HashMap<SocketAddr, u32>,
+    /// The state of each master last published, to tell one discovery
+    /// removed (`is_retired`) from one a reload dropped.
+    states: HashMap<SocketAddr, Arc<crate::upstream::UpstreamState>>,
 }
 
 #[derive(Clone, Copy)]
@@ -143,6 +146,28 @@ impl Step {
         let Some(built) = &self.last else {
             return;
         };
+        let states: HashMap<SocketAddr, Arc<crate::upstream::UpstreamState>> = built
+            .upstream_of
+            .iter()
+            .zip(&built.tables.backends)
+            .filter_map(|(&i, b)| Some((b.addr, snap.upstreams.get(i)?.state.clone())))
+            .collect();
+        // Removed by discovery after `remove_after`: its connections close,
+        // whatever `close_on_down` says, as the proxy's do. One a reload
+        // dropped keeps them (nginx's reload lets them finish).
+        for (addr, st) in std::mem::replace(&mut self.states, states) {
+            if self.states.contains_key(&addr) || !st.is_retired() {
+                continue;
+            }
+            match plane.destroy_to(addr, crate::kernel::Filter::all()) {
+                Ok(n) => {
+                    tracing::info!(upstream = %st.address, closed = n, "closed rewritten connections of an upstream discovery removed")
+                }
+                Err(e) => {
+                    tracing::warn!(upstream = %st.address, error = %Chain(&e), "could not close the rewritten connections of an upstream discovery removed")
+                }
+            }
+        }
         for (b, &i) in built.upstream_of.iter().enumerate() {
             let (Some(master), Some(up)) = (built.tables.backends.get(b), snap.upstreams.get(i))
             else {
