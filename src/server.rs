@@ -290,12 +290,12 @@ impl Server {
         if let Some(plane) = plane {
             // Runs through the drain: the maps keep following health until
             // the end, and stay as last written once cplb has stopped.
-            let plane = Arc::new(std::sync::Mutex::new(plane));
+            let kept = crate::dataplane::sync::Kept::new(plane);
             let (shared, listen, stop) = (shared.clone(), local_addrs.clone(), stop_rest.clone());
             supervisor.restarting(Task::Dataplane, stop_rest.clone(), move || {
                 crate::dataplane::sync::run(
                     shared.clone(),
-                    plane.clone(),
+                    kept.clone(),
                     listen.clone(),
                     stop.clone(),
                 )

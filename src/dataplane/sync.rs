@@ -47,37 +47,57 @@ struct Seen {
     open: i64,
 }
 
+/// The plane and what the task knows of it, kept across the task's
+/// restarts: a restarted run goes on from the same counters (no open
+/// connection counted twice) and publishes again (`last` is dropped).
+pub(crate) struct Kept {
+    plane: Plane,
+    step: Step,
+}
+
+impl Kept {
+    pub(crate) fn new(plane: Plane) -> Arc<Mutex<Kept>> {
+        Arc::new(Mutex::new(Kept {
+            plane,
+            step: Step::default(),
+        }))
+    }
+}
+
 /// Runs until `stop`: publishes at once, then on each kick (a reload, an
-/// active check's transition) and each tick. The plane is behind a mutex
-/// only so that a restarted run (after a panic) finds it.
+/// active check's transition) and each tick.
 pub(crate) async fn run(
     shared: Arc<Shared>,
-    plane: Arc<Mutex<Plane>>,
+    kept: Arc<Mutex<Kept>>,
     listen: Vec<SocketAddr>,
     stop: CancellationToken,
 ) {
-    let mut step = Step::default();
+    kept.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .step
+        .last = None;
     loop {
         let snap = shared.snapshot.load_full();
         let built = tables::build(&snap, &listen, shared.clock.now_ms());
-        let (plane, snap_for) = (plane.clone(), snap.clone());
+        let kept = kept.clone();
         // Map writes and reads are system calls: off the control-plane
         // thread, as a publish of 4096 slots takes milliseconds.
         let done = tokio::task::spawn_blocking(move || {
-            let mut plane = plane.lock().unwrap_or_else(PoisonError::into_inner);
-            let result = step.apply(&mut plane, built);
-            step.close_evicted(&plane, &snap_for);
-            let counters = plane.backends();
-            (step, result, counters)
+            let mut guard = kept.lock().unwrap_or_else(PoisonError::into_inner);
+            let Kept { plane, step } = &mut *guard;
+            let result = step.apply(plane, built);
+            step.report(result);
+            step.close_evicted(plane, &snap);
+            step.counters(&snap, plane.backends());
         })
         .await;
-        // Err: the blocking pool is gone, the runtime is shutting down.
-        let Ok((s, result, counters)) = done else {
-            return;
-        };
-        step = s;
-        step.report(result);
-        step.counters(&snap, counters);
+        match done {
+            Ok(()) => {}
+            // To the supervisor, which logs, counts and restarts.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The blocking pool is gone: the runtime is shutting down.
+            Err(_) => return,
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = shared.dataplane.kick.notified() => {}
