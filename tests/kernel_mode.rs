@@ -46,6 +46,11 @@ fn yaml(env: &Env, mode: &str, port: u16, masters: &[&FakeUpstream], check: &str
     y
 }
 
+/// Masters "a", "b" and "c".
+fn three(net: &Net) -> [FakeUpstream; 3] {
+    ["a", "b", "c"].map(|n| net.serve(n, "127.0.0.1:0"))
+}
+
 /// The masters' names in the order the proxy's choice walks them for
 /// `hash.key: node`, `node_id: node-7`.
 fn walk(masters: &[&FakeUpstream]) -> Vec<String> {
@@ -104,19 +109,16 @@ fn greeting(c: &Connect) -> Option<&str> {
 /// would choose; getpeername shows the listen address; the proxy carries
 /// nothing. The home marked down by the active check stops being chosen
 /// (the next on the walk, still not through the proxy) and its rewritten
-/// connection is closed; its return makes it the choice again. /status, `cplb status` and the metrics say
-/// kernel; the kernel's connects are in the proxy's series.
+/// connection is closed; its return makes it the choice again. /status,
+/// `cplb status` and the metrics say kernel; the kernel's connects are in
+/// the proxy's series.
 #[test]
 fn the_daemon_rewrites_to_the_proxys_choice_and_follows_the_active_check() {
     let Some(env) = Env::new("the_daemon_rewrites_to_the_proxys_choice") else {
         return;
     };
     let net = Net::new();
-    let ups = [
-        net.serve("a", "127.0.0.1:0"),
-        net.serve("b", "127.0.0.1:0"),
-        net.serve("c", "127.0.0.1:0"),
-    ];
+    let ups = three(&net);
     let masters: Vec<&FakeUpstream> = ups.iter().collect();
     let order = walk(&masters);
     println!("the proxy's walk for node-7: {order:?}");
@@ -360,4 +362,82 @@ fn without_capabilities_auto_proxies_and_kernel_refuses() {
         err.contains("missing capability CAP_BPF") && err.contains("CAP_NET_ADMIN"),
         "{err}"
     );
+}
+
+/// Fail-back of rewritten connections: three connects made while home was
+/// down ran on the next master (displaced); once home is back they are
+/// closed at `max_per_second` (1 here), counted as `failback` on the
+/// master they ran on, and reconnects go home. A connection made at home
+/// meanwhile is left alone.
+#[test]
+fn displaced_rewritten_connections_fail_back_at_the_rate() {
+    let Some(env) = Env::new("displaced_rewritten_connections_fail_back_at_the_rate") else {
+        return;
+    };
+    let net = Net::new();
+    let ups = three(&net);
+    let masters: Vec<&FakeUpstream> = ups.iter().collect();
+    let order = walk(&masters);
+    let port = free_port();
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut y = yaml(&env, "kernel", port, &masters, "tcp");
+    y.push_str("failback:\n  settle: 0s\n  spread: 0s\n  max_per_second: 1\n");
+    let mut cplb = CplbProcess::spawn(&y, Options::default());
+    cplb.wait_for_log("kernel data plane tables published");
+    let admin = cplb.admin.unwrap();
+    let mut client = env.client();
+    let idx = ups.iter().position(|u| u.name == order[0]).unwrap();
+    let next = ups.iter().find(|u| u.name == order[1]).unwrap().addr;
+    let mut ups: Vec<Option<FakeUpstream>> = ups.into_iter().map(Some).collect();
+    let home_addr = net.stop(ups[idx].take().unwrap());
+    cplb.wait_for_log("upstream marked down");
+    let mut displaced = Vec::new();
+    let end = Instant::now() + DEADLINE;
+    while displaced.len() < 3 {
+        assert!(Instant::now() < end, "no connects to the next master");
+        if let Connect::Ok { id, greeting, .. } = client.connect(listen) {
+            assert_eq!(greeting, order[1]);
+            displaced.push(id);
+        }
+    }
+    let back = net
+        .rt
+        .block_on(FakeUpstream::start_at(&order[0], home_addr));
+    cplb.wait_for_log("upstream back up");
+    let at_home = client.connect(listen);
+    let Connect::Ok { id: at_home, .. } = at_home else {
+        panic!("{at_home:?}")
+    };
+    let t0 = Instant::now();
+    let mut closed_at = Vec::new();
+    let end = t0 + DEADLINE;
+    while closed_at.len() < displaced.len() {
+        assert!(Instant::now() < end, "closed so far: {closed_at:?}");
+        let (_, dead) = client.ping_all();
+        for id in dead {
+            if displaced.contains(&id) && !closed_at.iter().any(|(i, _)| *i == id) {
+                closed_at.push((id, t0.elapsed()));
+            }
+            assert_ne!(id, at_home, "a connection at home was closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("fail-back closes after home came back: {closed_at:?}");
+    let spread = closed_at[2].1 - closed_at[0].1;
+    assert!(
+        spread >= Duration::from_millis(1500),
+        "3 closes at 1/s took {spread:?}"
+    );
+    let closed =
+        format!("cplb_connections_closed_total{{reason=\"failback\",upstream=\"{next}\"}}");
+    assert_eq!(metric(admin, &closed), 3.0);
+    assert!(client.ping(at_home));
+    let got = client.connect(listen);
+    assert_eq!(
+        greeting(&got),
+        Some(order[0].as_str()),
+        "reconnects go home"
+    );
+    cplb.wait_for_log("fail-back episode for rewritten connections ended");
+    drop(back);
 }

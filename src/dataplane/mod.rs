@@ -1,13 +1,17 @@
 //! The data plane in force, decided at start-up from `dataplane.mode`,
 //! and the kernel's maps kept in step with the snapshot (docs/kernel.md).
 //! - `tables`: the kernel's tables from a snapshot, through `choice`.
-//! - `sync`: the supervised task that publishes them and reads the
-//!   kernel's counters into the proxy's metrics.
+//! - `sync`: the supervised task that publishes them, closes evicted
+//!   masters' rewritten connections and reads the kernel's counters into
+//!   the proxy's metrics.
+//! - `failback`: fail-back for rewritten connections, on the proxy's
+//!   schedule.
 //!
 //! In every mode the listener stays: a connect the programs leave alone
 //! (no usable master, another network namespace, no programs) reaches
 //! the proxy.
 
+mod failback;
 pub(crate) mod sync;
 mod tables;
 

@@ -38,6 +38,7 @@ struct Step {
     /// The state of each master last published, to tell one discovery
     /// removed (`is_retired`) from one a reload dropped.
     states: HashMap<SocketAddr, Arc<crate::upstream::UpstreamState>>,
+    failback: super::failback::KernelFailback,
 }
 
 #[derive(Clone, Copy)]
@@ -78,7 +79,8 @@ pub(crate) async fn run(
         .last = None;
     loop {
         let snap = shared.snapshot.load_full();
-        let built = tables::build(&snap, &listen, shared.clock.now_ms());
+        let now_ms = shared.clock.now_ms();
+        let built = tables::build(&snap, &listen, now_ms);
         let kept = kept.clone();
         // Map writes and reads are system calls: off the control-plane
         // thread, as a publish of 4096 slots takes milliseconds.
@@ -88,6 +90,9 @@ pub(crate) async fn run(
             let result = step.apply(plane, built);
             step.report(result);
             step.close_evicted(plane, &snap);
+            if let Some(built) = &step.last {
+                step.failback.tick(plane, built, &snap, now_ms);
+            }
             step.counters(&snap, plane.backends());
         })
         .await;
