@@ -847,8 +847,6 @@ def each_contender(kinds: list[str], cplb_bin: Path, uring_bin: Path | None, pre
             log(f"{kind}: {describe(out[kind])}")
     finally:
         Proc.stop_all()
-        if kernel_env is not None:
-            kernel_env.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
@@ -1233,6 +1231,8 @@ def main() -> int:
         interrupted = fatal = True
     finally:
         Proc.stop_all()
+        if kernel_env is not None:
+            kernel_env.close()
         if args.keep_tmp or fatal:
             log(f"kept {root}")
         else:
