@@ -295,7 +295,7 @@ async fn restart_only_fields_are_kept_and_the_rest_applies() {
     let changed = file_conf(&[b.addr])
         .set("backlog", 100)
         .workers(3)
-        .section("dataplane:\n  mode: auto\n")
+        .section("dataplane:\n  bpffs: /run/cplb-bpf\n")
         .yaml();
     std::fs::write(&path, changed).unwrap();
     let outcome = proxy.reload.reload().await.unwrap();
