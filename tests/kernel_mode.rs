@@ -41,7 +41,7 @@ fn yaml(env: &Env, mode: &str, port: u16, masters: &[&FakeUpstream], check: &str
     );
     // Passive health off: only the active check moves the choice here.
     for m in masters {
-        y.push_str(&format!("  - address: {}\n    max_fails: 0\n", m.addr));
+        y.push_str(&format!("  - address: \"{}\"\n    max_fails: 0\n", m.addr));
     }
     y
 }
@@ -440,4 +440,48 @@ fn displaced_rewritten_connections_fail_back_at_the_rate() {
     );
     cplb.wait_for_log("fail-back episode for rewritten connections ended");
     drop(back);
+}
+
+/// Two daemons on one host, one on an IPv4 and one on an IPv6 listen
+/// address, attached to the same cgroup: each rewrites only connects to
+/// its own address, to its own master, and getpeername shows each one's
+/// listen address. A client of the cgroup in another network namespace
+/// connecting to its own 127.0.0.1 and the first daemon's port is never
+/// rewritten.
+#[test]
+fn two_daemons_ipv4_and_ipv6_each_rewrite_their_own_and_not_another_netns() {
+    let Some(env) = Env::new("two_daemons_ipv4_and_ipv6") else {
+        return;
+    };
+    let net = Net::new();
+    let a = net.serve("a", "127.0.0.1:0");
+    let c6 = net.serve("c6", "[::1]:0");
+    let (p4, p6) = (free_port(), free_port());
+    let listen4: SocketAddr = format!("127.0.0.1:{p4}").parse().unwrap();
+    let listen6: SocketAddr = format!("[::1]:{p6}").parse().unwrap();
+    let y4 = yaml(&env, "kernel", p4, &[&a], "tcp");
+    let y6 = yaml(&env, "kernel", p6, &[&c6], "tcp").replace(
+        &format!("listen: 127.0.0.1:{p6}"),
+        &format!("listen: \"{listen6}\""),
+    );
+    let mut one = CplbProcess::spawn(&y4, Options::default());
+    let mut two = CplbProcess::spawn(&y6, Options::default());
+    one.wait_for_log("kernel data plane tables published");
+    two.wait_for_log("kernel data plane tables published");
+    let mut client = env.client();
+    for (listen, want, admin) in [
+        (listen4, "a", one.admin.unwrap()),
+        (listen6, "c6", two.admin.unwrap()),
+    ] {
+        let got = client.connect(listen);
+        let Connect::Ok { greeting, peer, .. } = &got else {
+            panic!("{listen}: {got:?}")
+        };
+        assert_eq!((greeting.as_str(), *peer), (want, listen));
+        assert_eq!(proxied(admin), 0.0, "{listen}: not through the proxy");
+    }
+    let mut inside = env.client();
+    inside.enter_netns(p4);
+    let got = inside.connect(listen4);
+    assert_eq!(greeting(&got), Some("netns"), "{got:?}");
 }
