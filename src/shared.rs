@@ -50,11 +50,14 @@ pub(crate) struct Shared {
 /// What `/status` shows of the data plane, and how the control plane asks
 /// the kernel maps' task to look again (a reload, an active check's
 /// transition). Never touched on a connection's path.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct DataplaneView {
     /// Set once at start-up; `None` in proxies built without `Server`.
     pub in_force: std::sync::OnceLock<InForce>,
     pub kick: tokio::sync::Notify,
+    /// Kernel mode: each master as the kernel's maps showed it at the
+    /// task's last look, for `/status`.
+    pub kernel: ArcSwap<Vec<crate::kernel::BackendStatus>>,
 }
 
 impl DataplaneView {

@@ -162,6 +162,17 @@ fn the_daemon_rewrites_to_the_proxys_choice_and_follows_the_active_check() {
     wait_for("the kernel's connect in cplb_connections_total", || {
         metric(admin, &total) >= 1.0 && metric(admin, &active) >= 1.0
     });
+    // /status: the kernel's view of each master.
+    wait_for("the kernel's counters in /status", || {
+        let v: serde_json::Value = serde_json::from_str(&get(admin, "/status")).unwrap();
+        let ups = v["upstreams"].as_array().unwrap().clone();
+        let at_home = ups
+            .iter()
+            .find(|u| u["address"] == home.to_string())
+            .unwrap();
+        let k = &at_home["kernel"];
+        k["connects"].as_u64() >= Some(1) && k["open"].as_i64() == Some(1) && k["usable"] == true
+    });
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cplb"))
         .args(["status", "--admin", &admin.to_string()])
         .output()

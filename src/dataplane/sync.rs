@@ -81,7 +81,7 @@ pub(crate) async fn run(
         let snap = shared.snapshot.load_full();
         let now_ms = shared.clock.now_ms();
         let built = tables::build(&snap, &listen, now_ms);
-        let kept = kept.clone();
+        let (kept, view) = (kept.clone(), shared.clone());
         // Map writes and reads are system calls: off the control-plane
         // thread, as a publish of 4096 slots takes milliseconds.
         let done = tokio::task::spawn_blocking(move || {
@@ -93,7 +93,11 @@ pub(crate) async fn run(
             if let Some(built) = &step.last {
                 step.failback.tick(plane, built, &snap, now_ms);
             }
-            step.counters(&snap, plane.backends());
+            let read = plane.backends();
+            if let Ok(read) = &read {
+                view.dataplane.kernel.store(Arc::new(read.clone()));
+            }
+            step.counters(&snap, read);
         })
         .await;
         match done {

@@ -110,6 +110,26 @@ pub(crate) struct Upstream {
     pub bytes_in: u64,
     /// Bytes from this upstream to clients.
     pub bytes_out: u64,
+    /// Kernel mode: what the programs counted for this master. Absent in
+    /// proxy mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<Kernel>,
+}
+
+/// One master as the kernel data plane sees it (docs/kernel.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Kernel {
+    /// Rewritten connects that completed.
+    pub connects: u64,
+    /// Rewritten connects that failed.
+    pub failures: u64,
+    /// Rewritten connections open now.
+    pub open: i64,
+    /// As last published: the programs may choose it.
+    pub usable: bool,
+    /// Marked down by the kernel's own passive health (`max_fails`), for
+    /// this many more seconds.
+    pub down_for: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -206,6 +206,7 @@ mod tests {
             displaced_connections: 0,
             bytes_in: 0,
             bytes_out: 0,
+            kernel: None,
         };
         let r = row(&u, 10.0);
         assert_eq!((r[1].as_str(), r[2].as_str()), ("api", "up (draining)"));
