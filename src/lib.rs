@@ -33,7 +33,9 @@
 //! - `kernel`: the kernel data plane: BPF programs (bpf/cplb.bpf.c) that
 //!   rewrite a connect to a listen address into a connect to the chosen
 //!   master, the tables user space publishes to them, and `SOCK_DESTROY`
-//!   of rewritten sockets. Not wired into the proxy yet.
+//!   of rewritten sockets.
+//! - `dataplane`: the data plane in force (`dataplane.mode`), and the task
+//!   that keeps the kernel's maps in step with the snapshot and health.
 //!
 //! Control plane (the start-up runtime; never on a connection's path):
 //! - `server`: start-up, `run`, and the drain on shutdown.
@@ -112,6 +114,7 @@ pub(crate) mod choice;
 pub(crate) mod clock;
 pub mod config;
 pub(crate) mod copy;
+pub(crate) mod dataplane;
 #[cfg(feature = "tools")]
 pub mod demo;
 pub mod discovery;

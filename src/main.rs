@@ -23,7 +23,8 @@ use cplb::logfmt::Escaped;
     about = "Control-plane load balancer: a node-local TCP proxy for Kubernetes API servers"
 )]
 struct Cli {
-    /// Configuration file (YAML). Also after `discover`: `cplb discover -c FILE`.
+    /// Configuration file (YAML). Also after `discover` and `dataplane detach`
+    /// (`cplb discover -c FILE`).
     #[arg(short, long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// Validate the configuration and exit (like `nginx -t`).
@@ -92,6 +93,21 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// The kernel data plane's programs and maps (docs/kernel.md).
+    #[command(subcommand)]
+    Dataplane(DataplaneCommand),
+}
+
+#[derive(Subcommand)]
+enum DataplaneCommand {
+    /// Detach the kernel programs of the cplb that runs from this config
+    /// file and remove its pins under `dataplane.bpffs`. Needed when
+    /// uninstalling cplb, or going back to proxy mode without restarting
+    /// cplb: otherwise the last masters it published keep being chosen,
+    /// with no cplb to follow their health. The config file (`--config
+    /// FILE`, before or after `detach`) is that cplb's: its `listen` and
+    /// `dataplane.bpffs` name the pins.
+    Detach,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -100,13 +116,48 @@ enum StatusOutput {
     Json,
 }
 
+/// `cplb dataplane detach --config FILE`.
+fn dataplane_detach(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cplb: {}", Escaped(cplb::logfmt::Chain(&e)));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let (bpffs, listen) = (&config.dataplane.bpffs, &config.listen);
+    let dir = cplb::kernel::Instance::new(bpffs, listen)
+        .dir()
+        .to_path_buf();
+    let done = cplb::kernel::detach(bpffs, listen).with_context(|| {
+        format!(
+            "could not detach the kernel data plane pinned at {}",
+            dir.display()
+        )
+    })?;
+    if done.links == 0 && done.maps == 0 {
+        println!("nothing was pinned at {}", dir.display());
+    } else {
+        println!(
+            "detached {} links and removed {} maps pinned at {}",
+            done.links,
+            done.maps,
+            dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Some(name) = matches.subcommand_name() {
-        // Only `discover` reads the config: refuse the options elsewhere
+        // Only `discover` and `dataplane` read the config: refuse the options elsewhere
         // rather than ignore them (`cplb -c f.yaml demo` may be meant as a check).
-        let takes_config = matches!(cli.command, Some(Command::Discover { .. }));
+        let takes_config = matches!(
+            cli.command,
+            Some(Command::Discover { .. } | Command::Dataplane(_))
+        );
         for (given, flag) in [
             (cli.config.is_some() && !takes_config, "--config"),
             (cli.check, "--check"),
@@ -161,9 +212,12 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         #[cfg(not(feature = "tools"))]
         Some(Command::Simulate { .. }) => return Ok(not_in_this_build("simulate")),
-        Some(Command::Discover { .. }) | None => {}
+        Some(Command::Discover { .. } | Command::Dataplane(_)) | None => {}
     }
     let path = cli.config.context("--config FILE is required")?;
+    if let Some(Command::Dataplane(DataplaneCommand::Detach)) = cli.command {
+        return dataplane_detach(&path);
+    }
     if let Some(Command::Discover { once, timeout }) = cli.command {
         return discover(&path, once.then_some(timeout));
     }

@@ -26,6 +26,9 @@ pub const PROBE_FAILURE_REASONS: [&str; 8] = [
     "unresolved",
 ];
 
+/// `cplb_dataplane_mode{mode}`: the data planes that can be in force.
+pub(crate) const DATAPLANE_MODES: [&str; 2] = ["proxy", "kernel"];
+
 /// `cplb_config_reloads_total{result}`; both exist at 0 from start-up so
 /// `increase(...) > 0` alerts have a series to watch.
 pub(crate) const RELOAD_RESULTS: [&str; 2] = ["success", "failure"];
@@ -58,6 +61,7 @@ pub struct Metrics {
     pub probes: IntCounterVec,
     pub probe_duration: Histogram,
     listen_skipped: IntGaugeVec,
+    dataplane_mode: IntGaugeVec,
 }
 
 fn counter_vec(
@@ -233,8 +237,28 @@ impl Metrics {
                 "1 if this configured listen address was not bound because the node has no IPv6 (loopback IPv6 only), else 0.",
                 &["address"],
             )?,
+            dataplane_mode: {
+                let v = gauge_vec(
+                    r,
+                    "cplb_dataplane_mode",
+                    "1 for the data plane in force (proxy or kernel), else 0.",
+                    &["mode"],
+                )?;
+                for m in DATAPLANE_MODES {
+                    v.with_label_values(&[m]).set(0);
+                }
+                v
+            },
             registry,
         })
+    }
+
+    /// `cplb_dataplane_mode`: 1 for `kernel` or for `proxy`.
+    pub(crate) fn set_dataplane(&self, kernel: bool) {
+        for m in DATAPLANE_MODES {
+            let on = (m == "kernel") == kernel;
+            self.dataplane_mode.with_label_values(&[m]).set(on as i64);
+        }
     }
 
     /// The owned registry, for parts that register their own metrics

@@ -449,6 +449,7 @@ impl Reloader {
         crate::resolve::resolve_upstreams(&built.snapshot, &built.added, true).await;
         let snapshot = Arc::new(built.snapshot);
         self.shared.snapshot.store(snapshot.clone());
+        self.shared.dataplane.kick();
         self.checks = checks.clone();
         self.checker.apply(checks, &snapshot);
         for gone in &built.removed {
@@ -520,6 +521,7 @@ impl Reloader {
         crate::resolve::resolve_upstreams(&built.snapshot, &built.added, false).await;
         let snapshot = Arc::new(built.snapshot);
         self.shared.snapshot.store(snapshot.clone());
+        self.shared.dataplane.kick();
         self.checker.apply(self.checks.clone(), &snapshot);
         for gone in &built.removed {
             gone.retire();

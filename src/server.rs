@@ -39,6 +39,10 @@ pub enum ServerError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Upstreams(#[from] crate::ring::TooManyServers),
+    /// `dataplane.mode: kernel` and the programs cannot be loaded and
+    /// attached; the message names every missing piece.
+    #[error(transparent)]
+    Kernel(#[from] crate::kernel::KernelError),
     /// EADDRINUSE, with whoever holds the address (`reuseport::holders`).
     #[error("could not listen on {role}{addr}: {holders}")]
     Taken {
@@ -63,6 +67,8 @@ pub struct Server {
     admin_addr: Option<SocketAddr>,
     supervisor: Supervisor,
     admin_metrics: crate::admin::AdminMetrics,
+    /// Kernel mode: the attached programs and their maps.
+    plane: Option<crate::kernel::Plane>,
 }
 
 impl Server {
@@ -86,6 +92,10 @@ impl Server {
         let checks = crate::probe::prepare(&config)?;
         let (listeners, local_addrs, skipped, shared_with) = bind_listen(&config, &metrics)?;
         report_other_listeners(shared_with).await;
+        // After the listeners: whatever the mode, they stay, and a connect
+        // the kernel leaves alone reaches them.
+        let dataplane = crate::dataplane::start(&config)?;
+        metrics.set_dataplane(dataplane.in_force.kernel);
         let (admin, admin_addr) = match config.admin {
             None => (None, None),
             Some(addr) => {
@@ -105,13 +115,15 @@ impl Server {
         wiring.count(&built.snapshot);
         resolve::resolve_upstreams(&built.snapshot, &built.added, false).await;
         metrics.last_reload_success_timestamp.set(Clock::unix_now());
-        let shared = Arc::new(Shared::new(
+        let shared = Shared::new(
             built.snapshot,
             table.timers(),
             metrics,
             skipped,
             config.source.clone(),
-        ));
+        );
+        let _ = shared.dataplane.in_force.set(dataplane.in_force);
+        let shared = Arc::new(shared);
         let (reloader, reload) =
             Reloader::new(shared.clone(), config.clone(), table, checks, wiring);
         Ok(Server {
@@ -125,6 +137,7 @@ impl Server {
             admin_addr,
             supervisor,
             admin_metrics,
+            plane: dataplane.plane,
         })
     }
 
@@ -175,6 +188,7 @@ impl Server {
             admin_addr,
             supervisor,
             admin_metrics,
+            plane,
         } = self;
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -182,6 +196,7 @@ impl Server {
             admin = %admin_addr.map_or("disabled".to_string(), |a| a.to_string()),
             workers = config.workers.get(),
             hash_key = config.hash.key.as_str(),
+            dataplane = if plane.is_some() { "kernel" } else { "proxy" },
             node_id = %config.hash.node_id,
             upstreams = ?Json(config.upstreams.iter().map(|u| u.address.as_str()).collect::<Vec<_>>()),
             "cplb started"
@@ -272,6 +287,20 @@ impl Server {
         supervisor.restarting(Task::Failback, stop_accept.clone(), move || {
             crate::failback::driver::run(failback_shared.clone(), stop.clone())
         });
+        if let Some(plane) = plane {
+            // Runs through the drain: the maps keep following health until
+            // the end, and stay as last written once cplb has stopped.
+            let kept = crate::dataplane::sync::Kept::new(plane);
+            let (shared, listen, stop) = (shared.clone(), local_addrs.clone(), stop_rest.clone());
+            supervisor.restarting(Task::Dataplane, stop_rest.clone(), move || {
+                crate::dataplane::sync::run(
+                    shared.clone(),
+                    kept.clone(),
+                    listen.clone(),
+                    stop.clone(),
+                )
+            });
+        }
         shutdown.await;
 
         // /readyz turns 503 before the listeners close.

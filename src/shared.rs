@@ -42,6 +42,42 @@ pub(crate) struct Shared {
     pub skipped_listen: Vec<Skipped>,
     /// The last config load and its result, for `/status`.
     pub last_load: ArcSwap<LoadRecord>,
+    /// The data plane in force (`dataplane::start`), and the wake-up of
+    /// the task that keeps the kernel's maps in step.
+    pub dataplane: DataplaneView,
+}
+
+/// What `/status` shows of the data plane, and how the control plane asks
+/// the kernel maps' task to look again (a reload, an active check's
+/// transition). Never touched on a connection's path.
+#[derive(Default)]
+pub(crate) struct DataplaneView {
+    /// Set once at start-up; `None` in proxies built without `Server`.
+    pub in_force: std::sync::OnceLock<InForce>,
+    pub kick: tokio::sync::Notify,
+    /// Kernel mode: each master as the kernel's maps showed it at the
+    /// task's last look, for `/status`.
+    pub kernel: ArcSwap<Vec<crate::kernel::BackendStatus>>,
+}
+
+impl DataplaneView {
+    /// Asks the kernel maps' task to publish now, not at its next tick.
+    pub(crate) fn kick(&self) {
+        self.kick.notify_one();
+    }
+}
+
+/// The data plane chosen at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InForce {
+    /// `dataplane.mode` as configured.
+    pub configured: crate::kernel::config::Mode,
+    /// The kernel's programs rewrite connects (else only the proxy runs).
+    pub kernel: bool,
+    /// In `auto`, why the kernel could not be used.
+    pub why_proxy: Option<String>,
+    /// The instance's name under bpffs, in kernel mode.
+    pub instance: Option<String>,
 }
 
 impl Shared {
@@ -70,6 +106,7 @@ impl Shared {
             timers,
             skipped_listen,
             last_load: ArcSwap::from_pointee(LoadRecord::startup(source, Clock::unix_now())),
+            dataplane: DataplaneView::default(),
         }
     }
 }

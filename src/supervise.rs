@@ -29,15 +29,18 @@ pub(crate) enum Task {
     Failback,
     /// SIGHUP to reload.
     Sighup,
+    /// Keeps the kernel data plane's maps in step (kernel mode only).
+    Dataplane,
 }
 
 impl Task {
-    pub(crate) const ALL: [Task; 5] = [
+    pub(crate) const ALL: [Task; 6] = [
         Task::Admin,
         Task::Watch,
         Task::Reloader,
         Task::Failback,
         Task::Sighup,
+        Task::Dataplane,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -47,6 +50,7 @@ impl Task {
             Task::Reloader => "reloader",
             Task::Failback => "failback",
             Task::Sighup => "sighup",
+            Task::Dataplane => "dataplane",
         }
     }
 
@@ -98,7 +102,7 @@ impl Supervisor {
         let panics = IntCounterVec::new(
             Opts::new(
                 "cplb_task_panics_total",
-                "Panics of cplb's control-plane tasks, by task. Each is logged; admin, watch, failback and sighup restart, a reloader panic fails /healthz.",
+                "Panics of cplb's control-plane tasks, by task. Each is logged; admin, watch, failback, sighup and dataplane restart, a reloader panic fails /healthz.",
             ),
             &["task"],
         )?;

@@ -9,28 +9,28 @@ use cplb::ring::{Ring, hash_key};
 
 const NODE: &str = "node-a";
 
-/// Orders `addrs` the way the ring walks them for NODE: first is the
+/// Orders `addrs` the way the ring walks them for `node`: first is the
 /// node's own master, then its failover order.
-fn walk_order(addrs: &[SocketAddr]) -> Vec<usize> {
+fn walk_order(node: &str, addrs: &[SocketAddr]) -> Vec<usize> {
     let texts: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
     let ring = Ring::new(texts.iter().map(|s| (s.as_str(), 1))).unwrap();
-    ring.walk(hash_key(NODE.as_bytes())).collect()
+    ring.walk(hash_key(node.as_bytes())).collect()
 }
 
-/// `hash.key: node` with node id `NODE`.
-fn node_conf(addrs: &[SocketAddr]) -> TestConfig {
-    TestConfig::new(addrs).node_id(NODE)
+/// `hash.key: node` with node id `node`.
+fn node_conf(node: &str, addrs: &[SocketAddr]) -> TestConfig {
+    TestConfig::new(addrs).node_id(node)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_master_fails_over_within_the_same_client_connect() {
     let b = FakeUpstream::start("b").await;
     let c = FakeUpstream::start("c").await;
-    let (dead, addrs) = dead_first(&[b.addr, c.addr]);
-    let second = addrs[walk_order(&addrs)[1]];
+    let (dead, node, addrs) = dead_first(&[b.addr, c.addr]);
+    let second = addrs[walk_order(&node, &addrs)[1]];
     let second_name = if second == b.addr { "b" } else { "c" };
 
-    let proxy = Proxy::start(node_conf(&addrs).config()).await;
+    let proxy = Proxy::start(node_conf(&node, &addrs).config()).await;
     for i in 0..5 {
         let mut cl = Client::connect(proxy.addr).await;
         assert_eq!(
@@ -57,45 +57,37 @@ async fn refused_master_fails_over_within_the_same_client_connect() {
     proxy.shutdown().await;
 }
 
-/// Builds upstream lists until `first` is the node's first ring choice.
-fn with_first(first: SocketAddr, others: &[SocketAddr]) -> Option<Vec<SocketAddr>> {
+/// A node id whose first ring choice among `first` and `others` is
+/// `first`. The node id is what varies: a random address lands first only
+/// with the share of the ring the others leave it just after the node's
+/// hash, which can be tiny (a flake, once in tens of runs, with 200 tries).
+fn with_first(first: SocketAddr, others: &[SocketAddr]) -> Option<(String, Vec<SocketAddr>)> {
     let mut addrs = vec![first];
     addrs.extend_from_slice(others);
-    for _ in 0..addrs.len() {
-        if addrs[walk_order(&addrs)[0]] == first {
-            return Some(addrs);
-        }
-        addrs.rotate_left(1);
-    }
-    // Rotation does not change ring positions (they hash the address text),
-    // so this only fails when `first` is simply not the node's master.
-    None
+    (0..256)
+        .map(|i| format!("{NODE}-{i}"))
+        .find(|node| addrs[walk_order(node, &addrs)[0]] == first)
+        .map(|node| (node, addrs))
 }
 
-/// A refused address that the ring puts first for NODE among `others`.
-fn dead_first(others: &[SocketAddr]) -> (SocketAddr, Vec<SocketAddr>) {
-    for _ in 0..200 {
-        let d = refused_addr();
-        if let Some(v) = with_first(d, others) {
-            return (d, v);
-        }
-    }
-    panic!("no dead address lands first on the ring");
+/// A refused address, and a node id that the ring sends to it first among
+/// `others`.
+fn dead_first(others: &[SocketAddr]) -> (SocketAddr, String, Vec<SocketAddr>) {
+    let d = refused_addr();
+    let (node, addrs) =
+        with_first(d, others).expect("a node id whose first choice is the dead address");
+    (d, node, addrs)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blackholed_master_costs_the_timeout_at_most_max_fails_times() {
     let b = FakeUpstream::start("b").await;
-    // Ring positions hash the address text, so try blackholes (random
-    // ports) until one is the node's first choice.
-    let (hole, addrs) = (0..200)
-        .find_map(|_| {
-            let h = Blackhole::start();
-            with_first(h.addr, &[b.addr]).map(|a| (h, a))
-        })
-        .expect("a blackhole first on the ring");
+    // A node id whose first choice is the blackhole.
+    let hole = Blackhole::start();
+    let (node, addrs) =
+        with_first(hole.addr, &[b.addr]).expect("a node id sent to the blackhole first");
     let hole_addr = hole.addr;
-    let conf = node_conf(&addrs)
+    let conf = node_conf(&node, &addrs)
         .unset("shutdown_grace")
         .set("connect_timeout", "300ms")
         .each_upstream("max_fails", 2);
@@ -120,8 +112,8 @@ async fn blackholed_master_costs_the_timeout_at_most_max_fails_times() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marked_down_master_is_tried_again_after_fail_timeout_and_recovers() {
     let b = FakeUpstream::start("b").await;
-    let (dead, addrs) = dead_first(&[b.addr]);
-    let conf = node_conf(&addrs)
+    let (dead, node, addrs) = dead_first(&[b.addr]);
+    let conf = node_conf(&node, &addrs)
         .workers(1)
         .unset("shutdown_grace")
         .fail_timeout(Some("300ms"))
@@ -159,7 +151,7 @@ async fn marked_down_master_is_tried_again_after_fail_timeout_and_recovers() {
 async fn all_masters_down_still_tries_them_all_as_last_resort() {
     let d1 = refused_addr();
     let d2 = refused_addr();
-    let proxy = Proxy::start(node_conf(&[d1, d2]).config()).await;
+    let proxy = Proxy::start(node_conf(NODE, &[d1, d2]).config()).await;
     // Both refuse: the client is closed, and both are marked down.
     assert!(Client::connect_from(None, proxy.addr).await.is_none());
     let s = proxy.scrape();
@@ -203,8 +195,13 @@ async fn all_masters_down_still_tries_them_all_as_last_resort() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn next_upstream_tries_limits_failover() {
     let b = FakeUpstream::start("b").await;
-    let (_dead, addrs) = dead_first(&[b.addr]);
-    let proxy = Proxy::start(node_conf(&addrs).set("next_upstream_tries", 1).config()).await;
+    let (_dead, node, addrs) = dead_first(&[b.addr]);
+    let proxy = Proxy::start(
+        node_conf(&node, &addrs)
+            .set("next_upstream_tries", 1)
+            .config(),
+    )
+    .await;
     assert!(
         Client::connect_from(None, proxy.addr).await.is_none(),
         "one try: the refused master is the only one tried"

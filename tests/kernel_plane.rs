@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::kplane::{self, Connect, Env};
+use common::kplane::{self, Connect, Env, Net};
 use common::{DEADLINE, FakeUpstream, require};
 use cplb::kernel::{Backend, Filter, Plane, Service, Tables};
 
@@ -19,33 +19,6 @@ use cplb::kernel::{Backend, Filter, Plane, Service, Tables};
 fn client_process() {
     if let Ok(procs) = std::env::var(kplane::CLIENT_ENV) {
         kplane::serve(&procs);
-    }
-}
-
-/// Masters (and the stand-in proxy listener) on a runtime of their own,
-/// outside the test cgroup.
-struct Net {
-    rt: tokio::runtime::Runtime,
-}
-
-impl Net {
-    fn new() -> Net {
-        Net {
-            rt: tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap(),
-        }
-    }
-
-    fn serve(&self, name: &str, at: &str) -> FakeUpstream {
-        self.rt
-            .block_on(FakeUpstream::start_at(name, at.parse().unwrap()))
-    }
-
-    fn stop(&self, u: FakeUpstream) -> SocketAddr {
-        self.rt.block_on(u.stop())
     }
 }
 

@@ -290,12 +290,18 @@ async fn restart_only_fields_are_kept_and_the_rest_applies() {
     let path = dir.join("cplb.yaml");
     std::fs::write(&path, file_conf(&[a.addr]).yaml()).unwrap();
     let proxy = start_from_file(&path).await;
-    let changed = file_conf(&[b.addr]).set("backlog", 100).workers(3).yaml();
+    // `dataplane` too: attaching or detaching the kernel programs is a
+    // restart's job (docs/kernel.md).
+    let changed = file_conf(&[b.addr])
+        .set("backlog", 100)
+        .workers(3)
+        .section("dataplane:\n  bpffs: /run/cplb-bpf\n")
+        .yaml();
     std::fs::write(&path, changed).unwrap();
     let outcome = proxy.reload.reload().await.unwrap();
     match outcome {
         cplb::reload::Outcome::Applied(c) => {
-            assert_eq!(c.restart_needed, vec!["workers", "backlog"]);
+            assert_eq!(c.restart_needed, vec!["workers", "backlog", "dataplane"]);
             assert_eq!(c.added, vec![b.addr.to_string()]);
             assert_eq!(c.removed, vec![a.addr.to_string()]);
         }

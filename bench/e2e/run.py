@@ -47,6 +47,11 @@ CONTENDERS = ["direct", "nginx", "haproxy", "cplb"]
 # Issue 13's io_uring experiment (bench/e2e/uring-proto): a contender only
 # when --uring-proto names its binary.
 URING = "uring-proto"
+# Issue 21's kernel data plane: cplb with `dataplane.mode: kernel`, a
+# contender when --kernel is given (root, a cplb built with its programs).
+# The harness moves itself into a cgroup of its own, which its children
+# (the load generators) inherit, and cplb attaches to that cgroup only.
+KERNEL = "cplb-kernel"
 PROXIES = ["nginx", "haproxy", "cplb"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -190,6 +195,60 @@ def wait_listening(proc: Proc, port: int, timeout: float = 10.0) -> None:
     raise BenchError(f"{proc.name} did not listen on 127.0.0.1:{port} within {timeout}s\n{tail(proc.logfile)}")
 
 
+def wait_log(proc: Proc, needle: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc.check_alive()
+        if needle in proc.logfile.read_text(errors="replace"):
+            return
+        time.sleep(0.01)
+    raise BenchError(f"{proc.name} did not log {needle!r} within {timeout}s\n{tail(proc.logfile)}")
+
+
+class KernelEnv:
+    """A cgroup v2 directory holding this harness (and so every load
+    generator it starts) and a private bpffs, for the cplb-kernel
+    contender; `close` moves the harness back, unmounts and removes them."""
+
+    def __init__(self) -> None:
+        if os.geteuid() != 0:
+            raise BenchError(f"{KERNEL} needs root (CAP_BPF, CAP_NET_ADMIN, a cgroup and a bpffs mount)")
+        root = None
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            f = line.split(" ")
+            dash = f.index("-")
+            if f[dash + 1] == "cgroup2":
+                root = Path(f[4])
+                break
+        if root is None:
+            raise BenchError(f"{KERNEL} needs a cgroup v2 mount (none in /proc/self/mountinfo)")
+        self.root = root
+        self.home = Path("/proc/self/cgroup").read_text().strip().split("::", 1)[-1]
+        self.cgroup = root / f"cplb-bench-{os.getpid()}"
+        self.cgroup.mkdir()
+        (self.cgroup / "cgroup.procs").write_text("0")
+        self.bpffs = Path(tempfile.mkdtemp(prefix="cplb-bench-bpffs-"))
+        r = subprocess.run(["mount", "-t", "bpf", "bpf", str(self.bpffs)], capture_output=True, text=True)
+        if r.returncode != 0:
+            self.close()
+            raise BenchError(f"mount -t bpf: {r.stderr.strip()}")
+
+    def close(self) -> None:
+        subprocess.run(["umount", str(self.bpffs)], capture_output=True)
+        try:
+            self.bpffs.rmdir()
+        except OSError:
+            pass
+        try:
+            (self.root / self.home.lstrip("/") / "cgroup.procs").write_text("0")
+        except OSError:
+            (self.root / "cgroup.procs").write_text("0")
+        try:
+            self.cgroup.rmdir()
+        except OSError as e:
+            log(f"warning: could not remove {self.cgroup}: {e}")
+
+
 def render(template: str, dest: Path, **values) -> Path:
     text = (TEMPLATES / template).read_text()
     for k, v in values.items():
@@ -245,8 +304,10 @@ class Backends:
 
 
 class Env:
-    def __init__(self, root: Path, cplb_bin: Path, nofile: int, uring_bin: Path | None = None) -> None:
+    def __init__(self, root: Path, cplb_bin: Path, nofile: int, uring_bin: Path | None = None,
+                 kernel: "KernelEnv | None" = None) -> None:
         self.root = root
+        self.kernel = kernel
         self.cplb_bin = cplb_bin
         self.uring_bin = uring_bin
         self.nofile = nofile
@@ -259,6 +320,13 @@ class Env:
         d = self.root / f"{self.seq:03d}-{name}"
         d.mkdir()
         return d
+
+    def detach(self, proc: Proc) -> None:
+        """Detaches a stopped cplb-kernel's programs: they would go on
+        rewriting connects to its port, which a later contender may get."""
+        r = run_cmd([str(self.cplb_bin), "dataplane", "detach", "--config", str(proc.config)], timeout=30)
+        if r.returncode != 0:
+            raise BenchError(f"cplb dataplane detach: {r.stderr.strip()}")
 
     # backends -----------------------------------------------------------
     def start_http_backend(self) -> int:
@@ -338,6 +406,18 @@ class Env:
             cfg = render("cplb.yaml", d / "cplb.yaml", LISTEN=listen, BACKEND=backend,
                          ADMIN=f'"127.0.0.1:{free_port()}"', MAX_CONNECTIONS=max(20000, self.nofile))
             p = Proc("cplb", [str(self.cplb_bin), "--config", str(cfg)], d / "cplb.log")
+        elif kind == KERNEL and self.kernel:
+            cfg = render("cplb.yaml", d / "cplb.yaml", LISTEN=listen, BACKEND=backend,
+                         ADMIN=f'"127.0.0.1:{free_port()}"', MAX_CONNECTIONS=max(20000, self.nofile))
+            with open(cfg, "a") as f:
+                f.write(f"dataplane:\n  mode: kernel\n  cgroup: {self.kernel.cgroup}\n"
+                        f"  bpffs: {self.kernel.bpffs}\n")
+            p = Proc(KERNEL, [str(self.cplb_bin), "--config", str(cfg)], d / "cplb.log")
+            p.config = cfg
+            wait_listening(p, port)
+            # Until the first publish, connects reach the proxy.
+            wait_log(p, "kernel data plane tables published")
+            return p, port
         elif kind == URING and self.uring_bin:
             p = Proc(URING, [str(self.uring_bin), listen, backend], d / "uring-proto.log")
         else:
@@ -740,6 +820,8 @@ def run_phase(env: Env, phase: str, kind: str, be: Backends, st: Settings, pl: P
     finally:
         if proc:
             proc.stop()
+            if kind == KERNEL:
+                env.detach(proc)
 
 
 def chosen(ap: argparse.ArgumentParser, only: str, uring_bin: Path | None) -> list[str]:
@@ -859,10 +941,10 @@ def ratio(a: float | None, b: float | None) -> str:
 def table(results: dict, rows: list[tuple]) -> list[str]:
     """rows: (label, phase, key, format spec[, "high" or "low": which is
     better, for the cplb / best peer column])."""
-    extra = URING in CONTENDERS
+    extra = [k for k in (KERNEL, URING) if k in CONTENDERS]
     out = ["| | direct | nginx | HAProxy | cplb | cplb/nginx | cplb/HAProxy | cplb/direct | cplb / best peer |"
-           + (f" {URING} | {URING} / best peer |" if extra else ""),
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if extra else "")]
+           + "".join(f" {k} | {k} / best peer | {k} / direct |" for k in extra),
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|---:|---:|" * len(extra)]
     for label, phase, key, spec, *better in rows:
         v = {k: med(results, k, phase, key) for k in CONTENDERS}
         peers = [v[k] for k in ("nginx", "haproxy") if v[k] is not None]
@@ -873,7 +955,8 @@ def table(results: dict, rows: list[tuple]) -> list[str]:
         out.append(f"| {label} | " + " | ".join(fmt(v[k], spec) for k in base) + " | "
                    + " | ".join(ratio(v["cplb"], v[k]) for k in ("nginx", "haproxy", "direct"))
                    + f" | {ratio(v['cplb'], best)} |"
-                   + (f" {fmt(v[URING], spec)} | {ratio(v[URING], best)} |" if extra else ""))
+                   + "".join(f" {fmt(v[k], spec)} | {ratio(v[k], best)} | {ratio(v[k], v['direct'])} |"
+                             for k in extra))
     return out
 
 
@@ -930,7 +1013,7 @@ def report(results: dict, errors: list[str], info: dict, st: Settings, command: 
         half.append(f"{n_half}/{len(rs)} kept" if rs else "not run")
     # The base contenders' columns, the four ratio columns, then the
     # prototype's value and ratio columns when it ran.
-    tail = (lambda xs: f" | | | | | {xs[4]} | |") if URING in CONTENDERS else (lambda xs: " | | | | |")
+    tail = lambda xs: " | | | | |" + "".join(f" {x} | | |" for x in xs[4:])
     L += [f"| integrity, {st.payload_mib} MiB each way, SHA-256 | " + " | ".join(integ[:4]) + tail(integ),
           "| half-close: reply after client FIN | " + " | ".join(half[:4]) + tail(half)]
 
@@ -1031,6 +1114,9 @@ def main() -> int:
     ap.add_argument("--uring-proto", type=Path, metavar="BIN",
                     help=f"also measure issue 13's io_uring prototype (bench/e2e/uring-proto, built with "
                          f"cargo build --release there) as contender {URING!r}")
+    ap.add_argument("--kernel", action="store_true",
+                    help=f"also measure cplb's kernel data plane as contender {KERNEL!r} (root; a cplb "
+                         "built with its kernel programs)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir with configs and logs")
     args = ap.parse_args()
 
@@ -1065,6 +1151,8 @@ def main() -> int:
         if not os.access(args.uring_proto, os.X_OK):
             ap.error(f"--uring-proto: {args.uring_proto} is not an executable")
         CONTENDERS.append(URING)
+    if args.kernel:
+        CONTENDERS.insert(CONTENDERS.index("cplb") + 1, KERNEL)
     phases = pick(args.only, "--only", PHASES)
     contenders = pick(args.contenders, "--contenders", CONTENDERS)
     command = shlex.join(["python3", "bench/e2e/run.py"] + sys.argv[1:])
@@ -1100,8 +1188,11 @@ def main() -> int:
     results = {k: {p: [] for p in PHASES} for k in CONTENDERS}
     errors: list[str] = []
     interrupted = fatal = False
+    kernel_env = None
     try:
-        env = Env(root, args.cplb, nofile, args.uring_proto)
+        if KERNEL in contenders:
+            kernel_env = KernelEnv()
+        env = Env(root, args.cplb, nofile, args.uring_proto, kernel_env)
         log(f"temp dir {root}; generating {st.payload_mib} MiB payloads")
         pl = make_payload(st.payload_mib << 20, 1, 2)
         probe = make_payload(1 << 20, 3, 4)
@@ -1140,6 +1231,8 @@ def main() -> int:
         interrupted = fatal = True
     finally:
         Proc.stop_all()
+        if kernel_env is not None:
+            kernel_env.close()
         if args.keep_tmp or fatal:
             log(f"kept {root}")
         else:

@@ -54,6 +54,9 @@ pub struct Config {
     pub discovery: Option<crate::discovery::DiscoveryConfig>,
     /// Bringing displaced connections home (docs/failback.md); on by default.
     pub failback: crate::failback::Failback,
+    /// Where new connections are balanced: the proxy, or the kernel's
+    /// connect hooks (docs/kernel.md). Applied at start-up only.
+    pub dataplane: crate::kernel::config::Dataplane,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +232,12 @@ impl Config {
         }
         if self.admin != new.admin {
             out.push("admin");
+        }
+        // Attaching or detaching the programs at a reload would have to
+        // hand the maps' state between planes; a restart does it cleanly
+        // (the pins are adopted, docs/kernel.md).
+        if self.dataplane != new.dataplane {
+            out.push("dataplane");
         }
         out
     }

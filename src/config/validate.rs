@@ -188,6 +188,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         .map(|hc| health_check(&cx, hc))
         .transpose()?;
 
+    let dataplane = dataplane(&cx, &raw.dataplane, &listen)?;
     Ok(Config {
         source: None,
         source_text: None,
@@ -208,7 +209,34 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         discovery: raw.discovery.map(|d| d.validate(path)).transpose()?,
         failback: crate::failback::Failback::from_raw(&raw.failback)
             .map_err(|e| cx.err(format!("failback.{}", e.field), e.reason))?,
+        dataplane,
     })
+}
+
+/// `dataplane:`. The kernel's pins under bpffs are named from the listen
+/// addresses (`cplb dataplane detach` finds them from the file), so in
+/// kernel and auto mode a listen port must be fixed: two instances on
+/// port 0 would share pins.
+fn dataplane(
+    cx: &Ctx,
+    raw: &crate::kernel::config::RawDataplane,
+    listen: &[SocketAddr],
+) -> Result<crate::kernel::config::Dataplane, ConfigError> {
+    use crate::kernel::config::{Dataplane, Mode};
+    let d =
+        Dataplane::from_raw(raw).map_err(|e| cx.err(format!("dataplane.{}", e.field), e.reason))?;
+    if d.mode != Mode::Proxy
+        && let Some(l) = listen.iter().find(|l| l.port() == 0)
+    {
+        return Err(cx.err(
+            "dataplane.mode",
+            format!(
+                "{} needs fixed listen ports: the kernel programs' pins are named from them, and listen {l} has port 0",
+                d.mode.as_str()
+            ),
+        ));
+    }
+    Ok(d)
 }
 
 fn upstream(cx: &Ctx, i: usize, u: &RawUpstream) -> Result<UpstreamConfig, ConfigError> {

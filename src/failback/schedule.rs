@@ -182,6 +182,11 @@ impl HomeSchedule {
         }
     }
 
+    /// An episode (closing at the rate) is under way.
+    pub(crate) fn in_episode(&self) -> bool {
+        self.episode.is_some()
+    }
+
     fn due_ms(&self) -> Option<u64> {
         self.usable_since.map(|s| {
             s.saturating_add(self.settle_ms)

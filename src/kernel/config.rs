@@ -1,6 +1,5 @@
-//! `dataplane:` in the config file, ready to be wired into `config`: the
-//! raw serde struct and its validated form. Not read by the config loader
-//! yet (integration adds the field to `RawConfig`).
+//! `dataplane:` in the config file: the raw serde struct (a field of
+//! `config::raw::RawConfig`) and its validated form (`Config::dataplane`).
 
 use std::path::PathBuf;
 
@@ -46,6 +45,17 @@ pub enum Mode {
     Kernel,
     /// Kernel where it works, else proxy.
     Auto,
+}
+
+impl Mode {
+    /// As written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Proxy => "proxy",
+            Mode::Kernel => "kernel",
+            Mode::Auto => "auto",
+        }
+    }
 }
 
 /// Validated `dataplane:`.

@@ -208,6 +208,8 @@ async fn prober(
                     .map_or_else(|| "checks pass".to_string(), ToString::to_string);
                 let now = shared.clock.now_ms();
                 state.set_active(up, now, &detail);
+                // The kernel's maps follow within this probe, not a tick.
+                shared.dataplane.kick();
                 if up {
                     if state.active.drain_until().is_some() {
                         state.active.set_drain_until(None);

@@ -1,6 +1,6 @@
 //! The server side of `/status`: the document built from the live state.
 
-use super::model::{Check, Load, State, Status, Upstream};
+use super::model::{Check, Dataplane, Kernel, Load, State, Status, Upstream};
 use crate::shared::Shared;
 
 pub(crate) fn collect(shared: &Shared) -> Status {
@@ -8,6 +8,7 @@ pub(crate) fn collect(shared: &Shared) -> Status {
     let now = shared.clock.now_ms();
     let clock = &shared.clock;
     let load = shared.last_load.load();
+    let kernel = shared.dataplane.kernel.load();
     let upstreams = snap
         .upstreams
         .iter()
@@ -54,6 +55,15 @@ pub(crate) fn collect(shared: &Shared) -> Status {
                 displaced_connections: s.displaced.count(),
                 bytes_in: s.metrics.bytes_to_upstream.get(),
                 bytes_out: s.metrics.bytes_to_client.get(),
+                kernel: s.addrs().first().and_then(|a| {
+                    kernel.iter().find(|k| k.addr == *a).map(|k| Kernel {
+                        connects: k.connects,
+                        failures: k.failures,
+                        open: k.open,
+                        usable: k.usable,
+                        down_for: k.down_for.map(|d| d.as_secs_f64()),
+                    })
+                }),
             }
         })
         .collect();
@@ -68,6 +78,17 @@ pub(crate) fn collect(shared: &Shared) -> Status {
             restart_needed: load.restart_needed.iter().map(|f| f.to_string()).collect(),
         },
         shutting_down: shared.draining.load(std::sync::atomic::Ordering::Acquire),
+        dataplane: shared
+            .dataplane
+            .in_force
+            .get()
+            .map(|d| Dataplane {
+                configured: d.configured.as_str().to_string(),
+                mode: if d.kernel { "kernel" } else { "proxy" }.to_string(),
+                why_proxy: d.why_proxy.clone(),
+                instance: d.instance.clone(),
+            })
+            .unwrap_or_default(),
         upstreams,
     }
 }

@@ -18,7 +18,35 @@ pub(crate) struct Status {
     /// connection is accepted. Absent from an older cplb's document: false.
     #[serde(default)]
     pub shutting_down: bool,
+    /// The data plane in force. Absent from an older cplb's document: the
+    /// proxy.
+    #[serde(default)]
+    pub dataplane: Dataplane,
     pub upstreams: Vec<Upstream>,
+}
+
+/// Where new connections are balanced (docs/kernel.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Dataplane {
+    /// `dataplane.mode` as configured: `proxy`, `kernel` or `auto`.
+    pub configured: String,
+    /// In force: `proxy` or `kernel`.
+    pub mode: String,
+    /// In `auto`, why the kernel could not be used.
+    pub why_proxy: Option<String>,
+    /// The instance's pins under bpffs, in kernel mode.
+    pub instance: Option<String>,
+}
+
+impl Default for Dataplane {
+    fn default() -> Self {
+        Dataplane {
+            configured: "proxy".into(),
+            mode: "proxy".into(),
+            why_proxy: None,
+            instance: None,
+        }
+    }
 }
 
 impl Status {
@@ -86,6 +114,26 @@ pub(crate) struct Upstream {
     pub bytes_in: u64,
     /// Bytes from this upstream to clients.
     pub bytes_out: u64,
+    /// Kernel mode: what the programs counted for this master. Absent in
+    /// proxy mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<Kernel>,
+}
+
+/// One master as the kernel data plane sees it (docs/kernel.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Kernel {
+    /// Rewritten connects that completed.
+    pub connects: u64,
+    /// Rewritten connects that failed.
+    pub failures: u64,
+    /// Rewritten connections open now.
+    pub open: i64,
+    /// As last published: the programs may choose it.
+    pub usable: bool,
+    /// Marked down by the kernel's own passive health (`max_fails`), for
+    /// this many more seconds.
+    pub down_for: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

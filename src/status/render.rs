@@ -46,6 +46,20 @@ pub(super) fn table(s: &Status, admin: &str, now: f64) -> String {
             "draining:     shutting down; no new connections, open ones finish or are closed at shutdown_grace"
         );
     }
+    let d = &s.dataplane;
+    let _ = match (&d.why_proxy, &d.instance) {
+        (Some(why), _) => writeln!(
+            out,
+            "data plane:   proxy ({} configured: {why})",
+            d.configured
+        ),
+        (None, Some(instance)) => writeln!(
+            out,
+            "data plane:   {} (configured {}; instance {instance}; CONNS include rewritten connections, BYTES only proxied ones)",
+            d.mode, d.configured
+        ),
+        (None, None) => writeln!(out, "data plane:   {}", d.mode),
+    };
     let _ = writeln!(
         out,
         "upstreams:    {} of {} usable\n",
@@ -198,6 +212,7 @@ mod tests {
             displaced_connections: 0,
             bytes_in: 0,
             bytes_out: 0,
+            kernel: None,
         };
         let r = row(&u, 10.0);
         assert_eq!((r[1].as_str(), r[2].as_str()), ("api", "up (draining)"));

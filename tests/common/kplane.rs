@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{DEADLINE, require};
+use super::{DEADLINE, FakeUpstream, require};
 
 pub const CLIENT_ENV: &str = "CPLB_KPLANE_CGROUP";
 
@@ -116,6 +116,33 @@ impl Drop for Cgroup {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// Masters (and the stand-in proxy listener) on a runtime of their own,
+/// outside the test cgroup.
+pub struct Net {
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl Net {
+    pub fn new() -> Net {
+        Net {
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn serve(&self, name: &str, at: &str) -> FakeUpstream {
+        self.rt
+            .block_on(FakeUpstream::start_at(name, at.parse().unwrap()))
+    }
+
+    pub fn stop(&self, u: FakeUpstream) -> SocketAddr {
+        self.rt.block_on(u.stop())
     }
 }
 
