@@ -288,6 +288,12 @@ fn a_killed_master_costs_at_most_max_fails_connects() {
     else {
         return;
     };
+    // The master to kill on an address of its own: on 127.0.0.1 its freed
+    // port can be bound at once by another test's listener (free_port
+    // listens for a moment), and a connect that lands there is reset after
+    // it succeeded, which resets the kernel's failure count.
+    net.stop(a);
+    let a = net.serve("a", "127.0.31.1:0");
     let b = net.serve("b", "127.0.0.1:0");
     let mut plane = Plane::open(&env.settings(&[proxy.addr])).unwrap();
     let max_fails = 3;
