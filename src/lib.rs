@@ -48,6 +48,8 @@
 //!   connections home. Its `registry` is the one part on a connection's
 //!   path: `proxy` holds a guard (atomics only) per displaced connection.
 //! - `probe`: active health check probes (TLS `GET /readyz` or TCP), probers.
+//! - `clients`: who is calling: each local client named (process, pod,
+//!   uid), counted, and limited where configured.
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/upstreams`, `/status`;
 //!   `admin::clients` bounds its clients (places, head deadline, eviction).
 //! - `reuseport`: names another process sharing a `listen` address.
@@ -109,6 +111,7 @@
 pub(crate) mod admin;
 pub(crate) mod budget;
 pub(crate) mod choice;
+pub mod clients;
 pub(crate) mod clock;
 pub mod config;
 pub(crate) mod copy;

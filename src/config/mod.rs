@@ -54,6 +54,8 @@ pub struct Config {
     pub discovery: Option<crate::discovery::DiscoveryConfig>,
     /// Bringing displaced connections home (docs/failback.md); on by default.
     pub failback: crate::failback::Failback,
+    /// Naming and limiting local clients (docs/clients.md).
+    pub clients: crate::clients::ClientsConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

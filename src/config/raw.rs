@@ -40,6 +40,8 @@ pub(crate) struct RawConfig {
     pub discovery: Option<crate::discovery::RawDiscovery>,
     #[serde(default)]
     pub failback: crate::failback::config::RawFailback,
+    #[serde(default)]
+    pub clients: crate::clients::config::RawClients,
 }
 
 #[derive(Debug, Deserialize)]

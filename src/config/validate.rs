@@ -208,6 +208,8 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         discovery: raw.discovery.map(|d| d.validate(path)).transpose()?,
         failback: crate::failback::Failback::from_raw(&raw.failback)
             .map_err(|e| cx.err(format!("failback.{}", e.field), e.reason))?,
+        clients: crate::clients::ClientsConfig::from_raw(&raw.clients)
+            .map_err(|e| cx.err(format!("clients.{}", e.field), e.reason))?,
     })
 }
 
