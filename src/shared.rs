@@ -42,6 +42,9 @@ pub(crate) struct Shared {
     pub skipped_listen: Vec<Skipped>,
     /// The last config load and its result, for `/status`.
     pub last_load: ArcSwap<LoadRecord>,
+    /// Names and admits each new client connection (`clients`), on a
+    /// thread of its own.
+    pub resolver: crate::clients::Resolver,
 }
 
 impl Shared {
@@ -58,7 +61,7 @@ impl Shared {
     ) -> Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
-            metrics,
+            metrics: metrics.clone(),
             clock: Clock::new(),
             clients: AtomicUsize::new(0),
             all_down: AtomicBool::new(false),
@@ -70,6 +73,7 @@ impl Shared {
             timers,
             skipped_listen,
             last_load: ArcSwap::from_pointee(LoadRecord::startup(source, Clock::unix_now())),
+            resolver: crate::clients::Resolver::start(metrics.clients.clone()),
         }
     }
 }

@@ -11,6 +11,7 @@ use std::task::{Context, Poll, ready};
 use tokio::net::TcpStream;
 use tokio::sync::futures::OwnedNotified;
 
+use crate::clients::ClientGuard;
 use crate::copy::{self, CopyEnd, Ends};
 use crate::shared::{ClientSlot, Shared};
 use crate::snapshot::Settings;
@@ -54,6 +55,26 @@ impl std::fmt::Display for Peer<'_> {
 /// owns its `DisplacedGuard` and its gauge guard.
 pub(super) type SentHome = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// What only some connections carry, boxed together so that the field
+/// is one thin pointer (8 bytes of every connection's task, which must
+/// stay in its 384-byte task cell: `listener`'s test): fail-back's record
+/// of a displaced connection, and its local client's guard (`clients`,
+/// counted open until the connection ends). One allocation of 32 bytes
+/// for a connection with either; none without.
+pub(super) struct Extras {
+    sent_home: Option<SentHome>,
+    client: Option<ClientGuard>,
+}
+
+impl Extras {
+    pub(super) fn new(
+        sent_home: Option<SentHome>,
+        client: Option<ClientGuard>,
+    ) -> Option<Box<Extras>> {
+        (sent_home.is_some() || client.is_some()).then(|| Box::new(Extras { sent_home, client }))
+    }
+}
+
 /// Why a connection's waiter woke; `Proxying::woke` is the one place that
 /// answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +102,7 @@ pin_project_lite::pin_project! {
         // another count is an eviction. Two bytes, so that it, the port,
         // the worker and `close_on_down` share one word.
         evictions_seen: u16,
-        sent_home: Option<Box<SentHome>>,
+        extras: Option<Box<Extras>>,
         attached: Attached,
         slot: ClientSlot,
         client: TcpStream,
@@ -102,7 +123,7 @@ impl Proxying {
     pub(super) fn new(
         settings: &Settings,
         attached: Attached,
-        sent_home: Option<Box<SentHome>>,
+        extras: Option<Box<Extras>>,
         slot: ClientSlot,
         client: TcpStream,
         upstream: TcpStream,
@@ -119,7 +140,7 @@ impl Proxying {
             copy,
             woken,
             evictions_seen,
-            sent_home,
+            extras,
             attached,
             slot,
             client,
@@ -200,8 +221,8 @@ impl Proxying {
                 Wake::Tick => ticked = true,
             }
         }
-        if let Some(f) = p.sent_home.as_mut()
-            && f.as_mut().as_mut().poll(cx).is_ready()
+        if let Some(f) = p.extras.as_mut().and_then(|e| e.sent_home.as_mut())
+            && f.as_mut().poll(cx).is_ready()
         {
             m.closed_failback.inc();
             tracing::debug!(%peer, %upstream, "closing: fail-back, home is usable again");
@@ -222,6 +243,9 @@ impl Proxying {
         };
         let (result, totals) = ready!(p.copy.poll(cx, ends, ticked));
         let (to_upstream, to_client) = (totals.to_upstream, totals.to_client);
+        if let Some(c) = p.extras.as_ref().and_then(|e| e.client.as_ref()) {
+            c.moved(to_upstream, to_client);
+        }
         match result {
             Ok(CopyEnd::Closed) => {
                 tracing::debug!(%peer, %upstream, bytes_to_upstream = to_upstream, bytes_to_client = to_client, "connection closed")

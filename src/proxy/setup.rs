@@ -11,9 +11,11 @@ use std::task::{Context, Poll, ready};
 
 use tokio::net::TcpStream;
 
+use super::admit::Admitted;
 use super::connect::{Attempt, Connected, connect_next, first_flight};
-use super::proxying::{Attached, Proxying, SentHome};
+use super::proxying::{Attached, Extras, Proxying, SentHome};
 use crate::choice::{Choice, Standing};
+use crate::clients::Identify;
 use crate::failback::{self, Placement, registry::DisplacedGuard};
 use crate::health::Admission;
 use crate::metrics::{FailureReason, GaugeGuard};
@@ -90,6 +92,14 @@ pub(super) async fn setup(
     peer: SocketAddr,
     worker: Worker,
 ) -> Option<Proxying> {
+    let mut named = None;
+    if snapshot.settings.clients.identify == Identify::Auto {
+        match super::admit::admit(&slot, &snapshot, &client, peer).await {
+            Admitted::Named(guard) => named = Some(guard),
+            Admitted::Unnamed => {}
+            Admitted::Refused => return None,
+        }
+    }
     let shared = slot.shared();
     let hash = snapshot.key_hash(peer);
     let hedging = snapshot.settings.first_byte_timeout;
@@ -124,30 +134,32 @@ pub(super) async fn setup(
     // home's set and waits for a ticket. Boxed: only connections made
     // during an outage have one, and a pointer keeps every other
     // connection's task small (the wait alone is larger than the rest).
-    let sent_home: Option<Box<SentHome>> = match failback::placed(choice.home(), index) {
+    let sent_home: Option<SentHome> = match failback::placed(choice.home(), index) {
         Placement::Home => None,
         Placement::Displaced { home } => {
             let home = &snapshot.upstreams[home].state;
             DisplacedGuard::enter(&home.displaced).map(|guard| {
                 let gauge = GaugeGuard::new(&home.metrics.connections_displaced);
-                // Boxed twice: the outer box makes the field a thin
-                // pointer, 8 bytes of every connection's task, not 16.
-                Box::new(Box::pin(async move {
+                // Kept in `Extras` (see there).
+                Box::pin(async move {
                     // Counted until the connection ends, however it ends.
                     let _gauge = gauge;
                     guard.sent_home().await
-                }) as SentHome)
+                }) as SentHome
             })
         }
     };
     // Keep only what this connection needs, so an old snapshot (ring and
     // all) is freed once a reload replaces it, not when the last watch ends.
     let state = &snapshot.upstreams[index].state;
+    if let Some(c) = &named {
+        c.went_to(index);
+    }
     tracing::debug!(%peer, upstream = %state.address, "proxying");
     Some(Proxying::new(
         &snapshot.settings,
         Attached::new(state.clone()),
-        sent_home,
+        Extras::new(sent_home, named),
         slot,
         client,
         upstream,
