@@ -40,6 +40,7 @@ pub(crate) struct Over {
     pub since_line: u64,
     pub total: u64,
     pub line_at: Instant,
+    pub refused_at: Instant,
 }
 
 impl Client {

@@ -28,4 +28,5 @@ mod resolver;
 pub(crate) use client::ClientGuard;
 pub use config::{ClientsConfig, Identify, Limit, Match};
 pub use identity::{Identity, OTHER};
+pub(crate) use registry::{Reason, fair_share_near};
 pub(crate) use resolver::{Conn, Resolver};

@@ -24,6 +24,9 @@ pub(crate) enum Reason {
 
 /// While a client stays over a limit, one summary line this often.
 const SUMMARY_EVERY: Duration = Duration::from_secs(180);
+/// A client is back under its limits once it has had no refusal for this
+/// long.
+const UNDER_AFTER: Duration = Duration::from_secs(60);
 
 pub(crate) struct Registry {
     inner: Mutex<Inner>,
@@ -99,7 +102,14 @@ impl Registry {
                 Err(reason)
             }
             Ok(()) => {
-                if let Some(over) = book.over.take() {
+                // The episode ends once no refusal came for a while: under
+                // a rate limit admissions and refusals alternate.
+                if book
+                    .over
+                    .as_ref()
+                    .is_some_and(|o| now.duration_since(o.refused_at) >= UNDER_AFTER)
+                    && let Some(over) = book.over.take()
+                {
                     tracing::info!(client = %client.name, refused = over.total, "client back under its limits");
                 }
                 book.count_new(self.second(now), ask.id.pid, now);
@@ -130,10 +140,7 @@ impl Registry {
                 return Err(Reason::Rate);
             }
         }
-        // Fair share: the last quarter of max_connections (none below 4)
-        // is kept for clients other than the one holding the most.
-        let near = ask.max_connections - ask.max_connections / 4;
-        if ask.config.fair_share && ask.open > near && open > 0 {
+        if ask.config.fair_share && fair_share_near(ask.open, ask.max_connections) && open > 0 {
             let top = inner.named.values().map(|c| c.open()).max().unwrap_or(0);
             if open >= top {
                 return Err(Reason::FairShare);
@@ -141,6 +148,13 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// Fair share: the last quarter of `max_connections` (none below 4) is
+/// kept for clients other than the one holding the most; `open` counts
+/// the new connection.
+pub(crate) fn fair_share_near(open: usize, max_connections: usize) -> bool {
+    open > max_connections - max_connections / 4
 }
 
 impl Inner {
@@ -161,11 +175,12 @@ impl Inner {
             return c.clone();
         }
         while self.named.len() >= max {
-            // Held only here when no connection holds a guard on it.
+            // No connection holds a guard on it: guards are only made on
+            // this (the resolver's) thread, under this lock.
             let idle = self
                 .named
                 .values()
-                .filter(|c| Arc::strong_count(c) == 1)
+                .filter(|c| c.open() == 0)
                 .min_by_key(|c| c.book().last_new)
                 .map(|c| c.name.clone());
             let Some(idle) = idle else {
@@ -191,11 +206,13 @@ fn log_refusal(over: &mut Option<Over>, name: &str, reason: Reason, now: Instant
                 since_line: 0,
                 total: 1,
                 line_at: now,
+                refused_at: now,
             });
         }
         Some(o) => {
             o.since_line += 1;
             o.total += 1;
+            o.refused_at = now;
             if now.duration_since(o.line_at) >= SUMMARY_EVERY {
                 tracing::warn!(client = %name, reason, refused = o.since_line, "client still over its limit");
                 o.since_line = 0;

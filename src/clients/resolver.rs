@@ -7,6 +7,7 @@
 //! `SHED_AFTER`, is answered as `other` at once: naming may be lost under
 //! a flood, a connection is never held up for it.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -95,12 +96,19 @@ fn run(rx: Receiver<Request>, registry: &Registry, visibility: &Visibility) {
         }
     };
     let mut finder = Finder::new(visibility);
+    let mut seen = HashMap::new();
     while let Ok(req) = rx.recv() {
         let now = Instant::now();
         let id = if now.duration_since(req.at) > SHED_AFTER {
             Identity::default()
         } else {
-            identify(diag.as_mut(), &mut finder, req.conn.peer, req.conn.local)
+            identify(
+                diag.as_mut(),
+                &mut finder,
+                &mut seen,
+                req.conn.peer,
+                req.conn.local,
+            )
         };
         let ask = Ask {
             id: &id,
@@ -113,10 +121,25 @@ fn run(rx: Receiver<Request>, registry: &Registry, visibility: &Visibility) {
     }
 }
 
+/// How long a process's name and cgroup are taken as read: a process
+/// rarely changes either, and reading two files per connection was most
+/// of the resolver's time under a connection flood.
+const PROC_TTL: Duration = Duration::from_secs(5);
+/// Processes whose name and cgroup are kept; past it, all are read again.
+const PROC_CACHE: usize = 256;
+
+/// What `/proc` said of a pid, and when.
+pub(crate) struct Seen {
+    at: Instant,
+    comm: Option<String>,
+    cgroup: Option<String>,
+}
+
 /// Everything that may be known of the client behind `peer`.
 pub(crate) fn identify(
     diag: Option<&mut Diag>,
     finder: &mut Finder,
+    seen: &mut HashMap<u32, Seen>,
     peer: SocketAddr,
     local: SocketAddr,
 ) -> Identity {
@@ -129,8 +152,25 @@ pub(crate) fn identify(
         return id;
     };
     id.pid = Some(pid);
-    id.comm = procs::comm(pid);
-    id.cgroup = procs::cgroup(pid);
+    let now = Instant::now();
+    if seen
+        .get(&pid)
+        .is_none_or(|s| now.duration_since(s.at) > PROC_TTL)
+    {
+        if seen.len() >= PROC_CACHE {
+            seen.clear();
+        }
+        let fresh = Seen {
+            at: now,
+            comm: procs::comm(pid),
+            cgroup: procs::cgroup(pid),
+        };
+        seen.insert(pid, fresh);
+    }
+    if let Some(s) = seen.get(&pid) {
+        id.comm = s.comm.clone();
+        id.cgroup = s.cgroup.clone();
+    }
     id.pod = id.cgroup.as_deref().and_then(pod_of);
     id
 }

@@ -11,6 +11,7 @@ use std::task::{Context, Poll, ready};
 use tokio::net::TcpStream;
 use tokio::sync::futures::OwnedNotified;
 
+use super::admit::Pending;
 use crate::clients::ClientGuard;
 use crate::copy::{self, CopyEnd, Ends};
 use crate::shared::{ClientSlot, Shared};
@@ -59,19 +60,53 @@ pub(super) type SentHome = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// is one thin pointer (8 bytes of every connection's task, which must
 /// stay in its 384-byte task cell: `listener`'s test): fail-back's record
 /// of a displaced connection, and its local client's guard (`clients`,
-/// counted open until the connection ends). One allocation of 32 bytes
-/// for a connection with either; none without.
+/// counted open until the connection ends) or the resolver's answer still
+/// to come. One allocation of 48 bytes for a connection with any; none
+/// without.
 pub(super) struct Extras {
     sent_home: Option<SentHome>,
     client: Option<ClientGuard>,
+    pending: Option<Pending>,
+    /// Its upstream's index, for the client's masters once it is named.
+    index: usize,
 }
 
 impl Extras {
     pub(super) fn new(
         sent_home: Option<SentHome>,
         client: Option<ClientGuard>,
+        pending: Option<Pending>,
+        index: usize,
     ) -> Option<Box<Extras>> {
-        (sent_home.is_some() || client.is_some()).then(|| Box::new(Extras { sent_home, client }))
+        (sent_home.is_some() || client.is_some() || pending.is_some()).then(|| {
+            Box::new(Extras {
+                sent_home,
+                client,
+                pending,
+                index,
+            })
+        })
+    }
+
+    /// Takes the resolver's answer if it has come: false if the client is
+    /// over a limit and the connection must close.
+    fn named(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(answer) = self.pending.as_mut() else {
+            return true;
+        };
+        let Poll::Ready(answer) = Pin::new(answer).poll(cx) else {
+            return true;
+        };
+        self.pending = None;
+        match answer {
+            Ok(Ok(guard)) => {
+                guard.went_to(self.index);
+                self.client = Some(guard);
+                true
+            }
+            Ok(Err(_)) => false,
+            Err(_) => true,
+        }
     }
 }
 
@@ -220,6 +255,12 @@ impl Proxying {
                 Wake::Evicted(_) => {}
                 Wake::Tick => ticked = true,
             }
+        }
+        if let Some(e) = p.extras.as_mut()
+            && !e.named(cx)
+        {
+            tracing::debug!(%peer, %upstream, "closing: its client is over a limit");
+            return Poll::Ready(());
         }
         if let Some(f) = p.extras.as_mut().and_then(|e| e.sent_home.as_mut())
             && f.as_mut().poll(cx).is_ready()

@@ -92,12 +92,11 @@ pub(super) async fn setup(
     peer: SocketAddr,
     worker: Worker,
 ) -> Option<Proxying> {
-    let mut named = None;
+    let mut admitted = Admitted::Unnamed;
     if snapshot.settings.clients.identify == Identify::Auto {
-        match super::admit::admit(&slot, &snapshot, &client, peer).await {
-            Admitted::Named(guard) => named = Some(guard),
-            Admitted::Unnamed => {}
-            Admitted::Refused => return None,
+        admitted = super::admit::admit(&slot, &snapshot, &client, peer).await;
+        if let Admitted::Refused = admitted {
+            return None;
         }
     }
     let shared = slot.shared();
@@ -152,14 +151,26 @@ pub(super) async fn setup(
     // Keep only what this connection needs, so an old snapshot (ring and
     // all) is freed once a reload replaces it, not when the last watch ends.
     let state = &snapshot.upstreams[index].state;
-    if let Some(c) = &named {
-        c.went_to(index);
+    // The answer may have come while connecting.
+    if let Admitted::Pending(answer) = &mut admitted
+        && let Ok(answer) = answer.try_recv()
+    {
+        admitted = super::admit::settle(Ok(answer), peer);
     }
+    let (named, pending) = match admitted {
+        Admitted::Named(guard) => {
+            guard.went_to(index);
+            (Some(guard), None)
+        }
+        Admitted::Pending(answer) => (None, Some(answer)),
+        Admitted::Unnamed => (None, None),
+        Admitted::Refused => return None,
+    };
     tracing::debug!(%peer, upstream = %state.address, "proxying");
     Some(Proxying::new(
         &snapshot.settings,
         Attached::new(state.clone()),
-        Extras::new(sent_home, named),
+        Extras::new(sent_home, named, pending, index),
         slot,
         client,
         upstream,
