@@ -483,3 +483,44 @@ async fn a_client_in_a_pod_cgroup_is_named_by_its_pod_uid() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A reload applies new limits to the next connection and closes none:
+/// 15 open under a limit of 20 stay open when it becomes 10, and the next
+/// one is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_limits_without_closing_connections() {
+    let up = FakeUpstream::start("m1").await;
+    let limit = |n: u32| {
+        format!(
+            "clients:\n  limits:\n    - match: {{process: \"cli-re\"}}\n      max_connections: {n}\n"
+        )
+    };
+    let p = spawn_cplb(up.addr, &limit(20), &[], None);
+    let admin = p.admin.unwrap();
+    let dir = temp_dir("clients-reload");
+    let exe = client_named(&dir, "cli-re");
+    let first = ClientProc::run(&exe, p.addr, 15, None, |_| {});
+    assert_eq!(first.served, 15);
+    let yaml = TestConfig::new(&[up.addr])
+        .admin_at(&admin.to_string())
+        .section(&limit(10))
+        .yaml();
+    std::fs::write(&p.config_path, yaml).unwrap();
+    p.signal(libc::SIGHUP);
+    eventually(Duration::from_secs(10), async || {
+        let m = scrape(admin).await;
+        (m.get("cplb_config_reloads_total", &[("result", "success")]) >= 1.0).then_some(())
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no reload: {}", p.logs()));
+    let next = ClientProc::run(&exe, p.addr, 1, None, |_| {});
+    assert_eq!((next.served, next.refused), (0, 1), "{}", p.logs());
+    let m = scrape(admin).await;
+    assert_eq!(
+        m.get("cplb_client_connections", &[("client", "process:cli-re")]),
+        15.0,
+        "the open ones stayed open"
+    );
+    drop((first, next));
+    let _ = std::fs::remove_dir_all(dir);
+}
