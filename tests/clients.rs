@@ -524,3 +524,42 @@ async fn a_reload_applies_limits_without_closing_connections() {
     drop((first, next));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Over `max_new_per_second` (a bucket with a burst of the same size), new
+/// connections are closed at once and counted under `rate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_refuses_past_its_burst() {
+    let up = FakeUpstream::start("m1").await;
+    let p = spawn_cplb(
+        up.addr,
+        "clients:\n  limits:\n    - match: {process: \"cli-rate\"}\n      max_new_per_second: 5\n",
+        &[],
+        None,
+    );
+    let dir = temp_dir("clients-rate");
+    let started = std::time::Instant::now();
+    let c = ClientProc::run(&client_named(&dir, "cli-rate"), p.addr, 50, None, |_| {});
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "50 tries in {secs:.2} s: {} served, {} refused",
+        c.served, c.refused
+    );
+    // The burst, and what refilled meanwhile.
+    assert!(c.served >= 5, "{}", p.logs());
+    assert!(
+        (c.served as f64) <= 5.0 + 5.0 * secs + 1.0,
+        "{} served",
+        c.served
+    );
+    let m = scrape(p.admin.unwrap()).await;
+    assert_eq!(
+        m.get(
+            "cplb_client_refused_total",
+            &[("client", "process:cli-rate"), ("reason", "rate")]
+        ),
+        c.refused as f64
+    );
+    assert_eq!(p.count_logs("client over its limit"), 1, "{}", p.logs());
+    drop(c);
+    let _ = std::fs::remove_dir_all(dir);
+}
