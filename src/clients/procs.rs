@@ -5,7 +5,7 @@
 //!
 //! Blocking file reads: the resolver thread's, never a connection's task.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 
@@ -128,6 +128,96 @@ impl Finder {
         r.remember(fd);
         self.recent.push_front(r);
         Some(pid)
+    }
+}
+
+impl Finder {
+    /// `pid` for many sockets at once (the resolver's queue under a flood
+    /// of new connections): each process's descriptors are read once for
+    /// all of them, recent processes first, then every process if some
+    /// are still not found.
+    pub(crate) fn pids(&mut self, wanted: &[Option<(u32, u32)>]) -> Vec<Option<u32>> {
+        if let [Some((inode, uid))] = wanted {
+            return vec![self.pid(*inode, *uid)];
+        }
+        let mut out = vec![None; wanted.len()];
+        let mut left: HashMap<u32, usize> = wanted
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| {
+                w.filter(|(_, uid)| self.full || *uid == self.euid)
+                    .map(|(inode, _)| (inode, i))
+            })
+            .collect();
+        let recent: Vec<u32> = self.recent.iter().map(|r| r.pid).collect();
+        for pid in &recent {
+            if left.is_empty() {
+                break;
+            }
+            self.take_from(*pid, &mut left, &mut out);
+        }
+        if !left.is_empty()
+            && let Ok(dir) = fs::read_dir("/proc")
+        {
+            let all: Vec<u32> = dir
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|p| !recent.contains(p))
+                .filter(|p| self.full || owner(*p) == Some(self.euid))
+                .collect();
+            for pid in all {
+                if left.is_empty() {
+                    break;
+                }
+                self.take_from(pid, &mut left, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Reads `pid`'s descriptors once: every socket in `left` found there
+    /// is `pid`'s, and `pid` becomes (or stays) a recent process.
+    fn take_from(&mut self, pid: u32, left: &mut HashMap<u32, usize>, out: &mut [Option<u32>]) {
+        let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return;
+        };
+        let mut fds = Vec::new();
+        for fd in dir.flatten() {
+            let Ok(target) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            let inode = target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse::<u32>().ok());
+            if let Some(i) = inode.and_then(|n| left.remove(&n)) {
+                out[i] = Some(pid);
+                fds.extend(fd.file_name().to_str().and_then(|f| f.parse::<u32>().ok()));
+            }
+            if left.is_empty() {
+                break;
+            }
+        }
+        if fds.is_empty() {
+            return;
+        }
+        let mut r = match self.recent.iter().position(|r| r.pid == pid) {
+            Some(i) => self.recent.remove(i).expect("an index of recent"),
+            None => {
+                if self.recent.len() == RECENT {
+                    self.recent.pop_back();
+                }
+                Recent {
+                    pid,
+                    fds: VecDeque::with_capacity(FDS),
+                }
+            }
+        };
+        for fd in fds {
+            r.remember(fd);
+        }
+        self.recent.push_front(r);
     }
 }
 

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use super::client::ClientGuard;
 use super::config::ClientsConfig;
-use super::diag::Diag;
+use super::diag::{Diag, Owner};
 use super::identity::{Identity, pod_of};
 use super::metrics::ClientMetrics;
 use super::procs::{self, Finder, Visibility};
@@ -97,29 +97,44 @@ fn run(rx: Receiver<Request>, registry: &Registry, visibility: &Visibility) {
     };
     let mut finder = Finder::new(visibility);
     let mut seen = HashMap::new();
+    let mut batch = Vec::with_capacity(BATCH);
     while let Ok(req) = rx.recv() {
+        // What has queued meanwhile is looked up together.
+        batch.push(req);
+        while batch.len() < BATCH
+            && let Ok(req) = rx.try_recv()
+        {
+            batch.push(req);
+        }
         let now = Instant::now();
-        let id = if now.duration_since(req.at) > SHED_AFTER {
-            Identity::default()
-        } else {
-            identify(
-                diag.as_mut(),
-                &mut finder,
-                &mut seen,
-                req.conn.peer,
-                req.conn.local,
-            )
-        };
-        let ask = Ask {
-            id: &id,
-            config: &req.conn.config,
-            open: req.conn.open,
-            max_connections: req.conn.max_connections,
-        };
-        // The connection may have gone meanwhile: its guard drops here.
-        let _ = req.reply.send(registry.admit(&ask, Instant::now()));
+        let owners: Vec<Option<Owner>> = batch
+            .iter()
+            .map(|r| {
+                let fresh = now.duration_since(r.at) <= SHED_AFTER;
+                diag.as_mut()
+                    .filter(|_| fresh)
+                    .and_then(|d| d.owner(r.conn.peer, r.conn.local).ok().flatten())
+            })
+            .collect();
+        let wanted: Vec<Option<(u32, u32)>> =
+            owners.iter().map(|o| o.map(|o| (o.inode, o.uid))).collect();
+        let pids = finder.pids(&wanted);
+        for ((req, owner), pid) in batch.drain(..).zip(owners).zip(pids) {
+            let id = identify(owner, pid, &mut seen);
+            let ask = Ask {
+                id: &id,
+                config: &req.conn.config,
+                open: req.conn.open,
+                max_connections: req.conn.max_connections,
+            };
+            // The connection may have gone meanwhile: its guard drops here.
+            let _ = req.reply.send(registry.admit(&ask, Instant::now()));
+        }
     }
 }
+
+/// Requests looked up together at most.
+const BATCH: usize = 64;
 
 /// How long a process's name and cgroup are taken as read: a process
 /// rarely changes either, and reading two files per connection was most
@@ -135,20 +150,19 @@ pub(crate) struct Seen {
     cgroup: Option<String>,
 }
 
-/// Everything that may be known of the client behind `peer`.
+/// Everything that may be known of a client from its socket's owner and
+/// the process holding it.
 pub(crate) fn identify(
-    diag: Option<&mut Diag>,
-    finder: &mut Finder,
+    owner: Option<Owner>,
+    pid: Option<u32>,
     seen: &mut HashMap<u32, Seen>,
-    peer: SocketAddr,
-    local: SocketAddr,
 ) -> Identity {
     let mut id = Identity::default();
-    let Some(owner) = diag.and_then(|d| d.owner(peer, local).ok().flatten()) else {
+    let Some(owner) = owner else {
         return id;
     };
     id.uid = Some(owner.uid);
-    let Some(pid) = finder.pid(owner.inode, owner.uid) else {
+    let Some(pid) = pid else {
         return id;
     };
     id.pid = Some(pid);
