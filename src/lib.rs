@@ -50,6 +50,9 @@
 //!   connections home. Its `registry` is the one part on a connection's
 //!   path: `proxy` holds a guard (atomics only) per displaced connection.
 //! - `probe`: active health check probes (TLS `GET /readyz` or TCP), probers.
+//! - `clients`: who is calling: each local client named (process, pod,
+//!   uid) by a resolver thread of its own (sock_diag, `/proc`), counted,
+//!   and limited where configured; `/clients`, `cplb status --clients`.
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/upstreams`, `/status`;
 //!   `admin::clients` bounds its clients (places, head deadline, eviction).
 //! - `reuseport`: names another process sharing a `listen` address.
@@ -82,7 +85,10 @@
 //!    (`shared::ClientSlot`) and spawns `proxy::handle` as the connection's
 //!    task, which stays on that thread for its whole life.
 //! 2. The task's set-up (`proxy::setup`, boxed: it is larger than the copy
-//!    and lasts one round trip) gets that snapshot, hashes the key
+//!    and lasts one round trip) asks the `clients` resolver thread who the
+//!    client is (`proxy::admit`; it waits for the answer only when a limit
+//!    or fair share may refuse it, else the answer names it later), gets
+//!    that snapshot, hashes the key
 //!    (`hash.key`: node id, client IP, or client ip:port) and makes a
 //!    `choice::Choice` over the ring with the proxy's view of each
 //!    upstream's standing (usable; down or draining, left for the last
@@ -111,6 +117,7 @@
 pub(crate) mod admin;
 pub(crate) mod budget;
 pub(crate) mod choice;
+pub mod clients;
 pub(crate) mod clock;
 pub mod config;
 pub(crate) mod copy;

@@ -69,6 +69,12 @@ enum Command {
         /// `table` for people, `json` for scripts (the same data).
         #[arg(long, value_enum, default_value = "table")]
         output: StatusOutput,
+        /// Show the local clients instead (`/clients`): one line each with
+        /// name, pids, open connections, new connections per second over
+        /// the last minute, refusals, bytes and masters. Exit code 0
+        /// whenever cplb answers.
+        #[arg(long)]
+        clients: bool,
     },
     /// Simulate a cluster's proxies and masters (no sockets) and compare
     /// fail-back strategies; see docs/failback.md.
@@ -192,12 +198,21 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Some(Command::ImportNginx { file }) => return import_nginx(file),
         Some(Command::Demo) => return demo(),
-        Some(Command::Status { admin, output }) => {
+        Some(Command::Status {
+            admin,
+            output,
+            clients,
+        }) => {
             let output = match output {
                 StatusOutput::Table => cplb::status::Output::Table,
                 StatusOutput::Json => cplb::status::Output::Json,
             };
-            let code = cplb::status::run(
+            let run = if *clients {
+                cplb::status::run_clients
+            } else {
+                cplb::status::run
+            };
+            let code = run(
                 admin,
                 output,
                 &mut std::io::stdout().lock(),

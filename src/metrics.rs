@@ -62,6 +62,8 @@ pub struct Metrics {
     pub probe_duration: Histogram,
     listen_skipped: IntGaugeVec,
     dataplane_mode: IntGaugeVec,
+    /// Per local client (`clients`): at most `max_names` + 1 names.
+    pub(crate) clients: crate::clients::metrics::ClientMetrics,
 }
 
 fn counter_vec(
@@ -142,7 +144,9 @@ impl Metrics {
         for result in RELOAD_RESULTS {
             reloads.with_label_values(&[result]);
         }
+        let clients = crate::clients::metrics::ClientMetrics::new(r)?;
         Ok(Metrics {
+            clients,
             connections_total: counter_vec(
                 r,
                 "cplb_connections_total",

@@ -112,6 +112,7 @@ pub(crate) fn changed_settings(old: &Config, new: &Config) -> Vec<&'static str> 
     check(old.hash.node_id != new.hash.node_id, "hash.node_id");
     check(old.discovery != new.discovery, "discovery");
     check(old.failback != new.failback, "failback");
+    check(old.clients != new.clients, "clients");
     match (&old.health_check, &new.health_check) {
         (Some(a), Some(b)) => {
             check(a.interval != b.interval, "health_check.interval");

@@ -45,6 +45,9 @@ pub(crate) struct Shared {
     /// The data plane in force (`dataplane::start`), and the wake-up of
     /// the task that keeps the kernel's maps in step.
     pub dataplane: DataplaneView,
+    /// Names and admits each new client connection (`clients`), on a
+    /// thread of its own.
+    pub resolver: crate::clients::Resolver,
 }
 
 /// What `/status` shows of the data plane, and how the control plane asks
@@ -94,7 +97,7 @@ impl Shared {
     ) -> Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
-            metrics,
+            metrics: metrics.clone(),
             clock: Clock::new(),
             clients: AtomicUsize::new(0),
             all_down: AtomicBool::new(false),
@@ -107,6 +110,7 @@ impl Shared {
             skipped_listen,
             last_load: ArcSwap::from_pointee(LoadRecord::startup(source, Clock::unix_now())),
             dataplane: DataplaneView::default(),
+            resolver: crate::clients::Resolver::start(metrics.clients.clone()),
         }
     }
 }

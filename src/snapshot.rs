@@ -53,6 +53,9 @@ pub struct Settings {
     /// This node's fail-back start delay in `[0, failback.spread)`, from
     /// the node id (`hash.node_id` as resolved, whatever `hash.key` is).
     pub failback_delay: Duration,
+    /// Read by the client registry on each new connection, so a reload
+    /// applies new limits to the next connection and never closes one.
+    pub clients: std::sync::Arc<crate::clients::ClientsConfig>,
 }
 
 /// Where an upstream came from: the config file (the seed list when
@@ -171,6 +174,7 @@ impl Snapshot {
                 &config.hash.node_id,
                 config.failback.spread,
             ),
+            clients: std::sync::Arc::new(config.clients.clone()),
         };
         Ok(Built {
             snapshot: Snapshot {

@@ -231,3 +231,53 @@ async fn upstream_close_propagates_to_client() {
     .await;
     proxy.shutdown().await;
 }
+
+/// A client that speaks first (a TLS ClientHello, an HTTP request): its
+/// first bytes go to the master during the first flight, before the copy
+/// starts, and still count in `cplb_bytes_total` as the copy's do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_speaks_first_has_its_first_bytes_counted() {
+    // A master that waits for the client's request, then answers it.
+    let master = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = master.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        for _ in 0..2 {
+            let (s, _) = master.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            let mut line = String::new();
+            tokio::io::BufReader::new(r)
+                .read_line(&mut line)
+                .await
+                .unwrap();
+            w.write_all(format!("got {line}").as_bytes()).await.unwrap();
+        }
+    });
+    let proxy = Proxy::start(TestConfig::new(&[addr]).config()).await;
+    for request in ["GET /version\n", "GET /api/v1/nodes\n"] {
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert_eq!(answer, format!("got {request}"));
+    }
+    server.await.unwrap();
+    let u = addr.to_string();
+    let sent = ("GET /version\n".len() + "GET /api/v1/nodes\n".len()) as f64;
+    let counted = |d: &'static str| {
+        let u = u.clone();
+        move |s: &common::metrics::Scrape| {
+            s.get("cplb_bytes_total", &[("upstream", &u), ("direction", d)])
+        }
+    };
+    wait_until("both connections closed", || {
+        proxy
+            .scrape()
+            .get("cplb_connections_active", &[("upstream", &u)])
+            == 0.0
+    })
+    .await;
+    let s = proxy.scrape();
+    assert_eq!(counted("to_upstream")(&s), sent, "the requests");
+    assert_eq!(counted("to_client")(&s), sent + 8.0, "the answers");
+    proxy.shutdown().await;
+}

@@ -139,9 +139,28 @@ async fn answer(
     }
 }
 
+/// A JSON document, indented, as `/status` and `/clients` answer.
+fn pretty_json(doc: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_string_pretty(doc).unwrap_or_else(|_| "{}".into());
+    body.push('\n');
+    let mut r = text(StatusCode::OK, &body);
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        "application/json".parse().expect("static header"),
+    );
+    r
+}
+
 fn route(shared: &Shared, health: &Supervisor, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    let known = ["/healthz", "/readyz", "/metrics", "/upstreams", "/status"];
+    let known = [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/upstreams",
+        "/status",
+        "/clients",
+    ];
     if !known.contains(&path) {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
@@ -177,17 +196,20 @@ fn route(shared: &Shared, health: &Supervisor, req: &Request<Incoming>) -> Respo
             );
             r
         }
-        "/status" => {
-            let doc = crate::status::collect::collect(shared);
-            let mut body = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into());
-            body.push('\n');
-            let mut r = text(StatusCode::OK, &body);
-            r.headers_mut().insert(
-                CONTENT_TYPE,
-                "application/json".parse().expect("static header"),
-            );
-            r
+        "/clients" => {
+            let snapshot = shared.snapshot.load();
+            let upstreams: Vec<&str> = snapshot
+                .upstreams
+                .iter()
+                .map(|u| u.state.address.as_str())
+                .collect();
+            pretty_json(&crate::clients::report::Report::collect(
+                &shared.resolver.registry,
+                &snapshot.settings.clients,
+                &upstreams,
+            ))
         }
+        "/status" => pretty_json(&crate::status::collect::collect(shared)),
         _ => {
             let mut r = text(StatusCode::OK, &upstreams_json(shared));
             r.headers_mut().insert(

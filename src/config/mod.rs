@@ -57,6 +57,8 @@ pub struct Config {
     /// Where new connections are balanced: the proxy, or the kernel's
     /// connect hooks (docs/kernel.md). Applied at start-up only.
     pub dataplane: crate::kernel::config::Dataplane,
+    /// Naming and limiting local clients (docs/clients.md).
+    pub clients: crate::clients::ClientsConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -42,6 +42,8 @@ pub(crate) struct RawConfig {
     pub failback: crate::failback::config::RawFailback,
     #[serde(default)]
     pub dataplane: crate::kernel::config::RawDataplane,
+    #[serde(default)]
+    pub clients: crate::clients::config::RawClients,
 }
 
 #[derive(Debug, Deserialize)]

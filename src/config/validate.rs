@@ -210,6 +210,8 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         failback: crate::failback::Failback::from_raw(&raw.failback)
             .map_err(|e| cx.err(format!("failback.{}", e.field), e.reason))?,
         dataplane,
+        clients: crate::clients::ClientsConfig::from_raw(&raw.clients)
+            .map_err(|e| cx.err(format!("clients.{}", e.field), e.reason))?,
     })
 }
 

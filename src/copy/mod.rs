@@ -256,12 +256,22 @@ pub(crate) struct Copy {
     idle: idle::Idle,
 }
 
+/// What the hedged first flight hands the copy.
+#[derive(Default)]
+pub(crate) struct Flight {
+    /// The master's first bytes, first in line for the client.
+    pub answer: Option<Answer>,
+    /// The client's bytes the first flight already wrote to the master:
+    /// counted in the copy's totals, as the copy would have.
+    pub forwarded: u64,
+}
+
 impl Copy {
-    /// Starts idle at `now_ms` (`Clock` ms), with the master's `answer`
-    /// (the first flight read it) first in line for the client.
-    pub(crate) fn new(idle_timeout: Duration, now_ms: u64, answer: Option<Answer>) -> Copy {
+    /// Starts idle at `now_ms` (`Clock` ms), from where the first `flight`
+    /// left the connection.
+    pub(crate) fn new(idle_timeout: Duration, now_ms: u64, flight: Flight) -> Copy {
         let mut down = Half::default();
-        if let Some(a) = answer {
+        if let Some(a) = flight.answer {
             // A read that filled the buffer was bulk, as in `Half::poll`.
             down.splice = a.len as usize == pool::BUF_SIZE;
             down.held = Held::Buf {
@@ -270,8 +280,10 @@ impl Copy {
                 end: a.len,
             };
         }
+        let mut up = Half::default();
+        up.total = flight.forwarded;
         Copy {
-            up: Half::default(),
+            up,
             down,
             idle: idle::Idle::new(idle_timeout, now_ms),
         }
@@ -398,7 +410,7 @@ mod tests {
         let (upstream_near, _upstream) = pair().await;
         let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
         let ends = ends(&client_near, &upstream_near, &counter, &clock);
-        let mut copy = Copy::new(Duration::from_secs(3600), clock.now_ms(), None);
+        let mut copy = Copy::new(Duration::from_secs(3600), clock.now_ms(), Flight::default());
         let upstream = SockRef::from(&upstream_near);
         tokio::time::advance(sockopt::KEEPALIVE_AFTER - Duration::from_millis(1)).await;
         assert!(poll_once(&mut copy, ends, true).await.is_pending());
@@ -423,7 +435,7 @@ mod tests {
         let (upstream_near, mut upstream) = pair().await;
         let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
         let ends = ends(&client_near, &upstream_near, &counter, &clock);
-        let mut copy = Copy::new(Duration::from_secs(10), clock.now_ms(), None);
+        let mut copy = Copy::new(Duration::from_secs(10), clock.now_ms(), Flight::default());
         tokio::time::advance(Duration::from_secs(7)).await;
         client.write_all(b"x").await.unwrap();
         // Polled until the byte has gone through: that is activity at 7 s.
@@ -466,7 +478,7 @@ mod tests {
         let (upstream_near, mut upstream) = pair().await;
         let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
         let ends = ends(&client_near, &upstream_near, &counter, &clock);
-        let mut state = Copy::new(Duration::from_secs(3600), clock.now_ms(), None);
+        let mut state = Copy::new(Duration::from_secs(3600), clock.now_ms(), Flight::default());
         let mut copy = std::future::poll_fn(|cx| state.poll(cx, ends, false));
         let (buffers, pipes) = (pool::free_len(), Pipe::free_len());
         let data = vec![7u8; 1 << 20];
@@ -506,7 +518,7 @@ mod tests {
         let copy = async move {
             let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
             let ends = ends(&client_near, &upstream_near, &counter, &clock);
-            let mut state = Copy::new(Duration::from_secs(3600), clock.now_ms(), None);
+            let mut state = Copy::new(Duration::from_secs(3600), clock.now_ms(), Flight::default());
             std::future::poll_fn(|cx| state.poll(cx, ends, false)).await
         };
         // Up: more than a buffer, so the rest is spliced. Down: a few bytes.
@@ -540,7 +552,7 @@ mod tests {
         let copy = tokio::spawn(async move {
             let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
             let ends = ends(&client_near, &upstream_near, &counter, &clock);
-            let mut state = Copy::new(Duration::from_secs(3600), clock.now_ms(), None);
+            let mut state = Copy::new(Duration::from_secs(3600), clock.now_ms(), Flight::default());
             std::future::poll_fn(|cx| state.poll(cx, ends, false)).await
         });
         // Every wait has a deadline: under a broken half-close this test
@@ -603,7 +615,7 @@ mod tests {
         std::thread::spawn(move || {
             let (counter, clock) = (IntCounter::new("c", "c").unwrap(), Clock::new());
             let ends = ends(&client_near, &upstream_near, &counter, &clock);
-            let mut state = Copy::new(Duration::from_secs(3600), clock.now_ms(), None);
+            let mut state = Copy::new(Duration::from_secs(3600), clock.now_ms(), Flight::default());
             let copy = std::future::poll_fn(|cx| state.poll(cx, ends, false));
             let _ = tx.send(runtime.block_on(copy).0.map_err(|e| e.to_string()));
         });

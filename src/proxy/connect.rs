@@ -160,16 +160,38 @@ fn classify(e: &io::Error) -> FailureReason {
 /// Sees the first flight of `client` answered by `up` or by a master it
 /// hedged to, and returns the upstream the connection is committed to
 /// with the master's first bytes, for the copy to write to the client; the
-/// client's bytes it forwarded are gone from the client's socket.
+/// client's bytes it forwarded are gone from the client's socket, and are
+/// counted here and in the copy's totals, as the copy would count them.
 pub(super) async fn first_flight<V: FnMut(usize) -> Standing>(
+    shared: &Shared,
+    snap: &Snapshot,
+    choice: &mut Choice<'_, V>,
+    client: &TcpStream,
+    up: Connected,
+    timeout: Duration,
+) -> (Connected, copy::Flight) {
+    let mut kept = Replay::default();
+    let (up, answer) = flight(shared, snap, choice, client, up, timeout, &mut kept).await;
+    // What went to a master the connection left was replayed to this one:
+    // its bytes are this master's.
+    let forwarded = kept.len() as u64;
+    snap.upstreams[up.index]
+        .state
+        .metrics
+        .bytes_to_upstream
+        .inc_by(forwarded);
+    (up, copy::Flight { answer, forwarded })
+}
+
+async fn flight<V: FnMut(usize) -> Standing>(
     shared: &Shared,
     snap: &Snapshot,
     choice: &mut Choice<'_, V>,
     client: &TcpStream,
     mut up: Connected,
     timeout: Duration,
+    kept: &mut Replay,
 ) -> (Connected, Option<Answer>) {
-    let mut kept = Replay::default();
     let mut client_eof = false;
     // Until the client's first bytes: how long a silent client may take
     // before it is taken for server-speaks-first. From then on: when the
@@ -232,7 +254,7 @@ pub(super) async fn first_flight<V: FnMut(usize) -> Standing>(
                 if let Some(from) = hedged_from.take() {
                     snap.upstreams[from].state.metrics.hedge(Hedge::Failed).inc();
                 }
-                match hedge(shared, snap, choice, &kept, client_eof, &up).await {
+                match hedge(shared, snap, choice, kept, client_eof, &up).await {
                     Some(next) => {
                         hedged_from = Some(up.index);
                         // Dropping the silent master's socket closes it: its

@@ -1,4 +1,5 @@
-//! One client connection, in three files:
+//! One client connection, in three files and `admit` (its local
+//! client's admission, before anything else):
 //! - `setup`: the connection's task (`handle`) and its set-up, which
 //!   chooses upstreams in ring order through `choice`;
 //! - `connect`: connect with failover and the last resort, and see the
@@ -8,6 +9,7 @@
 //!   the upstream is evicted or removed, fail-back sends a displaced
 //!   connection home, or shutdown forces the close.
 
+mod admit;
 mod connect;
 mod proxying;
 mod setup;

@@ -11,6 +11,8 @@ use std::task::{Context, Poll, ready};
 use tokio::net::TcpStream;
 use tokio::sync::futures::OwnedNotified;
 
+use super::admit::Pending;
+use crate::clients::ClientGuard;
 use crate::copy::{self, CopyEnd, Ends};
 use crate::shared::{ClientSlot, Shared};
 use crate::snapshot::Settings;
@@ -54,6 +56,60 @@ impl std::fmt::Display for Peer<'_> {
 /// owns its `DisplacedGuard` and its gauge guard.
 pub(super) type SentHome = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// What only some connections carry, boxed together so that the field
+/// is one thin pointer (8 bytes of every connection's task, which must
+/// stay in its 384-byte task cell: `listener`'s test): fail-back's record
+/// of a displaced connection, and its local client's guard (`clients`,
+/// counted open until the connection ends) or the resolver's answer still
+/// to come. One allocation of 48 bytes for a connection with any; none
+/// without.
+pub(super) struct Extras {
+    sent_home: Option<SentHome>,
+    client: Option<ClientGuard>,
+    pending: Option<Pending>,
+    /// Its upstream's index, for the client's masters once it is named.
+    index: usize,
+}
+
+impl Extras {
+    pub(super) fn new(
+        sent_home: Option<SentHome>,
+        client: Option<ClientGuard>,
+        pending: Option<Pending>,
+        index: usize,
+    ) -> Option<Box<Extras>> {
+        (sent_home.is_some() || client.is_some() || pending.is_some()).then(|| {
+            Box::new(Extras {
+                sent_home,
+                client,
+                pending,
+                index,
+            })
+        })
+    }
+
+    /// Takes the resolver's answer if it has come: false if the client is
+    /// over a limit and the connection must close.
+    fn named(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(answer) = self.pending.as_mut() else {
+            return true;
+        };
+        let Poll::Ready(answer) = Pin::new(answer).poll(cx) else {
+            return true;
+        };
+        self.pending = None;
+        match answer {
+            Ok(Ok(guard)) => {
+                guard.went_to(self.index);
+                self.client = Some(guard);
+                true
+            }
+            Ok(Err(_)) => false,
+            Err(_) => true,
+        }
+    }
+}
+
 /// Why a connection's waiter woke; `Proxying::woke` is the one place that
 /// answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +137,7 @@ pin_project_lite::pin_project! {
         // another count is an eviction. Two bytes, so that it, the port,
         // the worker and `close_on_down` share one word.
         evictions_seen: u16,
-        sent_home: Option<Box<SentHome>>,
+        extras: Option<Box<Extras>>,
         attached: Attached,
         slot: ClientSlot,
         client: TcpStream,
@@ -102,16 +158,16 @@ impl Proxying {
     pub(super) fn new(
         settings: &Settings,
         attached: Attached,
-        sent_home: Option<Box<SentHome>>,
+        extras: Option<Box<Extras>>,
         slot: ClientSlot,
         client: TcpStream,
         upstream: TcpStream,
-        answer: Option<copy::Answer>,
+        flight: copy::Flight,
         peer_port: u16,
         worker: Worker,
     ) -> Proxying {
         let now = slot.shared().clock.now_ms();
-        let copy = copy::Copy::new(settings.idle_timeout, now, answer);
+        let copy = copy::Copy::new(settings.idle_timeout, now, flight);
         let state = &attached.0;
         let woken = state.waiter(worker, copy.due_ms(), now);
         let evictions_seen = state.evictions() as u16;
@@ -119,7 +175,7 @@ impl Proxying {
             copy,
             woken,
             evictions_seen,
-            sent_home,
+            extras,
             attached,
             slot,
             client,
@@ -200,8 +256,14 @@ impl Proxying {
                 Wake::Tick => ticked = true,
             }
         }
-        if let Some(f) = p.sent_home.as_mut()
-            && f.as_mut().as_mut().poll(cx).is_ready()
+        if let Some(e) = p.extras.as_mut()
+            && !e.named(cx)
+        {
+            tracing::debug!(%peer, %upstream, "closing: its client is over a limit");
+            return Poll::Ready(());
+        }
+        if let Some(f) = p.extras.as_mut().and_then(|e| e.sent_home.as_mut())
+            && f.as_mut().poll(cx).is_ready()
         {
             m.closed_failback.inc();
             tracing::debug!(%peer, %upstream, "closing: fail-back, home is usable again");
@@ -222,6 +284,9 @@ impl Proxying {
         };
         let (result, totals) = ready!(p.copy.poll(cx, ends, ticked));
         let (to_upstream, to_client) = (totals.to_upstream, totals.to_client);
+        if let Some(c) = p.extras.as_ref().and_then(|e| e.client.as_ref()) {
+            c.moved(to_upstream, to_client);
+        }
         match result {
             Ok(CopyEnd::Closed) => {
                 tracing::debug!(%peer, %upstream, bytes_to_upstream = to_upstream, bytes_to_client = to_client, "connection closed")

@@ -11,9 +11,12 @@ use std::task::{Context, Poll, ready};
 
 use tokio::net::TcpStream;
 
+use super::admit::Admitted;
 use super::connect::{Attempt, Connected, connect_next, first_flight};
-use super::proxying::{Attached, Proxying, SentHome};
+use super::proxying::{Attached, Extras, Proxying, SentHome};
 use crate::choice::{Choice, Standing};
+use crate::clients::Identify;
+use crate::copy;
 use crate::failback::{self, Placement, registry::DisplacedGuard};
 use crate::health::Admission;
 use crate::metrics::{FailureReason, GaugeGuard};
@@ -90,6 +93,13 @@ pub(super) async fn setup(
     peer: SocketAddr,
     worker: Worker,
 ) -> Option<Proxying> {
+    let mut admitted = Admitted::Unnamed;
+    if snapshot.settings.clients.identify == Identify::Auto {
+        admitted = super::admit::admit(&slot, &snapshot, &client, peer).await;
+        if let Admitted::Refused = admitted {
+            return None;
+        }
+    }
     let shared = slot.shared();
     let hash = snapshot.key_hash(peer);
     let hedging = snapshot.settings.first_byte_timeout;
@@ -103,13 +113,13 @@ pub(super) async fn setup(
         Some(_) => Attempt::FirstFlight,
     };
     let mut connected = connect_next(shared, &snapshot, &mut choice, attempt).await;
-    let mut answer = None;
+    let mut flight = copy::Flight::default();
     if let Some(timeout) = hedging
         && let Some(up) = connected.take()
     {
         shared.hedge_budget.attempt(shared.clock.now_ms());
         let (up, first) = first_flight(shared, &snapshot, &mut choice, &client, up, timeout).await;
-        (connected, answer) = (Some(up), first);
+        (connected, flight) = (Some(up), first);
     }
     let Some(Connected {
         index,
@@ -124,34 +134,48 @@ pub(super) async fn setup(
     // home's set and waits for a ticket. Boxed: only connections made
     // during an outage have one, and a pointer keeps every other
     // connection's task small (the wait alone is larger than the rest).
-    let sent_home: Option<Box<SentHome>> = match failback::placed(choice.home(), index) {
+    let sent_home: Option<SentHome> = match failback::placed(choice.home(), index) {
         Placement::Home => None,
         Placement::Displaced { home } => {
             let home = &snapshot.upstreams[home].state;
             DisplacedGuard::enter(&home.displaced).map(|guard| {
                 let gauge = GaugeGuard::new(&home.metrics.connections_displaced);
-                // Boxed twice: the outer box makes the field a thin
-                // pointer, 8 bytes of every connection's task, not 16.
-                Box::new(Box::pin(async move {
+                // Kept in `Extras` (see there).
+                Box::pin(async move {
                     // Counted until the connection ends, however it ends.
                     let _gauge = gauge;
                     guard.sent_home().await
-                }) as SentHome)
+                }) as SentHome
             })
         }
     };
     // Keep only what this connection needs, so an old snapshot (ring and
     // all) is freed once a reload replaces it, not when the last watch ends.
     let state = &snapshot.upstreams[index].state;
+    // The answer may have come while connecting.
+    if let Admitted::Pending(answer) = &mut admitted
+        && let Ok(answer) = answer.try_recv()
+    {
+        admitted = super::admit::settle(Ok(answer), peer);
+    }
+    let (named, pending) = match admitted {
+        Admitted::Named(guard) => {
+            guard.went_to(index);
+            (Some(guard), None)
+        }
+        Admitted::Pending(answer) => (None, Some(answer)),
+        Admitted::Unnamed => (None, None),
+        Admitted::Refused => return None,
+    };
     tracing::debug!(%peer, upstream = %state.address, "proxying");
     Some(Proxying::new(
         &snapshot.settings,
         Attached::new(state.clone()),
-        sent_home,
+        Extras::new(sent_home, named, pending, index),
         slot,
         client,
         upstream,
-        answer,
+        flight,
         peer.port(),
         worker,
     ))

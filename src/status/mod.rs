@@ -32,6 +32,28 @@ pub enum Output {
     Json,
 }
 
+/// `cplb status --clients`: one line per local client, from `/clients`.
+pub fn run_clients(admin: &str, output: Output, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let report: crate::clients::report::Report =
+        match client::get_json(admin, "/clients", "clients") {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = writeln!(err, "cplb status: {}", crate::logfmt::Chain(&e));
+                return EXIT_UNREACHABLE;
+            }
+        };
+    let written = match output {
+        Output::Table => out.write_all(report.text().as_bytes()),
+        Output::Json => serde_json::to_string_pretty(&report)
+            .map_err(std::io::Error::other)
+            .and_then(|s| writeln!(out, "{s}")),
+    };
+    if let Err(e) = written {
+        let _ = writeln!(err, "cplb status: could not write the output: {e}");
+    }
+    EXIT_OK
+}
+
 /// Runs `cplb status` against `admin` (`host:port`); writes the table or
 /// JSON to `out` and errors to `err`; returns the exit code.
 pub fn run(admin: &str, output: Output, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
