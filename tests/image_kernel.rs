@@ -108,6 +108,15 @@ fn pod() -> Pod {
     }
 }
 
+/// A directory removed when dropped, also when the test fails.
+struct Removed(PathBuf);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The node's paths the manifest mounts, as this test stands them in.
 struct Host {
     config: PathBuf,
@@ -296,7 +305,8 @@ fn in_kernel_mode(env: &Env) {
     for m in &masters {
         yaml.push_str(&format!("  - address: \"{}\"\n", m.addr));
     }
-    let config = config_dir("image-kernel", &yaml);
+    let config = Removed(config_dir("image-kernel", &yaml));
+    let config = &config.0;
     let ca = config.join("unused-ca.crt");
     std::fs::write(&ca, "").unwrap();
     let host = Host {
@@ -513,7 +523,6 @@ fn in_kernel_mode(env: &Env) {
     // Established connections are the masters', not cplb's.
     assert!(client.ping(alive[0]));
     drop(client);
-    let _ = std::fs::remove_dir_all(config);
     // What the docs name as the minimum is what ran.
     assert_eq!(pod.caps, ["CAP_BPF", "CAP_NET_ADMIN"], "{MANIFEST}");
     assert_eq!(pod.user, "0:0", "{MANIFEST}");
