@@ -108,6 +108,7 @@ fn the_manifests_are_the_expected_objects() {
             "config/kubernetes/static-pod-discovery.yaml",
             vec!["pod/cplb"],
         ),
+        ("config/kubernetes/static-pod-kernel.yaml", vec!["pod/cplb"]),
         ("config/kubernetes/static-pod.yaml", vec!["pod/cplb"]),
         ("config/kubespray/cplb-proxy.yaml", vec!["pod/cplb-proxy"]),
     ];
@@ -273,24 +274,130 @@ fn config_for(path: &Path, docs: &[Value]) -> cplb::Config {
             .expect("the ConfigMap holds cplb.yaml")
             .to_string(),
         "config/kubernetes/static-pod.yaml" => read("config/cplb.yaml"),
-        "config/kubernetes/static-pod-discovery.yaml" => with_discovery(&read("config/cplb.yaml")),
+        "config/kubernetes/static-pod-discovery.yaml" => {
+            with_section(&read("config/cplb.yaml"), "discovery")
+        }
+        "config/kubernetes/static-pod-kernel.yaml" => {
+            with_section(&read("config/cplb.yaml"), "dataplane")
+        }
         "config/kubespray/cplb-proxy.yaml" => read("config/kubespray/cplb.yaml"),
         other => panic!("which config does {other} run?"),
     };
     common::shipped::parse(&text, path)
 }
 
-/// config/cplb.yaml with its commented `discovery:` section turned on, as
-/// the discovery static pod's comment tells the operator to do.
-fn with_discovery(text: &str) -> String {
+/// config/cplb.yaml with its commented `name:` section (`discovery`,
+/// `dataplane`) turned on, as the matching static pod's comment tells the
+/// operator to do.
+fn with_section(text: &str, name: &str) -> String {
     let (head, tail) = text
-        .split_once("\n# discovery:\n")
-        .expect("config/cplb.yaml offers a commented discovery: section");
-    let section: String = std::iter::once("discovery:")
-        .chain(tail.lines().map_while(|l| l.strip_prefix("# ")))
+        .split_once(&format!("\n# {name}:\n"))
+        .unwrap_or_else(|| panic!("config/cplb.yaml offers a commented {name}: section"));
+    let section: String = std::iter::once(format!("{name}:"))
+        .chain(
+            tail.lines()
+                .map_while(|l| l.strip_prefix("# "))
+                .map(String::from),
+        )
         .map(|l| format!("{l}\n"))
         .collect();
     format!("{head}\n{section}")
+}
+
+/// The container's mount paths that are not read-only.
+fn writable_mounts(c: &Value) -> Vec<&str> {
+    c["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts")
+        .iter()
+        .filter(|m| m["readOnly"] != true)
+        .filter_map(|m| m["mountPath"].as_str())
+        .collect()
+}
+
+/// The kernel static pod's privileges and mounts (docs/kernel.md,
+/// docs/deployment.md): uid 0 (root owns the node's 0700 bpffs), exactly
+/// CAP_BPF and CAP_NET_ADMIN added, seccomp Unconfined (the runtime's
+/// default profile allows bpf() only with CAP_SYS_ADMIN), the node's
+/// cgroup2 root read-only at `dataplane.cgroup` and its bpffs writable at
+/// `dataplane.bpffs`, the only writable mount; no credential of the node.
+fn check_kernel(file: &str, spec: &Value, c: &Value, config: &cplb::Config) {
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true, "{file}");
+    assert_eq!(sc["allowPrivilegeEscalation"], false, "{file}");
+    assert!(sc.get("privileged").is_none_or(|p| *p == false), "{file}");
+    assert_eq!(sc["runAsUser"], 0, "{file}: root owns /sys/fs/bpf");
+    assert_eq!(sc["runAsGroup"], 0, "{file}");
+    assert_eq!(sc["runAsNonRoot"], false, "{file}");
+    assert_eq!(
+        sc["capabilities"]["drop"],
+        Value::from(vec!["ALL"]),
+        "{file}"
+    );
+    let add: Vec<&str> = sc["capabilities"]["add"]
+        .as_sequence()
+        .expect("capabilities.add")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(add, ["BPF", "NET_ADMIN"], "{file}");
+    assert_eq!(sc["seccompProfile"]["type"], "Unconfined", "{file}");
+    // The docs name each privilege.
+    for doc in ["docs/kernel.md", "docs/deployment.md"] {
+        let text = read(doc);
+        for cap in &add {
+            assert!(
+                text.contains(&format!("CAP_{cap}")),
+                "{doc} names CAP_{cap}"
+            );
+        }
+    }
+    assert!(
+        read("docs/deployment.md").contains("seccompProfile: Unconfined"),
+        "docs/deployment.md says why seccomp is unconfined"
+    );
+    let dp = &config.dataplane;
+    assert_eq!(dp.mode, cplb::kernel::config::Mode::Kernel, "{file}");
+    let cgroup = dp
+        .cgroup
+        .as_ref()
+        .expect("dataplane.cgroup is set: the container's own cgroup2 mount is not the node's");
+    let mounted = |host: &str| {
+        let v = spec["volumes"]
+            .as_sequence()
+            .and_then(|vs| vs.iter().find(|v| v["hostPath"]["path"] == host))
+            .unwrap_or_else(|| panic!("{file}: a hostPath volume for {host}"));
+        assert_eq!(v["hostPath"]["type"], "Directory", "{file}: {host}");
+        c["volumeMounts"]
+            .as_sequence()
+            .and_then(|ms| ms.iter().find(|m| m["name"] == v["name"]))
+            .unwrap_or_else(|| panic!("{file}: {host} is mounted"))
+    };
+    let m = mounted("/sys/fs/cgroup");
+    assert_eq!(
+        m["mountPath"].as_str().map(Path::new),
+        Some(cgroup.as_path()),
+        "{file}"
+    );
+    assert_eq!(m["readOnly"], true, "{file}: cplb only opens the cgroup");
+    let m = mounted("/sys/fs/bpf");
+    assert_eq!(
+        m["mountPath"].as_str().map(Path::new),
+        Some(dp.bpffs.as_path()),
+        "{file}"
+    );
+    let writable = writable_mounts(c);
+    assert_eq!(writable, [dp.bpffs.to_str().unwrap()], "{file}");
+    for path in ["/etc/kubernetes/kubelet.conf", "/var/lib/kubelet/pki"] {
+        assert!(
+            !c["volumeMounts"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|m| m["mountPath"] == path),
+            "{file}: mounts {path}"
+        );
+    }
 }
 
 /// The security context and the node's credentials, by whether the pod
@@ -299,7 +406,14 @@ fn with_discovery(text: &str) -> String {
 /// /var/lib/cplb; cplb's own non-root uid, with no credential mounted,
 /// everywhere else.
 fn check_identity(file: &str, spec: &Value, c: &Value, config: &cplb::Config) {
+    if config.dataplane.mode != cplb::kernel::config::Mode::Proxy {
+        return check_kernel(file, spec, c, config);
+    }
     let sc = &c["securityContext"];
+    assert!(
+        sc.get("seccompProfile").is_none(),
+        "{file}: only kernel mode needs it"
+    );
     assert_eq!(sc["readOnlyRootFilesystem"], true, "{file}");
     assert_eq!(sc["allowPrivilegeEscalation"], false, "{file}");
     let drop: Vec<&str> = sc["capabilities"]["drop"]
@@ -365,13 +479,7 @@ fn check_identity(file: &str, spec: &Value, c: &Value, config: &cplb::Config) {
         "{file}"
     );
     // The only writable mount is the state file's directory.
-    let writable: Vec<&str> = c["volumeMounts"]
-        .as_sequence()
-        .expect("volumeMounts")
-        .iter()
-        .filter(|m| m["readOnly"] != true)
-        .filter_map(|m| m["mountPath"].as_str())
-        .collect();
+    let writable = writable_mounts(c);
     assert_eq!(writable, ["/var/lib/cplb"], "{file}");
 }
 
@@ -399,7 +507,7 @@ fn daemonset_updates_surge_before_the_old_pod_drains() {
 
 #[test]
 fn pods_have_what_a_node_local_proxy_needs() {
-    let (mut pods, mut discovery_pods) = (0, 0);
+    let (mut pods, mut discovery_pods, mut kernel_pods) = (0, 0, 0);
     for (path, docs) in manifests() {
         let file = rel(&path);
         for doc in &docs {
@@ -427,6 +535,9 @@ fn pods_have_what_a_node_local_proxy_needs() {
             check_identity(&file, spec, c, &config);
             if config.discovery.is_some() {
                 discovery_pods += 1;
+            }
+            if config.dataplane.mode != cplb::kernel::config::Mode::Proxy {
+                kernel_pods += 1;
             }
             let args: Vec<&str> = c["args"]
                 .as_sequence()
@@ -484,9 +595,9 @@ fn pods_have_what_a_node_local_proxy_needs() {
         }
     }
     assert_eq!(
-        (pods, discovery_pods),
-        (4, 1),
-        "static pods with and without discovery, DaemonSet, kubespray static pod"
+        (pods, discovery_pods, kernel_pods),
+        (5, 1, 1),
+        "static pods (proxy mode with and without discovery, kernel mode), DaemonSet, kubespray static pod"
     );
 }
 

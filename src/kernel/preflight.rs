@@ -39,6 +39,15 @@ pub enum Missing {
         "{path} is not a cgroup v2 directory: set dataplane.cgroup to one (or \"\" for the cgroup2 root)"
     )]
     NotCgroup2 { path: PathBuf },
+    /// With the capabilities held, EPERM is no missing feature: something
+    /// outside the kernel's capability checks refused the system call.
+    #[error(
+        "loading a BPF program was refused (EPERM) although cplb has its capabilities: a seccomp profile or a security module blocks bpf() (a container engine's default seccomp profile allows it only with CAP_SYS_ADMIN: run cplb with seccomp unconfined, in Kubernetes securityContext.seccompProfile.type: Unconfined)"
+    )]
+    Refused {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the kernel lacks {feature} ({since})")]
     Feature {
         feature: &'static str,
@@ -163,6 +172,12 @@ pub(crate) fn run(bpffs: &Path, cgroup_dir: Option<&Path>) -> Result<Ready, Pref
     }
 }
 
+/// Whether a probe's error is a refusal (EPERM), not an unknown program
+/// or attach type (EINVAL): asked only once the capabilities are known held.
+fn refused(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EPERM)
+}
+
 /// The kernel features, each probed with the smallest program that needs
 /// it (nothing is attached).
 fn features() -> Vec<Missing> {
@@ -176,6 +191,9 @@ fn features() -> Vec<Missing> {
         sys::PROG_TYPE_CGROUP_SOCK_ADDR,
         sys::ATTACH_CGROUP_INET4_CONNECT,
     ) {
+        // Every probe below would be refused alike, naming features the
+        // kernel may well have.
+        Err(source) if refused(&source) => return vec![Missing::Refused { source }],
         Ok(prog) => {
             use std::os::fd::AsFd;
             if let Err(e) = sys::probe_cgroup_links(prog.as_fd(), sys::ATTACH_CGROUP_INET4_CONNECT)
@@ -253,6 +271,20 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("built without its kernel programs"), "{text}");
         assert!(text.contains("mount -t bpf bpf /sys/fs/bpf"), "{text}");
+    }
+
+    #[test]
+    fn eperm_with_the_capabilities_is_a_refusal_not_a_missing_feature() {
+        assert!(refused(&std::io::Error::from_raw_os_error(libc::EPERM)));
+        assert!(!refused(&std::io::Error::from_raw_os_error(libc::EINVAL)));
+        let e = PreflightError {
+            missing: vec![Missing::Refused {
+                source: std::io::Error::from_raw_os_error(libc::EPERM),
+            }],
+        };
+        let text = e.to_string();
+        assert!(text.contains("seccomp"), "{text}");
+        assert!(!text.contains("lacks"), "{text}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod engine;
 pub mod kplane;
 pub mod metrics;
 pub mod netns;
