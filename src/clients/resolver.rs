@@ -99,6 +99,7 @@ fn run(rx: Receiver<Request>, registry: &Registry, visibility: &Visibility) {
     let mut seen = HashMap::new();
     let mut batch = Vec::with_capacity(BATCH);
     while let Ok(req) = rx.recv() {
+        let started = Instant::now();
         // What has queued meanwhile is looked up together.
         batch.push(req);
         while batch.len() < BATCH
@@ -130,7 +131,24 @@ fn run(rx: Receiver<Request>, registry: &Registry, visibility: &Visibility) {
             // The connection may have gone meanwhile: its guard drops here.
             let _ = req.reply.send(registry.admit(&ask, Instant::now()));
         }
+        // The CPU budget: naming is worth a share of one core, never the
+        // proxy's parity. Under a connection flood the queue fills while
+        // the thread rests and the rest go as `other`; a node's ordinary
+        // rate leaves it idle anyway.
+        std::thread::sleep(rest_after(started.elapsed()));
     }
+}
+
+/// The resolver works at most `1 / (1 + REST)` of the time: measured with
+/// `bench/e2e`'s `Connection: close` runs, naming every connection
+/// doubled the proxy's CPU per new connection.
+const REST: u32 = 19;
+/// The longest rest: a connection that waits for its name (a limit is
+/// configured) waits this much longer at most.
+const MAX_REST: Duration = Duration::from_millis(50);
+
+fn rest_after(worked: Duration) -> Duration {
+    worked.saturating_mul(REST).min(MAX_REST)
 }
 
 /// Requests looked up together at most.
@@ -187,4 +205,19 @@ pub(crate) fn identify(
     }
     id.pod = id.cgroup.as_deref().and_then(pod_of);
     id
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn the_resolver_rests_nineteen_times_its_work_up_to_fifty_ms() {
+        assert_eq!(
+            rest_after(Duration::from_millis(1)),
+            Duration::from_millis(19)
+        );
+        assert_eq!(rest_after(Duration::from_millis(10)), MAX_REST);
+        assert_eq!(rest_after(Duration::ZERO), Duration::ZERO);
+    }
 }
