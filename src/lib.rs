@@ -78,7 +78,8 @@
 //!
 //! # Life of a connection
 //! Six files, from `accept()` to the byte copy: `listener`, `proxy/setup`,
-//! `choice`, `proxy/connect`, `proxy/proxying`, `copy`.
+//! `choice`, `proxy/connect`, `proxy/proxying`, `copy` (and `proxy/admit`,
+//! a side step of the set-up: the local client's admission, `clients`).
 //! 1. `listener::accept_loop`, on the worker thread that owns one of the
 //!    SO_REUSEPORT sockets, accepts; `listener::dispatch` loads the current
 //!    `Snapshot` once, counts the client against its `max_connections`
