@@ -46,7 +46,7 @@ async fn upstreams(p: &Proxy) -> Vec<Value> {
 
 /// `/upstreams` at `admin` (an in-process proxy's or a process's).
 async fn admin_upstreams(admin: SocketAddr) -> Vec<Value> {
-    let (status, _, body) = common::http_off_runtime(admin, "GET", "/upstreams").await;
+    let (status, body) = common::get_off_runtime(admin, "/upstreams").await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
@@ -543,7 +543,7 @@ async fn admin_set(admin: SocketAddr) -> Vec<(String, String, bool)> {
 
 /// One sample of a `cplb` process's `/metrics`.
 async fn proc_metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let (status, _, body) = common::http_off_runtime(admin, "GET", "/metrics").await;
+    let (status, body) = common::get_off_runtime(admin, "/metrics").await;
     assert_eq!(status, 200, "{body}");
     common::metrics::Scrape::parse(&body).get(name, labels)
 }

@@ -234,6 +234,16 @@ mod tests {
         )
     }
 
+    /// A connection of `id` with `open` open, under `max_connections: 100`.
+    fn asking<'a>(id: &'a Identity, config: &'a ClientsConfig, open: usize) -> Ask<'a> {
+        Ask {
+            id,
+            config,
+            open,
+            max_connections: 100,
+        }
+    }
+
     fn id(comm: &str) -> Identity {
         Identity {
             uid: Some(0),
@@ -259,33 +269,21 @@ mod tests {
         let now = Instant::now();
         let mut held = Vec::new();
         for i in 0..3 {
-            let ask = Ask {
-                id: &id(&format!("p{i}")),
-                config: &config,
-                open: 1,
-                max_connections: 100,
-            };
+            let who = id(&format!("p{i}"));
+            let ask = asking(&who, &config, 1);
             held.push(reg.admit(&ask, now).unwrap());
         }
         // Full and every one open: the next is `other`.
-        let ask = Ask {
-            id: &id("p3"),
-            config: &config,
-            open: 1,
-            max_connections: 100,
-        };
+        let who = id("p3");
+        let ask = asking(&who, &config, 1);
         drop(reg.admit(&ask, now).unwrap());
         assert_eq!(reg.list().len(), 4);
         assert_eq!(reg.other_open_total(), 1);
         // One closes: a new name takes its place.
         held.remove(0);
         for i in 10..50 {
-            let ask = Ask {
-                id: &id(&format!("p{i}")),
-                config: &config,
-                open: 1,
-                max_connections: 100,
-            };
+            let who = id(&format!("p{i}"));
+            let ask = asking(&who, &config, 1);
             drop(reg.admit(&ask, now).unwrap());
             assert!(series(&prom) <= 4, "series: {}", series(&prom));
         }
@@ -299,28 +297,16 @@ mod tests {
         let now = Instant::now();
         let mut held = Vec::new();
         for open in 1..=75 {
-            let ask = Ask {
-                id: &id("hog"),
-                config: &config,
-                open,
-                max_connections: 100,
-            };
+            let who = id("hog");
+            let ask = asking(&who, &config, open);
             held.push(reg.admit(&ask, now).unwrap());
         }
-        let ask = Ask {
-            id: &id("hog"),
-            config: &config,
-            open: 76,
-            max_connections: 100,
-        };
+        let who = id("hog");
+        let ask = asking(&who, &config, 76);
         assert_eq!(reg.admit(&ask, now).err(), Some(Reason::FairShare));
         for open in 76..=99 {
-            let ask = Ask {
-                id: &id("small"),
-                config: &config,
-                open,
-                max_connections: 100,
-            };
+            let who = id("small");
+            let ask = asking(&who, &config, open);
             held.push(reg.admit(&ask, now).unwrap());
         }
         let off = ClientsConfig {

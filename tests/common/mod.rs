@@ -378,24 +378,17 @@ pub fn init_logs() {
         .try_init();
 }
 
-/// `http` on a thread of its own, with blocking sockets: for tests whose
-/// runtime may be busy for seconds (stand-in masters serialising a huge
-/// list), where a request written late would be cplb's admin endpoint
-/// rightly closing a client that sent no head within 2 s.
-pub async fn http_off_runtime(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
-    use std::io::{Read, Write};
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    let raw = tokio::task::spawn_blocking(move || {
-        let mut s = std::net::TcpStream::connect_timeout(&addr, DEADLINE).unwrap();
-        s.set_read_timeout(Some(DEADLINE)).unwrap();
-        s.write_all(req.as_bytes()).unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).expect("admin answered");
-        raw
-    })
-    .await
-    .unwrap();
-    parse_http(addr, method, path, raw)
+/// GET `path` on a thread of its own (`promql::get`, blocking sockets):
+/// for tests whose runtime may be busy for seconds (stand-in masters
+/// serialising a huge list), where a request written late would be cplb's
+/// admin endpoint rightly closing a client that sent no head within 2 s.
+/// (status, body).
+pub async fn get_off_runtime(addr: SocketAddr, path: &str) -> (u16, String) {
+    let p = path.to_string();
+    tokio::task::spawn_blocking(move || promql::get(addr, &p))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"))
 }
 
 /// A minimal HTTP/1.1 exchange: (status, headers, body).
@@ -408,10 +401,6 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String, S
         .await
         .expect("admin answered")
         .unwrap();
-    parse_http(addr, method, path, raw)
-}
-
-fn parse_http(addr: SocketAddr, method: &str, path: &str, raw: Vec<u8>) -> (u16, String, String) {
     let raw = String::from_utf8(raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or_else(|| {
         panic!("no complete HTTP response from {addr} to {method} {path}: {raw:?}")
